@@ -1,0 +1,53 @@
+"""The seam between the engine and a reverse proxy: apply a route table, prove it is live, report traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from canaryd.domain.types import Backend, Cohort, CohortStats
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """Everything the proxy needs to route one application: rendered whole on every change (idempotent)."""
+
+    app_id: int
+    app_name: str
+    backends: tuple[Backend, ...]  # at least one; weights already computed by domain.split
+    generation: int  # increases with every change; lets verify() tell the new config from the old
+
+
+class ProxyConfigError(Exception):
+    """The proxy refused the configuration (its test command failed); the old configuration stays."""
+
+
+class ProxyUnavailableError(Exception):
+    """The proxy or its host could not be reached; nothing is known to have changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficReading:
+    """Traffic per cohort read since `offset`; `next_offset` is where the next read starts."""
+
+    cohorts: dict[Cohort, CohortStats]
+    next_offset: int
+
+
+class Proxy(Protocol):
+    """One proxy kind (nginx, haproxy, traefik) bound to one application's proxy settings."""
+
+    async def apply(self, table: RouteTable) -> None:
+        """Render, test, install atomically and load `table`. Raises ProxyConfigError or ProxyUnavailableError."""
+        ...
+
+    async def verify(self, table: RouteTable) -> bool:
+        """True once the proxy serves `table` (its generation), False if it still serves an older one."""
+        ...
+
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None]
+    ) -> TrafficReading:
+        """Per-cohort requests since `offset`. `cohort_of` maps an upstream 'host:port' to its cohort."""
+        ...
