@@ -5,6 +5,7 @@ Its behaviour follows the version string, so a canary's health is decided by wha
   *dead*  /health answers 503                *err2*  2 % of requests answer 500
 Every response carries the version in the body and in the X-Version header.
 """
+
 import argparse
 import random
 import time
@@ -23,8 +24,11 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and delayed
+        # ACKs add ~40 ms to every answer on a kept-alive connection.
+        disable_nagle_algorithm = True
 
-        def log_message(self, *args):  # quiet
+        def log_message(self, *args: object) -> None:  # quiet
             pass
 
         def _send(self, code: int, body: str) -> None:
@@ -36,7 +40,7 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self):
+        def do_GET(self) -> None:
             if self.path.startswith("/health"):
                 self._send(503 if "dead" in v else 200, v + "\n")
                 return

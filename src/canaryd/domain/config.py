@@ -8,7 +8,9 @@ Validation collects every problem at once (pydantic does, as long as validators 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
+from contextvars import ContextVar
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -21,12 +23,20 @@ from pydantic import (
     model_validator,
 )
 
+from canaryd.domain.commands import check_template
+
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
 SPEC_MIN_STAGE_DURATION = 60
 
+#: The stage_duration floor for validations that cannot be handed a pydantic context (FastAPI validates
+#: request bodies itself); the API sets it per request from the settings. A validation context wins.
+STAGE_DURATION_FLOOR: ContextVar[int] = ContextVar("stage_duration_floor", default=SPEC_MIN_STAGE_DURATION)
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]{0,1023}$")
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9_./~%?=&+-]{0,255}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
@@ -79,15 +89,10 @@ def validate_command(value: str) -> str:
         raise ValueError("command must be at most 2000 characters")
     if any(c in value for c in "\n\r\x00"):
         raise ValueError("command must be a single line")
-    for placeholder in re.findall(r"\{([^{}]*)\}", value):
-        if placeholder not in COMMAND_PLACEHOLDERS:
-            raise ValueError(
-                f"unknown placeholder {{{placeholder}}} in command; use {', '.join(sorted(COMMAND_PLACEHOLDERS))}"
-            )
+    check_template(value)
     return value
 
 
-COMMAND_PLACEHOLDERS = frozenset({"app", "version", "host", "port", "server"})
 Command = Annotated[str, AfterValidator(validate_command)]
 
 
@@ -130,7 +135,9 @@ class CanaryConfig(StrictModel):
     stage_duration: int = 300
     error_rate_threshold: float = 5.0  # percentage points over stable
     latency_threshold: float = 50.0  # percent over stable's p95
-    latency_min_difference_ms: float = 25.0  # below this absolute p95 difference latency is never judged worse
+    latency_min_difference_ms: float = (
+        25.0  # below this absolute p95 difference latency is never judged worse
+    )
     canary_server_percentage: float = 20.0
     health_check_interval: int = 10
     max_failed_health_checks: int = 3
@@ -146,7 +153,7 @@ class CanaryConfig(StrictModel):
             problems.append("stages must list at least one percentage")
         if any(not 0 < s <= 100 for s in stages):
             problems.append("stage percentages must be between 0 and 100")
-        if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(stages)):
             problems.append("stage percentages must increase")
         if len(stages) > 50:
             problems.append("at most 50 stages")
@@ -157,7 +164,7 @@ class CanaryConfig(StrictModel):
     @field_validator("stage_duration")
     @classmethod
     def _stage_duration(cls, value: int, info: ValidationInfo) -> int:
-        minimum = (info.context or {}).get("min_stage_duration", SPEC_MIN_STAGE_DURATION)
+        minimum = (info.context or {}).get("min_stage_duration", STAGE_DURATION_FLOOR.get())
         if value < minimum:
             raise ValueError(f"stage_duration must be at least {minimum} seconds")
         if value > 7 * 24 * 3600:
@@ -205,7 +212,6 @@ def parse_canary_config(raw: dict[str, object] | None, min_stage_duration: int) 
 
 
 __all__ = [
-    "COMMAND_PLACEHOLDERS",
     "CanaryConfig",
     "Command",
     "FilePath",

@@ -46,8 +46,6 @@ class Proxy(Protocol):
         """True once the proxy serves `table` (its generation), False if it still serves an older one."""
         ...
 
-    async def read_traffic(
-        self, offset: int, cohort_of: Callable[[str], Cohort | None]
-    ) -> TrafficReading:
+    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
         """Per-cohort requests since `offset`. `cohort_of` maps an upstream 'host:port' to its cohort."""
         ...

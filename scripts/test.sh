@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The whole check, as CI runs it: services up, lint, types, tests, then the contract smoke tests in both
+# modes. Runs every step even after a failure, then exits non-zero if any failed. Arguments go to pytest.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=.venv/bin
+SMOKE=../shared/contract/smoke.py
+failed=()
+
+header() { printf '\n==> %s\n' "$*"; }
+
+# run_step NAME CMD...: runs CMD under a header and remembers NAME if it fails.
+run_step() {
+  local name=$1 rc=0
+  shift
+  header "$name"
+  "$@" || rc=$?
+  if ((rc != 0)); then
+    failed+=("$name (exit $rc)")
+  fi
+  return 0
+}
+
+# --- services ------------------------------------------------------------------------------------------------
+pg_up() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h 127.0.0.1 -p 5432 -t 2
+  else
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), timeout=2).close()' 2>/dev/null
+  fi
+}
+
+redis_up() {
+  python3 - <<'PY' 2>/dev/null
+import socket, sys
+with socket.create_connection(("127.0.0.1", 6379), timeout=2) as s:
+    s.sendall(b"PING\r\n")
+    sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)
+PY
+}
+
+start_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [[ ! -d /etc/postgresql ]]; then
+    echo "pg_ctlcluster or /etc/postgresql not found: PostgreSQL is not installed here" >&2
+    return 1
+  fi
+  local version
+  for version in $(ls /etc/postgresql); do
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  done
+}
+
+start_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server not found: Redis is not installed here" >&2
+    return 1
+  fi
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+}
+
+# ensure_service NAME ADDRESS CHECK START
+ensure_service() {
+  local name=$1 address=$2 check=$3 start=$4 _
+  if "$check"; then
+    echo "$name answers on $address"
+    return 0
+  fi
+  echo "$name does not answer on $address; starting it"
+  "$start" || true
+  for _ in $(seq 1 40); do
+    if "$check"; then
+      echo "$name answers on $address"
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "error: $name does not answer on $address and could not be started; the tests need it." >&2
+  return 1
+}
+
+header "services: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379"
+ensure_service PostgreSQL 127.0.0.1:5432 pg_up start_postgres || exit 1
+ensure_service Redis 127.0.0.1:6379 redis_up start_redis || exit 1
+
+if [[ ! -x $BIN/pytest ]]; then
+  echo "error: $BIN/pytest not found; run 'make setup' first" >&2
+  exit 1
+fi
+
+# --- checks --------------------------------------------------------------------------------------------------
+run_step "lint: ruff check" "$BIN/ruff" check .
+run_step "lint: ruff format --check" "$BIN/ruff" format --check .
+run_step "types: mypy" "$BIN/mypy"
+
+pytest_step() {
+  local rc=0
+  "$BIN/pytest" -q "$@" || rc=$?
+  if ((rc == 5)); then
+    echo "error: pytest collected no tests" >&2
+  fi
+  return "$rc"
+}
+run_step "tests: pytest -q $*" pytest_step "$@"
+
+if [[ -f $SMOKE ]]; then
+  run_step "contract smoke test: embedded mode" "$BIN/python" "$SMOKE"
+  run_step "contract smoke test: production mode" "$BIN/python" "$SMOKE" --production
+else
+  header "contract smoke tests: skipped ($SMOKE not found)"
+fi
+
+# --- summary -------------------------------------------------------------------------------------------------
+if ((${#failed[@]})); then
+  header "FAILED"
+  printf '  %s\n' "${failed[@]}"
+  exit 1
+fi
+header "all checks passed"

@@ -1,0 +1,78 @@
+"""FastAPI dependencies: the runtime, a unit of work per request, and scoped bearer-token auth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, WebSocket, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canaryd.db.engine import unit_of_work
+from canaryd.runtime import Runtime
+from canaryd.services.tokens import Principal, authenticate
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work: commits if the route succeeds, rolls back if it raises."""
+    async with unit_of_work(rt.sessions) as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    kind, _, token = header.partition(" ")
+    return token.strip() if kind.lower() == "bearer" and token.strip() else None
+
+
+async def principal_for(rt: Runtime, token: str | None) -> Principal | None:
+    if not token:
+        return None
+    async with rt.sessions() as session:
+        return await authenticate(session, token, rt.settings_bootstrap_hash)
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that admits tokens whose scope includes `scope` (401 without a valid token, 403 if weak)."""
+
+    async def check(request: Request) -> Principal:
+        rt = get_runtime(request)
+        principal = await principal_for(rt, bearer(request.headers.get("authorization")))
+        if principal is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not principal.allows(scope):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this token has scope {principal.scope!r}; this needs {scope!r}"
+            )
+        return principal
+
+    return check
+
+
+async def websocket_principal(websocket: WebSocket) -> Principal | None:
+    """WebSockets authenticate with the Authorization header, or `?token=` where a browser cannot set it."""
+    rt: Runtime = websocket.app.state.runtime
+    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
+    return await principal_for(rt, token)
+
+
+ReadAccess = Annotated[Principal, Depends(require("read"))]
+DeployAccess = Annotated[Principal, Depends(require("deploy"))]
+OperateAccess = Annotated[Principal, Depends(require("operate"))]
+AdminAccess = Annotated[Principal, Depends(require("admin"))]

@@ -1,0 +1,185 @@
+"""All queries live here. Repositories never commit: the unit of work does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployment, DeploymentEvent, Server
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    """Row locks exist on PostgreSQL; SQLite relies on process-local locks (engine/locks.py)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+class ServerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, server: Server) -> Server:
+        self.session.add(server)
+        await self.session.flush()
+        return server
+
+    async def get(self, server_id: int) -> Server | None:
+        return await self.session.get(Server, server_id)
+
+    async def by_name(self, name: str) -> Server | None:
+        return (await self.session.execute(select(Server).where(Server.name == name))).scalar_one_or_none()
+
+    async def many(self, ids: Sequence[int]) -> dict[int, Server]:
+        if not ids:
+            return {}
+        rows = await self.session.execute(select(Server).where(Server.id.in_(list(ids))))
+        return {s.id: s for s in rows.scalars()}
+
+    async def list(self, limit: int, offset: int) -> Sequence[Server]:
+        rows = await self.session.execute(select(Server).order_by(Server.id).limit(limit).offset(offset))
+        return rows.scalars().all()
+
+
+class ApplicationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, app: Application, server_ids: Sequence[int]) -> Application:
+        app.server_links = [ApplicationServer(server_id=sid) for sid in server_ids]
+        self.session.add(app)
+        await self.session.flush()
+        return app
+
+    async def get(self, app_id: int, *, for_update: bool = False) -> Application | None:
+        stmt = select(Application).where(Application.id == app_id)
+        if for_update and self._supports_row_locks():
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def by_name(self, name: str) -> Application | None:
+        rows = await self.session.execute(select(Application).where(Application.name == name))
+        return rows.scalar_one_or_none()
+
+    async def list(self, limit: int, offset: int) -> Sequence[Application]:
+        rows = await self.session.execute(
+            select(Application).order_by(Application.id).limit(limit).offset(offset)
+        )
+        return rows.scalars().all()
+
+    def _supports_row_locks(self) -> bool:
+        return _is_postgresql(self.session)
+
+
+class DeploymentRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, deployment: Deployment) -> Deployment:
+        self.session.add(deployment)
+        await self.session.flush()
+        return deployment
+
+    async def get(self, deployment_id: int, *, for_update: bool = False) -> Deployment | None:
+        """Loads a deployment; `for_update` takes the row lock on PostgreSQL (SQLite uses process locks)."""
+        stmt = select(Deployment).where(Deployment.id == deployment_id)
+        if for_update and _is_postgresql(self.session):
+            stmt = stmt.with_for_update()
+        stmt = stmt.execution_options(populate_existing=True)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def active_for_application(self, app_id: int) -> Deployment | None:
+        rows = await self.session.execute(
+            select(Deployment).where(Deployment.active_application_id == app_id)
+        )
+        return rows.scalar_one_or_none()
+
+    async def by_idempotency_key(self, app_id: int, key: str) -> Deployment | None:
+        rows = await self.session.execute(
+            select(Deployment).where(Deployment.application_id == app_id, Deployment.idempotency_key == key)
+        )
+        return rows.scalar_one_or_none()
+
+    async def list(self, app_id: int | None, limit: int, offset: int) -> Sequence[Deployment]:
+        stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit).offset(offset)
+        if app_id is not None:
+            stmt = stmt.where(Deployment.application_id == app_id)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def acquire_lease(
+        self, deployment_id: int, token: str, owner: str, now: datetime, until: datetime
+    ) -> bool:
+        """Takes the tick lease if `token` is still the scheduled tick and nobody holds a live lease."""
+        result = await self.session.execute(
+            update(Deployment)
+            .where(
+                Deployment.id == deployment_id,
+                Deployment.tick_token == token,
+                or_(Deployment.lease_until.is_(None), Deployment.lease_until < now),
+            )
+            .values(lease_owner=owner, lease_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def overdue(self, cutoff: datetime, now: datetime, limit: int = 100) -> Sequence[Deployment]:
+        """Active deployments whose next tick should have run by now and that nobody is working on."""
+        rows = await self.session.execute(
+            select(Deployment)
+            .where(
+                Deployment.active_application_id.is_not(None),
+                Deployment.next_tick_at.is_not(None),
+                Deployment.next_tick_at < cutoff,
+                or_(Deployment.lease_until.is_(None), Deployment.lease_until < now),
+            )
+            .order_by(Deployment.next_tick_at)
+            .limit(limit)
+        )
+        return rows.scalars().all()
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self.session.execute(
+            select(Deployment.canary_status, func.count()).group_by(Deployment.canary_status)
+        )
+        return {status: count for status, count in rows.tuples()}
+
+
+class EventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def append(self, event: DeploymentEvent) -> DeploymentEvent:
+        """Adds `event` with the next sequence number. Callers hold the deployment's lock."""
+        last = await self.session.execute(
+            select(func.max(DeploymentEvent.seq)).where(DeploymentEvent.deployment_id == event.deployment_id)
+        )
+        event.seq = (last.scalar_one() or 0) + 1
+        self.session.add(event)
+        await self.session.flush()
+        return event
+
+    async def list(self, deployment_id: int, after_seq: int, limit: int) -> Sequence[DeploymentEvent]:
+        rows = await self.session.execute(
+            select(DeploymentEvent)
+            .where(DeploymentEvent.deployment_id == deployment_id, DeploymentEvent.seq > after_seq)
+            .order_by(DeploymentEvent.seq)
+            .limit(limit)
+        )
+        return rows.scalars().all()
+
+
+class TokenRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, token: ApiToken) -> ApiToken:
+        self.session.add(token)
+        await self.session.flush()
+        return token
+
+    async def by_hash(self, token_hash: str) -> ApiToken | None:
+        rows = await self.session.execute(
+            select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+        )
+        return rows.scalar_one_or_none()

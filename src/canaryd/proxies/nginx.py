@@ -1,0 +1,427 @@
+"""nginx: one include file per application, installed atomically, tested, reloaded and then proven live.
+
+The rules this adapter keeps:
+
+* canaryd owns exactly one file per application (`ProxySpec.config_path`, e.g. `conf.d/app.conf`, pulled in
+  by the operator's `include conf.d/*.conf;`). It holds a JSON `log_format canaryd_<id>`, an
+  `upstream canaryd_app_<id>` and, when `listen` is set, the `server` block. Identifiers use the integer
+  application id; the application's name only ever appears, reduced to `[A-Za-z0-9_.-]`, in a comment.
+* The split lives in integer weights (computed by the domain). nginx rejects `weight=0`, so a server that
+  must get no traffic is absent from the upstream; an upstream always has at least one server.
+* Everything that reaches the file is checked again here (pydantic already did): a value that could carry
+  nginx syntax (whitespace, `;`, braces, `#`, quotes, `$`, backslash, control characters) raises ValueError.
+  A renderer must never emit injected syntax.
+* `apply` never leaves a file in place that did not pass the test command: the new text goes to a temp file
+  in the same directory whose name does not match `*.conf`, is renamed over the live file, tested, and on a
+  failed test or reload the previous bytes are put back (or the file removed if there was none).
+* `verify` asks nginx itself: the server block answers `/.canaryd/generation` with the generation it was
+  rendered for, so 200s with the new number (and no old one, for longer than nginx's 100 ms hand-over from
+  old to new workers) prove the new configuration serves new connections. A reload that nginx refused (its
+  master keeps the old configuration and `nginx -s reload` still exits 0) shows up here.
+* `read_traffic` tails the JSON access log from an offset, consuming only complete lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+
+from canaryd.domain.config import ProxySpec
+from canaryd.domain.types import Cohort, CohortStats
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.transports.base import CommandResult, Transport, TransportError
+
+logger = logging.getLogger(__name__)
+
+#: Largest slice of the access log read in one call; the rest is read on the next call.
+MAX_READ_BYTES = 32 * 1024 * 1024
+#: Path of the generation probe served by the rendered server block.
+GENERATION_PATH = "/.canaryd/generation"
+COMMAND_TIMEOUT = 30.0
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
+_LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5})")
+_FORBIDDEN = re.compile(r"[\s;{}#'\"`$\\\x00-\x1f\x7f]")
+_COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_ADDR_SEPARATORS = re.compile(r"\s*,\s*|\s+:\s+")
+
+# Fields of the JSON access log line. nginx escapes values itself (escape=json).
+_LOG_FIELDS = (
+    ("time", "$msec"),
+    ("status", "$status"),
+    ("request_time", "$request_time"),
+    ("upstream_addr", "$upstream_addr"),
+    ("upstream_status", "$upstream_status"),
+    ("upstream_response_time", "$upstream_response_time"),
+    ("method", "$request_method"),
+)
+
+
+# --- rendering (pure) -------------------------------------------------------------------------------------
+
+
+def _reject_syntax(value: str, what: str) -> str:
+    if not value or _FORBIDDEN.search(value):
+        raise ValueError(
+            f"{what} {value[:80]!r} contains characters that are not allowed in nginx configuration"
+        )
+    return value
+
+
+def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def format_address(host: str, port: int) -> str:
+    """`host:port` as nginx writes it in `$upstream_addr` (IPv6 in brackets). Raises ValueError if unsafe."""
+    _reject_syntax(host, "host")
+    _check_int(port, "port", 1, 65535)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"host {host[:80]!r} is not a hostname or an IP address") from None
+        return f"{host.lower()}:{port}"
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _check_path(value: str, what: str) -> str:
+    _reject_syntax(value, what)
+    if not _PATH.fullmatch(value):
+        raise ValueError(f"{what} {value[:80]!r} must be an absolute path of letters, digits and _ . / @ + -")
+    return value
+
+
+def _parse_listen(value: str) -> tuple[str | None, int]:
+    """(host or None, port) of a `listen` value: `port`, `ipv4:port` or `[ipv6]:port`."""
+    _reject_syntax(value, "listen")
+    m = _LISTEN.fullmatch(value)
+    if not m:
+        raise ValueError(f"listen {value[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
+    port = _check_int(int(m.group(2)), "listen port", 1, 65535)
+    host = m.group(1)
+    if host is not None:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"listen {value[:80]!r} has an invalid address") from None
+    return host, port
+
+
+def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
+    """The whole include file for one application. Pure; raises ValueError on any unsafe or impossible value."""
+    app_id = _check_int(table.app_id, "app_id", 0)
+    generation = _check_int(table.generation, "generation", 0)
+    if not table.backends:
+        raise ValueError("an nginx upstream needs at least one server")
+    comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
+
+    servers: list[str] = []
+    seen: set[str] = set()
+    for b in table.backends:
+        address = format_address(b.host, b.port)
+        _check_int(b.weight, f"weight of {address}", 1, spec.max_weight)
+        if address in seen:
+            raise ValueError(f"server {address} appears twice in the route table")
+        seen.add(address)
+        servers.append(
+            f"    server {address} weight={b.weight} max_fails=0;  # {b.cohort} server {b.server_id}"
+        )
+
+    fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
+    lines = [
+        f"# managed by canaryd, generation {generation} — do not edit",
+        f"# application {app_id} ({comment_name})",
+        "",
+        f"log_format canaryd_{app_id} escape=json '{{{fields}}}';",
+        "",
+        f"upstream canaryd_app_{app_id} {{",
+        *servers,
+        "    keepalive 16;",
+        "}",
+    ]
+    if spec.listen is not None:
+        _parse_listen(spec.listen)
+        log_line = (
+            f'    access_log "{_check_path(spec.access_log, "access_log")}" canaryd_{app_id};'
+            if spec.access_log is not None
+            else None
+        )
+        lines += [
+            "",
+            "server {",
+            f"    listen {spec.listen};",
+            *([log_line] if log_line else []),
+            f"    location = {GENERATION_PATH} {{",
+            "        access_log off;",
+            "        default_type text/plain;",
+            f'        return 200 "{generation}\\n";',
+            "    }",
+            "    location / {",
+            f"        proxy_pass http://canaryd_app_{app_id};",
+            "        proxy_http_version 1.1;",
+            '        proxy_set_header Connection "";',
+            "        proxy_set_header Host $host;",
+            "        proxy_next_upstream error timeout;",
+            "    }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- access log parsing (pure) ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ParsedLog:
+    """What a batch of access-log lines said: per-cohort stats, plus lines that could not be used."""
+
+    cohorts: dict[Cohort, CohortStats] = field(
+        default_factory=lambda: {"canary": CohortStats(), "stable": CohortStats()}
+    )
+    malformed: int = 0  # not JSON, or fields missing / not numbers
+    unrouted: int = 0  # no upstream, or an upstream that belongs to neither cohort
+
+
+def last_upstream(upstream_addr: str) -> str | None:
+    """The server that answered: the last entry of `$upstream_addr` ("a, b" on retries, "x : y" across
+    internal redirects); None when nginx used no upstream."""
+    parts = [p.strip() for p in _ADDR_SEPARATORS.split(upstream_addr.strip())]
+    last = parts[-1] if parts else ""
+    return None if last in ("", "-") else last
+
+
+def parse_access_log_lines(
+    lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None]
+) -> ParsedLog:
+    """Counts JSON access-log lines per cohort. The cohort is that of the last upstream tried, so a 502/504
+    that nginx generated after failing to reach an upstream counts against that upstream's cohort.
+
+    `cohort_of` is asked with the address as nginx wrote it (see `format_address`: IPv6 in brackets); for an
+    IPv6 address it is asked again without brackets (`::1:8080`) if the first answer is None."""
+    result = ParsedLog()
+    cohorts: dict[str, Cohort | None] = {}
+
+    def lookup(address: str) -> Cohort | None:
+        if address not in cohorts:
+            cohort = cohort_of(address)
+            if cohort is None and address.startswith("["):  # also accept "::1:8080" for "[::1]:8080"
+                host, _, port = address[1:].rpartition("]:")
+                cohort = cohort_of(f"{host}:{port}")
+            cohorts[address] = cohort
+        return cohorts[address]
+
+    for raw in lines:
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            if not text.strip():
+                continue
+            entry = json.loads(text)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+            status = int(entry["status"])
+            latency_ms = float(entry["request_time"]) * 1000.0
+            upstream_addr = entry.get("upstream_addr", "")
+            if not isinstance(upstream_addr, str):
+                raise ValueError("upstream_addr is not a string")
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            result.malformed += 1
+            continue
+        address = last_upstream(upstream_addr)
+        cohort = lookup(address) if address is not None else None
+        if cohort not in ("canary", "stable"):
+            result.unrouted += 1
+            continue
+        result.cohorts[cohort].record(status, latency_ms)
+    return result
+
+
+# --- the adapter -------------------------------------------------------------------------------------------
+
+_apply_locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+
+class NginxProxy:
+    """The Proxy protocol for nginx, reached through `transport` on the proxy's server (`proxy_host`)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        spec: ProxySpec,
+        proxy_host: str,
+        http: httpx.AsyncClient,
+        *,
+        verify_timeout: float = 3.0,
+        poll_interval: float = 0.01,
+        settle: float = 0.15,
+    ) -> None:
+        self.transport = transport
+        self.spec = spec
+        self.proxy_host = proxy_host
+        self.http = http
+        self.verify_timeout = verify_timeout
+        self.poll_interval = poll_interval
+        self.settle = settle
+        self._loaded_generation: int | None = None  # last generation this object tested and reloaded
+        directory, _, name = spec.config_path.rpartition("/")
+        self._temp_path = f"{directory}/.{name}.canaryd-new"
+
+    # apply ---------------------------------------------------------------------------------------------
+    async def apply(self, table: RouteTable) -> None:
+        """Render, install atomically, test, reload. Raises ProxyConfigError or ProxyUnavailableError."""
+        try:
+            text = render_nginx(table, self.spec)
+        except ValueError as exc:
+            raise ProxyConfigError(f"cannot render nginx configuration: {exc}") from exc
+        lock = _apply_locks.setdefault((self.spec.server_id, self.spec.config_path), asyncio.Lock())
+        async with lock:
+            try:
+                await self._install(text)
+            except TransportError as exc:
+                raise ProxyUnavailableError(f"nginx on {self.proxy_host}: {exc}") from exc
+        self._loaded_generation = table.generation
+
+    async def _install(self, text: str) -> None:
+        path = self.spec.config_path
+        previous: bytes | None = None
+        if await self.transport.file_size(path) is not None:
+            previous = await self.transport.read_file(path)
+        await self.transport.write_file(self._temp_path, text.encode())
+        await self.transport.rename(self._temp_path, path)
+        try:
+            if self.spec.test_command:
+                result = await self._run(self.spec.test_command)
+                if not result.ok:
+                    raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+            result = await self._run(self.spec.reload_command)
+            if not result.ok:
+                raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
+        except BaseException:
+            # Whatever went wrong (a refused test, a failed reload, a lost connection, a cancellation), the
+            # file that did not make it through test and reload must not stay in place.
+            await self._restore(previous)
+            raise
+
+    async def _run(self, command: str) -> CommandResult:
+        return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
+
+    async def _restore(self, previous: bytes | None) -> None:
+        """Puts the previous bytes back (atomically), or removes the file if there was none."""
+        if previous is None:
+            await self.transport.remove(self.spec.config_path)
+        else:
+            await self.transport.write_file(self._temp_path, previous)
+            await self.transport.rename(self._temp_path, self.spec.config_path)
+
+    # verify --------------------------------------------------------------------------------------------
+    def generation_url(self) -> str | None:
+        """Where the rendered server block answers its generation; None when canaryd owns no server block."""
+        if self.spec.listen is None:
+            return None
+        host, port = _parse_listen(self.spec.listen)
+        if host is None or host.strip("[]") in ("0.0.0.0", "::"):
+            host = self.proxy_host
+        host = host.strip("[]")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}{GENERATION_PATH}"
+
+    async def verify(self, table: RouteTable) -> bool:
+        """True once nginx answers `/.canaryd/generation` with `table.generation` without a break for
+        `settle` seconds (polled every `poll_interval`, giving up after `verify_timeout`).
+
+        One answer is not enough: after a reload nginx's master lets the old workers go on accepting
+        connections for another 100 ms (`ngx_msleep(100)` while it starts the new ones), so new connections
+        are split between old and new weights until then. Each probe uses a fresh connection.
+
+        Without `listen` nginx cannot be asked: then this only says whether this object's last apply of that
+        generation passed the test and the reload command — weaker, since `nginx -s reload` exits 0 even
+        when the master then refuses the new configuration (a port in use, say)."""
+        url = self.generation_url()
+        if url is None:
+            return self._loaded_generation == table.generation
+        expected = f"{table.generation}\n"
+        deadline = time.monotonic() + self.verify_timeout
+        new_since: float | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            current = False
+            try:
+                # Connection: close, so that no pooled keep-alive connection to an old worker is reused.
+                response = await self.http.get(
+                    url, headers={"Connection": "close"}, timeout=max(0.05, min(1.0, remaining))
+                )
+                current = response.status_code == 200 and response.text == expected
+            except httpx.HTTPError as exc:
+                logger.debug("generation probe %s failed: %s", url, exc)
+            now = time.monotonic()
+            if not current:
+                new_since = None
+            elif new_since is None:
+                new_since = now
+            if new_since is not None and now - new_since >= self.settle:
+                return True
+            if now + self.poll_interval > deadline:
+                return False
+            await asyncio.sleep(self.poll_interval)
+
+    # read_traffic --------------------------------------------------------------------------------------
+    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+        """Per-cohort requests logged since `offset`. Only complete lines are consumed; a log smaller than
+        `offset` was rotated and is read from its start; a missing log reads as no traffic. `cohort_of` gets
+        addresses as nginx writes them (`host:port`, IPv6 in brackets, hostnames already resolved)."""
+        empty: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
+        path = self.spec.access_log
+        if path is None:
+            return TrafficReading(empty, offset)
+        try:
+            size = await self.transport.file_size(path)
+            if size is None:
+                return TrafficReading(empty, offset)
+            if size < offset:
+                logger.info("access log %s shrank below offset %d: rotated, reading from 0", path, offset)
+                offset = 0
+            if size == offset:
+                return TrafficReading(empty, offset)
+            data = await self.transport.read_file(path, offset, min(size - offset, MAX_READ_BYTES))
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"cannot read {path} on {self.proxy_host}: {exc}") from exc
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) >= MAX_READ_BYTES:  # one absurd line filling the whole window: skip it
+                logger.warning("skipping %d bytes of %s without a line end", len(data), path)
+                return TrafficReading(empty, offset + len(data))
+            return TrafficReading(empty, offset)
+        parsed = parse_access_log_lines(data[:end].split(b"\n"), cohort_of)
+        if parsed.malformed or parsed.unrouted:
+            logger.debug(
+                "%s: skipped %d malformed and %d unrouted lines", path, parsed.malformed, parsed.unrouted
+            )
+        return TrafficReading(parsed.cohorts, offset + end + 1)
+
+
+__all__ = [
+    "GENERATION_PATH",
+    "NginxProxy",
+    "ParsedLog",
+    "format_address",
+    "last_upstream",
+    "parse_access_log_lines",
+    "render_nginx",
+]

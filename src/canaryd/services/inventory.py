@@ -1,0 +1,103 @@
+"""Servers and applications: registering them, and pushing an application's first proxy configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from canaryd.api.schemas import ApplicationCreate, ServerCreate
+from canaryd.db.models import Application, Server
+from canaryd.db.repositories import ApplicationRepository, ServerRepository
+from canaryd.domain.pool import PoolServer, desired_backends
+from canaryd.domain.types import State
+from canaryd.engine.proxies import make_proxy, push_routes
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
+from canaryd.runtime import Runtime
+from canaryd.services.errors import Conflict, Invalid, NotFound, problem
+from canaryd.transports.base import TransportError
+
+
+async def create_server(session: AsyncSession, payload: ServerCreate) -> Server:
+    repo = ServerRepository(session)
+    if await repo.by_name(payload.name):
+        raise Conflict(f"a server named {payload.name!r} already exists")
+    server = Server(**payload.model_dump())
+    try:
+        async with session.begin_nested():
+            return await repo.add(server)
+    except IntegrityError as exc:
+        raise Conflict(f"a server named {payload.name!r} already exists") from exc
+
+
+async def get_server(session: AsyncSession, server_id: int) -> Server:
+    server = await ServerRepository(session).get(server_id)
+    if server is None:
+        raise NotFound(f"server {server_id} not found")
+    return server
+
+
+async def list_servers(session: AsyncSession, limit: int, offset: int) -> Sequence[Server]:
+    return await ServerRepository(session).list(limit, offset)
+
+
+async def create_application(rt: Runtime, session: AsyncSession, payload: ApplicationCreate) -> Application:
+    """Registers an application and makes its proxy serve it from all its servers at the current version.
+
+    If the proxy refuses the configuration, nothing is registered (the transaction rolls back) and the proxy
+    keeps its previous configuration.
+    """
+    apps, servers = ApplicationRepository(session), ServerRepository(session)
+    if await apps.by_name(payload.name):
+        raise Conflict(f"an application named {payload.name!r} already exists")
+    known = await servers.many([*payload.server_ids, payload.proxy.server_id])
+    problems = [
+        problem(["body", "server_ids", i], f"server {sid} does not exist")
+        for i, sid in enumerate(payload.server_ids)
+        if sid not in known
+    ]
+    if payload.proxy.server_id not in known:
+        problems.append(
+            problem(["body", "proxy", "server_id"], f"server {payload.proxy.server_id} does not exist")
+        )
+    if problems:
+        raise Invalid(problems)
+    app = Application(
+        name=payload.name,
+        port=payload.port,
+        health_path=payload.health_path,
+        current_version=payload.current_version,
+        deploy_command=payload.deploy_command,
+        stop_command=payload.stop_command,
+        proxy=payload.proxy.model_dump(),
+    )
+    try:
+        async with session.begin_nested():
+            await apps.add(app, payload.server_ids)
+    except IntegrityError as exc:
+        raise Conflict(f"an application named {payload.name!r} already exists") from exc
+    pool = [PoolServer(sid, known[sid].host, app.port, app.current_version) for sid in payload.server_ids]
+    backends = desired_backends(
+        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.max_weight
+    )
+    proxy = make_proxy(app, known[payload.proxy.server_id], rt.transports, rt.http)
+    try:
+        applied = await push_routes(proxy, app, backends, 1)
+    except ProxyConfigError as exc:
+        raise Invalid([problem(["body", "proxy"], f"the proxy refused the configuration: {exc}")]) from exc
+    except (ProxyUnavailableError, TransportError) as exc:
+        raise Invalid([problem(["body", "proxy"], f"the proxy could not be configured: {exc}")]) from exc
+    app.proxy_generation, app.proxy_applied = applied.generation, applied.backends
+    return app
+
+
+async def get_application(session: AsyncSession, app_id: int) -> Application:
+    app = await ApplicationRepository(session).get(app_id)
+    if app is None:
+        raise NotFound(f"application {app_id} not found")
+    return app
+
+
+async def list_applications(session: AsyncSession, limit: int, offset: int) -> Sequence[Application]:
+    return await ApplicationRepository(session).list(limit, offset)

@@ -1,0 +1,93 @@
+"""How deployments and events look from outside (API, WebSocket, event bus): plain JSON-able dicts."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from canaryd.db.models import Deployment, DeploymentEvent, Server
+from canaryd.domain.lifecycle import Lifecycle
+from canaryd.domain.types import State
+
+#: The triggers an operator may pull; the others belong to the engine.
+MANUAL_ACTIONS = frozenset({"pause", "resume", "promote", "rollback"})
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _server_refs(ids: list[Any], servers: dict[int, Server]) -> list[dict[str, Any]]:
+    refs = []
+    for sid in ids:
+        server = servers.get(int(sid))
+        refs.append(
+            {"id": int(sid), "name": server.name if server else None, "host": server.host if server else None}
+        )
+    return refs
+
+
+def lifecycle_of(dep: Deployment) -> Lifecycle:
+    return Lifecycle(State(dep.canary_status), State(dep.paused_from) if dep.paused_from else None)
+
+
+def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, Any]:
+    """The status object of the HTTP contract."""
+    config = dep.canary_config
+    stages: list[float] = list(config.get("stages", []))
+    state = State(dep.canary_status)
+    next_stage_at = None
+    if state == State.MONITORING and dep.canary_stage_started_at is not None:
+        next_stage_at = dep.canary_stage_started_at + timedelta(seconds=int(config.get("stage_duration", 0)))
+    target = stages[dep.current_canary_stage] if stages and dep.current_canary_stage < len(stages) else 0.0
+    if state == State.COMPLETED:
+        target = 100.0
+    elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):
+        target = 0.0
+    lifecycle = lifecycle_of(dep)
+    monitoring_began = state in (State.MONITORING, State.PAUSED) and dep.canary_stage_started_at is not None
+    return {
+        "id": dep.id,
+        "application_id": dep.application_id,
+        "version": dep.version,
+        "previous_version": dep.previous_version,
+        "strategy": dep.strategy,
+        "status": dep.status,
+        "canary_status": dep.canary_status,
+        "paused_from": dep.paused_from,
+        "current_stage": dep.current_canary_stage + 1 if monitoring_began or state == State.PROMOTING else 0,
+        "total_stages": len(stages),
+        "current_traffic_percentage": dep.canary_traffic_percentage,
+        "target_traffic_percentage": target,
+        "canary_servers": _server_refs(dep.canary_server_ids, servers),
+        "stable_servers": _server_refs(dep.stable_server_ids, servers),
+        "metrics": dep.canary_metrics_snapshot,
+        "config": config,
+        "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
+        "next_stage_at": _iso(next_stage_at),
+        "can_promote": lifecycle.can("promote"),
+        "can_rollback": lifecycle.can("rollback"),
+        "allowed_actions": sorted(lifecycle.allowed() & MANUAL_ACTIONS),
+        "reasons": dep.reasons,
+        "created_by": dep.created_by,
+        "created_at": _iso(dep.created_at),
+        "updated_at": _iso(dep.updated_at),
+        "finished_at": _iso(dep.finished_at),
+    }
+
+
+def event_view(event: DeploymentEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "deployment_id": event.deployment_id,
+        "seq": event.seq,
+        "at": _iso(event.at),
+        "kind": event.kind,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "stage": event.stage,
+        "traffic_percentage": event.traffic_percentage,
+        "metrics": event.metrics,
+        "reasons": event.reasons,
+        "actor": event.actor,
+    }

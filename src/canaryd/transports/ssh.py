@@ -1,0 +1,377 @@
+"""The `ssh` transport: pooled asyncssh connections with verified host keys.
+
+One connection per (host, port, user), opened on first use, shared by every caller and opened again when it
+has closed (the server restarted, the network dropped it, keepalives went unanswered). A per-key lock makes
+concurrent first uses open a single connection. Each connection carries at most `max_sessions` (8) concurrent
+commands, plus the SFTP client and one channel for killing a timed-out command: 10, OpenSSH's default
+`MaxSessions`. Further commands wait for a free slot.
+
+Host keys are always checked against the operator's known_hosts file: there is no "accept any key" mode.
+An unknown or changed key is refused with a message that says how to trust the host.
+
+Commands run as `/bin/sh -c COMMAND` (exec'd from the user's login shell, which must be POSIX-like) with
+stdin at /dev/null. As with the local transport, a command returns only when its output is closed, so deploy
+commands must detach the daemons they start from stdout/stderr; the timeout bounds the rest. On timeout (or
+cancellation) canaryd SIGKILLs the command's process group with `kill` over a second channel and closes the
+command's channel: processes that left the group (setsid daemons) are not touched.
+
+A command is retried on a fresh connection only when the connection was found dead *before* the command
+started (opening its channel failed), so a retry never runs a command twice. File operations use one SFTP
+client per connection; reads, stats, writes and removes are retried once after a dropped connection, renames
+are not (a rename that succeeded before the drop would fail on retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncssh
+
+from canaryd.transports.base import CommandResult, TransportError
+
+T = TypeVar("T")
+
+_Key = tuple[str, int, str]
+# How long to wait for a closing connection or a killed command's channel before giving up on it.
+_CLOSE_GRACE = 2.0
+
+
+_PGID_MARK = "canaryd-pgid="
+
+
+def _describe(command: str) -> str:
+    return command[:200]
+
+
+def _wrap(command: str) -> str:
+    """The command line sent to the server: report the process group on stderr, then run /bin/sh -c command.
+
+    sshd starts the login shell as the leader of a new session, so `$$` is the process group that a timeout
+    kills. (sshd's own `signal` request cannot do it: OpenSSH refuses to signal root's sessions.)
+    """
+    return f"printf '{_PGID_MARK}%s\\n' \"$$\" >&2; exec /bin/sh -c {shlex.quote(command)}"
+
+
+def _split_pgid(stderr: str) -> tuple[int | None, str]:
+    """The process group the wrapper reported, and stderr without that line."""
+    if stderr.startswith(_PGID_MARK):
+        start = 0
+    else:  # the login shell's start-up files may have written something first
+        start = stderr.find("\n" + _PGID_MARK) + 1
+        if start == 0:
+            return None, stderr
+    end = stderr.find("\n", start)
+    if end < 0:
+        return None, stderr
+    value = stderr[start + len(_PGID_MARK) : end]
+    return (int(value) if value.isdigit() else None), stderr[:start] + stderr[end + 1 :]
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError | asyncssh.ChannelOpenError | asyncssh.SFTPError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(eq=False)
+class _Connection:
+    conn: asyncssh.SSHClientConnection
+    sessions: asyncio.Semaphore
+    sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One kill channel at a time: with max_sessions commands and the SFTP client, stays within MaxSessions.
+    kill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sftp: asyncssh.SFTPClient | None = None
+
+    def is_closed(self) -> bool:
+        return bool(self.conn.is_closed())
+
+    async def sftp_client(self) -> asyncssh.SFTPClient:
+        async with self.sftp_lock:
+            if self.sftp is None:
+                self.sftp = await self.conn.start_sftp_client()
+            return self.sftp
+
+    async def close(self) -> None:
+        if self.sftp is not None:
+            self.sftp.exit()
+        self.conn.close()
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self.conn.wait_closed(), _CLOSE_GRACE)
+
+
+class SshPool:
+    """The SSH connections of one canaryd process. Make one at start-up; `await close()` at shutdown."""
+
+    def __init__(
+        self,
+        known_hosts: str,
+        client_keys: Sequence[str] | None = None,
+        connect_timeout: float = 10.0,
+        *,
+        max_sessions: int = 8,
+        keepalive_interval: float = 30.0,
+    ) -> None:
+        if not known_hosts:
+            raise ValueError("known_hosts is required: SSH host keys are always verified")
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.known_hosts = known_hosts
+        self.client_keys = list(client_keys) if client_keys is not None else None
+        self.connect_timeout = connect_timeout
+        self.max_sessions = max_sessions
+        self.keepalive_interval = keepalive_interval
+        self.connections_opened = 0
+        """How many connections this pool has opened in its life (reuse keeps it low)."""
+        self._connections: dict[_Key, _Connection] = {}
+        self._locks: dict[_Key, asyncio.Lock] = {}
+        self._closed = False
+
+    def transport(self, host: str, port: int, user: str) -> SshTransport:
+        return SshTransport(self, host, port, user)
+
+    @property
+    def open_connections(self) -> int:
+        """How many pooled connections are open right now."""
+        return sum(not c.is_closed() for c in self._connections.values())
+
+    async def connection(self, host: str, port: int, user: str) -> asyncssh.SSHClientConnection:
+        """The pooled connection for (host, port, user), opened if needed."""
+        return (await self._get((host, port, user))).conn
+
+    async def _get(self, key: _Key) -> _Connection:
+        current = self._connections.get(key)
+        if current is not None and not current.is_closed():
+            return current
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if self._closed:
+                raise TransportError(f"ssh {key[0]}:{key[1]}: the SSH pool is closed")
+            current = self._connections.get(key)
+            if current is not None and not current.is_closed():
+                return current
+            if current is not None:
+                await self._discard(key, current)
+            fresh = await self._connect(key)
+            self._connections[key] = fresh
+            self.connections_opened += 1
+            return fresh
+
+    async def _discard(self, key: _Key, entry: _Connection) -> None:
+        if self._connections.get(key) is entry:
+            del self._connections[key]
+        await entry.close()
+
+    async def _connect(self, key: _Key) -> _Connection:
+        host, port, user = key
+        where = f"ssh {host}:{port}"
+        keyscan = f"ssh-keyscan -p {port} {host} >> {self.known_hosts}"
+        if not await asyncio.to_thread(os.path.isfile, self.known_hosts):
+            raise TransportError(
+                f"{where}: known_hosts file {self.known_hosts} does not exist; "
+                f"check the host's key and add it with: {keyscan}"
+            )
+        options: dict[str, Any] = {
+            "username": user,
+            "known_hosts": self.known_hosts,
+            "connect_timeout": self.connect_timeout,
+            "keepalive_interval": self.keepalive_interval,
+            "keepalive_count_max": 3,
+        }
+        if self.client_keys is not None:
+            options["client_keys"] = self.client_keys
+        try:
+            conn = await asyncssh.connect(host, port, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise TransportError(
+                f"{where}: host key verification failed ({exc.reason}): the server's key is not the one "
+                f"{self.known_hosts} holds for it. If the host is new or its key was changed on purpose, "
+                f"check the key and add it with: {keyscan}"
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            raise TransportError(f"{where}: authentication failed for user {user}: {exc.reason}") from exc
+        except asyncssh.KeyImportError as exc:
+            raise TransportError(f"{where}: cannot load a client key: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransportError(f"{where}: connection timed out after {self.connect_timeout:g} s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise TransportError(f"{where}: cannot connect: {_reason(exc)}") from exc
+        return _Connection(conn=conn, sessions=asyncio.Semaphore(self.max_sessions))
+
+    async def close(self) -> None:
+        """Close every connection. The pool refuses further use."""
+        self._closed = True
+        entries = list(self._connections.items())
+        self._connections.clear()
+        for _key, entry in entries:
+            await entry.close()
+
+
+def _connection_failure(entry: _Connection, exc: BaseException) -> bool:
+    """Whether exc means the connection itself is gone (rather than one operation failing on a live one)."""
+    return entry.is_closed() or isinstance(exc, asyncssh.DisconnectError)
+
+
+class SshTransport:
+    """One server reached through a pooled SSH connection."""
+
+    def __init__(self, pool: SshPool, host: str, port: int, user: str) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.user = user
+
+    def __repr__(self) -> str:
+        return f"SshTransport({self.user}@{self.host}:{self.port})"
+
+    @property
+    def _key(self) -> _Key:
+        return (self.host, self.port, self.user)
+
+    def _error(self, message: str) -> TransportError:
+        return TransportError(f"ssh {self.host}:{self.port}: {message}")
+
+    async def run(self, command: str, timeout: float) -> CommandResult:
+        wrapped = _wrap(command)
+        for attempt in (1, 2):
+            entry = await self.pool._get(self._key)
+            async with entry.sessions:
+                try:
+                    proc = await entry.conn.create_process(wrapped, stdin=asyncssh.DEVNULL, encoding=None)
+                except (asyncssh.Error, OSError) as exc:
+                    # The command never started, so opening a fresh connection and trying again is safe.
+                    if attempt == 1 and _connection_failure(entry, exc):
+                        await self.pool._discard(self._key, entry)
+                        continue
+                    raise self._error(f"cannot start command: {_reason(exc)}") from exc
+                return await self._wait(entry, proc, command, timeout)
+        raise AssertionError("unreachable")
+
+    async def _wait(
+        self,
+        entry: _Connection,
+        proc: asyncssh.SSHClientProcess[bytes],
+        command: str,
+        timeout: float,
+    ) -> CommandResult:
+        try:
+            completed = await proc.wait(check=False, timeout=timeout)
+        except BaseException as exc:
+            stderr = exc.stderr if isinstance(exc, asyncssh.ProcessError) else proc.collect_output()[1]
+            await self._kill(entry, proc, _split_pgid(_decode(stderr))[0])
+            if isinstance(exc, asyncssh.TimeoutError):
+                raise self._error(f"command timed out after {timeout:g} s: {_describe(command)}") from None
+            if isinstance(exc, asyncssh.Error | OSError):
+                raise self._error(f"command failed: {_reason(exc)}: {_describe(command)}") from exc
+            raise
+        if completed.returncode is None:
+            raise self._error(f"connection lost while running command: {_describe(command)}")
+        return CommandResult(
+            exit_status=completed.returncode,
+            stdout=_decode(completed.stdout),
+            stderr=_split_pgid(_decode(completed.stderr))[1],
+        )
+
+    async def _kill(
+        self, entry: _Connection, proc: asyncssh.SSHClientProcess[bytes], pgid: int | None
+    ) -> None:
+        """SIGKILL the command's process group (from a second channel), then close its channel."""
+        if pgid is not None and not entry.is_closed():
+            async with entry.kill_lock:
+                with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                    await asyncio.wait_for(
+                        entry.conn.run(f"kill -KILL -- -{pgid}", stdin=asyncssh.DEVNULL, check=False),
+                        _CLOSE_GRACE,
+                    )
+        proc.close()
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(proc.wait_closed(), _CLOSE_GRACE)
+
+    async def _sftp(
+        self,
+        action: str,
+        path: str,
+        op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+        *,
+        retry: bool = True,
+    ) -> T:
+        for attempt in (1, 2):
+            entry = await self.pool._get(self._key)
+            try:
+                sftp = await entry.sftp_client()
+            except (asyncssh.Error, OSError) as exc:
+                if attempt == 1 and _connection_failure(entry, exc):
+                    await self.pool._discard(self._key, entry)
+                    continue
+                raise self._error(f"cannot start SFTP: {_reason(exc)}") from exc
+            try:
+                return await op(sftp)
+            except (asyncssh.Error, OSError) as exc:
+                if retry and attempt == 1 and _connection_failure(entry, exc):
+                    await self.pool._discard(self._key, entry)
+                    continue
+                raise self._error(f"cannot {action} {path}: {_reason(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    async def read_file(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        if offset < 0 or (limit is not None and limit < 0):
+            raise ValueError("offset and limit must not be negative")
+
+        async def op(sftp: asyncssh.SFTPClient) -> bytes:
+            async with sftp.open(path, "rb") as f:
+                size = limit
+                if size is None:  # to the end as it is now (asyncssh's read(-1) fails past the end)
+                    size = max(0, ((await f.stat()).size or 0) - offset)
+                if size == 0:
+                    return b""
+                await f.seek(offset)
+                data = await f.read(size)
+                assert isinstance(data, bytes)  # binary mode
+                return data
+
+        return await self._sftp("read", path, op)
+
+    async def file_size(self, path: str) -> int | None:
+        async def op(sftp: asyncssh.SFTPClient) -> int | None:
+            try:
+                attrs = await sftp.stat(path)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            return attrs.size
+
+        return await self._sftp("stat", path, op)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            async with sftp.open(path, "wb") as f:
+                await f.write(data)
+
+        await self._sftp("write", path, op)
+
+    async def rename(self, src: str, dst: str) -> None:
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            await sftp.posix_rename(src, dst)
+
+        await self._sftp("rename", f"{src} to {dst}", op, retry=False)
+
+    async def remove(self, path: str) -> None:
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await sftp.remove(path)
+
+        await self._sftp("remove", path, op)

@@ -1,0 +1,87 @@
+"""Shared fixtures: real PostgreSQL and SQLite databases, real nginx/sshd/app instances, a running canaryd.
+
+Nothing here is mocked. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) must be running
+(`scripts/test.sh` starts them); a missing one fails the test with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from canaryd.db.migrate import upgrade
+
+pytest_plugins = ["tests.fixtures.nginx", "tests.fixtures.apps", "tests.fixtures.sshd", "tests.fixtures.stack"]
+
+PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
+REDIS = ("127.0.0.1", 6379)
+
+
+def _pg_ready() -> bool:
+    return subprocess.run(["pg_isready", *PG_ADMIN[:2], "-p", "5432"], capture_output=True).returncode == 0
+
+
+def redis_ready() -> bool:
+    try:
+        with socket.create_connection(REDIS, timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database used as the template of each test's own database."""
+    if not _pg_ready():
+        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (scripts/test.sh starts it)", pytrace=False)
+    name = f"canaryd_tpl_{os.getpid()}"
+    subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", name], check=True, capture_output=True)
+    subprocess.run(["createdb", *PG_ADMIN, name], check=True, capture_output=True)
+    upgrade(PG_URL.format(db=name))
+    yield name
+    subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", "--force", name], capture_output=True)
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test, dropped afterwards."""
+    name = f"canaryd_t_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["createdb", *PG_ADMIN, "-T", pg_template, name], check=True, capture_output=True)
+    yield PG_URL.format(db=name)
+    subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", "--force", name], capture_output=True)
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database file for one test."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/canaryd.db"
+    await asyncio.to_thread(upgrade, url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The same test on both databases canaryd supports."""
+    if request.param == "sqlite":
+        yield await request.getfixturevalue("sqlite_url")
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database for one test (flushed first)."""
+    if not redis_ready():
+        pytest.fail("Redis is not answering on 127.0.0.1:6379 (scripts/test.sh starts it)", pytrace=False)
+    db = 1 + (os.getpid() % 14)
+    subprocess.run(["redis-cli", "-n", str(db), "FLUSHDB"], check=True, capture_output=True)
+    return f"redis://127.0.0.1:6379/{db}"

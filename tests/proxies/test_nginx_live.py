@@ -1,0 +1,331 @@
+"""NginxProxy against a real nginx master and real sample-app instances on 127.0.0.x."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from canaryd.domain.types import Backend, Cohort
+from canaryd.proxies.base import ProxyConfigError, RouteTable
+from canaryd.proxies.nginx import NginxProxy, render_nginx
+from canaryd.transports.local import LocalTransport
+
+if TYPE_CHECKING:
+    from tests.fixtures.apps import AppFleet, AppInstance
+    from tests.fixtures.nginx import NginxInstance
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Fleet:
+    canary: AppInstance
+    stable: list[AppInstance]
+
+    def table(
+        self, generation: int, canary_weight: int = 4, stable_weight: int = 3, app_id: int = 1
+    ) -> RouteTable:
+        backends = (
+            [Backend(1, self.canary.host, self.canary.port, canary_weight, "canary")] if canary_weight else []
+        )
+        backends += [
+            Backend(i + 2, a.host, a.port, stable_weight, "stable") for i, a in enumerate(self.stable)
+        ]
+        return RouteTable(app_id=app_id, app_name="shop", backends=tuple(backends), generation=generation)
+
+    def cohort_of(self, address: str) -> Cohort | None:
+        if address == self.canary.address:
+            return "canary"
+        if address in {a.address for a in self.stable}:
+            return "stable"
+        return None
+
+
+def start_fleet(app_fleet: AppFleet, canary_version: str) -> Fleet:
+    canary = app_fleet.start("127.0.0.2", canary_version)
+    stable = [app_fleet.start(f"127.0.0.{i}", "v1") for i in range(3, 7)]
+    return Fleet(canary, stable)
+
+
+@pytest.fixture
+def fleet(app_fleet: AppFleet) -> Fleet:
+    """One canary at v2 on 127.0.0.2 and four stable instances at v1 on 127.0.0.3-6."""
+    return start_fleet(app_fleet, "v2")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """The client canaryd would hand to the proxy adapter."""
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def make_proxy(nginx: NginxInstance, http: httpx.AsyncClient, **spec_overrides: object) -> NginxProxy:
+    return NginxProxy(LocalTransport(), nginx.spec(**spec_overrides), "127.0.0.1", http)
+
+
+async def send(nginx: NginxInstance, n: int, concurrency: int = 8) -> list[tuple[int, str]]:
+    """`n` requests through nginx, each on a new connection; (status, X-Version) of each."""
+    out: list[tuple[int, str]] = []
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, headers={"Connection": "close"}) as client:
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                r = await client.get(f"http://127.0.0.1:{nginx.port}/")
+                out.append((r.status_code, r.headers.get("X-Version", "")))
+
+        share = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+        await asyncio.gather(*(worker(c) for c in share if c))
+    return out
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def canary_share(responses: list[tuple[int, str]], canary_version: str) -> float:
+    return 100.0 * sum(1 for _, v in responses if v == canary_version) / len(responses)
+
+
+async def test_weights_give_the_requested_share(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """1 canary at weight 4 and 4 stable at weight 3 give the canary 25 % of requests (±5 points)."""
+    proxy = make_proxy(nginx_instance, http)
+    table = fleet.table(generation=1)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    responses = await send(nginx_instance, 400)
+    assert all(status == 200 for status, _ in responses)
+    assert abs(canary_share(responses, "v2") - 25.0) <= 5.0
+    assert {v for _, v in responses} == {"v1", "v2"}
+
+
+async def test_zero_percent_leaves_canary_out(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A table without the canary sends it nothing; the next generation brings it back."""
+    proxy = make_proxy(nginx_instance, http)
+    await proxy.apply(fleet.table(generation=1, canary_weight=0, stable_weight=1))
+    assert await proxy.verify(fleet.table(generation=1))
+    assert canary_share(await send(nginx_instance, 40), "v2") == 0.0
+    table = fleet.table(generation=2, canary_weight=1, stable_weight=1)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    assert canary_share(await send(nginx_instance, 100), "v2") == pytest.approx(20.0, abs=5.0)
+
+
+async def test_verify_tells_new_from_old(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """verify() is True for the applied generation and False for one nginx never loaded."""
+    proxy = NginxProxy(LocalTransport(), nginx_instance.spec(), "127.0.0.1", http, verify_timeout=0.3)
+    await proxy.apply(fleet.table(generation=5))
+    assert await proxy.verify(fleet.table(generation=5))
+    assert not await proxy.verify(fleet.table(generation=6))
+
+
+async def test_verify_catches_a_reload_nginx_refused(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A reload that passes -t but that the master cannot carry out (port taken) is caught by verify()."""
+    proxy = NginxProxy(LocalTransport(), nginx_instance.spec(), "127.0.0.1", http, verify_timeout=0.5)
+    await proxy.apply(fleet.table(generation=1))
+    # Another listener holds the port the new configuration wants: `nginx -t` passes, the reload does not.
+    taken = fleet.canary
+    moved = NginxProxy(
+        LocalTransport(), nginx_instance.spec(listen=taken.address), taken.host, http, verify_timeout=0.5
+    )
+    table = fleet.table(generation=2)
+    await moved.apply(table)  # `nginx -s reload` exits 0 all the same
+    assert not await moved.verify(table)
+    assert await proxy.verify(fleet.table(generation=1))
+
+
+async def test_rejected_config_keeps_old_file_and_split(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A configuration `nginx -t` refuses raises ProxyConfigError; the old file stays byte-identical and live."""
+    good = make_proxy(nginx_instance, http)
+    await good.apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    missing_dir = os.path.join(nginx_instance.dir, "no-such-dir", "access.log")
+    bad = make_proxy(nginx_instance, http, access_log=missing_dir)
+    with pytest.raises(ProxyConfigError, match="No such file or directory"):
+        await bad.apply(fleet.table(generation=2, canary_weight=1, stable_weight=100))
+    assert read_bytes(nginx_instance.config_path) == before
+    assert sorted(os.listdir(os.path.dirname(nginx_instance.config_path))) == ["app.conf"]
+    assert await good.verify(fleet.table(generation=1))
+    assert abs(canary_share(await send(nginx_instance, 160), "v2") - 25.0) <= 5.0
+
+
+async def test_rejected_first_config_leaves_no_file(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """When there was no file before, a refused configuration is removed again."""
+    bad = make_proxy(nginx_instance, http, access_log=os.path.join(nginx_instance.dir, "nope", "a.log"))
+    with pytest.raises(ProxyConfigError):
+        await bad.apply(fleet.table(generation=1))
+    assert os.listdir(os.path.dirname(nginx_instance.config_path)) == []
+
+
+async def test_failed_reload_restores_old_file(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A reload command that fails puts the previous bytes back and reports nginx's words."""
+    good = make_proxy(nginx_instance, http)
+    await good.apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    bad = make_proxy(nginx_instance, http, reload_command="echo 'reload refused' >&2; exit 3")
+    with pytest.raises(ProxyConfigError, match="reload refused"):
+        await bad.apply(fleet.table(generation=2))
+    assert read_bytes(nginx_instance.config_path) == before
+
+
+async def test_without_listen_verify_reports_test_and_reload(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """Without a server block verify() can only say whether test and reload of that generation passed."""
+    proxy = make_proxy(nginx_instance, http, listen=None)
+    table = fleet.table(generation=3)
+    assert not await proxy.verify(table)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    assert not await proxy.verify(fleet.table(generation=4))
+    assert read_bytes(nginx_instance.config_path) == render_nginx(table, proxy.spec).encode()
+
+
+async def test_read_traffic_counts_per_cohort(
+    nginx_instance: NginxInstance, app_fleet: AppFleet, http: httpx.AsyncClient
+) -> None:
+    """Log counts per cohort match the requests sent, with a bad canary's 500s counted as errors."""
+    fleet = start_fleet(app_fleet, "v2-bad")
+    proxy = make_proxy(nginx_instance, http)
+    table = fleet.table(generation=1)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    responses = await send(nginx_instance, 400)
+    seen = Counter((v, status >= 500) for status, v in responses)
+    reading = await proxy.read_traffic(0, fleet.cohort_of)
+    canary, stable = reading.cohorts["canary"], reading.cohorts["stable"]
+    assert canary.requests == seen[("v2-bad", False)] + seen[("v2-bad", True)]
+    assert canary.errors == seen[("v2-bad", True)] > 0
+    assert stable.requests == seen[("v1", False)] and stable.errors == 0
+    assert canary.requests + stable.requests == 400
+    assert reading.next_offset == os.path.getsize(nginx_instance.access_log)
+    again = await proxy.read_traffic(reading.next_offset, fleet.cohort_of)
+    assert again.cohorts["canary"].requests == again.cohorts["stable"].requests == 0
+    assert again.next_offset == reading.next_offset
+
+
+async def test_read_traffic_partial_line_and_rotation(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A trailing partial line is left for the next read; a rotated (smaller) log is read from its start."""
+    proxy = make_proxy(nginx_instance, http)
+    await proxy.apply(fleet.table(generation=1, canary_weight=1, stable_weight=1))
+    await send(nginx_instance, 50)
+    first = await proxy.read_traffic(0, fleet.cohort_of)
+    assert first.cohorts["canary"].requests + first.cohorts["stable"].requests == 50
+
+    log = nginx_instance.access_log
+    partial = f'{{"time":"1.0","status":"503","request_time":"0.001","upstream_addr":"{fleet.canary.address}",'.encode()
+    with open(log, "ab") as f:
+        f.write(partial)
+    held = await proxy.read_traffic(first.next_offset, fleet.cohort_of)
+    assert held.next_offset == first.next_offset
+    assert held.cohorts["canary"].requests == 0
+    with open(log, "ab") as f:
+        f.write(b'"upstream_status":"503","upstream_response_time":"0.001","method":"GET"}\n')
+    done = await proxy.read_traffic(held.next_offset, fleet.cohort_of)
+    assert (done.cohorts["canary"].requests, done.cohorts["canary"].errors) == (1, 1)
+    assert done.next_offset == os.path.getsize(log)
+
+    # copytruncate-style rotation: the file is emptied in place, nginx keeps appending to it.
+    os.truncate(log, 0)
+    await send(nginx_instance, 4)
+    truncated = await proxy.read_traffic(done.next_offset, fleet.cohort_of)
+    assert truncated.cohorts["canary"].requests + truncated.cohorts["stable"].requests == 4
+    assert truncated.next_offset == os.path.getsize(log)
+
+    # rename-and-reopen rotation: the new file starts empty, the workers switch to it a moment later.
+    os.rename(log, log + ".1")
+    reopen = await LocalTransport().run(
+        f"{nginx_instance.binary} -c {nginx_instance.main_conf} -s reopen", 10
+    )
+    assert reopen.ok, reopen.tail()
+    for _ in range(500):
+        await send(nginx_instance, 1)
+        if os.path.exists(log) and os.path.getsize(log) > 0:
+            break
+        await asyncio.sleep(0.01)
+    await send(nginx_instance, 3)
+    in_new_file = read_bytes(log).count(b"\n")
+    rotated = await proxy.read_traffic(done.next_offset, fleet.cohort_of)
+    assert rotated.cohorts["canary"].requests + rotated.cohorts["stable"].requests == in_new_file >= 4
+    assert rotated.next_offset == os.path.getsize(log)
+
+
+async def test_read_traffic_missing_log(nginx_instance: NginxInstance, http: httpx.AsyncClient) -> None:
+    """A log that does not exist (yet) reads as no traffic and keeps the offset."""
+    proxy = make_proxy(nginx_instance, http)
+    reading = await proxy.read_traffic(123, lambda _: "stable")
+    assert reading.next_offset == 123
+    assert reading.cohorts["canary"].requests == reading.cohorts["stable"].requests == 0
+
+
+async def test_apply_to_verify_latency(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """apply()+verify() takes a bounded time; compared with a bare `nginx -s reload` and a poll."""
+    proxy = make_proxy(nginx_instance, http)
+    transport = LocalTransport()
+    ours: list[float] = []
+    for gen in range(1, 21):
+        table = fleet.table(generation=gen, canary_weight=1 + gen % 4)
+        t0 = time.perf_counter()
+        await proxy.apply(table)
+        assert await proxy.verify(table)
+        ours.append((time.perf_counter() - t0) * 1000)
+    first_new: list[float] = []
+    last_old: list[float] = []
+    url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
+    for gen in range(21, 41):
+        with open(nginx_instance.config_path, "w") as f:
+            f.write(render_nginx(fleet.table(generation=gen), proxy.spec))
+        t0 = time.perf_counter()
+        assert (await transport.run(nginx_instance.reload_command, 10)).ok
+        seen_new: float | None = None
+        old_at = 0.0
+        # Poll until the new generation answers, then 400 ms more to see how long the old one still does.
+        while seen_new is None or time.perf_counter() - t0 < seen_new / 1000 + 0.4:
+            r = await http.get(url, headers={"Connection": "close"})
+            at = (time.perf_counter() - t0) * 1000
+            if r.text == f"{gen}\n":
+                seen_new = at if seen_new is None else seen_new
+            else:
+                old_at = at
+            await asyncio.sleep(0.01)
+        first_new.append(seen_new)
+        last_old.append(old_at)
+
+    def fig(xs: list[float]) -> str:
+        return f"median {statistics.median(xs):.1f} min {min(xs):.1f} max {max(xs):.1f}"
+
+    print(
+        f"\napply()+verify() ms: {fig(ours)}"
+        f"\nbare reload -> first new answer ms: {fig(first_new)}"
+        f"\nbare reload -> last old answer ms: {fig(last_old)}"
+    )
+    assert statistics.median(ours) < 1000

@@ -1,0 +1,249 @@
+"""The nginx renderer and the access-log parser: pure functions, table-tested."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from canaryd.domain.config import ProxySpec
+from canaryd.domain.types import Backend, Cohort
+from canaryd.proxies.base import RouteTable
+from canaryd.proxies.nginx import last_upstream, parse_access_log_lines, render_nginx
+
+SPEC = ProxySpec(
+    kind="nginx",
+    server_id=1,
+    config_path="/etc/nginx/conf.d/app.conf",
+    reload_command="nginx -s reload",
+    test_command="nginx -t",
+    listen="127.0.0.1:8080",
+    access_log="/var/log/nginx/canaryd-app.log",
+)
+
+
+def table(*backends: Backend, generation: int = 7, name: str = "shop", app_id: int = 3) -> RouteTable:
+    return RouteTable(app_id=app_id, app_name=name, backends=backends, generation=generation)
+
+
+CANARY = Backend(1, "127.0.0.2", 8001, 4, "canary")
+STABLE = Backend(2, "127.0.0.3", 8001, 3, "stable")
+
+
+def test_weights_rendered_per_server() -> None:
+    """Every backend appears once with its own integer weight and max_fails=0."""
+    text = render_nginx(table(CANARY, STABLE), SPEC)
+    assert "server 127.0.0.2:8001 weight=4 max_fails=0;" in text
+    assert "server 127.0.0.3:8001 weight=3 max_fails=0;" in text
+    assert "upstream canaryd_app_3 {" in text
+    assert "keepalive 16;" in text
+    assert "weight=0" not in text
+
+
+def test_absent_server_is_absent() -> None:
+    """A server missing from the table (a cohort at 0 %) is missing from the upstream."""
+    text = render_nginx(table(STABLE), SPEC)
+    assert "127.0.0.2" not in text
+    assert sum(1 for ln in text.splitlines() if ln.startswith("    server ")) == 1
+
+
+def test_ipv6_hosts_in_brackets() -> None:
+    """IPv6 backends are bracketed and normalised, as nginx writes them in $upstream_addr."""
+    text = render_nginx(
+        table(Backend(1, "::1", 9000, 1, "stable"), Backend(2, "[fd00::0001]", 9000, 2, "canary")), SPEC
+    )
+    assert "server [::1]:9000 weight=1" in text
+    assert "server [fd00::1]:9000 weight=2" in text
+
+
+def test_generation_in_header_and_probe() -> None:
+    """The generation is in the header comment and in the /.canaryd/generation answer."""
+    text = render_nginx(table(STABLE, generation=42), SPEC)
+    assert text.startswith("# managed by canaryd, generation 42 — do not edit\n")
+    assert "location = /.canaryd/generation {" in text
+    assert 'return 200 "42\\n";' in text
+
+
+def test_server_block_and_log_format() -> None:
+    """With `listen` the server block proxies to the upstream and logs in the app's JSON format."""
+    text = render_nginx(table(STABLE), SPEC)
+    assert "listen 127.0.0.1:8080;" in text
+    assert 'access_log "/var/log/nginx/canaryd-app.log" canaryd_3;' in text
+    assert "proxy_pass http://canaryd_app_3;" in text
+    assert 'proxy_set_header Connection "";' in text
+    assert "proxy_next_upstream error timeout;" in text
+    fmt = next(line for line in text.splitlines() if line.startswith("log_format"))
+    assert fmt.startswith("log_format canaryd_3 escape=json '{")
+    for var in (
+        "$msec",
+        "$status",
+        "$request_time",
+        "$upstream_addr",
+        "$upstream_status",
+        "$upstream_response_time",
+        "$request_method",
+    ):
+        assert var in fmt
+
+
+def test_no_listen_means_no_server_block() -> None:
+    """Without `listen` only the log format and the upstream are rendered."""
+    text = render_nginx(table(STABLE), SPEC.model_copy(update={"listen": None}))
+    assert "server {" not in text
+    assert "listen" not in text
+
+
+def test_app_name_only_in_a_sanitised_comment() -> None:
+    """A hostile application name is reduced to safe characters and appears only in a comment."""
+    text = render_nginx(table(STABLE, name='x"; } server { listen 80; #\n evil'), SPEC)
+    name_lines = [line for line in text.splitlines() if "evil" in line]
+    assert len(name_lines) == 1 and name_lines[0].startswith("# application 3 (")
+    assert "listen 80" not in text and ";_" not in name_lines[0] and "\n evil" not in text
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        Backend(1, "127.0.0.1;", 80, 1, "stable"),
+        Backend(1, "a b", 80, 1, "stable"),
+        Backend(1, "host}", 80, 1, "stable"),
+        Backend(1, "host#x", 80, 1, "stable"),
+        Backend(1, "h'x", 80, 1, "stable"),
+        Backend(1, 'h"x', 80, 1, "stable"),
+        Backend(1, "h\x00x", 80, 1, "stable"),
+        Backend(1, "h\nserver evil:1", 80, 1, "stable"),
+        Backend(1, "$host", 80, 1, "stable"),
+        Backend(1, "under_score.example", 80, 1, "stable"),
+        Backend(1, "127.0.0.1", 0, 1, "stable"),
+        Backend(1, "127.0.0.1", 70000, 1, "stable"),
+        Backend(1, "127.0.0.1", 80, 0, "stable"),
+        Backend(1, "127.0.0.1", 80, -1, "stable"),
+        Backend(1, "127.0.0.1", 80, 1001, "stable"),
+    ],
+)
+def test_hostile_backend_values_raise(backend: Backend) -> None:
+    """Backends that could inject syntax or that nginx would refuse raise ValueError."""
+    with pytest.raises(ValueError):
+        render_nginx(table(backend), SPEC)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"listen": "127.0.0.1:80; evil"},
+        {"listen": "80 default_server"},
+        {"access_log": "/tmp/a log"},
+        {"access_log": "/tmp/a;b"},
+        {"access_log": "/tmp/$host"},
+        {"access_log": '/tmp/a"b'},
+        {"access_log": "relative/path"},
+    ],
+)
+def test_hostile_spec_values_raise(update: dict[str, str]) -> None:
+    """Spec values that slipped past validation still never reach the file."""
+    with pytest.raises(ValueError):
+        render_nginx(table(STABLE), SPEC.model_copy(update=update))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        table(),
+        table(STABLE, STABLE),
+        table(STABLE, generation=-1),
+        table(STABLE, app_id=True),
+        table(STABLE, app_id="1; evil"),  # type: ignore[arg-type]
+    ],
+)
+def test_impossible_tables_raise(bad: RouteTable) -> None:
+    """No servers, duplicates, negative generations and non-integer ids raise ValueError."""
+    with pytest.raises(ValueError):
+        render_nginx(bad, SPEC)
+
+
+def test_render_is_deterministic() -> None:
+    """The same table renders to the same bytes (apply is idempotent)."""
+    assert render_nginx(table(CANARY, STABLE), SPEC) == render_nginx(table(CANARY, STABLE), SPEC)
+
+
+# --- access log -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        ("127.0.0.2:8001", "127.0.0.2:8001"),
+        ("127.0.0.2:8001, 127.0.0.3:8001", "127.0.0.3:8001"),
+        ("127.0.0.2:8001, 127.0.0.3:8001 : 127.0.0.4:9000", "127.0.0.4:9000"),
+        ("[::1]:8001", "[::1]:8001"),
+        ("-", None),
+        ("", None),
+        ("canaryd_app_3", "canaryd_app_3"),
+    ],
+)
+def test_last_upstream(addr: str, expected: str | None) -> None:
+    """The answering server is the last address nginx tried."""
+    assert last_upstream(addr) == expected
+
+
+COHORTS: dict[str, Cohort] = {"127.0.0.2:8001": "canary", "127.0.0.3:8001": "stable"}
+
+
+def line(status: int, addr: str, rt: str = "0.010", **extra: str) -> bytes:
+    entry = {
+        "time": "1700000000.000",
+        "status": str(status),
+        "request_time": rt,
+        "upstream_addr": addr,
+        "upstream_status": str(status),
+        "upstream_response_time": rt,
+        "method": "GET",
+        **extra,
+    }
+    return json.dumps(entry).encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "canary", "stable", "malformed", "unrouted"),
+    [
+        ([line(200, "127.0.0.2:8001")], (1, 0), (0, 0), 0, 0),
+        ([line(500, "127.0.0.2:8001"), line(200, "127.0.0.3:8001")], (1, 1), (1, 0), 0, 0),
+        ([line(502, "127.0.0.2:8001, 127.0.0.3:8001")], (0, 0), (1, 1), 0, 0),  # retried: last one counts
+        ([line(502, "127.0.0.2:8001")], (1, 1), (0, 0), 0, 0),  # nginx-generated 502 still counts
+        ([line(504, "127.0.0.3:8001")], (0, 0), (1, 1), 0, 0),
+        ([line(404, "-"), line(200, "")], (0, 0), (0, 0), 0, 2),
+        ([line(200, "10.9.9.9:1")], (0, 0), (0, 0), 0, 1),
+        (
+            [b"not json", b"[1]", b'{"status":"x","request_time":"1"}', b"\xff\xfe", b'{"status":"200"}'],
+            (0, 0),
+            (0, 0),
+            5,
+            0,
+        ),
+        ([b"", b"   "], (0, 0), (0, 0), 0, 0),
+        ([line(200, "127.0.0.2:8001").decode()], (1, 0), (0, 0), 0, 0),
+    ],
+)
+def test_parse_access_log_lines(
+    lines: list[bytes | str], canary: tuple[int, int], stable: tuple[int, int], malformed: int, unrouted: int
+) -> None:
+    """Requests and 5xx errors are counted per cohort; bad lines are counted, never raised."""
+    parsed = parse_access_log_lines(lines, COHORTS.get)
+    assert (parsed.cohorts["canary"].requests, parsed.cohorts["canary"].errors) == canary
+    assert (parsed.cohorts["stable"].requests, parsed.cohorts["stable"].errors) == stable
+    assert (parsed.malformed, parsed.unrouted) == (malformed, unrouted)
+
+
+def test_latency_from_request_time() -> None:
+    """Latency is $request_time in milliseconds."""
+    parsed = parse_access_log_lines([line(200, "127.0.0.3:8001", rt="0.250")] * 10, COHORTS.get)
+    p50 = parsed.cohorts["stable"].quantile_ms(0.5)
+    assert p50 is not None and 250 <= p50 <= 250 * 1.06
+
+
+def test_ipv6_addresses_found_with_or_without_brackets() -> None:
+    """An IPv6 upstream maps to its cohort whether cohort_of keys it as '[::1]:80' or '::1:80'."""
+    lines = [line(200, "[::1]:8001"), line(200, "[fd00::2]:8001")]
+    cohorts: dict[str, Cohort] = {"::1:8001": "canary", "[fd00::2]:8001": "stable"}
+    parsed = parse_access_log_lines(lines, cohorts.get)
+    assert parsed.cohorts["canary"].requests == parsed.cohorts["stable"].requests == 1
