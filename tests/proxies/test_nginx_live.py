@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from canaryd.domain.types import Backend, Cohort
-from canaryd.proxies.base import ProxyConfigError, RouteTable
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.proxies.nginx import NginxProxy, render_nginx
+from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport
 
 if TYPE_CHECKING:
@@ -329,3 +330,25 @@ async def test_apply_to_verify_latency(
         f"\nbare reload -> last old answer ms: {fig(last_old)}"
     )
     assert statistics.median(ours) < 1000
+
+
+class LostOnReload(LocalTransport):
+    """The connection to the proxy's host drops when the reload command is sent."""
+
+    async def run(self, command: str, timeout: float) -> CommandResult:
+        if "-s reload" in command:
+            raise TransportError("connection lost")
+        return await super().run(command, timeout)
+
+
+async def test_transport_failure_is_unavailable_and_restores(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A transport failure mid-apply raises ProxyUnavailableError and puts the previous file back."""
+    await make_proxy(nginx_instance, http).apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    proxy = NginxProxy(LostOnReload(), nginx_instance.spec(), "127.0.0.1", http)
+    with pytest.raises(ProxyUnavailableError, match="connection lost"):
+        await proxy.apply(fleet.table(generation=2))
+    assert read_bytes(nginx_instance.config_path) == before
+    assert sorted(os.listdir(os.path.dirname(nginx_instance.config_path))) == ["app.conf"]

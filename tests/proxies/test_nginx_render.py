@@ -36,8 +36,15 @@ def test_weights_rendered_per_server() -> None:
     assert "server 127.0.0.2:8001 weight=4 max_fails=0;" in text
     assert "server 127.0.0.3:8001 weight=3 max_fails=0;" in text
     assert "upstream canaryd_app_3 {" in text
-    assert "keepalive 16;" in text
     assert "weight=0" not in text
+
+
+def test_upstream_keepalive_is_opt_in() -> None:
+    """By default nginx opens a connection per request; `upstream_keepalive` turns pooling on."""
+    plain = render_nginx(table(CANARY, STABLE), SPEC)
+    assert "keepalive" not in plain and "proxy_http_version" not in plain
+    pooled = render_nginx(table(CANARY, STABLE), SPEC.model_copy(update={"upstream_keepalive": 16}))
+    assert "    keepalive 16;" in pooled and "proxy_http_version 1.1;" in pooled
 
 
 def test_absent_server_is_absent() -> None:
@@ -70,7 +77,6 @@ def test_server_block_and_log_format() -> None:
     assert "listen 127.0.0.1:8080;" in text
     assert 'access_log "/var/log/nginx/canaryd-app.log" canaryd_3;' in text
     assert "proxy_pass http://canaryd_app_3;" in text
-    assert 'proxy_set_header Connection "";' in text
     assert "proxy_next_upstream error timeout;" in text
     fmt = next(line for line in text.splitlines() if line.startswith("log_format"))
     assert fmt.startswith("log_format canaryd_3 escape=json '{")
@@ -214,10 +220,18 @@ def line(status: int, addr: str, rt: str = "0.010", **extra: str) -> bytes:
         ([line(404, "-"), line(200, "")], (0, 0), (0, 0), 0, 2),
         ([line(200, "10.9.9.9:1")], (0, 0), (0, 0), 0, 1),
         (
-            [b"not json", b"[1]", b'{"status":"x","request_time":"1"}', b"\xff\xfe", b'{"status":"200"}'],
+            [
+                b"not json",
+                b"[1]",
+                b'{"status":"x","request_time":"1"}',
+                b"\xff\xfe",
+                b'{"status":"200"}',
+                b'{"status":"200","request_time":"nan"}',
+                b'{"status":"0","request_time":"1"}',
+            ],
             (0, 0),
             (0, 0),
-            5,
+            7,
             0,
         ),
         ([b"", b"   "], (0, 0), (0, 0), 0, 0),

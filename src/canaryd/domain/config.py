@@ -126,6 +126,9 @@ class ProxySpec(StrictModel):
     runtime_socket: FilePath | None = None
     #: nginx only: largest per-server weight canaryd will write (finer splits need larger weights).
     max_weight: int = Field(default=1000, ge=1, le=1_000_000)
+    #: nginx only: idle keep-alive connections to the app per worker (0 = a new connection per request,
+    #: nginx's default). Apps that answer in several writes need TCP_NODELAY for keep-alive to be fast.
+    upstream_keepalive: int = Field(default=0, ge=0, le=1024)
 
 
 class CanaryConfig(StrictModel):

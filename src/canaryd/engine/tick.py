@@ -319,6 +319,7 @@ class Engine:
         first = w.config.stages[0]
         applied = await self.sync_proxy(w, State.MONITORING, first)
         live = self.live_percentage(w)
+        w.result.facts["log_offset"] = await w.proxy.traffic_offset()
         w.result.changes.update(
             current_canary_stage=0,
             canary_traffic_percentage=live,

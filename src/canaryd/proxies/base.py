@@ -46,6 +46,10 @@ class Proxy(Protocol):
         """True once the proxy serves `table` (its generation), False if it still serves an older one."""
         ...
 
+    async def traffic_offset(self) -> int:
+        """The offset at which traffic from now on starts (the end of the log so far)."""
+        ...
+
     async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
         """Per-cohort requests since `offset`. `cohort_of` maps an upstream 'host:port' to its cohort."""
         ...

@@ -27,7 +27,9 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -153,9 +155,11 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         "",
         f"upstream canaryd_app_{app_id} {{",
         *servers,
-        "    keepalive 16;",
+        *([f"    keepalive {spec.upstream_keepalive};"] if spec.upstream_keepalive else []),
         "}",
     ]
+    # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
+    keepalive = ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";'] if spec.upstream_keepalive else []
     if spec.listen is not None:
         _parse_listen(spec.listen)
         log_line = (
@@ -175,8 +179,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
             "    }",
             "    location / {",
             f"        proxy_pass http://canaryd_app_{app_id};",
-            "        proxy_http_version 1.1;",
-            '        proxy_set_header Connection "";',
+            *keepalive,
             "        proxy_set_header Host $host;",
             "        proxy_next_upstream error timeout;",
             "    }",
@@ -237,6 +240,8 @@ def parse_access_log_lines(
                 raise ValueError("not an object")
             status = int(entry["status"])
             latency_ms = float(entry["request_time"]) * 1000.0
+            if not (0 < status < 1000 and math.isfinite(latency_ms) and latency_ms >= 0):
+                raise ValueError("status or request_time out of range")
             upstream_addr = entry.get("upstream_addr", "")
             if not isinstance(upstream_addr, str):
                 raise ValueError("upstream_addr is not a string")
@@ -254,7 +259,9 @@ def parse_access_log_lines(
 
 # --- the adapter -------------------------------------------------------------------------------------------
 
-_apply_locks: dict[tuple[int, str], asyncio.Lock] = {}
+#: One apply at a time per proxy file within a process (and event loop); across processes the engine's
+#: per-deployment lock keeps applies apart, and each apply writes its own temp file.
+_apply_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
 
 
 class NginxProxy:
@@ -279,8 +286,8 @@ class NginxProxy:
         self.poll_interval = poll_interval
         self.settle = settle
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
-        directory, _, name = spec.config_path.rpartition("/")
-        self._temp_path = f"{directory}/.{name}.canaryd-new"
+        directory, _, self._name = spec.config_path.rpartition("/")
+        self._directory = directory or "/"
 
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
@@ -289,7 +296,8 @@ class NginxProxy:
             text = render_nginx(table, self.spec)
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render nginx configuration: {exc}") from exc
-        lock = _apply_locks.setdefault((self.spec.server_id, self.spec.config_path), asyncio.Lock())
+        key = (id(asyncio.get_running_loop()), self.spec.server_id, self.spec.config_path)
+        lock = _apply_locks.setdefault(key, asyncio.Lock())
         async with lock:
             try:
                 await self._install(text)
@@ -297,13 +305,22 @@ class NginxProxy:
                 raise ProxyUnavailableError(f"nginx on {self.proxy_host}: {exc}") from exc
         self._loaded_generation = table.generation
 
+    def _temp_path(self) -> str:
+        """A file beside the live one (so the rename is atomic) that `include *.conf` never matches."""
+        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-new-{secrets.token_hex(4)}"
+
     async def _install(self, text: str) -> None:
         path = self.spec.config_path
         previous: bytes | None = None
         if await self.transport.file_size(path) is not None:
             previous = await self.transport.read_file(path)
-        await self.transport.write_file(self._temp_path, text.encode())
-        await self.transport.rename(self._temp_path, path)
+        temp = self._temp_path()
+        try:
+            await self.transport.write_file(temp, text.encode())
+        except BaseException:
+            await self.transport.remove(temp)
+            raise
+        await self.transport.rename(temp, path)
         try:
             if self.spec.test_command:
                 result = await self._run(self.spec.test_command)
@@ -326,8 +343,9 @@ class NginxProxy:
         if previous is None:
             await self.transport.remove(self.spec.config_path)
         else:
-            await self.transport.write_file(self._temp_path, previous)
-            await self.transport.rename(self._temp_path, self.spec.config_path)
+            temp = self._temp_path()
+            await self.transport.write_file(temp, previous)
+            await self.transport.rename(temp, self.spec.config_path)
 
     # verify --------------------------------------------------------------------------------------------
     def generation_url(self) -> str | None:
@@ -382,6 +400,15 @@ class NginxProxy:
             await asyncio.sleep(self.poll_interval)
 
     # read_traffic --------------------------------------------------------------------------------------
+    async def traffic_offset(self) -> int:
+        """Where the access log ends now: traffic before this point belongs to nobody's stage."""
+        if self.spec.access_log is None:
+            return 0
+        try:
+            return await self.transport.file_size(self.spec.access_log) or 0
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"cannot read {self.spec.access_log} on {self.proxy_host}: {exc}") from exc
+
     async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
         """Per-cohort requests logged since `offset`. Only complete lines are consumed; a log smaller than
         `offset` was rotated and is read from its start; a missing log reads as no traffic. `cohort_of` gets
