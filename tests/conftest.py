@@ -6,19 +6,23 @@ Nothing here is mocked. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) m
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from canaryd.db.migrate import upgrade
 
-pytest_plugins = ["tests.fixtures.nginx", "tests.fixtures.apps", "tests.fixtures.sshd", "tests.fixtures.stack"]
+pytest_plugins = [
+    "tests.fixtures.nginx",
+    "tests.fixtures.apps",
+    "tests.fixtures.sshd",
+    "tests.fixtures.stack",
+]
 
 PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
@@ -42,7 +46,9 @@ def redis_ready() -> bool:
 def pg_template() -> Iterator[str]:
     """A migrated PostgreSQL database used as the template of each test's own database."""
     if not _pg_ready():
-        pytest.fail("PostgreSQL is not answering on 127.0.0.1:5432 (scripts/test.sh starts it)", pytrace=False)
+        pytest.fail(
+            "PostgreSQL is not answering on 127.0.0.1:5432 (scripts/test.sh starts it)", pytrace=False
+        )
     name = f"canaryd_tpl_{os.getpid()}"
     subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", name], check=True, capture_output=True)
     subprocess.run(["createdb", *PG_ADMIN, name], check=True, capture_output=True)
@@ -61,20 +67,19 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def sqlite_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     """A fresh, migrated SQLite database file for one test."""
     url = f"sqlite+aiosqlite:///{tmp_path}/canaryd.db"
-    await asyncio.to_thread(upgrade, url)
+    upgrade(url)
     return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+def database_url(request: pytest.FixtureRequest) -> str:
     """The same test on both databases canaryd supports."""
-    if request.param == "sqlite":
-        yield await request.getfixturevalue("sqlite_url")
-    else:
-        yield request.getfixturevalue("pg_url")
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(name)
+    return url
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from canaryd.settings import Settings
 from tests.fixtures.nginx import free_port, start_nginx
 from tests.fixtures.stack import TOKEN, Stack, loopback_hosts, running_canaryd
+
+from canaryd.settings import Settings
 
 
 @pytest.fixture

@@ -254,7 +254,9 @@ async def test_datetimes_round_trip_as_aware_utc(sessions: async_sessionmaker[As
         app = await add_app(session, "shop")
         dep = deployment(app.id, next_tick_at=local, canary_stage_started_at=NOW, lease_until=None)
         dep_id = (await DeploymentRepository(session).add(dep)).id
-        event = await EventRepository(session).append(DeploymentEvent(deployment_id=dep_id, kind="x", at=local))
+        event = await EventRepository(session).append(
+            DeploymentEvent(deployment_id=dep_id, kind="x", at=local)
+        )
         event_id = event.id
     async with sessions() as session:
         row = (await session.execute(select(Deployment).where(Deployment.id == dep_id))).scalar_one()
@@ -270,7 +272,19 @@ async def test_datetimes_round_trip_as_aware_utc(sessions: async_sessionmaker[As
         assert ev is not None and ev.at == local and ev.at.utcoffset() == timedelta(0)
     with pytest.raises(StatementError, match="naive datetime"):
         async with unit_of_work(sessions) as session:
-            dep = await DeploymentRepository(session).get(dep_id)
-            assert dep is not None
-            dep.next_tick_at = datetime(2031, 1, 1, 0, 0)  # noqa: DTZ001 - the point of the test
+            again = await DeploymentRepository(session).get(dep_id)
+            assert again is not None
+            again.next_tick_at = datetime(2031, 1, 1, 0, 0)
             await session.flush()
+
+
+async def test_count_by_status(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """count_by_status counts deployments per canary_status (what GET /metrics reports)."""
+    async with unit_of_work(sessions) as session:
+        app = await add_app(session, "shop")
+        repo = DeploymentRepository(session)
+        await repo.add(deployment(app.id))
+        await repo.add(deployment(app.id, active=False))
+        await repo.add(deployment(app.id, active=False, version="v3"))
+    async with sessions() as session:
+        assert await DeploymentRepository(session).count_by_status() == {"pending": 1, "completed": 2}

@@ -1,15 +1,25 @@
-"""End to end on real parts: canaryd's API on a real port, real nginx, five real app instances on loopback."""
+"""End to end on real parts: canaryd's API on a real port, real nginx, five real app instances on loopback,
+SQLite + in-process scheduler (embedded) or PostgreSQL + Redis + arq workers (production)."""
 
 from __future__ import annotations
 
-from tests.fixtures.stack import LoadGenerator, Stack
+import asyncio
+import itertools
+import json
+from pathlib import Path
+
+from tests.fixtures.sshd import running_sshd
+from tests.fixtures.stack import TOKEN, LoadGenerator, Stack, loopback_hosts, make_stack
+from websockets.asyncio.client import connect
 
 FAST = {"stages": [10, 25, 50, 100], "stage_duration": 2, "health_check_interval": 1, "min_requests": 10}
 
 
-async def test_healthy_canary_completes_embedded(embedded_stack: Stack) -> None:
-    """A healthy canary walks every stage and ends with the new version on every server."""
-    s = embedded_stack
+def failures(load: LoadGenerator) -> int:
+    return sum(1 for h in load.hits if h.status == 0 or h.status >= 500)
+
+
+async def run_healthy_canary(s: Stack) -> None:
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=60).start()
     r = await s.deploy("v2", FAST)
@@ -19,8 +29,118 @@ async def test_healthy_canary_completes_embedded(embedded_stack: Stack) -> None:
     await load.stop()
     status = await s.status(dep["id"])
     assert status["canary_status"] == "completed", status["reasons"]
+    assert status["status"] == "completed" and status["current_traffic_percentage"] == 100
     assert await s.fleet_versions() == ["v2"] * 5
-    kinds = [e["kind"] for e in await s.events(dep["id"])]
+    events = await s.events(dep["id"])
+    kinds = [e["kind"] for e in events]
     assert kinds[0] == "deployment_created" and kinds[-1] == "completed"
-    assert kinds.count("stage_advanced") == 4
-    assert sum(1 for h in load.hits if h.status == 0 or h.status >= 500) == 0
+    assert [e["stage"] for e in events if e["kind"] == "stage_advanced"] == [1, 2, 3, 4]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    advanced = [e for e in events if e["kind"] == "stage_advanced"]
+    assert all(e["metrics"]["proxy"]["live_ms"] > 0 for e in advanced)
+    assert all("canary" in e["metrics"] for e in advanced[1:]), (
+        "each later stage carries the last one's snapshot"
+    )
+    assert failures(load) == 0
+
+
+async def test_healthy_canary_completes_embedded(embedded_stack: Stack) -> None:
+    """Embedded mode: a healthy canary walks every stage and ends with the new version on every server."""
+    await run_healthy_canary(embedded_stack)
+
+
+async def test_healthy_canary_completes_production(production_stack: Stack) -> None:
+    """Production mode (PostgreSQL, Redis, two arq workers): the same, with no stage applied twice."""
+    await run_healthy_canary(production_stack)
+
+
+async def test_failing_canary_rolls_back(any_stack: Stack) -> None:
+    """A canary answering 30 % errors is rolled back automatically, naming the metric; v1 is back everywhere."""
+    s = any_stack
+    await s.register("v1")
+    load = LoadGenerator(s.proxy_url, rate=60).start()
+    r = await s.deploy("v3-bad", {**FAST, "stage_duration": 30})
+    dep = r.json()
+    timeline = await s.wait(dep["id"], timeout=60)
+    await asyncio.sleep(1.5)  # traffic after the rollback must all reach v1
+    await load.stop()
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "rolled_back"
+    assert any(reason.startswith("error_rate:") for reason in status["reasons"]), status["reasons"]
+    assert ("monitoring", 10.0, 1) in [t[1:] for t in timeline], timeline
+    assert await s.fleet_versions() == ["v1"] * 5
+    kinds = [e["kind"] for e in await s.events(dep["id"])]
+    assert kinds[-3:] == ["rollback_started", "server_restored", "rolled_back"]
+    after = [h for h in load.hits if h.at > timeline[-1][0] + 0.5]
+    assert after and all(h.version == "v1" for h in after if h.status)
+
+
+async def test_observed_split_matches_each_stage(embedded_stack: Stack) -> None:
+    """With 1 canary and 4 stable servers the share of requests the canary gets follows each stage."""
+    s = embedded_stack
+    await s.register("v1")
+    load = LoadGenerator(s.proxy_url, rate=100).start()
+    dep = (
+        await s.deploy("v2", {"stages": [10, 25, 50, 75], "stage_duration": 4, "health_check_interval": 1})
+    ).json()
+    await s.wait(dep["id"])
+    await load.stop()
+    stages = [e for e in await s.events(dep["id"]) if e["kind"] in ("stage_advanced", "promoted")]
+    from datetime import datetime
+
+    observed = []
+    for current, following in itertools.pairwise(stages):
+        t0 = datetime.fromisoformat(current["at"]).timestamp() + 0.3
+        t1 = datetime.fromisoformat(following["at"]).timestamp() - 0.3
+        hits = [h for h in load.window(t0, t1) if h.status]
+        share = 100 * sum(1 for h in hits if h.version == "v2") / len(hits)
+        observed.append((current["traffic_percentage"], round(share, 1), len(hits)))
+    assert [o[0] for o in observed] == [10, 25, 50, 75]
+    for target, share, count in observed:
+        assert count >= 200 and abs(share - target) <= 5, observed
+
+
+async def test_websocket_streams_status_then_events(embedded_stack: Stack) -> None:
+    """The WebSocket sends the status object at once, then each event as it happens, up to completion."""
+    s = embedded_stack
+    await s.register("v1")
+    load = LoadGenerator(s.proxy_url, rate=40).start()
+    dep = (await s.deploy("v2", FAST)).json()
+    url = s.base.replace("http", "ws") + f"/api/v1/deployments/{dep['id']}/ws"
+    received = []
+    async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        first = json.loads(await ws.recv())
+        assert first["type"] == "status" and first["id"] == dep["id"]
+        async for raw in ws:
+            msg = json.loads(raw)
+            received.append(msg)
+            if msg["type"] == "status" and msg["canary_status"] in ("completed", "rolled_back"):
+                break
+    await load.stop()
+    kinds = [m["kind"] for m in received if m["type"] == "event"]
+    history = [e["kind"] for e in await s.events(dep["id"])]
+    assert kinds == history[len(history) - len(kinds) :]
+    assert "stage_advanced" in kinds and kinds[-1] in ("completed", "rolled_back")
+
+
+async def test_canary_over_ssh_transport(tmp_path: Path, sqlite_url: str) -> None:
+    """Servers reached over SSH (real sshd, verified host keys): deploy commands run there and the canary completes."""
+    hosts = loopback_hosts(5)
+    # One sshd listening on every server address, with a known_hosts entry per address.
+    with running_sshd(hosts[0], extra_hosts=hosts[1:]) as sshd:
+        async with make_stack(
+            tmp_path,
+            sqlite_url,
+            hosts=hosts,
+            ssh_known_hosts=sshd.known_hosts,
+            ssh_client_keys=[sshd.client_key],
+        ) as s:
+            await s.register(
+                "v1", transport={"transport": "ssh", "ssh_port": sshd.port, "ssh_user": sshd.user}
+            )
+            load = LoadGenerator(s.proxy_url, rate=40).start()
+            dep = (await s.deploy("v2", FAST)).json()
+            await s.wait(dep["id"])
+            await load.stop()
+            assert (await s.status(dep["id"]))["canary_status"] == "completed"
+            assert await s.fleet_versions() == ["v2"] * 5

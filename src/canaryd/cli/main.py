@@ -14,6 +14,7 @@ app = typer.Typer(help="canaryd: canary deployments for applications behind ngin
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
+
 def _settings() -> Settings:
     settings = Settings()
     logging.basicConfig(

@@ -17,11 +17,21 @@ def make_engine(database_url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own transaction handling skips BEGIN before SAVEPOINT, which makes RELEASE
+            # commit; SQLAlchemy's documented fix is to let it issue BEGIN itself (see "begin" below).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            # IMMEDIATE takes the write lock up front: a deferred transaction that read first and writes
+            # later fails at once with "database is locked" when another writer committed in between.
+            # Embedded mode is one process with short transactions, so serialising them costs little.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)

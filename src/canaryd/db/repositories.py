@@ -142,7 +142,7 @@ class DeploymentRepository:
         rows = await self.session.execute(
             select(Deployment.canary_status, func.count()).group_by(Deployment.canary_status)
         )
-        return {status: count for status, count in rows.tuples()}
+        return {str(status): int(count) for status, count in rows.all()}
 
 
 class EventRepository:

@@ -95,13 +95,15 @@ class Demo:
     def start_nginx(self) -> dict[str, Any]:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.access(nginx, os.X_OK):
-            raise SystemExit("nginx is not installed: run `make setup` as root (or apt-get install -y nginx-light)")
+            raise SystemExit(
+                "nginx is not installed: run `make setup` as root (or apt-get install -y nginx-light)"
+            )
         confd = self.dir / "conf.d"
         confd.mkdir()
         self.nginx_main.write_text(
             f"worker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/nginx-error.log;\n"
             "events { worker_connections 1024; }\n"
-            f"http {{ access_log off; client_body_temp_path {self.dir}/tmp-body; proxy_temp_path {self.dir}/tmp-proxy;\n"
+            f"http {{ access_log off; client_body_temp_path {self.dir}/client-body; proxy_temp_path {self.dir}/proxy-buffers;\n"
             f"  include {confd}/*.conf; }}\n"
         )
         subprocess.run([nginx, "-c", str(self.nginx_main)], check=True)
@@ -131,7 +133,9 @@ class Demo:
             log_level="WARNING",
         )
         await asyncio.to_thread(upgrade, settings.database_url)
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.api_port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.api_port, log_level="warning"
+        )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         base = f"http://127.0.0.1:{self.api_port}"
@@ -176,7 +180,9 @@ class Demo:
             raise SystemExit(f"registering the application failed: {r.status_code} {r.text}")
         return int(r.json()["id"])
 
-    async def canary(self, api: httpx.AsyncClient, app_id: int, version: str, traffic: Traffic) -> dict[str, Any]:
+    async def canary(
+        self, api: httpx.AsyncClient, app_id: int, version: str, traffic: Traffic
+    ) -> dict[str, Any]:
         config = {"stages": STAGES, "stage_duration": 4, "health_check_interval": 1, "min_requests": 20}
         r = await api.post(f"/applications/{app_id}/deployments", json={"version": version, "config": config})
         if r.status_code != 201:
@@ -210,7 +216,9 @@ class Demo:
             return since
         if kind == "stage_advanced":
             live = event["metrics"].get("proxy", {}).get("live_ms")
-            _say(f"{clock} ▶ stage {event['stage']}: {event['traffic_percentage']:g} % to canary (nginx live in {live} ms)")
+            _say(
+                f"{clock} ▶ stage {event['stage']}: {event['traffic_percentage']:g} % to canary (nginx live in {live} ms)"
+            )
             return time.time()
         transition = f" {event['from_state']} → {event['to_state']}" if event.get("to_state") else ""
         _say(f"{clock} • {kind}{transition}{': ' + reasons if reasons else ''}")
@@ -234,7 +242,9 @@ class Demo:
                 _say(f"result: {good['canary_status']} — servers run {self.versions()}")
                 ok &= good["canary_status"] == "completed"
                 bad = await self.canary(api, app_id, "v3-bad", traffic)
-                _say(f"result: {bad['canary_status']} ({'; '.join(bad['reasons'])}) — servers run {self.versions()}")
+                _say(
+                    f"result: {bad['canary_status']} ({'; '.join(bad['reasons'])}) — servers run {self.versions()}"
+                )
                 ok &= bad["canary_status"] == "rolled_back"
             finally:
                 load.cancel()

@@ -71,7 +71,14 @@ class DeployError(Exception):
 
 
 #: Failures of the outside world, handled by retry or rollback; anything else is a bug and logged as one.
-EXPECTED_FAILURES = (DeployError, TransportError, ProxyConfigError, ProxyUnavailableError, TimeoutError, OSError)
+EXPECTED_FAILURES = (
+    DeployError,
+    TransportError,
+    ProxyConfigError,
+    ProxyUnavailableError,
+    TimeoutError,
+    OSError,
+)
 
 
 @dataclass
@@ -358,6 +365,8 @@ class Engine:
         dep, config = w.dep, w.config
         index = dep.current_canary_stage
         await self.sync_proxy(w, State.MONITORING, config.stages[index])
+        # An operator's promote {"to": "next"} changes the stage without a tick: report what is live.
+        w.result.facts["canary_traffic_percentage"] = self.live_percentage(w)
         host_port = {f"{s.host}:{w.app.port}": sid for sid, s in w.servers.items()}
         canary = set(w.canary_ids)
 

@@ -159,7 +159,11 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         "}",
     ]
     # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
-    keepalive = ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";'] if spec.upstream_keepalive else []
+    keepalive = (
+        ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";']
+        if spec.upstream_keepalive
+        else []
+    )
     if spec.listen is not None:
         _parse_listen(spec.listen)
         log_line = (
@@ -407,7 +411,9 @@ class NginxProxy:
         try:
             return await self.transport.file_size(self.spec.access_log) or 0
         except TransportError as exc:
-            raise ProxyUnavailableError(f"cannot read {self.spec.access_log} on {self.proxy_host}: {exc}") from exc
+            raise ProxyUnavailableError(
+                f"cannot read {self.spec.access_log} on {self.proxy_host}: {exc}"
+            ) from exc
 
     async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
         """Per-cohort requests logged since `offset`. Only complete lines are consumed; a log smaller than

@@ -87,8 +87,7 @@ async def create_deployment(
             next_tick_at=now,
         )
         try:
-            async with session.begin_nested():
-                await deployments.add(dep)
+            await deployments.add(dep)
         except IntegrityError as exc:
             # Lost a race with a concurrent request: report what won.
             raise Conflict(

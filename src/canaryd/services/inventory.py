@@ -25,8 +25,7 @@ async def create_server(session: AsyncSession, payload: ServerCreate) -> Server:
         raise Conflict(f"a server named {payload.name!r} already exists")
     server = Server(**payload.model_dump())
     try:
-        async with session.begin_nested():
-            return await repo.add(server)
+        return await repo.add(server)
     except IntegrityError as exc:
         raise Conflict(f"a server named {payload.name!r} already exists") from exc
 
@@ -73,8 +72,7 @@ async def create_application(rt: Runtime, session: AsyncSession, payload: Applic
         proxy=payload.proxy.model_dump(),
     )
     try:
-        async with session.begin_nested():
-            await apps.add(app, payload.server_ids)
+        await apps.add(app, payload.server_ids)
     except IntegrityError as exc:
         raise Conflict(f"an application named {payload.name!r} already exists") from exc
     pool = [PoolServer(sid, known[sid].host, app.port, app.current_version) for sid in payload.server_ids]
