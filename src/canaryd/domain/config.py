@@ -26,6 +26,8 @@ from pydantic import (
 from canaryd.domain.commands import check_template
 
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
+DEFAULT_MAX_WEIGHT = 1000
+HAPROXY_MAX_WEIGHT = 256
 SPEC_MIN_STAGE_DURATION = 60
 
 #: The stage_duration floor for validations that cannot be handed a pydantic context (FastAPI validates
@@ -58,6 +60,7 @@ _PATTERN_HELP = {
     "path": "an absolute path of letters, digits and _ . / @ + -",
     "health path": "a path starting with '/' without spaces, quotes or ';'",
     "user": "a POSIX user name",
+    "header": "an HTTP header name: letters, digits and '-', at most 64",
 }
 
 Name = Annotated[str, _check(_NAME, "name")]
@@ -109,6 +112,17 @@ def validate_listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(validate_listen)]
 
 
+def validate_http_url(value: str) -> str:
+    """An http(s) URL without spaces, quotes or control characters (it may end up in configuration)."""
+    if not re.fullmatch(r"https?://[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]{1,2000}", value) or "'" in value:
+        raise ValueError(f"url {value[:80]!r} must be an http:// or https:// URL without spaces or quotes")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(validate_http_url)]
+HeaderName = Annotated[str, _check(re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"), "header")]
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -124,11 +138,35 @@ class ProxySpec(StrictModel):
     listen: Listen | None = None
     access_log: FilePath | None = None
     runtime_socket: FilePath | None = None
-    #: nginx only: largest per-server weight canaryd will write (finer splits need larger weights).
-    max_weight: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Largest per-server weight canaryd will write (finer splits need larger weights). Default: 1000 for
+    #: nginx and Traefik, 256 for HAProxy (its hard limit).
+    max_weight: int | None = Field(default=None, ge=1, le=1_000_000)
     #: nginx only: idle keep-alive connections to the app per worker (0 = a new connection per request,
     #: nginx's default). Apps that answer in several writes need TCP_NODELAY for keep-alive to be fast.
     upstream_keepalive: int = Field(default=0, ge=0, le=1024)
+    #: Cookie-based stickiness: a client keeps the cohort it first got, within a stage.
+    sticky: bool = False
+    #: A request header that forces a cohort whatever the split: value "always" (canary) or "never" (stable).
+    force_header: HeaderName | None = None
+    #: Traefik only: where its read-only API and its Prometheus metrics are.
+    api_url: HttpUrl | None = None
+    metrics_url: HttpUrl | None = None
+    #: Traefik only: "file" writes the dynamic configuration to config_path over the transport;
+    #: "http" serves it from canaryd (Traefik's HTTP provider polls it).
+    provider: Literal["file", "http"] = "file"
+
+    @property
+    def weight_limit(self) -> int:
+        """The effective largest weight: max_weight, or the proxy's default."""
+        if self.max_weight is not None:
+            return self.max_weight
+        return HAPROXY_MAX_WEIGHT if self.kind == "haproxy" else DEFAULT_MAX_WEIGHT
+
+    @model_validator(mode="after")
+    def _weights_fit_the_proxy(self) -> ProxySpec:
+        if self.kind == "haproxy" and self.max_weight is not None and self.max_weight > HAPROXY_MAX_WEIGHT:
+            raise ValueError(f"max_weight must be at most {HAPROXY_MAX_WEIGHT} for HAProxy")
+        return self
 
 
 class CanaryConfig(StrictModel):

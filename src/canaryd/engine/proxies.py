@@ -29,7 +29,13 @@ def make_proxy(
     )
     if spec.kind == "nginx":
         return NginxProxy(transport, spec, proxy_server.host, http)
-    raise ValueError(f"proxy kind {spec.kind!r} is not supported by this version of canaryd")
+    if spec.kind == "haproxy":
+        from canaryd.proxies.haproxy import HaproxyProxy
+
+        return HaproxyProxy(transport, spec, proxy_server.host, http)
+    from canaryd.proxies.traefik import TraefikProxy
+
+    return TraefikProxy(transport, spec, proxy_server.host, http)
 
 
 def backends_json(backends: Sequence[Backend]) -> list[dict[str, object]]:

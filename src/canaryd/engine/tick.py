@@ -37,7 +37,7 @@ from canaryd.domain.types import CohortStats, HostLoad, State
 from canaryd.engine.proxies import AppliedRoutes, backends_json, make_proxy, push_routes
 from canaryd.metrics.health import check_health
 from canaryd.metrics.host import read_host_load
-from canaryd.proxies.base import Proxy, ProxyConfigError, ProxyUnavailableError
+from canaryd.proxies.base import Proxy, ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.runtime import Runtime
 from canaryd.services.views import deployment_status, event_view, lifecycle_of
 from canaryd.transports.base import Transport, TransportError
@@ -135,6 +135,8 @@ class Work:
     versions: dict[int, str]
     applied: list[Any]
     generation: int
+    #: Whether the proxy was seen serving `applied` during this tick (checked once per tick).
+    checked: bool = False
     result: StepResult = field(default_factory=StepResult)
 
     @property
@@ -239,11 +241,19 @@ class Engine:
             for sid, s in w.servers.items()
         ]
         backends = desired_backends(
-            state, pool, frozenset(w.canary_ids), w.dep.version, percentage, busy, w.spec.max_weight
+            state, pool, frozenset(w.canary_ids), w.dep.version, percentage, busy, w.spec.weight_limit
         )
         if backends_json(backends) == w.applied:
-            return None
+            table = RouteTable(w.app.id, w.app.name, backends, w.generation)
+            if w.checked or await w.proxy.check(table):
+                w.checked = True
+                return None
+            # Restarted, reloaded from other files, or its runtime weights lost: say so and re-assert.
+            w.result.fact_events.append(
+                EventDraft("proxy_reasserted", reasons=[f"the proxy no longer served generation {w.generation}"])
+            )
         applied = await push_routes(w.proxy, w.app, backends, w.generation + 1)
+        w.checked = True
         self.rt.counters.observe("proxy_apply_seconds", applied.live_ms / 1000)
         w.generation, w.applied = applied.generation, applied.backends
         w.result.app_facts.update(proxy_generation=w.generation, proxy_applied=w.applied)

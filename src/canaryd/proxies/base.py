@@ -46,6 +46,11 @@ class Proxy(Protocol):
         """True once the proxy serves `table` (its generation), False if it still serves an older one."""
         ...
 
+    async def check(self, table: RouteTable) -> bool:
+        """A quick look (one request) whether the proxy still serves `table`; False makes the engine
+        re-assert it (a proxy restarted from other files, runtime weights lost)."""
+        ...
+
     async def traffic_offset(self) -> int:
         """The offset at which traffic from now on starts (the end of the log so far)."""
         ...

@@ -138,7 +138,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     seen: set[str] = set()
     for b in table.backends:
         address = format_address(b.host, b.port)
-        _check_int(b.weight, f"weight of {address}", 1, spec.max_weight)
+        _check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
         if address in seen:
             raise ValueError(f"server {address} appears twice in the route table")
         seen.add(address)
@@ -402,6 +402,18 @@ class NginxProxy:
             if now + self.poll_interval > deadline:
                 return False
             await asyncio.sleep(self.poll_interval)
+
+    async def check(self, table: RouteTable) -> bool:
+        """One cheap probe: does nginx still serve `table`'s generation? (Run on every tick, to notice a
+        proxy that was restarted or reloaded from other files behind canaryd's back.)"""
+        url = self.generation_url()
+        if url is None:
+            return self._loaded_generation == table.generation
+        try:
+            response = await self.http.get(url, headers={"Connection": "close"}, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.text == f"{table.generation}\n"
 
     # read_traffic --------------------------------------------------------------------------------------
     async def traffic_offset(self) -> int:

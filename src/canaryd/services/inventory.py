@@ -77,7 +77,7 @@ async def create_application(rt: Runtime, session: AsyncSession, payload: Applic
         raise Conflict(f"an application named {payload.name!r} already exists") from exc
     pool = [PoolServer(sid, known[sid].host, app.port, app.current_version) for sid in payload.server_ids]
     backends = desired_backends(
-        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.max_weight
+        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
     )
     proxy = make_proxy(app, known[payload.proxy.server_id], rt.transports, rt.http)
     try:
