@@ -1,0 +1,45 @@
+"""canaryctl, the CI client, as a real subprocess against a real canaryd (embedded mode, real nginx)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from tests.fixtures.stack import TOKEN, LoadGenerator, Stack
+
+CANARYCTL = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "canaryctl"
+
+
+async def canaryctl(s: Stack, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(CANARYCTL if CANARYCTL.exists() else Path(".venv/bin/canaryctl")),
+        *args,
+        env={**os.environ, "CANARYD_URL": s.base, "CANARYD_TOKEN": TOKEN},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_ci_pipeline_gates_on_the_outcome(embedded_stack: Stack) -> None:
+    """`canaryctl deploy --wait` exits 0 for a completed canary and 1 for one that was rolled back."""
+    s = embedded_stack
+    app = await s.register("v1")
+    load = LoadGenerator(s.proxy_url, rate=60).start()
+    config = json.dumps({"health_check_interval": 1, "min_requests": 10})
+    common = ["--stages", "10,50,100", "--stage-duration", "2", "--config-json", config, "--interval", "0.2"]
+    code, out = await canaryctl(s, "deploy", str(app["id"]), "v2", *common)
+    assert code == 0, out
+    assert "completed" in out and "monitoring" in out
+    code, out = await canaryctl(s, "deploy", str(app["id"]), "v3-bad", *common, "--idempotency-key", "ci-42")
+    await load.stop()
+    assert code == 1, out
+    assert "rolled_back" in out and "error_rate" in out
+    code, events = await canaryctl(s, "events", "2")
+    assert code == 0 and "rollback_started" in events and "rolled_back" in events
+    code, out = await canaryctl(s, "pause", "2")
+    assert code == 1 and "cannot pause" in out
