@@ -63,11 +63,9 @@ async def get_server(server_id: int, session: SessionDep, _: ReadAccess) -> dict
 
 
 @router.post("/applications", status_code=status.HTTP_201_CREATED, tags=["applications"])
-async def create_application(
-    payload: ApplicationCreate, rt: RuntimeDep, session: SessionDep, _: AdminAccess
-) -> dict[str, Any]:
+async def create_application(payload: ApplicationCreate, rt: RuntimeDep, _: AdminAccess) -> dict[str, Any]:
     """Registers an application; its proxy serves it from all its servers before this returns."""
-    return application_view(await inventory.create_application(rt, session, payload))
+    return application_view(await inventory.create_application(rt, payload))
 
 
 @router.get("/applications", tags=["applications"])

@@ -58,6 +58,11 @@ class ApplicationRepository:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def delete(self, app_id: int) -> None:
+        app = await self.session.get(Application, app_id)
+        if app is not None:
+            await self.session.delete(app)
+
     async def by_name(self, name: str) -> Application | None:
         rows = await self.session.execute(select(Application).where(Application.name == name))
         return rows.scalar_one_or_none()

@@ -21,8 +21,10 @@ from canaryd.db.repositories import (
     EventRepository,
     ServerRepository,
 )
+from canaryd.domain.config import ProxySpec
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.selection import SelectionError, canary_server_count
+from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
 from canaryd.engine.tick import EventDraft, apply_trigger, new_token
 from canaryd.runtime import Runtime
@@ -48,6 +50,8 @@ async def create_deployment(
         app = await ApplicationRepository(session).get(app_id, for_update=True)
         if app is None:
             raise NotFound(f"application {app_id} not found")
+        if app.proxy_generation == 0:
+            raise Conflict(f"application {app_id} is still being registered: its proxy is not configured yet")
         deployments = DeploymentRepository(session)
         if idempotency_key is not None:
             earlier = await deployments.by_idempotency_key(app_id, idempotency_key)
@@ -60,9 +64,17 @@ async def create_deployment(
                 "wait for it to finish or roll it back"
             )
         try:
-            canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
+            canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
         except SelectionError as exc:
             raise Invalid([problem(["path", "application_id"], str(exc))]) from exc
+        infeasible = infeasible_stages(
+            payload.config.stages,
+            canaries,
+            len(app.server_ids) - canaries,
+            ProxySpec.model_validate(app.proxy),
+        )
+        if infeasible:
+            raise Invalid(infeasible)
         if payload.version == app.current_version:
             raise Invalid(
                 [problem(["body", "version"], f"version {payload.version} is already the current version")]
@@ -110,6 +122,21 @@ async def create_deployment(
     await rt.bus.publish(dep.id, {"type": "event", **event})
     await rt.scheduler.schedule(dep.id, token, at)
     return Created(status, replayed=False)
+
+
+def infeasible_stages(
+    stages: Sequence[float], canaries: int, stables: int, spec: ProxySpec
+) -> list[dict[str, Any]]:
+    """One problem per stage the proxy's weights cannot express. Below 1 % the tolerance is a tenth of the
+    stage (0.1 points above), so that a 0.01 % stage is not silently run at 0.025 %."""
+    problems = []
+    for i, stage in enumerate(stages):
+        why = check_split_feasible(
+            canaries, stables, stage, spec.weight_limit, min(0.1, stage / 10), proxy=spec.kind
+        )
+        if why is not None:
+            problems.append(problem(["body", "config", "stages", i], f"stage {i + 1}: {why}"))
+    return problems
 
 
 async def _replay(session: AsyncSession, earlier: Deployment, fingerprint: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.api.schemas import ApplicationCreate, ServerCreate
+from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, Server
 from canaryd.db.repositories import ApplicationRepository, ServerRepository
 from canaryd.domain.pool import PoolServer, desired_backends
@@ -41,12 +42,37 @@ async def list_servers(session: AsyncSession, limit: int, offset: int) -> Sequen
     return await ServerRepository(session).list(limit, offset)
 
 
-async def create_application(rt: Runtime, session: AsyncSession, payload: ApplicationCreate) -> Application:
+async def create_application(rt: Runtime, payload: ApplicationCreate) -> Application:
     """Registers an application and makes its proxy serve it from all its servers at the current version.
 
-    If the proxy refuses the configuration, nothing is registered (the transaction rolls back) and the proxy
-    keeps its previous configuration.
+    The application is committed first (generation 0: not deployable yet), because a proxy that pulls its
+    configuration from canaryd (Traefik's HTTP provider) must be able to read it while canaryd verifies it.
+    If the proxy refuses the configuration, the application is deleted again and the proxy keeps (or gets
+    back) its previous configuration.
     """
+    async with unit_of_work(rt.sessions) as session:
+        app, proxy_server, pool = await _insert_application(session, payload)
+    backends = desired_backends(
+        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
+    )
+    proxy = make_proxy(app, proxy_server, rt.transports, rt.http)
+    try:
+        applied = await push_routes(proxy, app, backends, 1)
+    except (ProxyConfigError, ProxyUnavailableError, TransportError) as exc:
+        async with unit_of_work(rt.sessions) as session:
+            await ApplicationRepository(session).delete(app.id)
+        verb = "refused" if isinstance(exc, ProxyConfigError) else "could not apply"
+        raise Invalid([problem(["body", "proxy"], f"the proxy {verb} the configuration: {exc}")]) from exc
+    async with unit_of_work(rt.sessions) as session:
+        stored = await ApplicationRepository(session).get(app.id)
+        assert stored is not None
+        stored.proxy_generation, stored.proxy_applied = applied.generation, applied.backends
+    return stored
+
+
+async def _insert_application(
+    session: AsyncSession, payload: ApplicationCreate
+) -> tuple[Application, Server, list[PoolServer]]:
     apps, servers = ApplicationRepository(session), ServerRepository(session)
     if await apps.by_name(payload.name):
         raise Conflict(f"an application named {payload.name!r} already exists")
@@ -76,18 +102,7 @@ async def create_application(rt: Runtime, session: AsyncSession, payload: Applic
     except IntegrityError as exc:
         raise Conflict(f"an application named {payload.name!r} already exists") from exc
     pool = [PoolServer(sid, known[sid].host, app.port, app.current_version) for sid in payload.server_ids]
-    backends = desired_backends(
-        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
-    )
-    proxy = make_proxy(app, known[payload.proxy.server_id], rt.transports, rt.http)
-    try:
-        applied = await push_routes(proxy, app, backends, 1)
-    except ProxyConfigError as exc:
-        raise Invalid([problem(["body", "proxy"], f"the proxy refused the configuration: {exc}")]) from exc
-    except (ProxyUnavailableError, TransportError) as exc:
-        raise Invalid([problem(["body", "proxy"], f"the proxy could not be configured: {exc}")]) from exc
-    app.proxy_generation, app.proxy_applied = applied.generation, applied.backends
-    return app
+    return app, known[payload.proxy.server_id], pool
 
 
 async def get_application(session: AsyncSession, app_id: int) -> Application:
