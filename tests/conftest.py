@@ -19,6 +19,7 @@ from canaryd.db.migrate import upgrade
 
 pytest_plugins = [
     "tests.fixtures.nginx",
+    "tests.fixtures.haproxy",
     "tests.fixtures.apps",
     "tests.fixtures.sshd",
     "tests.fixtures.stack",

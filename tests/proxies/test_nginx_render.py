@@ -261,3 +261,102 @@ def test_ipv6_addresses_found_with_or_without_brackets() -> None:
     cohorts: dict[str, Cohort] = {"::1:8001": "canary", "[fd00::2]:8001": "stable"}
     parsed = parse_access_log_lines(lines, cohorts.get)
     assert parsed.cohorts["canary"].requests == parsed.cohorts["stable"].requests == 1
+
+
+# --- stickiness and forced routing --------------------------------------------------------------------------
+
+ROUTED = SPEC.model_copy(update={"sticky": True, "force_header": "X-Canary"})
+STABLE2 = Backend(4, "127.0.0.4", 8001, 3, "stable")
+
+
+def upstream_servers(text: str, name: str) -> list[str]:
+    """The `server` lines of upstream `name`."""
+    block = text.split(f"upstream {name} {{\n", 1)[1].split("}", 1)[0]
+    return [ln.split()[1] for ln in block.splitlines() if ln.startswith("    server ")]
+
+
+def test_plain_spec_routes_through_the_weighted_upstream_only() -> None:
+    """Without sticky or force_header there are no cohort upstreams and no maps."""
+    text = render_nginx(table(CANARY, STABLE), SPEC)
+    assert "map " not in text and "_canary {" not in text and "Set-Cookie" not in text
+
+
+def test_cohort_upstreams_and_routing_maps() -> None:
+    """Sticky + forced: one upstream per cohort, maps picking one, proxy_pass through the variable."""
+    text = render_nginx(table(CANARY, STABLE, STABLE2, generation=12), ROUTED)
+    assert upstream_servers(text, "canaryd_app_3") == ["127.0.0.2:8001", "127.0.0.3:8001", "127.0.0.4:8001"]
+    assert upstream_servers(text, "canaryd_app_3_canary") == ["127.0.0.2:8001"]
+    assert upstream_servers(text, "canaryd_app_3_stable") == ["127.0.0.3:8001", "127.0.0.4:8001"]
+    assert "map $http_x_canary $canaryd_forced_3 {\n    default \"\";\n    always c;\n    never s;\n}" in text
+    assert "map $cookie_canaryd_3 $canaryd_kept_3 {\n    default \"\";\n    c.12 c;\n    s.12 s;\n}" in text
+    assert '    "~(^|\\s)127\\.0\\.0\\.2:8001$" c;' in text
+    assert '    "~(^|\\s)127\\.0\\.0\\.4:8001$" s;' in text
+    assert '    ":c" "canaryd_3=c.12; Path=/; HttpOnly; SameSite=Lax";' in text
+    route = text.split('map "$canaryd_forced_3$canaryd_kept_3" $canaryd_upstream_3 {\n', 1)[1].split("}")[0]
+    assert route.split("\n")[0] == "    default canaryd_app_3;"
+    # The forced cohort (first letter) wins over the cookie's.
+    assert "    cs canaryd_app_3_canary;" in route and "    sc canaryd_app_3_stable;" in route
+    assert "proxy_pass http://$canaryd_upstream_3;" in text
+    assert "add_header Set-Cookie $canaryd_set_cookie_3 always;" in text
+
+
+def test_cookie_carries_the_generation() -> None:
+    """A new generation (a new stage) invalidates the previous cookies, so users are split afresh."""
+    old = render_nginx(table(CANARY, STABLE, generation=12), ROUTED)
+    new = render_nginx(table(CANARY, STABLE, generation=13), ROUTED)
+    assert "    c.13 c;" in new and "c.12" not in new and "    c.12 c;" in old
+
+
+@pytest.mark.parametrize(
+    ("backends", "canary_up", "stable_up"),
+    [
+        ((STABLE, STABLE2), ["127.0.0.3:8001", "127.0.0.4:8001"], ["127.0.0.3:8001", "127.0.0.4:8001"]),
+        ((CANARY,), ["127.0.0.2:8001"], ["127.0.0.2:8001"]),
+    ],
+    ids=["no canary (0 %)", "no stable (100 %)"],
+)
+def test_empty_cohort_falls_back_to_the_other(
+    backends: tuple[Backend, ...], canary_up: list[str], stable_up: list[str]
+) -> None:
+    """A cohort with no server gets the other cohort's servers: forcing it never meets an empty upstream."""
+    text = render_nginx(table(*backends), ROUTED)
+    assert upstream_servers(text, "canaryd_app_3_canary") == canary_up
+    assert upstream_servers(text, "canaryd_app_3_stable") == stable_up
+
+
+def test_forced_routing_without_stickiness() -> None:
+    """force_header alone: the header map decides, no cookie is read or set."""
+    text = render_nginx(table(CANARY, STABLE), SPEC.model_copy(update={"force_header": "X-Beta-Tester"}))
+    assert "map $http_x_beta_tester $canaryd_forced_3 {" in text
+    assert "cookie" not in text.lower()
+    assert 'map "$canaryd_forced_3" $canaryd_upstream_3 {' in text
+    assert "    c canaryd_app_3_canary;" in text and "    cs " not in text
+
+
+def test_stickiness_without_forced_routing() -> None:
+    """sticky alone: the cookie map decides, no request header is read."""
+    text = render_nginx(table(CANARY, STABLE), SPEC.model_copy(update={"sticky": True}))
+    assert "$http_" not in text
+    assert 'map "$canaryd_kept_3:$canaryd_got_3" $canaryd_set_cookie_3 {' in text
+    assert 'map "$canaryd_kept_3" $canaryd_upstream_3 {' in text
+
+
+def test_ipv6_backends_in_the_answer_map() -> None:
+    """IPv6 addresses are matched as nginx writes them in $upstream_addr, brackets escaped."""
+    text = render_nginx(table(Backend(1, "::1", 9000, 1, "canary"), STABLE), ROUTED)
+    assert '    "~(^|\\s)\\[::1\\]:9000$" c;' in text
+
+
+@pytest.mark.parametrize(
+    "header", ["X-Canary;", "X Canary", "X-Canary}", "$http_host", "-X", "X_Canary", 'X"', "X\nY", ""]
+)
+def test_hostile_force_header_raises(header: str) -> None:
+    """A force_header that slipped past validation never reaches the file."""
+    with pytest.raises(ValueError, match="force_header"):
+        render_nginx(table(STABLE), SPEC.model_copy(update={"force_header": header}))
+
+
+def test_unknown_cohort_raises() -> None:
+    """A backend whose cohort is neither canary nor stable cannot be placed in a cohort upstream."""
+    with pytest.raises(ValueError, match="cohort"):
+        render_nginx(table(Backend(1, "127.0.0.2", 80, 1, "other")), ROUTED)  # type: ignore[arg-type]

@@ -12,11 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canaryd import __version__
-from canaryd.api import routes, ws
+from canaryd.api import routes, traefik_provider, ws
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.domain.config import STAGE_DURATION_FLOOR
 from canaryd.engine.tick import Engine
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(routes.router)
     app.include_router(ws.router)
+    app.include_router(traefik_provider.router)
     app.add_middleware(StageFloorMiddleware, floor=settings.min_stage_duration)
 
     @app.exception_handler(ServiceError)
@@ -101,6 +102,16 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _clean(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(DataError)
+    @app.exception_handler(OverflowError)
+    async def out_of_range(_: Request, exc: Exception) -> JSONResponse:
+        # An id or number the database column cannot hold (e.g. /servers/9223372036854775808): the
+        # client's mistake, not an outage (SQLite raises OverflowError, PostgreSQL a DataError).
+        log.info("value out of range for the database: %s", exc)
+        return JSONResponse(
+            {"detail": "a value in the request is out of range for the database"}, status_code=422
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

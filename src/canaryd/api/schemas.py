@@ -62,8 +62,10 @@ class ApplicationCreate(StrictModel):
     @field_validator("proxy")
     @classmethod
     def _supported(cls, proxy: ProxySpec) -> ProxySpec:
-        if proxy.kind != "nginx":
-            raise ValueError(f"proxy kind {proxy.kind!r} is not supported yet; use 'nginx'")
+        if proxy.kind not in ("nginx", "haproxy", "traefik"):
+            raise ValueError(
+                f"proxy kind {proxy.kind!r} is not supported; use 'nginx', 'haproxy' or 'traefik'"
+            )
         return proxy
 
 

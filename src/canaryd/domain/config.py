@@ -122,6 +122,34 @@ def validate_http_url(value: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(validate_http_url)]
 HeaderName = Annotated[str, _check(re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"), "header")]
 
+_RULE_TOKEN = re.compile(
+    r"\s+|&&|\|\||!|\(|\)|,|`[^`\x00-\x1f\x7f]{0,500}`"
+    r"|(?:Host|HostRegexp|Path|PathPrefix|PathRegexp|Method|Header|HeaderRegexp|Query|QueryRegexp|ClientIP)\b"
+)
+
+
+def validate_traefik_rule(value: str) -> str:
+    """A Traefik v3 router rule made only of known matchers, backtick strings, `&& || !` and balanced
+    parentheses, so that canaryd can extend it (`(rule) && Header(...)`) without changing its meaning."""
+    if not value.strip() or len(value) > 2000:
+        raise ValueError("router_rule must be a non-empty Traefik rule of at most 2000 characters")
+    depth, pos = 0, 0
+    while pos < len(value):
+        m = _RULE_TOKEN.match(value, pos)
+        if m is None:
+            raise ValueError(f"router_rule {value[:80]!r} has unexpected text at position {pos}")
+        token = m.group()
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        if depth < 0:
+            raise ValueError(f"router_rule {value[:80]!r} has unbalanced parentheses")
+        pos = m.end()
+    if depth:
+        raise ValueError(f"router_rule {value[:80]!r} has unbalanced parentheses")
+    return value
+
+
+TraefikRule = Annotated[str, AfterValidator(validate_traefik_rule)]
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -154,6 +182,10 @@ class ProxySpec(StrictModel):
     #: Traefik only: "file" writes the dynamic configuration to config_path over the transport;
     #: "http" serves it from canaryd (Traefik's HTTP provider polls it).
     provider: Literal["file", "http"] = "file"
+    #: Traefik only: the rule of the application's router (e.g. "Host(`shop.example.com`)"). When set, canaryd
+    #: owns the router (and, with force_header, the header routers); when unset, the operator's own router
+    #: points at the weighted service `canaryd-app-<id>@file` (or `@http`).
+    router_rule: TraefikRule | None = None
 
     @property
     def weight_limit(self) -> int:
@@ -167,6 +199,83 @@ class ProxySpec(StrictModel):
         if self.kind == "haproxy" and self.max_weight is not None and self.max_weight > HAPROXY_MAX_WEIGHT:
             raise ValueError(f"max_weight must be at most {HAPROXY_MAX_WEIGHT} for HAProxy")
         return self
+
+    @model_validator(mode="after")
+    def _traefik_settings(self) -> ProxySpec:
+        if self.kind != "traefik":
+            if self.router_rule is not None:
+                raise ValueError("router_rule is a Traefik setting")
+            return self
+        problems = []
+        if self.api_url is None:
+            problems.append("Traefik needs api_url (its API, to confirm the weights it loaded)")
+        if self.metrics_url is None:
+            problems.append("Traefik needs metrics_url (its Prometheus metrics, to observe traffic)")
+        if self.provider == "file" and not self.config_path.endswith((".yml", ".yaml")):
+            problems.append(
+                "Traefik's file provider reads only .yml, .yaml and .toml: config_path must end in .yml"
+            )
+        if self.test_command is not None:
+            problems.append("Traefik has no configuration test command; canaryd validates the file itself")
+        if self.listen is not None or self.access_log is not None:
+            problems.append(
+                "listen and access_log are not used with Traefik (entry points are static config)"
+            )
+        if self.force_header is not None and self.router_rule is None:
+            problems.append("force_header on Traefik needs router_rule (the header routes extend that rule)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _haproxy_needs_its_socket(self) -> ProxySpec:
+        # Weights change through HAProxy's runtime API (no reload); without the admin socket that is impossible.
+        if self.kind == "haproxy" and self.runtime_socket is None:
+            raise ValueError("runtime_socket (HAProxy's admin 'stats socket' path) is required for HAProxy")
+        return self
+
+
+PROMQL_PLACEHOLDERS = frozenset({"instances", "window", "cohort", "version"})
+_PROMQL_PLACEHOLDER = re.compile(r"\$([A-Za-z_]*)")
+
+
+def validate_promql(value: str) -> str:
+    """A PromQL template: one line of printable text, at most 1000 characters, known `$placeholders` only.
+
+    It goes into an HTTP query parameter (never a shell or proxy config); placeholder values are
+    validated and escaped when rendered (metrics/prometheus.py)."""
+    if not value.strip() or len(value) > 1000:
+        raise ValueError("a PromQL template must be non-empty and at most 1000 characters")
+    if any(not c.isprintable() for c in value):
+        raise ValueError("a PromQL template must be one line of printable characters")
+    unknown = {m for m in _PROMQL_PLACEHOLDER.findall(value) if m not in PROMQL_PLACEHOLDERS}
+    if unknown:
+        known = ", ".join(f"${p}" for p in sorted(PROMQL_PLACEHOLDERS))
+        raise ValueError(f"unknown placeholder(s) {', '.join(sorted(unknown))!r} in PromQL (known: {known})")
+    return value
+
+
+PromQL = Annotated[str, AfterValidator(validate_promql)]
+
+
+class PrometheusQueries(StrictModel):
+    """PromQL templates, rendered per cohort. `$instances` is a regex of the cohort's host:port addresses,
+    `$window` the stage so far (e.g. `95s`), `$cohort` canary or stable, `$version` the cohort's version."""
+
+    requests: PromQL = 'sum(increase(http_requests_total{instance=~"$instances"}[$window]))'
+    errors: PromQL = 'sum(increase(http_requests_total{instance=~"$instances",code=~"5.."}[$window]))'
+    #: Cumulative latency buckets by `le` (seconds), as a Prometheus histogram gives them.
+    latency_buckets: PromQL = (
+        'sum by (le) (increase(http_request_duration_seconds_bucket{instance=~"$instances"}[$window]))'
+    )
+
+
+class PrometheusSource(StrictModel):
+    """Where to read the cohorts' traffic when metrics_source is "prometheus"."""
+
+    url: HttpUrl
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
 
 
 class CanaryConfig(StrictModel):
@@ -184,7 +293,39 @@ class CanaryConfig(StrictModel):
     max_failed_health_checks: int = 3
     min_requests: int = 20  # per cohort and stage before the judge decides anything
     deploy_timeout: int = 300  # seconds for one deploy command plus its health gate
-    judge: Literal["threshold"] = "threshold"
+    # --- the judge (docs/judge.md) ---
+    #: "sequential": guards plus always-valid count tests (the default; see the bench in docs/judge.md);
+    #: "threshold": the spec's rules above (error_rate_threshold, latency_threshold, min_requests).
+    judge: Literal["sequential", "threshold"] = "sequential"
+    alpha: float = Field(default=0.05, gt=0, le=0.5)  # false-rollback budget, shared by the tests
+    error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
+    latency_margin: float = Field(default=1.0, ge=1, le=10)
+    sequential_k: float = Field(default=2.0, gt=0, le=1000)  # prior concentration of the mixture
+    #: A pass needs enough requests that this regression would have been caught with `power`:
+    #: canary ≥ detect_ratio × stable and at least detect_min_increase percentage points more.
+    detect_ratio: float = Field(default=3.0, gt=1, le=100)
+    detect_min_increase: float = Field(default=5.0, gt=0, le=100)
+    power: float = Field(default=0.8, ge=0.5, le=0.99)
+    #: Count requests slower than this; default: stable's p95 plus latency_min_difference_ms.
+    latency_tail_ms: float | None = Field(default=None, gt=0, le=600_000)
+    #: Absolute SLO ceilings on the canary alone (guards); None = not checked.
+    error_rate_ceiling: float | None = Field(default=None, gt=0, lt=100)  # percent
+    latency_ceiling_ms: float | None = Field(default=None, gt=0, le=600_000)
+    latency_ceiling_quantile: float = Field(default=0.95, ge=0.5, lt=1)
+    #: Host readings, canary mean vs stable mean, in percentage points; None = not compared.
+    cpu_tolerance: float | None = Field(default=20.0, gt=0, le=100)
+    memory_tolerance: float | None = Field(default=10.0, gt=0, le=100)
+    #: How long past its duration an inconclusive stage may wait for evidence, then what happens.
+    inconclusive_timeout: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
+    inconclusive_action: Literal["pause", "rollback", "proceed"] = "pause"
+    #: Record verdicts, never act on them: stages advance on time, nothing is rolled back.
+    dry_run: bool = False
+    #: Where traffic figures come from: the proxy's own log/counters, or Prometheus.
+    metrics_source: Literal["proxy", "prometheus"] = "proxy"
+    prometheus: PrometheusSource | None = None
+    #: Consecutive failed reads of the metric source before `source_failure_action`.
+    source_failure_limit: int = Field(default=3, ge=1, le=100)
+    source_failure_action: Literal["pause", "rollback", "proxy"] = "pause"
 
     @field_validator("stages")
     @classmethod
@@ -241,6 +382,12 @@ class CanaryConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _prometheus_source(self) -> CanaryConfig:
+        if self.metrics_source == "prometheus" and self.prometheus is None:
+            raise ValueError("metrics_source 'prometheus' needs the prometheus settings (url, queries)")
+        return self
+
+    @model_validator(mode="after")
     def _interval_fits_stage(self) -> CanaryConfig:
         if self.health_check_interval > self.stage_duration:
             raise ValueError("health_check_interval must not be longer than stage_duration")
@@ -253,6 +400,7 @@ def parse_canary_config(raw: dict[str, object] | None, min_stage_duration: int) 
 
 
 __all__ = [
+    "PROMQL_PLACEHOLDERS",
     "CanaryConfig",
     "Command",
     "FilePath",
@@ -260,6 +408,8 @@ __all__ = [
     "Host",
     "Listen",
     "Name",
+    "PrometheusQueries",
+    "PrometheusSource",
     "ProxySpec",
     "UserName",
     "Version",

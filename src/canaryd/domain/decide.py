@@ -5,6 +5,15 @@
   the end of the stage if that comes first.
 - The stage has run its time and the judge passed it: advance to the next stage, or promote after the last.
 - The stage has run its time but the judge cannot tell yet (too little traffic): hold, and say why.
+
+With a `Policy` (the engine always passes one; without it an inconclusive stage is held indefinitely):
+
+- An inconclusive stage is held at most `inconclusive_timeout` seconds past its duration; then
+  `inconclusive_action` decides: "pause" (ask a person), "rollback", or "proceed" (advance to the next
+  stage; never promote: after the last stage "proceed" pauses, because nothing is promoted on no evidence).
+- `dry_run`: the verdict is recorded, never acted on. Stages advance on time as if every check passed and
+  the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
+  would have done, and the reasons say it in words.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from canaryd.domain.judge import Outcome, Verdict
 
@@ -45,6 +55,16 @@ class Action(StrEnum):
     ADVANCE = "advance"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
+    PAUSE = "pause"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What to do when the judge cannot tell, and whether to act at all."""
+
+    inconclusive_timeout: int = 3600  # seconds past the stage's duration
+    inconclusive_action: Literal["pause", "rollback", "proceed"] = "pause"
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +75,7 @@ class Decision:
     next_check_at: datetime
     reasons: tuple[str, ...]
     next_stage_index: int | None = None
+    would: Action | None = None  # dry run: what the judge would have done instead
 
 
 def stage_ends_at(clock: StageClock) -> datetime:
@@ -62,12 +83,14 @@ def stage_ends_at(clock: StageClock) -> datetime:
     return clock.stage_started_at + timedelta(seconds=clock.stage_duration)
 
 
-def decide(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
+def decide(clock: StageClock, verdict: Verdict, now: datetime, policy: Policy | None = None) -> Decision:
     """The decision of one monitoring check (see the module docstring for the rules)."""
     if not 0 <= clock.stage_index < len(clock.stages):
         raise ValueError(f"stage index {clock.stage_index} is outside the plan of {len(clock.stages)} stages")
     if clock.health_check_interval < 1:
         raise ValueError("health_check_interval must be at least 1 second")
+    if policy is not None and policy.dry_run:
+        return _dry_run(clock, verdict, now)
     interval = timedelta(seconds=clock.health_check_interval)
     ends = stage_ends_at(clock)
     here = clock.label()
@@ -81,13 +104,52 @@ def decide(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
         return Decision(Action.HOLD, min(now + interval, ends), (progress, *verdict.reasons))
 
     if verdict.outcome is Outcome.PASS:
-        if clock.is_last:
-            return Decision(Action.PROMOTE, now, (f"last {here} passed", *verdict.reasons))
-        nxt = clock.stage_index + 1
-        reason = f"{here} passed; next {clock.label(nxt)}"
-        return Decision(Action.ADVANCE, now + interval, (reason, *verdict.reasons), nxt)
+        return _advance(clock, now, (f"{here} passed",), verdict.reasons)
 
-    return Decision(Action.HOLD, now + interval, (f"{here} held: {'; '.join(verdict.reasons)}",))
+    held = f"{here} held: {'; '.join(verdict.reasons)}"
+    if policy is None:
+        return Decision(Action.HOLD, now + interval, (held,))
+    limit = ends + timedelta(seconds=policy.inconclusive_timeout)
+    if now < limit:
+        waited = int((now - ends).total_seconds())
+        note = f"{here} held {waited} of at most {policy.inconclusive_timeout} s for evidence"
+        return Decision(Action.HOLD, min(now + interval, limit), (note, *verdict.reasons))
+    gave_up = f"{here} still inconclusive {policy.inconclusive_timeout} s after its end"
+    if policy.inconclusive_action == "rollback":
+        return Decision(Action.ROLLBACK, now, (f"{gave_up}: rolling back", *verdict.reasons))
+    if policy.inconclusive_action == "proceed" and not clock.is_last:
+        return _advance(clock, now, (f"{gave_up}: proceeding without evidence",), verdict.reasons)
+    why = "pausing for a person" if policy.inconclusive_action == "pause" else "not promoting without evidence"
+    return Decision(Action.PAUSE, now, (f"{gave_up}: {why}", *verdict.reasons))
 
 
-__all__ = ["Action", "Decision", "StageClock", "decide", "stage_ends_at"]
+def _advance(clock: StageClock, now: datetime, head: tuple[str, ...], reasons: tuple[str, ...]) -> Decision:
+    """Advance to the next stage, or promote after the last."""
+    if clock.is_last:
+        return Decision(Action.PROMOTE, now, (f"last {clock.label()} passed", *head[1:], *reasons))
+    nxt = clock.stage_index + 1
+    interval = timedelta(seconds=clock.health_check_interval)
+    first = f"{head[0]}; next {clock.label(nxt)}"
+    return Decision(Action.ADVANCE, now + interval, (first, *head[1:], *reasons), nxt)
+
+
+def _dry_run(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
+    """Acts as if every check passed; records what the judge would have done."""
+    would = {Outcome.FAIL: Action.ROLLBACK, Outcome.INCONCLUSIVE: Action.HOLD}.get(verdict.outcome)
+    words = {Action.ROLLBACK: "would roll back", Action.HOLD: "cannot tell yet"}
+    notes = tuple(f"dry run: {words[would]}: {r}" for r in verdict.reasons) if would else verdict.reasons
+    ends = stage_ends_at(clock)
+    if now < ends:
+        elapsed = max(0, int((now - clock.stage_started_at).total_seconds()))
+        progress = f"{clock.label()}: {elapsed} of {clock.stage_duration} s elapsed"
+        interval = timedelta(seconds=clock.health_check_interval)
+        return Decision(Action.HOLD, min(now + interval, ends), (progress, *notes), would=would)
+    decision = _advance(clock, now, (f"{clock.label()} ran its time (dry run)",), notes)
+    if clock.is_last:
+        decision = Decision(
+            Action.PROMOTE, now, (f"last {clock.label()} ran its time (dry run)", *notes), would=would
+        )
+    return Decision(decision.action, decision.next_check_at, decision.reasons, decision.next_stage_index, would)
+
+
+__all__ = ["Action", "Decision", "Policy", "StageClock", "decide", "stage_ends_at"]

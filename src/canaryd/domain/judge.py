@@ -13,16 +13,38 @@ The comparison is the stable cohort's traffic in the same window when it has `mi
 traffic accumulated over the whole deployment (at a 100 % stage the stable cohort gets nothing). With fewer
 than `min_requests` on either side the traffic checks are inconclusive: never promote blind, never roll back
 on noise. Overall: any failure fails; else anything inconclusive is inconclusive; else pass.
+
+The sequential judge (`judge_sequential`, the default; docs/judge.md) asks the same question with counts
+and an always-valid test, so that it may look after every health check without rolling back healthy
+canaries by chance:
+
+- guards, outside the statistics: `max_failed_health_checks` consecutive failed health checks; no data
+  (the canary got none of the requests its share says it should have had); and, when configured, the SLO
+  ceilings (`error_rate_ceiling`, `latency_ceiling_ms`), tested on the canary alone.
+- error_rate: the canary's and stable's errors, as counts out of their requests, in the one-sided mixture
+  Bayes factor of domain/sequential.py (θ0 from the canary's share of requests and `error_rate_margin`).
+  It fails when the evidence, multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the
+  tests, Bonferroni).
+- latency_tail: the same test on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
+  over the whole deployment plus `latency_min_difference_ms`.
+- It passes a metric only with evidence: enough requests (summed over the stages) that a regression of
+  `detect_ratio` × (and at least `detect_min_increase` points) would have been detected with `power`.
+  Until then the metric is inconclusive and says how many requests it is waiting for.
+- cpu, memory: canary against stable means, with `cpu_tolerance` / `memory_tolerance` points. Lower
+  weight: worse in most of a stage's checks holds the stage (inconclusive), never rolls back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
 
 from canaryd.domain.config import CanaryConfig
-from canaryd.domain.types import CohortStats
+from canaryd.domain.sequential import events_needed, log_e_value, null_share
+from canaryd.domain.types import CohortStats, HostLoad
 
 Figures = dict[str, float | int | None]
 
@@ -204,4 +226,413 @@ def _summary(canary: CohortStats, comparison: CohortStats, label: str) -> str:
     )
 
 
-__all__ = ["MetricVerdict", "Outcome", "Verdict", "judge_threshold"]
+
+
+# --- the sequential judge ---------------------------------------------------------------------------------
+
+#: The tests that compare canary with stable, in the order they are reported.
+COMPARED = ("error_rate", "latency_tail")
+#: Metrics whose failure rolls the canary back; cpu and memory only hold a stage.
+CRITICAL = frozenset({"health", "no_data", "error_rate_slo", "latency_slo", *COMPARED})
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Events (errors, or slow requests) out of requests, for both cohorts."""
+
+    canary_requests: int = 0
+    canary_events: int = 0
+    stable_requests: int = 0
+    stable_events: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.canary_requests + other.canary_requests,
+            self.canary_events + other.canary_events,
+            self.stable_requests + other.stable_requests,
+            self.stable_events + other.stable_events,
+        )
+
+    def to_json(self) -> list[int]:
+        return [self.canary_requests, self.canary_events, self.stable_requests, self.stable_events]
+
+    @classmethod
+    def from_json(cls, raw: object) -> Tally:
+        if isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, int) for v in raw):
+            return cls(*raw)
+        return cls()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the sequential judge carries from check to check and from stage to stage (stored as JSON).
+
+    `carried` and `prior` hold the finished stages (log e-values and tallies); `current` and `latest`
+    the stage in progress as of the last check. When the stage changes (by the engine or by an operator),
+    `at_stage` folds the last check of the old stage into the carried evidence.
+    """
+
+    stage: int = 0
+    carried: Mapping[str, float] = field(default_factory=dict)
+    prior: Mapping[str, Tally] = field(default_factory=dict)
+    current: Mapping[str, float] = field(default_factory=dict)
+    latest: Mapping[str, Tally] = field(default_factory=dict)
+    host_checks: int = 0
+    cpu_worse: int = 0
+    memory_worse: int = 0
+    source_failures: int = 0
+
+    def at_stage(self, stage: int) -> Evidence:
+        if stage == self.stage:
+            return self
+        carried = {m: self.carried.get(m, 0.0) + self.current.get(m, 0.0) for m in COMPARED}
+        prior = {m: self.prior.get(m, Tally()) + self.latest.get(m, Tally()) for m in COMPARED}
+        return Evidence(stage, carried, prior, source_failures=self.source_failures)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "stage": self.stage,
+            "carried": {m: round(v, 6) for m, v in self.carried.items()},
+            "prior": {m: t.to_json() for m, t in self.prior.items()},
+            "current": {m: round(v, 6) for m, v in self.current.items()},
+            "latest": {m: t.to_json() for m, t in self.latest.items()},
+            "host_checks": self.host_checks,
+            "cpu_worse": self.cpu_worse,
+            "memory_worse": self.memory_worse,
+            "source_failures": self.source_failures,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Evidence:
+        if not isinstance(raw, dict):
+            return cls()
+
+        def floats(key: str) -> dict[str, float]:
+            d = raw.get(key)
+            return {str(k): float(v) for k, v in d.items()} if isinstance(d, dict) else {}
+
+        def tallies(key: str) -> dict[str, Tally]:
+            d = raw.get(key)
+            return {str(k): Tally.from_json(v) for k, v in d.items()} if isinstance(d, dict) else {}
+
+        def integer(key: str) -> int:
+            v = raw.get(key, 0)
+            return v if isinstance(v, int) else 0
+
+        return cls(
+            integer("stage"),
+            floats("carried"),
+            tallies("prior"),
+            floats("current"),
+            tallies("latest"),
+            integer("host_checks"),
+            integer("cpu_worse"),
+            integer("memory_worse"),
+            integer("source_failures"),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One health check's view: this stage's traffic per cohort, stable over the whole deployment, health,
+    the canary's configured share of requests (0-1, None if unknown) and each cohort's host loads."""
+
+    canary: CohortStats
+    stable: CohortStats
+    baseline: CohortStats
+    health_failures: int = 0
+    canary_share: float | None = None
+    canary_load: Sequence[HostLoad] = ()
+    stable_load: Sequence[HostLoad] = ()
+    stage: int = 0
+    evidence: Evidence = field(default_factory=Evidence)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict and the evidence to carry to the next check."""
+
+    verdict: Verdict
+    evidence: Evidence
+
+
+def tests_in_budget(config: CanaryConfig) -> int:
+    """How many statistical tests share `alpha` (Bonferroni): the two comparisons and each SLO ceiling."""
+    return len(COMPARED) + (config.error_rate_ceiling is not None) + (config.latency_ceiling_ms is not None)
+
+
+def _e(log_e: float) -> str:
+    value = math.exp(min(log_e, 700.0))
+    return f"{value:.3g}" if value < 1e4 else f"{value:.1e}"
+
+
+def _rate(events: int, requests: int) -> str:
+    return f"{events}/{requests}" + (f" ({events / requests * 100:.1f} %)" if requests else "")
+
+
+def _no_data(canary: CohortStats, stable: CohortStats, share: float | None, alpha: float) -> MetricVerdict:
+    """Fails when the canary got no request although its share makes that all but impossible."""
+    figures: Figures = {"canary_requests": canary.requests, "stable_requests": stable.requests, "share": share}
+    if share is None or not 0 < share < 1 or canary.requests > 0 or stable.requests == 0:
+        return MetricVerdict("no_data", Outcome.PASS, "no_data: the canary is receiving traffic", figures)
+    expected = stable.requests * share / (1 - share)
+    figures["expected_canary_requests"] = round(expected, 1)
+    # With a share s, P(no canary request among these) = (1 - s)^n; a guard must (almost) never fire on a
+    # healthy canary, so it asks for a hundred times the tests' level.
+    if stable.requests * math.log1p(-share) <= math.log(alpha / 100):
+        reason = (
+            f"no_data: the canary received none of the ~{expected:.0f} requests expected at "
+            f"{share * 100:g} % of traffic (stable had {stable.requests}); is it serving?"
+        )
+        return MetricVerdict("no_data", Outcome.FAIL, reason, figures)
+    return MetricVerdict("no_data", Outcome.PASS, "no_data: too few requests yet to miss the canary's", figures)
+
+
+def _ceiling(
+    metric: str, what: str, events: int, requests: int, ceiling: float, limit_text: str, alpha: float, k: float
+) -> MetricVerdict:
+    """One-sample always-valid test: is the canary's share of `events` above `ceiling` (0-1)?"""
+    log_e = log_e_value(events, requests - events, ceiling, k)
+    threshold = math.log(1 / alpha)
+    figures: Figures = {
+        "canary_requests": requests,
+        f"canary_{what}": events,
+        "ceiling": ceiling,
+        "e_value": round(math.exp(min(log_e, 700.0)), 4),
+        "e_threshold": round(1 / alpha, 2),
+    }
+    text = f"{metric}: canary {what} {_rate(events, requests)} against the {limit_text}"
+    if requests and events / requests > ceiling and log_e >= threshold:
+        return MetricVerdict(metric, Outcome.FAIL, f"{text} (e={_e(log_e)} ≥ {1 / alpha:g})", figures)
+    return MetricVerdict(metric, Outcome.PASS, f"{text}: not shown to be above it", figures)
+
+
+def _detect_text(config: CanaryConfig, ratio_wins: bool, what: str) -> str:
+    if ratio_wins:
+        return f"×{config.detect_ratio:g} {what}"
+    return f"+{config.detect_min_increase:g} pp {what}"
+
+
+def _compare(
+    metric: str,
+    what: str,
+    stage: Tally,
+    evidence: Evidence,
+    margin: float,
+    alpha: float,
+    config: CanaryConfig,
+    extra: Figures,
+) -> tuple[MetricVerdict, float]:
+    """The sequential count comparison of one metric; returns its verdict and this stage's log e-value."""
+    k = config.sequential_k
+    if stage.canary_requests and stage.stable_requests:
+        rho = stage.canary_requests / (stage.canary_requests + stage.stable_requests)
+        stage_log_e = log_e_value(stage.canary_events, stage.stable_events, null_share(rho, margin), k)
+    else:  # a cohort without traffic this stage (e.g. the 100 % stage): nothing to compare
+        stage_log_e = 0.0
+    log_e = evidence.carried.get(metric, 0.0) + stage_log_e
+    threshold = math.log(1 / alpha)
+    total = evidence.prior.get(metric, Tally()) + stage
+    worse = "stable" if margin == 1 else f"{margin:g} × stable"
+    figures: Figures = {
+        **extra,
+        "canary_requests": stage.canary_requests,
+        f"canary_{what}": stage.canary_events,
+        "stable_requests": stage.stable_requests,
+        f"stable_{what}": stage.stable_events,
+        "margin": margin,
+        "e_value": round(math.exp(min(log_e, 700.0)), 4),
+        "e_value_stage": round(math.exp(min(stage_log_e, 700.0)), 4),
+        "e_threshold": round(1 / alpha, 2),
+        "rollout_canary_requests": total.canary_requests,
+        "rollout_stable_requests": total.stable_requests,
+    }
+    counts = (
+        f"canary {what} {_rate(stage.canary_events, stage.canary_requests)} vs stable "
+        f"{_rate(stage.stable_events, stage.stable_requests)}"
+    )
+    if log_e >= threshold:
+        reason = f"{metric}: {counts}; e={_e(log_e)} ≥ {1 / alpha:g}: the canary is worse than {worse}"
+        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stage_log_e
+
+    if total.stable_requests == 0 or total.canary_requests == 0:
+        missing = "stable" if total.stable_requests == 0 else "canary"
+        reason = f"{metric}: no {missing} traffic to compare with yet"
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
+
+    # The regression a pass must have been able to catch, at the stable rate seen so far.
+    rho = total.canary_requests / (total.canary_requests + total.stable_requests)
+    p_s = total.stable_events / total.stable_requests
+    by_ratio = config.detect_ratio * p_s
+    by_points = p_s + config.detect_min_increase / 100
+    p_alt = min(max(by_ratio, by_points), 1.0)
+    theta1 = rho * p_alt / (rho * p_alt + (1 - rho) * p_s)
+    lam = events_needed(null_share(rho, margin), theta1, alpha, config.power, k)
+    size = _detect_text(config, by_ratio >= by_points, what)
+    if lam is None:
+        need: int | None = None
+    else:
+        per_request = rho * p_alt + (1 - rho) * p_s  # events per request, were the canary that bad
+        need = math.ceil(rho * lam / per_request)
+    figures["canary_requests_needed"] = need
+    if need is None:
+        reason = f"{metric}: {counts}; {size} cannot be shown with margin {margin:g} at this share of traffic"
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
+    if total.canary_requests < need:
+        reason = (
+            f"{metric}: canary has {total.canary_requests} of the ~{need} requests needed to rule out "
+            f"{size} ({counts}; e={_e(log_e)})"
+        )
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
+    reason = f"{metric}: {counts}; enough traffic to have caught {size} (e={_e(log_e)})"
+    return MetricVerdict(metric, Outcome.PASS, reason, figures), stage_log_e
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _host(
+    metric: str, canary: float | None, stable: float | None, tolerance: float, worse: int, checks: int
+) -> MetricVerdict:
+    """Lower-weight comparison of a host reading; fails when worse in most of the stage's checks."""
+    figures: Figures = {
+        f"canary_{metric}_percent": None if canary is None else round(canary, 2),
+        f"stable_{metric}_percent": None if stable is None else round(stable, 2),
+        "tolerance_pp": tolerance,
+        "worse_checks": worse,
+        "checks": checks,
+    }
+    if canary is None or stable is None:
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, f"{metric}: no host readings", figures)
+    text = (
+        f"{metric}: canary {canary:.1f} % vs stable {stable:.1f} % (tolerance +{tolerance:g} pp; "
+        f"above it in {worse} of {checks} checks this stage)"
+    )
+    failing = checks >= 3 and 2 * worse > checks
+    return MetricVerdict(metric, Outcome.FAIL if failing else Outcome.PASS, text, figures)
+
+
+def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
+    """Judges one check with guards, the always-valid count tests and the host comparisons."""
+    evidence = obs.evidence.at_stage(obs.stage)
+    alpha = config.alpha / tests_in_budget(config)
+    k = config.sequential_k
+    canary, stable = obs.canary, obs.stable
+    metrics: list[MetricVerdict] = [
+        _health(obs.health_failures, config.max_failed_health_checks),
+        _no_data(canary, stable, obs.canary_share, alpha),
+    ]
+    if config.error_rate_ceiling is not None:
+        limit = f"{config.error_rate_ceiling:g} % error-rate ceiling"
+        metrics.append(
+            _ceiling(
+                "error_rate_slo", "errors", canary.errors, canary.requests,
+                config.error_rate_ceiling / 100, limit, alpha, k,
+            )
+        )  # fmt: skip
+    if config.latency_ceiling_ms is not None:
+        q = config.latency_ceiling_quantile
+        limit = f"{config.latency_ceiling_ms:g} ms p{q * 100:g} ceiling"
+        slow = canary.slower_than(config.latency_ceiling_ms)
+        metrics.append(
+            _ceiling("latency_slo", "slow", slow, canary.requests, 1 - q, limit, alpha, k)
+        )
+
+    current: dict[str, float] = {}
+    latest: dict[str, Tally] = {}
+    errors = Tally(canary.requests, canary.errors, stable.requests, stable.errors)
+    verdict, current["error_rate"] = _compare(
+        "error_rate", "errors", errors, evidence, config.error_rate_margin, alpha, config,
+        {"canary_error_rate": canary.error_rate, "stable_error_rate": stable.error_rate},
+    )  # fmt: skip
+    latest["error_rate"] = errors
+    metrics.append(verdict)
+
+    base_p95 = obs.baseline.quantile_ms(0.95)
+    if config.latency_tail_ms is not None:
+        threshold_ms: float | None = config.latency_tail_ms
+    elif base_p95 is not None:
+        threshold_ms = base_p95 + config.latency_min_difference_ms
+    else:
+        threshold_ms = None
+    latency_figures: Figures = {
+        "threshold_ms": None if threshold_ms is None else round(threshold_ms, 3),
+        "canary_p50_ms": canary.quantile_ms(0.5),
+        "canary_p95_ms": canary.quantile_ms(0.95),
+        "stable_p50_ms": stable.quantile_ms(0.5),
+        "stable_p95_ms": stable.quantile_ms(0.95),
+    }
+    if threshold_ms is None:
+        reason = "latency_tail: no stable latency data yet to set the threshold"
+        metrics.append(MetricVerdict("latency_tail", Outcome.INCONCLUSIVE, reason, latency_figures))
+    else:
+        slow = Tally(
+            canary.requests, canary.slower_than(threshold_ms), stable.requests, stable.slower_than(threshold_ms)
+        )
+        verdict, current["latency_tail"] = _compare(
+            "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
+            alpha, config, latency_figures,
+        )  # fmt: skip
+        latest["latency_tail"] = slow
+        metrics.append(verdict)
+
+    host_checks, cpu_worse, memory_worse = evidence.host_checks, evidence.cpu_worse, evidence.memory_worse
+    readings = [
+        ("cpu", config.cpu_tolerance, [h.cpu_percent for h in obs.canary_load], [h.cpu_percent for h in obs.stable_load]),
+        ("memory", config.memory_tolerance, [h.memory_percent for h in obs.canary_load], [h.memory_percent for h in obs.stable_load]),
+    ]  # fmt: skip
+    if any(tol is not None for _, tol, _, _ in readings) and (obs.canary_load or obs.stable_load):
+        host_checks += 1
+    for metric, tolerance, c_values, s_values in readings:
+        if tolerance is None:
+            continue
+        c, s = _mean(c_values), _mean(s_values)
+        bad = c is not None and s is not None and c - s > tolerance
+        if metric == "cpu":
+            cpu_worse += bad
+            metrics.append(_host(metric, c, s, tolerance, cpu_worse, host_checks))
+        else:
+            memory_worse += bad
+            metrics.append(_host(metric, c, s, tolerance, memory_worse, host_checks))
+
+    new_evidence = replace(
+        evidence,
+        current=current,
+        latest=latest,
+        host_checks=host_checks,
+        cpu_worse=cpu_worse,
+        memory_worse=memory_worse,
+    )
+    return Judgement(_overall(metrics), new_evidence)
+
+
+def _overall(metrics: list[MetricVerdict]) -> Verdict:
+    failed = [m for m in metrics if m.outcome is Outcome.FAIL and m.metric in CRITICAL]
+    if failed:
+        return Verdict(Outcome.FAIL, tuple(metrics), tuple(m.reason for m in failed))
+    waiting = [
+        m
+        for m in metrics
+        if (m.metric in CRITICAL and m.outcome is Outcome.INCONCLUSIVE)
+        or (m.metric not in CRITICAL and m.outcome is Outcome.FAIL)
+    ]
+    if waiting:
+        return Verdict(Outcome.INCONCLUSIVE, tuple(metrics), tuple(m.reason for m in waiting))
+    shown = [m.reason for m in metrics if m.metric in COMPARED]
+    return Verdict(Outcome.PASS, tuple(metrics), tuple(shown))
+
+
+__all__ = [
+    "Evidence",
+    "Judgement",
+    "MetricVerdict",
+    "Observation",
+    "Outcome",
+    "Tally",
+    "Verdict",
+    "judge_sequential",
+    "judge_threshold",
+    "tests_in_budget",
+]

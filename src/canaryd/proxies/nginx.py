@@ -57,6 +57,7 @@ _LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5
 _FORBIDDEN = re.compile(r"[\s;{}#'\"`$\\\x00-\x1f\x7f]")
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _ADDR_SEPARATORS = re.compile(r"\s*,\s*|\s+:\s+")
+_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 # Fields of the JSON access log line. nginx escapes values itself (escape=json).
 _LOG_FIELDS = (
@@ -126,6 +127,97 @@ def _parse_listen(value: str) -> tuple[str | None, int]:
     return host, port
 
 
+def _upstream(name: str, servers: list[str], spec: ProxySpec) -> list[str]:
+    return [
+        f"upstream {name} {{",
+        *servers,
+        *([f"    keepalive {spec.upstream_keepalive};"] if spec.upstream_keepalive else []),
+        "}",
+    ]
+
+
+def _header_variable(name: str) -> str:
+    """`$http_x_canary` for `X-Canary`. Raises ValueError for anything but letters, digits and '-'."""
+    if not _HEADER.fullmatch(name):
+        raise ValueError(f"force_header {name[:80]!r} must be letters, digits and '-', at most 64")
+    return "$http_" + name.lower().replace("-", "_")
+
+
+def _cohort_routing(
+    app_id: int,
+    generation: int,
+    by_cohort: dict[Cohort, list[str]],
+    addresses: dict[str, Cohort],
+    spec: ProxySpec,
+) -> tuple[list[str], list[str]]:
+    """Cohort upstreams and the maps that pick one per request (stickiness, forced routing): the lines for
+    the http level and those for the proxying location.
+
+    New users go to the weighted upstream; a request that forces a cohort (`force_header: always|never`) or
+    carries this generation's cookie goes to that cohort's own upstream. An empty cohort's upstream holds the
+    other cohort's servers (nginx needs at least one server, and a forced or sticky request must not fail).
+    The cookie names the cohort that really answered (`$upstream_addr`, its last entry after retries) and the
+    generation, so every new generation (a new stage) splits users afresh at the new percentage."""
+    weighted, canary_up, stable_up = (
+        f"canaryd_app_{app_id}",
+        f"canaryd_app_{app_id}_canary",
+        f"canaryd_app_{app_id}_stable",
+    )
+    lines: list[str] = []
+    lines += ["", *_upstream(canary_up, by_cohort["canary"] or by_cohort["stable"], spec)]
+    lines += ["", *_upstream(stable_up, by_cohort["stable"] or by_cohort["canary"], spec)]
+    keys: list[str] = []
+    if spec.force_header is not None:
+        keys.append(f"$canaryd_forced_{app_id}")
+        lines += [
+            "",
+            f"map {_header_variable(spec.force_header)} $canaryd_forced_{app_id} {{",
+            '    default "";',
+            "    always c;",
+            "    never s;",
+            "}",
+        ]
+    cookie = f"canaryd_{app_id}"
+    if spec.sticky:
+        keys.append(f"$canaryd_kept_{app_id}")
+        lines += [
+            "",
+            f"map $cookie_{cookie} $canaryd_kept_{app_id} {{",
+            '    default "";',
+            f"    c.{generation} c;",
+            f"    s.{generation} s;",
+            "}",
+            "",
+            f"map $upstream_addr $canaryd_got_{app_id} {{",
+            '    default "";',
+            *(
+                # The last address nginx tried ("a, b" after a retry, "a : b" across internal redirects).
+                f'    "~(^|\\s){re.escape(address)}$" {"c" if cohort == "canary" else "s"};'
+                for address, cohort in addresses.items()
+            ),
+            "}",
+            "",
+            # Only a request that was neither forced nor carried a valid cookie gets one.
+            f'map "{"".join(keys)}:$canaryd_got_{app_id}" $canaryd_set_cookie_{app_id} {{',
+            '    default "";',
+            *(f'    ":{c}" "{cookie}={c}.{generation}; Path=/; HttpOnly; SameSite=Lax";' for c in ("c", "s")),
+            "}",
+        ]
+    # A forced cohort wins over the cookie's: the first letter of the key decides.
+    lines += ["", f'map "{"".join(keys)}" $canaryd_upstream_{app_id} {{', f"    default {weighted};"]
+    lines += [
+        f"    {first}{rest} {canary_up if first == 'c' else stable_up};"
+        for first in "cs"
+        for rest in ("", "c", "s")
+        if rest == "" or len(keys) == 2
+    ]
+    lines += ["}"]
+    location = [f"        proxy_pass http://$canaryd_upstream_{app_id};"]
+    if spec.sticky:
+        location.append(f"        add_header Set-Cookie $canaryd_set_cookie_{app_id} always;")
+    return lines, location
+
+
 def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     """The whole include file for one application. Pure; raises ValueError on any unsafe or impossible value."""
     app_id = _check_int(table.app_id, "app_id", 0)
@@ -135,16 +227,19 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
     servers: list[str] = []
-    seen: set[str] = set()
+    by_cohort: dict[Cohort, list[str]] = {"canary": [], "stable": []}
+    addresses: dict[str, Cohort] = {}
     for b in table.backends:
         address = format_address(b.host, b.port)
         _check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
-        if address in seen:
+        if b.cohort not in ("canary", "stable"):
+            raise ValueError(f"cohort of {address} must be 'canary' or 'stable', not {str(b.cohort)[:20]!r}")
+        if address in addresses:
             raise ValueError(f"server {address} appears twice in the route table")
-        seen.add(address)
-        servers.append(
-            f"    server {address} weight={b.weight} max_fails=0;  # {b.cohort} server {b.server_id}"
-        )
+        addresses[address] = b.cohort
+        line = f"    server {address} weight={b.weight} max_fails=0;  # {b.cohort} server {b.server_id}"
+        servers.append(line)
+        by_cohort[b.cohort].append(line)
 
     fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
     lines = [
@@ -153,11 +248,12 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         "",
         f"log_format canaryd_{app_id} escape=json '{{{fields}}}';",
         "",
-        f"upstream canaryd_app_{app_id} {{",
-        *servers,
-        *([f"    keepalive {spec.upstream_keepalive};"] if spec.upstream_keepalive else []),
-        "}",
+        *_upstream(f"canaryd_app_{app_id}", servers, spec),
     ]
+    location = [f"        proxy_pass http://canaryd_app_{app_id};"]
+    if spec.sticky or spec.force_header is not None:
+        routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec)
+        lines += routing
     # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
     keepalive = (
         ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";']
@@ -182,7 +278,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
             f'        return 200 "{generation}\\n";',
             "    }",
             "    location / {",
-            f"        proxy_pass http://canaryd_app_{app_id};",
+            *location,
             *keepalive,
             "        proxy_set_header Host $host;",
             "        proxy_next_upstream error timeout;",

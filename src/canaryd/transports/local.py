@@ -118,3 +118,26 @@ class LocalTransport:
             return
         except OSError as exc:
             raise _error("remove", path, exc) from exc
+
+    async def unix_request(self, path: str, payload: bytes, timeout: float) -> bytes:
+        """Writes `payload` to the unix stream socket `path`, half-closes, reads until EOF."""
+
+        async def exchange() -> bytes:
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                writer.write(payload)
+                await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return await reader.read()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+        try:
+            return await asyncio.wait_for(exchange(), timeout)
+        except TimeoutError:
+            raise TransportError(f"local: no answer from {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise _error("talk to socket", path, exc) from exc

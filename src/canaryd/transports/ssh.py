@@ -375,3 +375,32 @@ class SshTransport:
                 await sftp.remove(path)
 
         await self._sftp("remove", path, op)
+
+    async def unix_request(self, path: str, payload: bytes, timeout: float) -> bytes:
+        """Opens a direct stream-local channel (sshd's `AllowStreamLocalForwarding`, on by default) to the unix
+        socket `path`, writes `payload`, half-closes and reads until EOF."""
+
+        async def exchange(entry: _Connection) -> bytes:
+            reader, writer = await entry.conn.open_unix_connection(path, encoding=None)
+            try:
+                writer.write(payload)
+                writer.write_eof()
+                data = await reader.read()
+                assert isinstance(data, bytes)  # encoding=None
+                return data
+            finally:
+                writer.close()
+
+        for attempt in (1, 2):
+            entry = await self.pool._get(self._key)
+            try:
+                return await asyncio.wait_for(exchange(entry), timeout)
+            except TimeoutError:
+                raise self._error(f"no answer from {path} within {timeout:g} s") from None
+            except (asyncssh.Error, OSError) as exc:
+                # A dead pooled connection: the request never reached the socket, so one retry is safe.
+                if attempt == 1 and _connection_failure(entry, exc):
+                    await self.pool._discard(self._key, entry)
+                    continue
+                raise self._error(f"cannot talk to socket {path}: {_reason(exc)}") from exc
+        raise AssertionError("unreachable")

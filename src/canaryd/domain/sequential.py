@@ -1,0 +1,212 @@
+"""An always-valid test for "are events more often the canary's than they should be?". Pure arithmetic.
+
+The events are errors (or requests slower than a latency threshold). Given that an event happened, it
+belongs to the canary with probability θ. If the canary were exactly `margin` times worse than stable and
+received a share ρ of the requests, θ would be θ0 = mρ / (mρ + 1 − ρ); a worse canary makes θ larger.
+
+The test statistic is a Bayes factor: the likelihood of the observed split (x canary events, y stable events)
+averaged over θ > θ0 with a Beta(kθ0, k(1 − θ0)) prior restricted to θ > θ0, divided by its likelihood at
+θ0. For every θ ≤ θ0 each such likelihood ratio is a non-negative supermartingale, so their average is too:
+by Ville's inequality, the chance that it *ever* reaches 1/α while the canary is no worse than the margin is
+at most α. So it may be looked at after every health check, and it depends only on the counts (x, y).
+Evidence from several stages multiplies (a product of e-values computed one after the other is an e-value).
+
+`events_needed` answers the reverse question: how many events must be seen before a regression that moves
+θ to θ1 would have reached the threshold with a given probability (the power), which tells the judge when a
+canary that has not failed has also been given a fair chance to.
+
+Only the standard library: `math.lgamma` and a continued fraction for the incomplete beta function.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+#: Prior concentration. Small k puts weight on large regressions, so big ones are found after few events
+#: (judge.md §3.3: k≈1-3 suits "big regression, few events"; the bench compares k).
+DEFAULT_K = 2.0
+
+_TINY = 1e-300
+_EPS = 1e-15
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > _TINY else _TINY)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > _TINY else _TINY)
+        c = 1.0 + aa / c
+        c = c if abs(c) > _TINY else _TINY
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < _EPS:
+            break
+    return h
+
+
+def log_inc_beta(a: float, b: float, x: float) -> float:
+    """log of the regularized incomplete beta function I_x(a, b), accurate for tiny values too."""
+    if x <= 0.0:
+        return -math.inf
+    if x >= 1.0:
+        return 0.0
+    front = a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front + math.log(_betacf(a, b, x)) - math.log(a)
+    rest = math.exp(front) * _betacf(b, a, 1.0 - x) / b
+    return math.log1p(-rest) if rest < 1.0 else -math.inf
+
+
+def null_share(rho: float, margin: float = 1.0) -> float:
+    """θ0: the canary's share of events if it got a share `rho` of requests and were `margin` × as bad."""
+    if not 0.0 <= rho <= 1.0 or margin <= 0:
+        raise ValueError("rho must be within [0, 1] and margin positive")
+    return margin * rho / (margin * rho + 1.0 - rho)
+
+
+def log_e_value(x: int, y: int, theta0: float, k: float = DEFAULT_K) -> float:
+    """log of the one-sided mixture Bayes factor for x canary and y stable events against θ ≤ θ0.
+
+    0 (no evidence either way) when there are no events or θ0 leaves no room (a cohort got no traffic).
+    """
+    if x < 0 or y < 0:
+        raise ValueError("event counts must not be negative")
+    if x + y == 0 or not 0.0 < theta0 < 1.0:
+        return 0.0
+    a, b = k * theta0, k * (1.0 - theta0)
+    # ∫_{θ0}^1 θ^(a-1)(1-θ)^(b-1) dθ = B(a, b) · I_{1-θ0}(b, a)
+    numerator = _log_beta(a + x, b + y) + log_inc_beta(b + y, a + x, 1.0 - theta0)
+    denominator = _log_beta(a, b) + log_inc_beta(b, a, 1.0 - theta0)
+    return numerator - denominator - x * math.log(theta0) - y * math.log1p(-theta0)
+
+
+def _log_binom_pmf(n: int, j: int, p: float) -> float:
+    if p <= 0.0:
+        return 0.0 if j == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if j == n else -math.inf
+    return (
+        math.lgamma(n + 1)
+        - math.lgamma(j + 1)
+        - math.lgamma(n - j + 1)
+        + j * math.log(p)
+        + (n - j) * math.log1p(-p)
+    )
+
+
+#: Beyond this many events the judge does not try to compute the exposure (the regression is too small
+#: to show with this margin in any sensible time); the metric then stays inconclusive.
+MAX_EVENTS = 4000
+#: The power table stops once the rejection probability reaches this; later counts reuse it (conservative).
+_TABLE_TOP = 0.995
+
+
+def _binom_tail(n: int, c: int, p: float) -> float:
+    """P(Binomial(n, p) ≥ c), summing only the terms that matter (outward from the boundary)."""
+    if c <= 0:
+        return 1.0
+    if c > n:
+        return 0.0
+    upper = c > n * p  # the tail above c is the small side: sum it upwards; else sum the lower side
+    j, step, stop = (c, 1, n + 1) if upper else (c - 1, -1, -1)
+    acc = 0.0
+    while j != stop:
+        term = math.exp(_log_binom_pmf(n, j, p))
+        acc += term
+        if term < 1e-13 * acc and (j - n * p) * step > 0:
+            break
+        j += step
+    return min(1.0, acc) if upper else max(0.0, 1.0 - acc)
+
+
+@lru_cache(maxsize=4096)
+def _rejection_probabilities(theta0: float, theta1: float, log_threshold: float, k: float) -> tuple[float, ...]:
+    """P(the test rejects after exactly n events | θ1), for n = 0, 1, ... until it is about 1."""
+    probs: list[float] = []
+    c = 0  # smallest x with log_e(x, n - x) ≥ threshold; it grows by 0 or 1 when n grows by 1
+    for n in range(MAX_EVENTS + 1):
+        c = max(c, 0)
+        while c <= n and log_e_value(c, n - c, theta0, k) < log_threshold:
+            c += 1
+        if c > n:
+            probs.append(0.0)
+            c = n + 1  # no x rejects yet; next n starts from here
+            continue
+        tail = _binom_tail(n, c, theta1)
+        probs.append(tail)
+        if tail >= _TABLE_TOP:
+            break
+    return tuple(probs)
+
+
+def _power(lam: float, probs: tuple[float, ...]) -> float:
+    """P(reject) when the number of events is Poisson(lam) (events beyond the table count as its last)."""
+    total, acc = 0.0, 0.0
+    for n, p in enumerate(probs):
+        pmf = math.exp(n * math.log(lam) - lam - math.lgamma(n + 1)) if lam > 0 else float(n == 0)
+        acc += pmf
+        total += pmf * p
+    return total + max(0.0, 1.0 - acc) * probs[-1]
+
+
+def events_needed(
+    theta0: float, theta1: float, alpha: float, power: float = 0.8, k: float = DEFAULT_K
+) -> float | None:
+    """Expected number of events after which θ1 would have been detected with probability `power`.
+
+    Counted at one look; the sequential test looks at every check, so its real power is at least this.
+    None when the regression cannot be shown within MAX_EVENTS events.
+    """
+    if not 0.0 < theta0 < 1.0 or not theta0 < theta1 <= 1.0 or not 0 < alpha < 1 or not 0 < power < 1:
+        return None
+    # Rounded so that checks with slightly different estimates share one cached table: θ0 to 0.01, and
+    # the odds ratio of θ1 to θ0 *down* to a grid of ~4 % steps, which asks for more evidence, never less.
+    key0 = min(max(round(theta0 * 100) / 100, 0.01), 0.99)
+    theta1 = min(theta1, 0.9999)
+    log_or = math.log(theta1 / (1 - theta1)) - math.log(theta0 / (1 - theta0))
+    step = math.log(2) / 16
+    log_or_q = math.floor(log_or / step) * step
+    if log_or_q <= 0:
+        return None
+    return _events_needed(key0, round(log_or_q / step), round(math.log(1.0 / alpha), 6), power, k)
+
+
+@lru_cache(maxsize=4096)
+def _events_needed(key0: float, steps: int, log_threshold: float, power: float, k: float) -> float | None:
+    odds1 = key0 / (1 - key0) * 2 ** (steps / 16)
+    key1 = odds1 / (1 + odds1)
+    probs = _rejection_probabilities(key0, key1, log_threshold, k)
+    if probs[-1] < power:
+        return None
+    lo, hi = 0.0, float(len(probs))
+    while _power(hi, probs) < power:
+        lo, hi = hi, hi * 2
+        if hi > 2 * MAX_EVENTS:
+            return None
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if _power(mid, probs) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+__all__ = ["DEFAULT_K", "events_needed", "log_e_value", "log_inc_beta", "null_share"]

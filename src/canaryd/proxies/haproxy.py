@@ -1,0 +1,739 @@
+"""HAProxy: one file per application, weights changed through the runtime API without a reload.
+
+The rules this adapter keeps:
+
+* canaryd owns exactly one file per application (`ProxySpec.config_path`, e.g. `conf.d/app.cfg`, loaded by
+  `haproxy -f haproxy.cfg -f conf.d/`, which reads only `*.cfg` files that do not start with a dot). It holds
+  `backend canaryd_app_<id>` and, when `listen` is set, `frontend canaryd_fe_<id>`. The operator's own
+  `global` section declares the admin socket (`stats socket PATH level admin`) named by `runtime_socket`.
+* **Servers stay declared.** A server that must get no traffic is written as `weight 0` instead of being
+  left out (HAProxy, unlike nginx, accepts weight 0 and `balance roundrobin` sends it nothing). Servers of the
+  previous file that the route table no longer lists are kept at weight 0 too. So once an application is
+  registered (every server at weight 1), draining a canary, giving it its share and promoting never change
+  the set of servers, and every later change is a pure weight change that the runtime API (`set weight`)
+  makes live in milliseconds *without a reload* — a reload closes idle keep-alive client connections and
+  costs the requests that race with that. The price: a server removed from an application stays declared at
+  weight 0 until the next change that needs a reload anyway.
+* `apply` renders the file and compares it with the previous one. When only weights differ, and the running
+  HAProxy has exactly the declared servers (and, with `listen`, answers the frontend's marker), it sets the
+  weights over the socket first (live within milliseconds: a rollback to 0 % must not wait for a test
+  command), then installs the file (temp + rename, test command) so that a restart or reload keeps the
+  split, and does not reload. If the test command refuses the file, the previous bytes and the previous
+  weights are put back. Otherwise (new servers, a new or changed frontend, a fresh HAProxy without the
+  backend) it installs, tests (previous bytes back on a failure) and runs the reload command.
+* `verify` and `check` read the weights back (`show servers state`): every server of the table must have its
+  weight and address, every other declared server weight 0. With `listen`, the frontend answers
+  `/.canaryd/haproxy` with a fingerprint of its own rendered text, proving it is loaded as rendered. (A
+  generation number there would be stale after weight-only changes, which load nothing.) After a restart
+  from the same files both hold, so `check` stays True; a restart from an older file, or runtime weights
+  changed behind canaryd's back, make it False and the engine re-asserts the table.
+* Traffic: with `access_log`, HAProxy logs one JSON line per request (`log-format`, see `LOG_FORMAT`); it
+  logs through syslog, so the operator's `global` has e.g. `log /dev/log local0` and rsyslog writes the
+  message to that file (or HAProxy runs in the foreground with `log stdout format raw local0` and its
+  standard output appended to the file). Offsets are byte offsets, as for nginx. Without `access_log` the
+  per-server counters of `show stat` are used: requests (`stot`) and 5xx (`hrsp_5xx`) exactly, latency only
+  as each server's average response time over its last 1024 requests (`rtime`), so the judge compares
+  averages rather than p95s. Counters are cumulative, so a small state file beside `config_path`
+  (`.<name>.canaryd-traffic.json`) keeps recent snapshots; the offset is a snapshot's sequence number and a
+  reading is the difference to it. Counters restart at 0 with every HAProxy process (reload or restart):
+  a new process id counts everything it has seen as new.
+* Everything that reaches the file is checked again here (pydantic already did): whitespace, quotes, `#`,
+  backslash, `%`, braces and control characters in a value raise ValueError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from canaryd.domain.config import ProxySpec
+from canaryd.domain.types import Cohort, CohortStats, bucket_of
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.nginx import ParsedLog, format_address
+from canaryd.transports.base import CommandResult, Transport, TransportError
+
+logger = logging.getLogger(__name__)
+
+#: Path answered by the rendered frontend with the fingerprint of its own text.
+MARKER_PATH = "/.canaryd/haproxy"
+COMMAND_TIMEOUT = 30.0
+SOCKET_TIMEOUT = 5.0
+MAX_READ_BYTES = 32 * 1024 * 1024
+#: How many counter snapshots the traffic state file keeps (a tick that crashed may ask for an older one).
+KEEP_SNAPSHOTS = 16
+
+#: One JSON object per request. %Ta: active time of the request in ms; %Tr: time until the server's response
+#: headers in ms; %si:%sp: the server that answered ("-" when none did).
+LOG_FORMAT = (
+    '{"time":%Ts.%ms,"status":%ST,"request_time_ms":%Ta,"response_time_ms":%Tr,'
+    '"upstream_addr":"%si:%sp","server":"%s","method":"%HM"}'
+)
+
+_FORBIDDEN = re.compile(r"[\s;{}#'\"`$%\\\x00-\x1f\x7f]")
+_COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5})")
+_PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
+_SERVER_LINE = re.compile(r"^\s*server\s+s(\d+)\s+(\S+)\s", re.MULTILINE)
+_WEIGHT = re.compile(r"\bweight \d+\b")
+_SERVER_WEIGHT = re.compile(r"^\s*server\s+s(\d+)\s+\S+\s+weight\s+(\d+)\b", re.MULTILINE)
+
+
+# --- rendering (pure) -------------------------------------------------------------------------------------
+
+
+def _reject_syntax(value: str, what: str) -> str:
+    if not value or _FORBIDDEN.search(value):
+        raise ValueError(
+            f"{what} {value[:80]!r} contains characters that are not allowed in HAProxy configuration"
+        )
+    return value
+
+
+def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def _bind_address(listen: str) -> str:
+    """`bind` argument for a `listen` value: `port`, `ipv4:port` or `[ipv6]:port`."""
+    _reject_syntax(listen, "listen")
+    m = _LISTEN.fullmatch(listen)
+    if not m:
+        raise ValueError(f"listen {listen[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
+    port = _check_int(int(m.group(2)), "listen port", 1, 65535)
+    host = m.group(1)
+    if host is None:
+        return f":{port}"
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"listen {listen[:80]!r} has an invalid address") from None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _check_path(value: str, what: str) -> str:
+    _reject_syntax(value, what)
+    if not _PATH.fullmatch(value):
+        raise ValueError(f"{what} {value[:80]!r} must be an absolute path of letters, digits and _ . / @ + -")
+    return value
+
+
+def backend_name(app_id: int) -> str:
+    return f"canaryd_app_{_check_int(app_id, 'app_id', 0)}"
+
+
+def _frontend(app_id: int, spec: ProxySpec) -> list[str]:
+    """The frontend section without its marker line (whose fingerprint covers these lines)."""
+    assert spec.listen is not None
+    lines = [f"frontend canaryd_fe_{app_id}", f"    bind {_bind_address(spec.listen)}", "    mode http"]
+    if spec.access_log is not None:
+        _check_path(spec.access_log, "access_log")
+        escaped = LOG_FORMAT.replace('"', '\\"')
+        lines += ["    log global", f'    log-format "{escaped}"']
+    lines += [
+        f"    http-request set-log-level silent if {{ path {MARKER_PATH} }}",
+        f"    default_backend {backend_name(app_id)}",
+    ]
+    return lines
+
+
+def frontend_fingerprint(app_id: int, spec: ProxySpec) -> str | None:
+    """What the frontend answers on MARKER_PATH; None when canaryd renders no frontend."""
+    if spec.listen is None:
+        return None
+    digest = hashlib.sha256("\n".join(_frontend(app_id, spec)).encode()).hexdigest()
+    return f"canaryd-fe-{app_id}-{digest[:16]}"
+
+
+def render_haproxy(
+    table: RouteTable, spec: ProxySpec, retained: Mapping[int, tuple[str, int]] | None = None
+) -> str:
+    """The whole file for one application. Pure; raises ValueError on any unsafe or impossible value.
+
+    `retained` maps server ids of the previous file to (host, port): those not in `table` stay declared
+    at weight 0, so that giving them traffic later is a runtime weight change, not a reload."""
+    app_id = _check_int(table.app_id, "app_id", 0)
+    generation = _check_int(table.generation, "generation", 0)
+    if not any(b.weight > 0 for b in table.backends):
+        raise ValueError("a route table needs at least one server with a weight above 0")
+    comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
+
+    entries: dict[int, tuple[str, int, str]] = {}  # server id -> (address, weight, comment)
+    seen: set[str] = set()
+    for b in table.backends:
+        _check_int(b.server_id, "server_id", 1)
+        address = format_address(b.host, b.port)
+        _check_int(b.weight, f"weight of {address}", 0, spec.weight_limit)
+        if b.server_id in entries or address in seen:
+            raise ValueError(f"server {b.server_id} ({address}) appears twice in the route table")
+        seen.add(address)
+        entries[b.server_id] = (address, b.weight, f"{b.cohort} server {b.server_id}")
+    for server_id, (host, port) in (retained or {}).items():
+        _check_int(server_id, "server_id", 1)
+        address = format_address(host, port)
+        if server_id in entries or address in seen:
+            continue
+        seen.add(address)
+        entries[server_id] = (address, 0, f"server {server_id}, not in the pool")
+
+    lines = [
+        f"# managed by canaryd, generation {generation} - do not edit",
+        f"# application {app_id} ({comment_name})",
+    ]
+    if spec.listen is not None:
+        fingerprint = frontend_fingerprint(app_id, spec)
+        frontend = _frontend(app_id, spec)
+        marker = (
+            f"    http-request return status 200 content-type text/plain "
+            f'string "{fingerprint}" if {{ path {MARKER_PATH} }}'
+        )
+        lines += ["", *frontend[:-1], marker, frontend[-1]]
+    lines += [
+        "",
+        f"backend {backend_name(app_id)}",
+        "    mode http",
+        "    balance roundrobin",
+        # A refused connection (an instance going away) is retried on another server instead of a 503.
+        "    retries 3",
+        "    option redispatch 1",
+        *(
+            f"    server s{sid} {address} weight {weight} check  # {comment}"
+            for sid, (address, weight, comment) in sorted(entries.items())
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def declared_servers(text: str) -> dict[int, tuple[str, int]]:
+    """Server id -> (host, port) of the `server s<id> host:port` lines of a rendered file."""
+    out: dict[int, tuple[str, int]] = {}
+    for m in _SERVER_LINE.finditer(text):
+        host, _, port = m.group(2).rpartition(":")
+        with contextlib.suppress(ValueError):
+            out[int(m.group(1))] = (host.strip("[]"), int(port))
+    return out
+
+
+def declared_weights(text: str) -> dict[str, int]:
+    """Server name -> weight written in a rendered file."""
+    return {f"s{m.group(1)}": int(m.group(2)) for m in _SERVER_WEIGHT.finditer(text)}
+
+
+def structure(text: str) -> list[str]:
+    """The file with comments and weight values taken out: equal structures differ only in weights."""
+    out = []
+    for line in text.splitlines():
+        line = _WEIGHT.sub("weight _", line.split("#", 1)[0]).rstrip()
+        if line:
+            out.append(line)
+    return out
+
+
+def expected_weights(table: RouteTable, declared: Iterable[int]) -> dict[str, int]:
+    """Server name -> weight the running HAProxy must have: the table's, and 0 for every other server."""
+    weights = {f"s{sid}": 0 for sid in declared}
+    weights.update({f"s{b.server_id}": b.weight for b in table.backends})
+    return weights
+
+
+# --- runtime API answers (pure) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeServer:
+    name: str
+    address: str  # as HAProxy resolved it
+    port: int
+    weight: int  # the current (user) weight
+
+
+def parse_servers_state(text: str) -> dict[str, RuntimeServer] | None:
+    """`show servers state <backend>`; None when HAProxy does not know the backend."""
+    servers: dict[str, RuntimeServer] = {}
+    header_seen = False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            header_seen = True
+            continue
+        parts = line.split()
+        if len(parts) < 19 or not parts[0].isdigit():
+            continue
+        with contextlib.suppress(ValueError):
+            servers[parts[3]] = RuntimeServer(parts[3], parts[4], int(parts[18]), int(parts[7]))
+    if not header_seen and not servers:
+        return None
+    return servers
+
+
+def runtime_matches(servers: Mapping[str, RuntimeServer] | None, table: RouteTable) -> bool:
+    """Whether HAProxy routes exactly like `table`: each table server with its weight and address, every
+    other server it knows in the backend at weight 0."""
+    if servers is None:
+        return False
+    want = expected_weights(table, ())
+    for b in table.backends:
+        s = servers.get(f"s{b.server_id}")
+        if s is None or s.weight != b.weight or s.port != b.port or not _same_host(s.address, b.host):
+            return False
+    return all(s.weight == want.get(name, 0) for name, s in servers.items())
+
+
+def _same_host(resolved: str, host: str) -> bool:
+    try:
+        return ipaddress.ip_address(resolved) == ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True  # a hostname: HAProxy shows what it resolved to, which canaryd cannot check here
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    requests: int
+    errors: int
+    rtime_ms: float
+
+
+def parse_show_stat(text: str, backend: str) -> dict[str, Counters]:
+    """Per-server counters (keyed by the server's `host:port`) of `backend` from `show stat` CSV."""
+    text = text.lstrip()
+    if text.startswith("# "):
+        text = text[2:]
+    out: dict[str, Counters] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        if row.get("pxname") != backend or row.get("svname") in (None, "FRONTEND", "BACKEND"):
+            continue
+        addr = row.get("addr") or ""
+        try:
+            out[addr] = Counters(
+                int(row.get("stot") or 0), int(row.get("hrsp_5xx") or 0), float(row.get("rtime") or 0)
+            )
+        except ValueError:
+            continue
+    return out
+
+
+def parse_show_info_pid(text: str) -> int | None:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Pid":
+            with contextlib.suppress(ValueError):
+                return int(value.strip())
+    return None
+
+
+def counter_deltas(
+    before: Mapping[str, Counters] | None,
+    after: Mapping[str, Counters],
+    same_process: bool,
+    cohort_of: Callable[[str], Cohort | None],
+) -> dict[Cohort, CohortStats]:
+    """Per-cohort stats from two counter snapshots. Latency: every new request counted at the server's
+    average response time (HAProxy keeps no percentiles). Counters of a new process start from 0."""
+    cohorts: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
+    for addr, now in after.items():
+        cohort = _cohort(addr, cohort_of)
+        if cohort is None:
+            continue
+        old = (before or {}).get(addr) if same_process else None
+        requests, errors = now.requests, now.errors
+        if old is not None and old.requests <= now.requests and old.errors <= now.errors:
+            requests, errors = now.requests - old.requests, now.errors - old.errors
+        if requests <= 0:
+            continue
+        stats = cohorts[cohort]
+        stats.requests += requests
+        stats.errors += min(errors, requests)
+        bucket = bucket_of(now.rtime_ms)
+        stats.latency_buckets[bucket] = stats.latency_buckets.get(bucket, 0) + requests
+    return cohorts
+
+
+def _cohort(address: str, cohort_of: Callable[[str], Cohort | None]) -> Cohort | None:
+    cohort = cohort_of(address)
+    if cohort is None and address.startswith("["):
+        host, _, port = address[1:].rpartition("]:")
+        cohort = cohort_of(f"{host}:{port}")
+    if cohort is None and not address.startswith("[") and address.count(":") > 1:
+        host, _, port = address.rpartition(":")
+        cohort = cohort_of(f"[{host}]:{port}")
+    return cohort
+
+
+def parse_log_lines(lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None]) -> ParsedLog:
+    """Counts JSON log lines (LOG_FORMAT) per cohort. Text before the first `{` (a syslog header written by
+    rsyslog's default template) is ignored."""
+    result = ParsedLog()
+    for raw in lines:
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            start = text.find("{")
+            if start < 0:
+                if text.strip():
+                    raise ValueError("no JSON object")
+                continue
+            entry = json.loads(text[start:])
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+            status = int(entry["status"])
+            latency_ms = float(entry["request_time_ms"])
+            address = entry.get("upstream_addr", "")
+            if not isinstance(address, str):
+                raise ValueError("upstream_addr is not a string")
+            if status < 0:  # the client went away before HAProxy had a status
+                raise ValueError("no status")
+            if not (0 < status < 1000 and math.isfinite(latency_ms)):
+                raise ValueError("status or request time out of range")
+        except (ValueError, KeyError, TypeError):
+            result.malformed += 1
+            continue
+        cohort = None if address.startswith("-") else _cohort(address, cohort_of)
+        if cohort is None:
+            result.unrouted += 1
+            continue
+        result.cohorts[cohort].record(status, max(0.0, latency_ms))
+    return result
+
+
+# --- the adapter -------------------------------------------------------------------------------------------
+
+_apply_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
+
+
+class HaproxyProxy:
+    """The Proxy protocol for HAProxy, reached through `transport` on the proxy's server (`proxy_host`)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        spec: ProxySpec,
+        proxy_host: str,
+        http: httpx.AsyncClient,
+        *,
+        verify_timeout: float = 5.0,
+        poll_interval: float = 0.01,
+        settle: float = 0.15,
+    ) -> None:
+        if spec.runtime_socket is None:
+            raise ValueError("HAProxy needs runtime_socket")
+        self.transport = transport
+        self.spec = spec
+        self.socket: str = spec.runtime_socket
+        self.proxy_host = proxy_host
+        self.http = http
+        self.verify_timeout = verify_timeout
+        self.poll_interval = poll_interval
+        self.settle = settle
+        #: How the last apply went live: "runtime" (weights over the socket) or "reload".
+        self.last_path: str | None = None
+        #: Runtime path only: milliseconds from the start of apply until HAProxy had set the weights.
+        self.live_ms: float | None = None
+        self._known_app_id: int | None = None
+        directory, _, self._name = spec.config_path.rpartition("/")
+        self._directory = directory or "/"
+
+    # runtime API -----------------------------------------------------------------------------------------
+    async def command(self, *commands: str) -> str:
+        """Runs commands on the admin socket in one connection; returns HAProxy's answer."""
+        for c in commands:
+            if any(ch in c for ch in ";\n\r\x00"):
+                raise ValueError(f"unsafe runtime command {c[:80]!r}")
+        payload = (";".join(commands) + "\n").encode()
+        try:
+            answer = await self.transport.unix_request(self.socket, payload, SOCKET_TIMEOUT)
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"HAProxy admin socket on {self.proxy_host}: {exc}") from exc
+        return answer.decode("utf-8", errors="replace")
+
+    async def runtime_servers(self, app_id: int) -> dict[str, RuntimeServer] | None:
+        return parse_servers_state(await self.command(f"show servers state {backend_name(app_id)}"))
+
+    async def _set_weights(self, backend: str, weights: Mapping[str, int]) -> None:
+        answer = await self.command(*(f"set weight {backend}/{n} {w}" for n, w in sorted(weights.items())))
+        if answer.strip():
+            raise ProxyUnavailableError(f"HAProxy refused a weight change: {answer.strip()[:300]}")
+
+    # apply ---------------------------------------------------------------------------------------------
+    async def apply(self, table: RouteTable) -> None:
+        """Install the file; then set weights live (same servers) or reload (anything else)."""
+        key = (id(asyncio.get_running_loop()), self.spec.server_id, self.spec.config_path)
+        async with _apply_locks.setdefault(key, asyncio.Lock()):
+            try:
+                await self._apply(table)
+            except TransportError as exc:
+                raise ProxyUnavailableError(f"HAProxy on {self.proxy_host}: {exc}") from exc
+
+    async def _apply(self, table: RouteTable) -> None:
+        path = self.spec.config_path
+        previous: bytes | None = None
+        if await self.transport.file_size(path) is not None:
+            previous = await self.transport.read_file(path)
+        old_text = previous.decode("utf-8", errors="replace") if previous is not None else None
+        retained = declared_servers(old_text) if old_text is not None else {}
+        try:
+            text = render_haproxy(table, self.spec, retained)
+        except ValueError as exc:
+            raise ProxyConfigError(f"cannot render HAProxy configuration: {exc}") from exc
+        declared = set(declared_servers(text))
+        self._known_app_id = table.app_id
+        started = time.perf_counter()
+        if (
+            old_text is None
+            or structure(old_text) != structure(text)
+            or not await self._running_as_rendered(table.app_id, declared)
+        ):
+            await self._install(text, previous, reload=True)
+            self.last_path, self.live_ms = "reload", None
+            return
+        # Weights first: live at once (a rollback to 0 % must not wait for the test command).
+        backend = backend_name(table.app_id)
+        await self._set_weights(backend, expected_weights(table, declared))
+        self.live_ms = (time.perf_counter() - started) * 1000
+        self.last_path = "runtime"
+        try:
+            await self._install(text, previous, reload=False)
+        except BaseException:
+            # The previous file stays, so the previous weights must too (a restart would bring them back).
+            with contextlib.suppress(ProxyUnavailableError):
+                await self._set_weights(backend, declared_weights(old_text))
+            raise
+
+    async def _running_as_rendered(self, app_id: int, declared: set[int]) -> bool:
+        """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend)."""
+        try:
+            servers = await self.runtime_servers(app_id)
+        except ProxyUnavailableError as exc:
+            logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
+            return False
+        if servers is None or set(servers) != {f"s{sid}" for sid in declared}:
+            return False
+        return await self._frontend_live(app_id) is not False
+
+    def _temp_path(self) -> str:
+        """A file beside the live one (the rename is atomic) that HAProxy never loads (dot, not `.cfg`)."""
+        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-new-{secrets.token_hex(4)}"
+
+    async def _install(self, text: str, previous: bytes | None, reload: bool) -> None:
+        temp = self._temp_path()
+        try:
+            await self.transport.write_file(temp, text.encode())
+        except BaseException:
+            await self.transport.remove(temp)
+            raise
+        await self.transport.rename(temp, self.spec.config_path)
+        try:
+            if self.spec.test_command:
+                result = await self._run(self.spec.test_command)
+                if not result.ok:
+                    raise ProxyConfigError(f"HAProxy rejected the configuration: {result.tail()}")
+            if reload:
+                result = await self._run(self.spec.reload_command)
+                if not result.ok:
+                    raise ProxyConfigError(
+                        f"HAProxy reload failed (exit {result.exit_status}): {result.tail()}"
+                    )
+        except BaseException:
+            await self._restore(previous)
+            raise
+
+    async def _run(self, command: str) -> CommandResult:
+        return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
+
+    async def _restore(self, previous: bytes | None) -> None:
+        if previous is None:
+            await self.transport.remove(self.spec.config_path)
+        else:
+            temp = self._temp_path()
+            await self.transport.write_file(temp, previous)
+            await self.transport.rename(temp, self.spec.config_path)
+
+    # verify --------------------------------------------------------------------------------------------
+    def marker_url(self) -> str | None:
+        if self.spec.listen is None:
+            return None
+        m = _LISTEN.fullmatch(self.spec.listen)
+        assert m is not None  # validated by ProxySpec
+        host = (m.group(1) or "").strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            host = self.proxy_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{m.group(2)}{MARKER_PATH}"
+
+    async def _frontend_live(self, app_id: int, timeout: float = 2.0) -> bool | None:
+        """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""
+        url = self.marker_url()
+        if url is None:
+            return None
+        try:
+            response = await self.http.get(url, headers={"Connection": "close"}, timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.text == frontend_fingerprint(app_id, self.spec)
+
+    async def _serves(self, table: RouteTable) -> bool:
+        try:
+            servers = await self.runtime_servers(table.app_id)
+        except ProxyUnavailableError as exc:
+            logger.debug("HAProxy check failed: %s", exc)
+            return False
+        if not runtime_matches(servers, table):
+            return False
+        return await self._frontend_live(table.app_id) is not False
+
+    async def verify(self, table: RouteTable) -> bool:
+        """True once HAProxy's weights (read back over the socket) and frontend are those of `table`. After a
+        reload, old and new workers overlap briefly, so that answer must hold for `settle` seconds."""
+        settle = self.settle if self.last_path == "reload" else 0.0
+        deadline = time.monotonic() + self.verify_timeout
+        since: float | None = None
+        while True:
+            ok = await self._serves(table)
+            now = time.monotonic()
+            since = (since or now) if ok else None
+            if since is not None and now - since >= settle:
+                return True
+            if now + self.poll_interval > deadline:
+                return False
+            await asyncio.sleep(self.poll_interval)
+
+    async def check(self, table: RouteTable) -> bool:
+        """One look: does HAProxy still route like `table` (weights, servers, frontend)?"""
+        return await self._serves(table)
+
+    # traffic -------------------------------------------------------------------------------------------
+    def state_path(self) -> str:
+        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-traffic.json"
+
+    async def _counters(self) -> tuple[int | None, dict[str, Counters]]:
+        backend = backend_name(await self._app_id())
+        info = await self.command("show info")
+        stat = await self.command(f"show stat {backend} 4 -1")
+        return parse_show_info_pid(info), parse_show_stat(stat, backend)
+
+    async def _app_id(self) -> int:
+        """The application id, from the backend name in the file canaryd wrote (read_traffic gets no table)."""
+        if self._known_app_id is not None:
+            return self._known_app_id
+        try:
+            data = await self.transport.read_file(self.spec.config_path, 0, 4096)
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"cannot read {self.spec.config_path}: {exc}") from exc
+        m = re.search(rb"^backend canaryd_app_(\d+)$", data, re.MULTILINE)
+        if m is None:
+            raise ProxyUnavailableError(f"{self.spec.config_path} has no canaryd backend")
+        self._known_app_id = int(m.group(1))
+        return self._known_app_id
+
+    async def _read_state(self) -> dict[str, object]:
+        try:
+            if await self.transport.file_size(self.state_path()) is None:
+                return {}
+            data = json.loads(await self.transport.read_file(self.state_path()))
+        except (TransportError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def _snapshot(self, state: dict[str, object]) -> tuple[int, int | None, dict[str, Counters]]:
+        """Takes a counter snapshot, stores it under a new sequence number, returns (seq, pid, counters)."""
+        pid, counters = await self._counters()
+        snapshots = state.get("snapshots")
+        snaps: dict[str, object] = dict(snapshots) if isinstance(snapshots, dict) else {}
+        seq = max((int(k) for k in snaps if k.isdigit()), default=0) + 1
+        servers = {a: [c.requests, c.errors, c.rtime_ms] for a, c in counters.items()}
+        snaps[str(seq)] = {"pid": pid, "servers": servers}
+        for old in sorted(int(k) for k in snaps if k.isdigit())[:-KEEP_SNAPSHOTS]:
+            snaps.pop(str(old), None)
+        temp = self._temp_path()
+        try:
+            await self.transport.write_file(temp, json.dumps({"snapshots": snaps}).encode())
+            await self.transport.rename(temp, self.state_path())
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"cannot write {self.state_path()}: {exc}") from exc
+        return seq, pid, counters
+
+    async def traffic_offset(self) -> int:
+        """With a log: its size. Without: a new counter snapshot's sequence number."""
+        if self.spec.access_log is not None:
+            try:
+                return await self.transport.file_size(self.spec.access_log) or 0
+            except TransportError as exc:
+                raise ProxyUnavailableError(f"cannot read {self.spec.access_log}: {exc}") from exc
+        seq, _, _ = await self._snapshot(await self._read_state())
+        return seq
+
+    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+        """Per-cohort requests since `offset` (see the module docstring for the two sources)."""
+        if self.spec.access_log is not None:
+            return await self._read_log(offset, cohort_of)
+        state = await self._read_state()
+        snapshots = state.get("snapshots")
+        base = snapshots.get(str(offset)) if isinstance(snapshots, dict) else None
+        seq, pid, counters = await self._snapshot(state)
+        if not isinstance(base, dict):  # unknown offset (0, or pruned): traffic counts from now on
+            return TrafficReading({"canary": CohortStats(), "stable": CohortStats()}, seq)
+        raw = base.get("servers")
+        before = {
+            a: Counters(int(v[0]), int(v[1]), float(v[2]))
+            for a, v in (raw.items() if isinstance(raw, dict) else [])
+            if isinstance(v, list) and len(v) == 3
+        }
+        same = pid is not None and base.get("pid") == pid
+        return TrafficReading(counter_deltas(before, counters, same, cohort_of), seq)
+
+    async def _read_log(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+        empty: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
+        path = self.spec.access_log
+        assert path is not None
+        try:
+            size = await self.transport.file_size(path)
+            if size is None:
+                return TrafficReading(empty, offset)
+            if size < offset:
+                logger.info("log %s shrank below offset %d: rotated, reading from 0", path, offset)
+                offset = 0
+            if size == offset:
+                return TrafficReading(empty, offset)
+            data = await self.transport.read_file(path, offset, min(size - offset, MAX_READ_BYTES))
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"cannot read {path} on {self.proxy_host}: {exc}") from exc
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) >= MAX_READ_BYTES:
+                return TrafficReading(empty, offset + len(data))
+            return TrafficReading(empty, offset)
+        parsed = parse_log_lines(data[:end].split(b"\n"), cohort_of)
+        return TrafficReading(parsed.cohorts, offset + end + 1)
+
+
+__all__ = [
+    "LOG_FORMAT",
+    "MARKER_PATH",
+    "HaproxyProxy",
+    "counter_deltas",
+    "declared_servers",
+    "declared_weights",
+    "frontend_fingerprint",
+    "parse_log_lines",
+    "parse_servers_state",
+    "parse_show_stat",
+    "render_haproxy",
+    "runtime_matches",
+    "structure",
+]

@@ -1,0 +1,162 @@
+"""End to end through HAProxy: canaryd (embedded) drives a real HAProxy in front of five real app instances
+while clients reuse keep-alive connections; HAProxy is restarted in the middle of the canary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from tests.fixtures.haproxy import HaproxyInstance, start_haproxy
+from tests.fixtures.stack import Stack, make_stack
+
+from canaryd.proxies.haproxy import parse_servers_state
+from canaryd.transports.local import LocalTransport
+
+STAGES = {"stages": [10, 25, 50, 100], "stage_duration": 4, "health_check_interval": 1, "min_requests": 10}
+
+
+@dataclass
+class KeepAliveLoad:
+    """`clients` clients, each reusing one keep-alive connection, ~`rate` requests per second in all."""
+
+    url: str
+    clients: int = 4
+    rate: float = 60.0
+    hits: list[tuple[float, int, str]] = field(default_factory=list)  # (time, status or 0, version)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _client(self) -> None:
+        async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_connections=1)) as client:
+            period = self.clients / self.rate
+            while True:
+                at = time.time()
+                try:
+                    r = await client.get(self.url)
+                    self.hits.append((at, r.status_code, r.headers.get("x-version", "")))
+                except httpx.HTTPError:
+                    self.hits.append((at, 0, ""))
+                await asyncio.sleep(max(0.0, period - (time.time() - at)))
+
+    def start(self) -> KeepAliveLoad:
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.clients)]
+        return self
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+@contextlib.asynccontextmanager
+async def haproxy_stack(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Stack, HaproxyInstance]]:
+    haproxy = await asyncio.to_thread(start_haproxy)
+    try:
+        async with make_stack(tmp_path, sqlite_url) as stack:
+            yield stack, haproxy
+    finally:
+        await asyncio.to_thread(haproxy.cleanup)
+
+
+async def weights(haproxy: HaproxyInstance, app_id: int) -> dict[str, int]:
+    answer = await LocalTransport().unix_request(
+        haproxy.socket, f"show servers state canaryd_app_{app_id}\n".encode(), 5.0
+    )
+    state = parse_servers_state(answer.decode())
+    assert state is not None
+    return {name: s.weight for name, s in state.items()}
+
+
+async def test_rollout_through_haproxy_under_keepalive_load(tmp_path: Path, sqlite_url: str) -> None:
+    """A healthy canary completes through HAProxy with zero 5xx and zero connection errors for keep-alive
+    clients (outside HAProxy's own restart), weights move by the runtime API without any reload, a restart
+    mid-canary keeps the split, and weights changed behind canaryd's back are re-asserted."""
+    async with haproxy_stack(tmp_path, sqlite_url) as (s, haproxy):
+        app = await s.register("v1", proxy_overrides=haproxy.spec().model_dump(exclude={"server_id"}))
+        load = KeepAliveLoad(haproxy.url).start()
+        await asyncio.sleep(0.5)
+        workers_before = haproxy.worker_pids()
+
+        r = await s.deploy("v2", STAGES)
+        assert r.status_code == 201, r.text
+        dep = r.json()
+        await s.wait(dep["id"], until={"monitoring"}, timeout=30)
+        assert haproxy.worker_pids() == workers_before, "the canary's first split needed a reload"
+
+        # Wait for the 25 % stage, then restart HAProxy from its files.
+        deadline = time.monotonic() + 20
+        while (await s.status(dep["id"]))["current_traffic_percentage"] != 25:
+            assert time.monotonic() < deadline, "never reached the 25 % stage"
+            await asyncio.sleep(0.05)
+        before = await weights(haproxy, app["id"])
+        restart_started = time.time()
+        restarted_at = await asyncio.to_thread(haproxy.restart)
+        after_restart = await weights(haproxy, app["id"])
+        assert after_restart == before, "the restart lost the split"
+        assert sorted(before.values()) == [3, 3, 3, 3, 4]  # 1 canary at 4, 4 stable at 3: 25 %
+        workers_after_restart = haproxy.worker_pids()
+        await asyncio.sleep(2.0)  # the clients see the split the restarted HAProxy serves
+        assert (await s.status(dep["id"]))["current_traffic_percentage"] == 25
+        held = [h for h in load.hits if restarted_at + 0.5 <= h[0] and h[1] == 200]
+        assert len(held) >= 40
+        share = 100 * sum(1 for h in held if h[2] == "v2") / len(held)
+        assert abs(share - 25.0) <= 10.0, share
+        assert not [e for e in await s.events(dep["id"]) if e["kind"] == "proxy_reasserted"], (
+            "a restart from the same files must not need re-asserting"
+        )
+
+        # Weights changed behind canaryd's back: the next tick notices and re-asserts them.
+        canary_name = next(n for n, w in before.items() if w == 4)
+        await LocalTransport().unix_request(
+            haproxy.socket, f"set weight canaryd_app_{app['id']}/{canary_name} 0\n".encode(), 5.0
+        )
+        tampered_at = time.time()
+        deadline = time.monotonic() + 10
+        while (await weights(haproxy, app["id"]))[canary_name] == 0:
+            assert time.monotonic() < deadline, "canaryd did not re-assert the tampered weight"
+            await asyncio.sleep(0.05)
+        reasserted_at = time.time()
+
+        await s.wait(dep["id"], timeout=90)
+        await asyncio.sleep(0.5)
+        await load.stop()
+
+        status = await s.status(dep["id"])
+        assert status["canary_status"] == "completed", status["reasons"]
+        assert await s.fleet_versions() == ["v2"] * 5
+        events = await s.events(dep["id"])
+        reasserted = [e for e in events if e["kind"] == "proxy_reasserted"]
+        assert len(reasserted) == 1, reasserted
+        assert "no longer served" in reasserted[0]["reasons"][0]
+        assert haproxy.worker_pids() == workers_after_restart, "a stage or the promotion reloaded HAProxy"
+
+        window_end = restarted_at + 1.0
+        outside = [h for h in load.hits if not restart_started <= h[0] < window_end]
+        inside = [h for h in load.hits if restart_started <= h[0] < window_end]
+        bad_outside = [h for h in outside if h[1] == 0 or h[1] >= 500]
+        assert len(outside) > 500
+        assert bad_outside == [], f"{len(bad_outside)} failed requests outside the restart: {bad_outside[:5]}"
+
+        live = [e["metrics"]["proxy"]["live_ms"] for e in events if e["kind"] == "stage_advanced"]
+        bare = []
+        for _ in range(20):
+            started = time.perf_counter()
+            await LocalTransport().unix_request(
+                haproxy.socket, f"get weight canaryd_app_{app['id']}/s{s.server_ids[0]}\n".encode(), 5.0
+            )
+            bare.append((time.perf_counter() - started) * 1000)
+        print(
+            f"\nHAProxy e2e: {len(load.hits)} keep-alive requests, {len(bad_outside)} failed outside the restart, "
+            f"{sum(1 for h in inside if h[1] == 0 or h[1] >= 500)} of {len(inside)} failed during the restart "
+            f"({window_end - restart_started:.2f} s window); decision->live (apply+verify) per stage {live} ms; "
+            f"bare runtime API call median {statistics.median(bare):.2f} ms; tamper re-asserted after "
+            f"{reasserted_at - tampered_at:.2f} s; canary share after the restart {share:.1f} %"
+        )
+        assert all(0 < ms < 1000 for ms in live)

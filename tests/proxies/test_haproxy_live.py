@@ -1,0 +1,308 @@
+"""HaproxyProxy against a real HAProxy (master-worker, admin socket) and real sample apps on 127.0.0.x."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from canaryd.domain.split import split_weights
+from canaryd.domain.types import Backend, Cohort
+from canaryd.proxies.base import ProxyConfigError, RouteTable
+from canaryd.proxies.haproxy import HaproxyProxy, parse_servers_state
+from canaryd.transports.local import LocalTransport
+
+if TYPE_CHECKING:
+    from tests.fixtures.apps import AppFleet, AppInstance
+    from tests.fixtures.haproxy import HaproxyInstance
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Fleet:
+    canary: AppInstance
+    stable: list[AppInstance]
+
+    def table(self, generation: int, canary_weight: int, stable_weight: int = 1) -> RouteTable:
+        backends = [Backend(1, self.canary.host, self.canary.port, canary_weight, "canary")]
+        backends += [
+            Backend(i + 2, a.host, a.port, stable_weight, "stable") for i, a in enumerate(self.stable)
+        ]
+        return RouteTable(app_id=1, app_name="shop", backends=tuple(backends), generation=generation)
+
+    def split(self, generation: int, percentage: float) -> RouteTable:
+        w = split_weights(1, len(self.stable), percentage, 256)
+        return self.table(generation, w.canary_weight, w.stable_weight)
+
+    def cohort_of(self, address: str) -> Cohort | None:
+        if address == self.canary.address:
+            return "canary"
+        return "stable" if address in {a.address for a in self.stable} else None
+
+
+@pytest.fixture
+def fleet(app_fleet: AppFleet) -> Fleet:
+    """One canary at v2 on 127.0.0.2 and four stable instances at v1 on 127.0.0.3-6."""
+    canary = app_fleet.start("127.0.0.2", "v2")
+    return Fleet(canary, [app_fleet.start(f"127.0.0.{i}", "v1") for i in range(3, 7)])
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """The client canaryd would hand to the proxy adapter."""
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def make_proxy(haproxy: HaproxyInstance, http: httpx.AsyncClient, **overrides: object) -> HaproxyProxy:
+    return HaproxyProxy(LocalTransport(), haproxy.spec(**overrides), "127.0.0.1", http)
+
+
+async def send(haproxy: HaproxyInstance, n: int, concurrency: int = 8) -> list[tuple[int, str]]:
+    """`n` requests through HAProxy, each on a new connection; (status, X-Version) of each."""
+    out: list[tuple[int, str]] = []
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, headers={"Connection": "close"}) as client:
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                r = await client.get(haproxy.url)
+                out.append((r.status_code, r.headers.get("X-Version", "")))
+
+        share = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+        await asyncio.gather(*(worker(c) for c in share if c))
+    return out
+
+
+def canary_share(responses: list[tuple[int, str]]) -> float:
+    return 100.0 * sum(1 for _, v in responses if v == "v2") / len(responses)
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def test_split_through_haproxy(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """25 % for 1 canary and 4 stable servers gives the canary 25 % of requests (±5 points)."""
+    proxy = make_proxy(haproxy_instance, http)
+    table = fleet.split(1, 25.0)
+    assert [b.weight for b in table.backends[:2]] == [4, 3]
+    await proxy.apply(table)
+    assert proxy.last_path == "reload"  # a fresh HAProxy has no backend yet
+    assert await proxy.verify(table)
+    responses = await send(haproxy_instance, 400)
+    assert all(status == 200 for status, _ in responses)
+    assert abs(canary_share(responses) - 25.0) <= 5.0
+
+
+async def test_weights_change_through_the_runtime_api_without_reload(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A weight-only change goes live over the admin socket in milliseconds: same master and worker, file
+    rewritten (and accepted by the test command), canary drained at weight 0 and brought back."""
+    proxy = make_proxy(haproxy_instance, http)
+    await proxy.apply(fleet.table(1, canary_weight=1))
+    assert await proxy.verify(fleet.table(1, canary_weight=1))
+    master, workers = haproxy_instance.master_pid(), haproxy_instance.worker_pids()
+    assert master is not None and len(workers) == 1
+
+    timings: list[float] = []
+    live: list[float] = []
+    bare: list[float] = []
+    for generation, percentage in enumerate([0.0, 10.0, 25.0, 50.0, 75.0, 0.0, 25.0], start=2):
+        table = (
+            fleet.split(generation, percentage) if percentage else fleet.table(generation, canary_weight=0)
+        )
+        started = time.perf_counter()
+        await proxy.apply(table)
+        assert await proxy.verify(table)
+        timings.append((time.perf_counter() - started) * 1000)
+        assert proxy.last_path == "runtime"
+        assert proxy.live_ms is not None
+        live.append(proxy.live_ms)
+        started = time.perf_counter()
+        await proxy.command("get weight canaryd_app_1/s1")
+        bare.append((time.perf_counter() - started) * 1000)
+        written = read_bytes(haproxy_instance.config_path).decode()
+        assert f"server s1 {fleet.canary.address} weight {table.backends[0].weight} check" in written
+        assert f"generation {generation}" in written
+    assert haproxy_instance.master_pid() == master
+    assert haproxy_instance.worker_pids() == workers  # no reload happened
+    responses = await send(haproxy_instance, 400)
+    assert abs(canary_share(responses) - 25.0) <= 5.0
+    print(
+        f"\nruntime path: weights live after median {statistics.median(live):.1f} ms (max {max(live):.1f}); "
+        f"apply+verify median {statistics.median(timings):.1f} ms (max {max(timings):.1f}); "
+        f"bare runtime API call median {statistics.median(bare):.2f} ms"
+    )
+    assert statistics.median(live) < 50
+    assert statistics.median(timings) < 500
+
+
+async def test_refused_config_leaves_previous_file(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """A configuration HAProxy refuses (an unresolvable server; or a broken main config on a weight change)
+    raises ProxyConfigError and leaves the previous file byte-identical and the weights as they were."""
+    proxy = make_proxy(haproxy_instance, http)
+    good = fleet.split(1, 25.0)
+    await proxy.apply(good)
+    assert await proxy.verify(good)
+    before = read_bytes(haproxy_instance.config_path)
+
+    bad = RouteTable(1, "shop", (*good.backends, Backend(9, "no-such-host.invalid", 80, 1, "stable")), 2)
+    with pytest.raises(ProxyConfigError, match="rejected"):
+        await proxy.apply(bad)
+    assert read_bytes(haproxy_instance.config_path) == before
+
+    main = read_bytes(haproxy_instance.main_conf)
+    with open(haproxy_instance.main_conf, "ab") as f:
+        f.write(b"frontend broken\n  bind :not-a-port\n")
+    try:
+        with pytest.raises(ProxyConfigError):
+            await proxy.apply(fleet.split(3, 50.0))
+    finally:
+        with open(haproxy_instance.main_conf, "wb") as f:
+            f.write(main)
+    assert read_bytes(haproxy_instance.config_path) == before
+    assert await proxy.check(good)
+    assert sorted(os.listdir(haproxy_instance.confd)) == ["app.cfg"]  # no temp files left
+
+
+async def test_restart_keeps_the_split_and_old_files_are_noticed(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """After a restart from the same files check() stays True (the file has the runtime weights); a restart
+    from an older file, or weights changed behind canaryd's back, make it False until re-applied."""
+    proxy = make_proxy(haproxy_instance, http)
+    await proxy.apply(fleet.table(1, canary_weight=1))
+    assert await proxy.verify(fleet.table(1, canary_weight=1))
+    old_file = read_bytes(haproxy_instance.config_path)
+    table = fleet.split(2, 25.0)
+    await proxy.apply(table)
+    assert proxy.last_path == "runtime"
+
+    haproxy_instance.restart()
+    fresh = make_proxy(haproxy_instance, http)  # the engine makes a new adapter per tick
+    assert await fresh.check(table)
+    assert abs(canary_share(await send(haproxy_instance, 400)) - 25.0) <= 5.0
+
+    await fresh.command("set weight canaryd_app_1/s1 0")
+    assert not await fresh.check(table)
+    await fresh.apply(table)
+    assert fresh.last_path == "runtime"
+    assert await fresh.verify(table)
+
+    with open(haproxy_instance.config_path, "wb") as f:
+        f.write(old_file)
+    haproxy_instance.restart()
+    assert not await fresh.check(table)
+    await fresh.apply(table)
+    assert await fresh.verify(table)
+    assert await fresh.check(table)
+
+
+async def test_no_errors_under_keepalive_load_while_weights_change(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """Twenty weight changes under keep-alive load (clients reusing connections) cost no request."""
+    proxy = make_proxy(haproxy_instance, http)
+    await proxy.apply(fleet.split(1, 10.0))
+    assert await proxy.verify(fleet.split(1, 10.0))
+    stop = asyncio.Event()
+    results: list[int] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(timeout=5) as c:  # keeps its connection alive between requests
+            while not stop.is_set():
+                try:
+                    results.append((await c.get(haproxy_instance.url)).status_code)
+                except httpx.HTTPError:
+                    results.append(0)
+                await asyncio.sleep(0.02)
+
+    clients = [asyncio.create_task(client()) for _ in range(4)]
+    try:
+        for generation in range(2, 22):
+            table = fleet.split(generation, [10.0, 50.0, 90.0][generation % 3])
+            await proxy.apply(table)
+            assert await proxy.verify(table)
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    assert len(results) > 100
+    assert results.count(200) == len(results), f"{len(results) - results.count(200)} failed requests"
+
+
+async def test_traffic_from_counters(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """Without a log, `show stat` counters give per-cohort requests since the offset; reading the same
+    offset twice (a retried tick) gives the same answer."""
+    proxy = make_proxy(haproxy_instance, http)
+    await proxy.apply(fleet.split(1, 25.0))
+    assert await proxy.verify(fleet.split(1, 25.0))
+    await send(haproxy_instance, 20)  # before the offset: nobody's
+    reader = make_proxy(haproxy_instance, http)
+    offset = await reader.traffic_offset()
+    await send(haproxy_instance, 200)
+    reading = await make_proxy(haproxy_instance, http).read_traffic(offset, fleet.cohort_of)
+    again = await make_proxy(haproxy_instance, http).read_traffic(offset, fleet.cohort_of)
+    canary, stable = reading.cohorts["canary"], reading.cohorts["stable"]
+    assert canary.requests + stable.requests == 200
+    assert abs(100 * canary.requests / 200 - 25.0) <= 7.5
+    assert canary.errors == stable.errors == 0
+    assert canary.quantile_ms(0.95) is not None  # averages stand in for latency
+    assert again.cohorts["canary"].requests == canary.requests
+    assert again.next_offset > reading.next_offset > offset
+    later = await make_proxy(haproxy_instance, http).read_traffic(again.next_offset, fleet.cohort_of)
+    assert later.cohorts["canary"].requests + later.cohorts["stable"].requests == 0
+
+
+async def test_traffic_from_the_json_log(
+    haproxy_logging: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """With access_log, HAProxy's JSON log lines give requests, errors and latency per cohort."""
+    proxy = make_proxy(haproxy_logging, http)
+    table = fleet.split(1, 25.0)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    offset = await proxy.traffic_offset()
+    await send(haproxy_logging, 200)
+    assert haproxy_logging.log_file is not None
+    deadline = time.monotonic() + 5
+    while True:
+        reading = await proxy.read_traffic(offset, fleet.cohort_of)
+        total = reading.cohorts["canary"].requests + reading.cohorts["stable"].requests
+        if total >= 200 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert total == 200
+    assert abs(100 * reading.cohorts["canary"].requests / 200 - 25.0) <= 7.5
+    assert sum(reading.cohorts["stable"].latency_buckets.values()) == reading.cohorts["stable"].requests
+    assert reading.next_offset == os.path.getsize(haproxy_logging.log_file)
+
+
+async def test_servers_state_reads_back(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """The admin socket's `show servers state` lists every declared server with its weight."""
+    proxy = make_proxy(haproxy_instance, http)
+    await proxy.apply(fleet.table(1, canary_weight=0))
+    assert await proxy.verify(fleet.table(1, canary_weight=0))
+    state = parse_servers_state(await proxy.command("show servers state canaryd_app_1"))
+    assert state is not None
+    assert {n: s.weight for n, s in state.items()} == {"s1": 0, "s2": 1, "s3": 1, "s4": 1, "s5": 1}
+    assert parse_servers_state(await proxy.command("show servers state canaryd_app_99")) is None

@@ -1,0 +1,90 @@
+"""Workers SIGKILLed at random moments (mostly while they hold a tick's lease) across many real rollouts in
+production mode, and restarted: every deployment still ends, in the state the fleet and nginx really show,
+with a history that has no gaps and applies no stage twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from tests.fixtures.stack import LoadGenerator
+
+from .cluster import FAST, Cluster, check_reality, cluster, wait_terminal
+
+WORKERS = ["worker0", "worker1", "worker2"]
+
+
+@dataclass
+class Chaos:
+    kills: int = 0
+    mid_tick: int = 0  # kills of a worker that held a live lease at that moment
+
+
+async def chaos(c: Cluster, dsn: str, stats: Chaos) -> None:
+    """Every 1-3 s SIGKILL a worker (one that holds a lease, when there is one), restart it shortly after."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            await asyncio.sleep(random.uniform(1.0, 3.0))
+            owners = [
+                r["lease_owner"]
+                for r in await conn.fetch(
+                    "SELECT lease_owner FROM deployments WHERE lease_until > now() AT TIME ZONE 'utc'"
+                    " AND lease_owner IS NOT NULL"
+                )
+            ]
+            pids = {c.procs[w].pid: w for w in WORKERS}
+            busy = [pids[int(o.rsplit(":", 1)[1])] for o in owners if int(o.rsplit(":", 1)[1]) in pids]
+            name = random.choice(busy) if busy and random.random() < 0.7 else random.choice(WORKERS)
+            c.kill(name)
+            stats.kills += 1
+            stats.mid_tick += name in busy
+            await asyncio.sleep(random.uniform(0.0, 0.5))
+            c.start_worker(name)
+    finally:
+        await conn.close()
+
+
+async def test_workers_killed_at_random_points(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    """12 rollouts on 6 apps under 3 workers that keep being SIGKILLed: all finish, consistent with reality."""
+    async with cluster(tmp_path, pg_url, redis_url) as c:
+        await c.start_api()
+        for name in WORKERS:
+            c.start_worker(name)
+        stats = Chaos()
+        async with c.client() as api:
+            apps = [await c.add_app(api, f"kill{i}") for i in range(6)]
+            for app in apps:
+                app.load = LoadGenerator(app.proxy_url, rate=8).start()
+            task = asyncio.create_task(chaos(c, pg_url.replace("+asyncpg", ""), stats) if not os.environ.get("NOCHAOS") else asyncio.sleep(1e6))
+            outcomes: list[tuple[str, str]] = []
+            try:
+                for round_, version in enumerate(["v2", "v3"][: int(os.environ.get("ROUNDS", "2"))]):
+                    ids = []
+                    for i, app in enumerate(apps):
+                        # Every third rollout deploys a version whose health check fails: a rollback.
+                        v = f"{version}-dead" if (i + round_) % 3 == 1 else version
+                        r = await api.post(
+                            f"/applications/{app.id}/deployments",
+                            json={"version": v, "strategy": "canary", "config": FAST},
+                        )
+                        assert r.status_code == 201, r.text
+                        ids.append(r.json()["id"])
+                    final = await wait_terminal(api, ids, timeout=120)
+                    for app, dep_id in zip(apps, ids, strict=True):
+                        runs = await check_reality(api, app, final[dep_id], c.nginx)
+                        outcomes.append((final[dep_id]["canary_status"], runs))
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        print(f"\nworker kill: {stats}, outcomes {outcomes}")
+        assert len(outcomes) == 12
+        assert {o for o, _ in outcomes} == {"completed", "rolled_back"}
+        assert [o for o, v in outcomes if "dead" in v] == [], "a dead version ended up serving"
+        assert stats.kills >= 10 and stats.mid_tick >= 3, stats
