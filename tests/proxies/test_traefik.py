@@ -31,13 +31,9 @@ from starlette.routing import Route
 from tests.fixtures.nginx import free_port
 from tests.fixtures.stack import make_stack
 
-from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
-from canaryd.db.models import Application
-from canaryd.db.repositories import ApplicationRepository
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, Cohort, CohortStats, State, bucket_of
-from canaryd.engine.proxies import backends_json
 from canaryd.proxies.base import ProxyConfigError, RouteTable
 from canaryd.proxies.traefik import (
     Counters,
@@ -512,43 +508,38 @@ async def test_http_provider_endpoint_through_the_real_api(tmp_path: Path, sqlit
         proxy_id = r.json()["id"]
         published = tmp_path / "published" / "shop.json"
         published.parent.mkdir()
-        proxy_spec = {
-            "kind": "traefik",
-            "server_id": proxy_id,
-            "config_path": str(published),
-            "reload_command": "true",
-            "provider": "http",
-            "api_url": "http://127.0.0.1:1",  # replaced by the simulated Traefik's address below
-            "metrics_url": "http://127.0.0.1:1/metrics",
-            "sticky": True,
-        }
-        # Registered in the database directly: POST /applications verifies the proxy inside its own
-        # transaction, which Traefik's poll of this endpoint cannot see yet (see docs/proxies.md, Traefik).
-        pool = [
-            PoolServer(sid, host, stack.app_port, "v1") for sid, host in zip(ids, stack.hosts, strict=True)
-        ]
-        initial = desired_backends(State.PENDING, pool, frozenset(), "v1", 0.0, None, 1000)
-        engine = make_engine(sqlite_url)
-        try:
-            async with unit_of_work(make_sessionmaker(engine)) as session:
-                app = Application(
-                    name="shop",
-                    port=stack.app_port,
-                    current_version="v1",
-                    deploy_command="true",
-                    proxy=proxy_spec,
-                    proxy_generation=1,
-                    proxy_applied=backends_json(initial),
-                )
-                await ApplicationRepository(session).add(app, ids)
-            app_id = app.id
-        finally:
-            await engine.dispose()
+        token = auth["Authorization"].removeprefix("Bearer ")
+        # A fresh database: the application registered below gets id 1, so the simulated Traefik can poll
+        # its endpoint from the start, as a real one configured for it would.
+        app_id = 1
         endpoint = f"{stack.base}/api/v1/traefik/{app_id}/config"
-        async with httpx.AsyncClient() as client:
+        async with simulated_traefik(endpoint, token) as api, httpx.AsyncClient() as client:
+            proxy_spec = {
+                "kind": "traefik",
+                "server_id": proxy_id,
+                "config_path": str(published),
+                "reload_command": "true",
+                "provider": "http",
+                "api_url": api,
+                "metrics_url": f"{api}/metrics",
+                "sticky": True,
+            }
+            r = await stack.api.post(
+                "/applications",
+                json={
+                    "name": "shop",
+                    "port": stack.app_port,
+                    "server_ids": ids,
+                    "current_version": "v1",
+                    "deploy_command": "true",
+                    "proxy": proxy_spec,
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert r.json()["id"] == app_id and r.json()["proxy_generation"] == 1
             first = await client.get(endpoint, headers=auth)
             assert first.status_code == 200, first.text
-            validate(first.json())  # rendered from the database: nothing published yet
+            validate(first.json())
             assert loaded_weights(first.json()["http"]["services"][f"canaryd-app-{app_id}"]) == {
                 f"canaryd-app-{app_id}-server-{sid}": 1 for sid in ids
             }
@@ -556,28 +547,27 @@ async def test_http_provider_endpoint_through_the_real_api(tmp_path: Path, sqlit
             missing = await client.get(f"{stack.base}/api/v1/traefik/{app_id + 99}/config", headers=auth)
             assert missing.status_code == 404
 
-            async with simulated_traefik(endpoint, auth["Authorization"].removeprefix("Bearer ")) as api:
-                s = ProxySpec.model_validate({**proxy_spec, "api_url": api, "metrics_url": f"{api}/metrics"})
-                canary = {ids[0]}
-                split = desired_backends(
-                    State.MONITORING,
-                    [
-                        PoolServer(sid, h, stack.app_port, "v2" if sid in canary else "v1")
-                        for sid, h in zip(ids, stack.hosts, strict=True)
-                    ],
-                    frozenset(canary),
-                    "v2",
-                    25.0,
-                    None,
-                    1000,
-                )
-                change = RouteTable(app_id, "shop", split, 2)
-                proxy = TraefikProxy(
-                    LocalTransport(), s, "127.0.0.1", client, verify_timeout=10, poll_interval=0.05
-                )
-                assert not await proxy.check(change)
-                await proxy.apply(change)
-                assert await proxy.verify(change)
+            s = ProxySpec.model_validate(proxy_spec)
+            canary = {ids[0]}
+            split = desired_backends(
+                State.MONITORING,
+                [
+                    PoolServer(sid, h, stack.app_port, "v2" if sid in canary else "v1")
+                    for sid, h in zip(ids, stack.hosts, strict=True)
+                ],
+                frozenset(canary),
+                "v2",
+                25.0,
+                None,
+                1000,
+            )
+            change = RouteTable(app_id, "shop", split, 2)
+            proxy = TraefikProxy(
+                LocalTransport(), s, "127.0.0.1", client, verify_timeout=10, poll_interval=0.05
+            )
+            assert not await proxy.check(change)
+            await proxy.apply(change)
+            assert await proxy.verify(change)
             served = (await client.get(endpoint, headers=auth)).json()
             validate(served)
             assert loaded_weights(served["http"]["services"][f"canaryd-app-{app_id}"]) == expected_weights(
