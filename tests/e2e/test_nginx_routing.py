@@ -153,22 +153,6 @@ async def test_fine_split_and_infeasible_split(embedded_stack: Stack) -> None:
 
 
 @dataclass
-class AnonymousLoad(LoadGenerator):
-    """LoadGenerator whose requests carry no cookie: every request is a new user, split by the weights."""
-
-    errors: list[str] = field(default_factory=list)
-
-    async def _one(self, client: httpx.AsyncClient, at: float) -> None:
-        client.cookies.clear()  # no await before the request is built: no other request's cookie leaks in
-        try:
-            r = await client.get(self.url, headers={"Connection": "close"})
-            self.hits.append(Hit(at, r.status_code, r.headers.get("x-version", "")))
-        except httpx.HTTPError as exc:
-            self.hits.append(Hit(at, 0, ""))
-            self.errors.append(f"{time.time() - at:.3f}s after start: {exc!r}")
-
-
-@dataclass
 class KeepAliveLoad:
     """Requests over a few kept-alive client connections at a bounded rate; records every failure's kind.
     Cookies are dropped before each request, so every request is a new user (split by the weights)."""
@@ -224,7 +208,7 @@ async def test_rollout_under_continuous_load(embedded_stack: Stack) -> None:
     s = embedded_stack
     await s.register("v1", proxy_overrides=ROUTED)
     generation_before = generation_of(s.nginx.config_path)
-    fresh = AnonymousLoad(s.proxy_url, rate=80).start()
+    fresh = LoadGenerator(s.proxy_url, rate=80).start()
     kept = KeepAliveLoad(s.proxy_url, rate=80).start()
     config = {"stages": [10, 25, 50, 75], "stage_duration": 3, "health_check_interval": 1, "min_requests": 10}
     dep = (await s.deploy("v2", config)).json()

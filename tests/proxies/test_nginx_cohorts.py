@@ -183,6 +183,8 @@ async def test_forced_routing(
     assert [(a.status, a.version) for a in always] == [(200, canary_version)] * 30
     assert [(a.status, a.version) for a in never] == [(200, "v1")] * 30
     assert all(a.set_cookie is None for a in always + never)
+    shouted, _ = await user(url, 10, pacer, {"X-Canary": "ALWAYS"})
+    assert {a.version for a in shouted} == {canary_version}, "header values match case-insensitively"
     # A user holding a stable cookie who sets the header is still forced; one with an unknown value is not.
     jar = httpx.Cookies({"canaryd_1": "s.3"})
     forced, _ = await user(url, 5, pacer, {"X-Canary": "always"}, cookies=jar)
@@ -229,3 +231,24 @@ async def test_half_percent_stage(
     canary = sum(1 for a in answers if a.version == "v2")
     assert all(a.status == 200 for a in answers) and len(answers) == 1000
     assert 0 <= canary <= 20, canary
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"sticky": True},
+        {"force_header": "X-Beta-Tester"},
+        {"sticky": True, "force_header": "X-Canary", "upstream_keepalive": 8},
+        {"sticky": True, "force_header": "X-Canary", "listen": None},
+    ],
+    ids=["sticky", "forced", "both+keepalive", "both without server block"],
+)
+async def test_nginx_accepts_every_variant(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, spec: dict[str, object]
+) -> None:
+    """`nginx -t` and the reload accept the cohort routing in each combination, at 0, 10 and 100 %."""
+    proxy = NginxProxy(LocalTransport(), nginx_instance.spec(**spec), "127.0.0.1", http)
+    for generation, percentage in enumerate((0, 10, 100), start=1):
+        table = fleet.table(generation, percentage)
+        await proxy.apply(table)
+        assert await proxy.verify(table)

@@ -287,8 +287,8 @@ def test_cohort_upstreams_and_routing_maps() -> None:
     assert upstream_servers(text, "canaryd_app_3") == ["127.0.0.2:8001", "127.0.0.3:8001", "127.0.0.4:8001"]
     assert upstream_servers(text, "canaryd_app_3_canary") == ["127.0.0.2:8001"]
     assert upstream_servers(text, "canaryd_app_3_stable") == ["127.0.0.3:8001", "127.0.0.4:8001"]
-    assert "map $http_x_canary $canaryd_forced_3 {\n    default \"\";\n    always c;\n    never s;\n}" in text
-    assert "map $cookie_canaryd_3 $canaryd_kept_3 {\n    default \"\";\n    c.12 c;\n    s.12 s;\n}" in text
+    assert 'map $http_x_canary $canaryd_forced_3 {\n    default "";\n    always c;\n    never s;\n}' in text
+    assert 'map $cookie_canaryd_3 $canaryd_kept_3 {\n    default "";\n    c.12 c;\n    s.12 s;\n}' in text
     assert '    "~(^|\\s)127\\.0\\.0\\.2:8001$" c;' in text
     assert '    "~(^|\\s)127\\.0\\.0\\.4:8001$" s;' in text
     assert '    ":c" "canaryd_3=c.12; Path=/; HttpOnly; SameSite=Lax";' in text

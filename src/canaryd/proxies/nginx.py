@@ -8,6 +8,12 @@ The rules this adapter keeps:
   application id; the application's name only ever appears, reduced to `[A-Za-z0-9_.-]`, in a comment.
 * The split lives in integer weights (computed by the domain). nginx rejects `weight=0`, so a server that
   must get no traffic is absent from the upstream; an upstream always has at least one server.
+* With `sticky` or `force_header` (nginx OSS has no `sticky` directive) the file also holds one upstream per
+  cohort and `map`s choosing the upstream per request: the forced header (`always`/`never`) first, then the
+  cookie `canaryd_<id>=c.<generation>|s.<generation>`, else the weighted upstream (new users follow the
+  split). Answers to requests with neither get a cookie naming the cohort of the server that answered
+  (`$upstream_addr`). A new generation (a new stage) invalidates every cookie, so users are split afresh at
+  the new percentage. An empty cohort's upstream holds the other cohort: forcing never meets an empty upstream.
 * Everything that reaches the file is checked again here (pydantic already did): a value that could carry
   nginx syntax (whitespace, `;`, braces, `#`, quotes, `$`, backslash, control characters) raises ValueError.
   A renderer must never emit injected syntax.
