@@ -160,6 +160,7 @@ async def test_rejected_config_keeps_old_file_and_split(
     """A configuration `nginx -t` refuses raises ProxyConfigError; the old file stays byte-identical and live."""
     good = make_proxy(nginx_instance, http)
     await good.apply(fleet.table(generation=1))
+    assert await good.verify(fleet.table(generation=1))  # old workers gone before traffic is counted below
     before = read_bytes(nginx_instance.config_path)
     missing_dir = os.path.join(nginx_instance.dir, "no-such-dir", "access.log")
     bad = make_proxy(nginx_instance, http, access_log=missing_dir)

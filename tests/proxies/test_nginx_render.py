@@ -360,3 +360,15 @@ def test_unknown_cohort_raises() -> None:
     """A backend whose cohort is neither canary nor stable cannot be placed in a cohort upstream."""
     with pytest.raises(ValueError, match="cohort"):
         render_nginx(table(Backend(1, "127.0.0.2", 80, 1, "other")), ROUTED)  # type: ignore[arg-type]
+
+
+def test_retried_attempts_charge_the_server_that_failed() -> None:
+    """A request nginx retried on stable after the canary refused it counts an error against the canary."""
+    line = (
+        '{"status":"200","request_time":"0.004","upstream_addr":"127.0.0.2:8001, 127.0.0.3:8001",'
+        '"upstream_status":"502, 200"}'
+    )
+    cohorts = {"127.0.0.2:8001": "canary", "127.0.0.3:8001": "stable"}
+    parsed = parse_access_log_lines([line], lambda a: cohorts.get(a))  # type: ignore[arg-type,return-value]
+    assert (parsed.cohorts["stable"].requests, parsed.cohorts["stable"].errors) == (1, 0)
+    assert (parsed.cohorts["canary"].requests, parsed.cohorts["canary"].errors) == (1, 1)

@@ -360,7 +360,28 @@ def parse_access_log_lines(
             result.unrouted += 1
             continue
         result.cohorts[cohort].record(status, latency_ms)
+        # nginx retried this request on another server after an earlier one failed (connection refused,
+        # timeout): the client never saw that failure, but the server that failed must be charged with it,
+        # or a canary that refuses connections would look like a quiet one.
+        for failed in failed_attempts(upstream_addr, entry.get("upstream_status", "")):
+            failed_cohort = lookup(failed)
+            if failed_cohort in ("canary", "stable"):
+                result.cohorts[failed_cohort].record(502, 0.0)
     return result
+
+
+def failed_attempts(upstream_addr: str, upstream_status: object) -> list[str]:
+    """Addresses of the attempts before the last that failed (5xx or no answer), from `$upstream_addr` and
+    `$upstream_status` ("a, b" and "502, 200" on a retry)."""
+    if not isinstance(upstream_status, str):
+        return []
+    addresses = [p.strip() for p in _ADDR_SEPARATORS.split(upstream_addr.strip())][:-1]
+    statuses = [p.strip() for p in _ADDR_SEPARATORS.split(upstream_status.strip())][:-1]
+    return [
+        address
+        for address, status in zip(addresses, statuses, strict=False)
+        if address not in ("", "-") and not (status.isdigit() and int(status) < 500)
+    ]
 
 
 # --- the adapter -------------------------------------------------------------------------------------------
