@@ -15,13 +15,13 @@ the end of the stage (the rest were still inconclusive). Standard library only (
 from __future__ import annotations
 
 import argparse
-import bisect
 import math
 import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.judge import Evidence, Observation, Outcome, judge_sequential, judge_threshold
@@ -66,7 +66,13 @@ def poisson(rng: random.Random, lam: float) -> int:
 
 
 def add(
-    stats: CohortStats, n: int, error: float, rng: random.Random, base: list[int], slow: list[int], share: float
+    stats: CohortStats,
+    n: int,
+    error: float,
+    rng: random.Random,
+    base: list[int],
+    slow: list[int],
+    share: float,
 ) -> None:
     """Records n requests: errors with probability `error`, latency drawn from the tables."""
     buckets = stats.latency_buckets
@@ -85,12 +91,18 @@ class Cell:
     threshold_fail: list[int]
     sequential_fail: list[int]
     sequential_pass_at_end: int = 0
+    fired: Counter[str] = field(default_factory=Counter)  # which sequential test rolled back
 
 
 def run_cell(
-    truth: Truth, rate: int, reps: int, minutes: int, rng: random.Random, tables: dict[float, list[int]]
+    truth: Truth,
+    rate: int,
+    reps: int,
+    minutes: int,
+    rng: random.Random,
+    tables: dict[float, list[int]],
+    seq_cfg: CanaryConfig,
 ) -> Cell:
-    seq_cfg = CanaryConfig()
     thr_cfg = CanaryConfig(judge="threshold")
     cell = Cell([], [])
     base, slow = tables[0.0], tables[truth.slow_extra_ms]
@@ -110,6 +122,9 @@ def run_cell(
                 evidence, last = judgement.evidence, judgement.verdict.outcome
                 if last is Outcome.FAIL:
                     seq_at = minute
+                    cell.fired.update(
+                        m.metric for m in judgement.verdict.metrics if m.outcome is Outcome.FAIL
+                    )
             if thr_at is not None and seq_at is not None:
                 break
         if thr_at is not None:
@@ -128,16 +143,41 @@ def fmt(fails: list[int], reps: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=400, help="replications per cell (default 400)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reps", type=int, default=400, help="replications per regression cell (default 400)"
+    )
+    parser.add_argument(
+        "--aa-reps",
+        type=int,
+        default=1600,
+        help="replications per A/A cell (default 1600: MC error 0.25 pp at 1 %%)",
+    )
     parser.add_argument("--seed", type=int, default=20250101)
     parser.add_argument("--minutes", type=int, default=30, help="stage length, one check per minute")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a CanaryConfig field of the sequential judge, e.g. --set alpha=0.02",
+    )
+    parser.add_argument("--only", help="run only truths whose name contains this text")
+    parser.add_argument("--rates", help="comma-separated req/min/cohort (default 2,10,50,200)")
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    seq_cfg = CanaryConfig.model_validate(overrides)
+    rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else RATES
     rng = random.Random(args.seed)
     started = time.monotonic()
     tables = {extra: latency_table(extra, rng) for extra in {0.0, *(t.slow_extra_ms for t in TRUTHS)}}
-    defaults = CanaryConfig()
-    print(f"command: {' '.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}  (seed {args.seed}, reps {args.reps})")
+    defaults = seq_cfg
+    print(
+        f"command: .venv/bin/python {' '.join(sys.argv)}  "
+        f"(seed {args.seed}, reps {args.reps}, A/A reps {args.aa_reps})"
+    )
     print(
         f"sequential judge: alpha {defaults.alpha}, k {defaults.sequential_k}, margins "
         f"{defaults.error_rate_margin}/{defaults.latency_margin}, pass needs power {defaults.power} against "
@@ -146,20 +186,25 @@ def main() -> None:
     print(f"stable errors {BASE_ERROR:.0%}, latency lognormal median {MEDIAN_MS:g} ms σ {SIGMA}, "
           f"{args.minutes}-minute stage checked every minute, equal traffic per cohort")  # fmt: skip
     print()
-    head = f"| {'truth':<18} | req/min/cohort | threshold: rolled back, median min | sequential: rolled back, median min | sequential: passed at end |"
+    head = f"| {'truth':<18} | req/min/cohort | threshold: rolled back, median min | sequential: rolled back, median min | sequential: passed at end | sequential: tests that fired |"
     print(head)
     print("|" + "|".join("-" * (len(part)) for part in head.split("|")[1:-1]) + "|")
     for truth in TRUTHS:
-        for rate in RATES:
-            cell = run_cell(truth, rate, args.reps, args.minutes, rng, tables)
+        if args.only and args.only not in truth.name:
+            continue
+        for rate in rates:
+            reps = args.aa_reps if truth.name == "A/A" else args.reps
+            cell = run_cell(truth, rate, reps, args.minutes, rng, tables, seq_cfg)
             print(
-                f"| {truth.name:<18} | {rate:>14} | {fmt(cell.threshold_fail, args.reps):>34} | "
-                f"{fmt(cell.sequential_fail, args.reps):>35} | "
-                f"{100 * cell.sequential_pass_at_end / args.reps:>23.1f} % |",
+                f"| {truth.name:<18} | {rate:>14} | {fmt(cell.threshold_fail, reps):>34} | "
+                f"{fmt(cell.sequential_fail, reps):>35} | "
+                f"{100 * cell.sequential_pass_at_end / reps:>23.1f} % | "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(cell.fired.items())):<28} |",
                 flush=True,
             )
-    se = 100 * math.sqrt(0.01 * 0.99 / args.reps)
-    print(f"\nMonte Carlo standard error of a 1 % rate with {args.reps} reps: {se:.2f} pp; "
+    se = 100 * math.sqrt(0.01 * 0.99 / args.aa_reps)
+    print(f"\nMonte Carlo standard error of a 1 % rate with {args.aa_reps} A/A reps: {se:.2f} pp "
+          f"({args.reps} reps per regression cell); "
           f"run time {time.monotonic() - started:.0f} s")  # fmt: skip
 
 

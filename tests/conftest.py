@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.apps",
     "tests.fixtures.sshd",
     "tests.fixtures.stack",
+    "tests.fixtures.prometheus",
 ]
 
 PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")

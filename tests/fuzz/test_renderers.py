@@ -42,14 +42,16 @@ hostile_text = st.one_of(
 )
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)
-hosts = st.one_of(ipv4, ipv6, st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5}){0,2}", fullmatch=True), hostile_text)
+hosts = st.one_of(
+    ipv4, ipv6, st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5}){0,2}", fullmatch=True), hostile_text
+)
 listens = st.one_of(
     st.integers(1, 65535).map(str),
     st.tuples(ipv4, st.integers(1, 65535)).map(lambda t: f"{t[0]}:{t[1]}"),
     hostile_text,
-    st.integers(1, 65535).map(lambda p: f"127.0.0.1:{p}").flatmap(
-        lambda s: st.sampled_from(HOSTILE).map(lambda c: s + c + "listen 9")
-    ),
+    st.integers(1, 65535)
+    .map(lambda p: f"127.0.0.1:{p}")
+    .flatmap(lambda s: st.sampled_from(HOSTILE).map(lambda c: s + c + "listen 9")),
 )
 paths = st.one_of(
     st.from_regex(r"/[a-z0-9_./@+-]{1,30}", fullmatch=True),
@@ -342,3 +344,64 @@ def test_command_through_a_real_shell(template: str, vals: dict[str, str]) -> No
 def test_nginx_t_really_ran() -> None:
     """The `nginx -t` property above accepted a fair sample of rendered files (it is not vacuous)."""
     assert len(NGINX_RUNS) >= 10, NGINX_RUNS
+
+
+# --- HAProxy and Traefik ----------------------------------------------------------------------------------
+
+
+def spec_for(kind: str, listen: str | None, access_log: str | None, **more: object) -> ProxySpec:
+    return spec_of(listen, access_log).model_copy(update={"kind": kind, "router_rule": None, **more})
+
+
+@settings(max_examples=500, deadline=None)
+@given(tables, st.one_of(st.none(), listens), st.one_of(st.none(), paths))
+def test_haproxy_renderer_never_emits_injected_syntax(
+    table: RouteTable, listen: str | None, access_log: str | None
+) -> None:
+    """Hostile values are refused, or the HAProxy file has exactly the intended lines and words."""
+    from canaryd.proxies.haproxy import render_haproxy
+
+    weights = [b for b in table.backends if b.weight <= 256]
+    table = RouteTable(table.app_id, table.app_name, tuple(weights) or table.backends[:0], table.generation)
+    spec = spec_for("haproxy", listen, access_log)
+    try:
+        text = render_haproxy(table, spec)
+    except ValueError:
+        return
+    lines = text.split("\n")[:-1]
+    frontend = (7 + (2 if access_log else 0)) if listen is not None else 0
+    assert len(lines) == 2 + frontend + 6 + len(table.backends), text
+    assert all(ln.startswith("# ") for ln in lines[:2]) and not any("\r" in ln for ln in lines)
+    servers = [ln.split("#", 1)[0].split() for ln in lines if ln.startswith("    server ")]
+    assert servers == [
+        ["server", f"s{b.server_id}", expected_address(b.host, b.port), "weight", str(b.weight), "check"]
+        for b in sorted(table.backends, key=lambda b: b.server_id)
+    ]
+    if listen is not None:
+        bind = [ln.split() for ln in lines if ln.startswith("    bind ")]
+        assert len(bind) == 1 and len(bind[0]) == 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(tables, st.one_of(st.none(), hostile_text, st.just("Host(`shop.example`)")))
+def test_traefik_renderer_keeps_values_in_place(table: RouteTable, rule: str | None) -> None:
+    """Hostile hosts and router rules are refused, or land as exactly one URL / the rule itself."""
+    import json
+
+    from canaryd.proxies.traefik import render_traefik, server_service_name
+
+    spec = spec_for("traefik", None, None, router_rule=rule)
+    try:
+        config = render_traefik(table, spec)
+    except ValueError:
+        return
+    back = json.loads(json.dumps(config))
+    services = back["http"]["services"]
+    for b in table.backends:
+        urls = services[server_service_name(table.app_id, b.server_id)]["loadBalancer"]["servers"]
+        assert urls == [{"url": f"http://{expected_address(b.host, b.port)}"}]
+        assert "/" not in expected_address(b.host, b.port) and "?" not in expected_address(b.host, b.port)
+    if rule is not None:
+        assert back["http"]["routers"][f"canaryd-app-{table.app_id}"]["rule"] == rule or any(
+            r["rule"] == rule for r in back["http"]["routers"].values()
+        )

@@ -81,13 +81,19 @@ STATUSES: list[int] = []
 @settings(
     max_examples=25,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much, HealthCheck.too_slow],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+        HealthCheck.too_slow,
+    ],
 )
 def test_no_request_gets_a_5xx(case: Any, api_base: str) -> None:
     """Every generated request, valid or not, gets a 2xx/4xx answer: never a server error."""
     response = case.call(base_url=api_base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     STATUSES.append(response.status_code)
-    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
+    )
 
 
 def test_the_fuzzing_reached_the_handlers() -> None:

@@ -306,3 +306,82 @@ async def test_servers_state_reads_back(
     assert state is not None
     assert {n: s.weight for n, s in state.items()} == {"s1": 0, "s2": 1, "s3": 1, "s4": 1, "s5": 1}
     assert parse_servers_state(await proxy.command("show servers state canaryd_app_99")) is None
+
+
+async def versions_seen(client: httpx.AsyncClient, url: str, n: int, **headers: str) -> list[str]:
+    """Sends `n` requests; the X-Version of each (a non-200 answer fails the test)."""
+    seen = []
+    for _ in range(n):
+        r = await client.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        seen.append(r.headers.get("X-Version", ""))
+    return seen
+
+
+async def test_sticky_clients_keep_their_server_and_leave_a_cut_canary(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """sticky: 40 clients × 15 requests at 25 % each see one version, ≈25 % of them the canary; after the
+    canary is cut to weight 0 (a runtime change, no reload) its pinned clients are served and re-pinned by
+    stable."""
+    proxy = make_proxy(haproxy_instance, http, sticky=True)
+    await proxy.apply(fleet.table(1, canary_weight=1))
+    assert await proxy.verify(fleet.table(1, canary_weight=1))
+    master, workers = haproxy_instance.master_pid(), haproxy_instance.worker_pids()
+    table = fleet.split(2, 25.0)
+    await proxy.apply(table)
+    assert proxy.last_path == "runtime"
+    assert await proxy.verify(table)
+
+    clients = [httpx.AsyncClient(headers={"Connection": "close"}, timeout=5) for _ in range(40)]
+    try:
+        seen = await asyncio.gather(*(versions_seen(c, haproxy_instance.url, 15) for c in clients))
+        assert all(len(set(s)) == 1 for s in seen), [sorted(set(s)) for s in seen]
+        on_canary = [c for c, s in zip(clients, seen, strict=True) if s[0] == "v2"]
+        share = 100 * len(on_canary) / len(clients)
+        print(f"\nsticky at 25 %: {len(on_canary)} of {len(clients)} clients on the canary ({share:.0f} %)")
+        assert abs(share - 25.0) <= 15.0
+        assert on_canary and all(c.cookies.get("canaryd_1") == "s1" for c in on_canary)
+
+        cut = fleet.table(3, canary_weight=0)  # rollback: the canary gets nothing, pinned clients included
+        await proxy.apply(cut)
+        assert proxy.last_path == "runtime"
+        assert await proxy.verify(cut)
+        after = await asyncio.gather(*(versions_seen(c, haproxy_instance.url, 5) for c in on_canary))
+        assert all(s == ["v1"] * 5 for s in after), after
+        assert all(c.cookies.get("canaryd_1") in {"s2", "s3", "s4", "s5"} for c in on_canary)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    assert haproxy_instance.master_pid() == master
+    assert haproxy_instance.worker_pids() == workers  # weight changes only: no reload
+
+
+async def test_forced_routing_header(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """force_header: `always` → canary, `never` → stable (case-insensitive, over a sticky cookie), counted
+    in the traffic; with the canary at weight 0 `always` gets stable with 200; weight changes reload nothing."""
+    proxy = make_proxy(haproxy_instance, http, sticky=True, force_header="X-Canary")
+    table = fleet.split(1, 25.0)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    master, workers = haproxy_instance.master_pid(), haproxy_instance.worker_pids()
+    offset = await proxy.traffic_offset()
+    async with httpx.AsyncClient(headers={"Connection": "close"}, timeout=5) as c:
+        assert await versions_seen(c, haproxy_instance.url, 20, **{"X-Canary": "always"}) == ["v2"] * 20
+        assert await versions_seen(c, haproxy_instance.url, 20, **{"X-Canary": "NEVER"}) == ["v1"] * 20
+        assert await versions_seen(c, haproxy_instance.url, 5, **{"X-Canary": "Always"}) == ["v2"] * 5
+        c.cookies.set("canaryd_1", "s1")  # pinned to the canary: the header still wins
+        assert await versions_seen(c, haproxy_instance.url, 5, **{"X-Canary": "never"}) == ["v1"] * 5
+    reading = await proxy.read_traffic(offset, fleet.cohort_of)
+    assert (reading.cohorts["canary"].requests, reading.cohorts["stable"].requests) == (25, 25)
+
+    for generation, table in enumerate([fleet.table(2, canary_weight=0), fleet.split(3, 50.0)], start=2):
+        await proxy.apply(table)
+        assert proxy.last_path == "runtime"
+        assert await proxy.verify(table)
+        async with httpx.AsyncClient(headers={"Connection": "close"}, timeout=5) as c:
+            forced = await versions_seen(c, haproxy_instance.url, 10, **{"X-Canary": "always"})
+        assert forced == (["v1"] * 10 if generation == 2 else ["v2"] * 10)  # no canary: stable, 200
+    assert haproxy_instance.master_pid() == master
+    assert haproxy_instance.worker_pids() == workers

@@ -11,8 +11,10 @@ from canaryd.domain.types import Backend, Cohort, bucket_of
 from canaryd.proxies.base import RouteTable
 from canaryd.proxies.haproxy import (
     Counters,
+    all_expected_weights,
     counter_deltas,
     declared_servers,
+    declared_weights,
     frontend_fingerprint,
     parse_log_lines,
     parse_servers_state,
@@ -264,3 +266,71 @@ def test_log_lines_per_cohort() -> None:
     assert parsed.cohorts["stable"].requests == 1
     assert parsed.cohorts["stable"].latency_buckets == {bucket_of(30.0): 1}
     assert (parsed.unrouted, parsed.malformed) == (2, 2)
+
+
+def test_sticky_renders_cookie_persistence_that_skips_weight_zero_servers() -> None:
+    """sticky: cookie `canaryd_<id>` pins a client to its server (`cookie s<id>`), ignored (and re-pinned)
+    while that server's live weight is 0."""
+    drained = Backend(1, "127.0.0.2", 9000, 0, "canary")
+    text = render_haproxy(table(drained, STABLE[0]), spec(sticky=True), retained={9: ("127.0.0.10", 9000)})
+    assert "    cookie canaryd_7 insert indirect nocache httponly attr SameSite=Lax\n" in text
+    assert server_lines(text) == [
+        "server s1 127.0.0.2:9000 weight 0 cookie s1 check",
+        "server s2 127.0.0.3:9000 weight 3 cookie s2 check",
+        "server s9 127.0.0.10:9000 weight 0 cookie s9 check",
+    ]
+    for sid in (1, 2, 9):
+        assert (
+            f"    ignore-persist if {{ req.cook(canaryd_7) -m str s{sid} }} "
+            f"{{ srv_weight(canaryd_app_7/s{sid}) eq 0 }}\n"
+        ) in text
+    assert 'add-header Set-Cookie "canaryd_7=%[srv_name]; path=/; HttpOnly; SameSite=Lax"' in text
+    plain = render_haproxy(table(drained, STABLE[0]), spec())
+    assert "cookie" not in plain and "use_backend" not in plain
+    assert structure(text) != structure(plain)  # turning stickiness on reloads
+
+
+def test_force_header_renders_cohort_backends_and_a_fallback() -> None:
+    """force_header: use_backend per cohort only while it has a usable server; the cohort backends declare
+    every server (the other cohort at weight 0, health from the weighted backend via `track`)."""
+    text = render_haproxy(table(CANARY, STABLE[0]), spec(force_header="X-Canary"))
+    assert (
+        "    use_backend canaryd_app_7_canary if { req.hdr(X-Canary) -i always } "
+        "{ nbsrv(canaryd_app_7_canary) gt 0 }\n"
+    ) in text
+    assert "{ req.hdr(X-Canary) -i never } { nbsrv(canaryd_app_7_stable) gt 0 }" in text
+    assert text.index("http-request return") < text.index("use_backend") < text.index("default_backend")
+    assert declared_weights(text) == {
+        "canaryd_app_7": {"s1": 4, "s2": 3},
+        "canaryd_app_7_canary": {"s1": 4, "s2": 0},
+        "canaryd_app_7_stable": {"s1": 0, "s2": 3},
+    }
+    assert "    server s2 127.0.0.3:9000 weight 0 track canaryd_app_7/s2" in text
+    assert all_expected_weights(table(CANARY, STABLE[0]), [1, 2, 9], spec(force_header="X-Canary")) == {
+        "canaryd_app_7": {"s1": 4, "s2": 3, "s9": 0},
+        "canaryd_app_7_canary": {"s1": 4, "s2": 0, "s9": 0},
+        "canaryd_app_7_stable": {"s1": 0, "s2": 3, "s9": 0},
+    }
+    # A new stage is a weight change in all three backends, not a new structure.
+    later = render_haproxy(
+        table(Backend(1, "127.0.0.2", 9000, 0, "canary"), STABLE[0]), spec(force_header="X-Canary")
+    )
+    assert structure(later) == structure(text)
+    assert frontend_fingerprint(7, spec(force_header="X-Canary")) != frontend_fingerprint(7, spec())
+
+
+def test_cohort_backend_runtime_match() -> None:
+    """runtime_matches for a cohort's backend wants the other cohort's servers at weight 0."""
+    servers = parse_servers_state(STATE)
+    assert servers is not None
+    assert not runtime_matches(servers, table(CANARY, STABLE[0]), "canary")  # s2 must be 0 there
+    stable_only = parse_servers_state(STATE.replace(" 2 0 4 4 0 ", " 2 0 0 4 0 "))
+    assert stable_only is not None
+    assert runtime_matches(stable_only, table(CANARY, STABLE[0]), "stable")
+
+
+@pytest.mark.parametrize("header", ["X Canary", "X-Canary}", "X-Canary#", "X-Can%ary", "-X", "X_Canary"])
+def test_force_header_injection_refused_by_the_renderer(header: str) -> None:
+    """A force_header that slipped past pydantic never reaches the file."""
+    with pytest.raises(ValueError, match="force_header"):
+        render_haproxy(table(CANARY), spec().model_copy(update={"force_header": header}))

@@ -151,7 +151,7 @@ def test_sticky_cookie_and_forced_routes() -> None:
     """Sticky sets weighted.sticky.cookie; force_header adds always→canary and never→stable routers."""
     config = render_traefik(table(State.MONITORING, 10.0), spec(**OPTIONS["forced"]))
     http = config["http"]
-    assert http["services"]["canaryd-app-7"]["weighted"]["sticky"]["cookie"]["name"] == "canaryd_app_7"
+    assert http["services"]["canaryd-app-7"]["weighted"]["sticky"]["cookie"]["name"] == "canaryd_7"
     routers = http["routers"]
     assert routers["canaryd-app-7"] == {"rule": "Host(`shop.example.com`)", "service": "canaryd-app-7"}
     canary = routers["canaryd-app-7-force-canary"]

@@ -96,7 +96,9 @@ class Cluster:
         """Starts one more `canaryd serve` replica; returns its base URL once /healthz answers."""
         port = free_port()
         name = f"api{len(self.apis)}"
-        proc = self.spawn(name, [str(VENV_BIN / "canaryd"), "serve", "--host", "127.0.0.1", "--port", str(port)])
+        proc = self.spawn(
+            name, [str(VENV_BIN / "canaryd"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        )
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(timeout=1) as client:
             for _ in range(300):
@@ -255,8 +257,19 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed: apt-get install -y redis-server", pytrace=False)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -297,14 +310,38 @@ class PostgresCluster:
     dir: str
 
     @property
+    def options(self) -> str:
+        return f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def start(self) -> None:
+        self.ctl("-o", self.options, "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: PostgreSQL ends every session (what a restart or failover does)."""
+        self.ctl("-m", "fast", "stop")
+
+    @property
     def url(self) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
 
     def ctl(self, *args: str) -> None:
         assert PG_BIN is not None
         r = subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", f"{self.dir}/data",
-             "-l", f"{self.dir}/pg.log", "-w", "-t", "30", *args],
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                f"{self.dir}/data",
+                "-l",
+                f"{self.dir}/pg.log",
+                "-w",
+                "-t",
+                "30",
+                *args,
+            ],
             capture_output=True,
             text=True,
         )
@@ -319,16 +356,27 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     d = tempfile.mkdtemp(prefix="canaryd-pg-")
     shutil.chown(d, "postgres", "postgres")
     r = subprocess.run(
-        ["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", f"{d}/data", "-A", "trust",
-         "-U", "postgres", "--no-sync"],
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            str(PG_BIN / "initdb"),
+            "-D",
+            f"{d}/data",
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr
     port = free_port()
     pg = PostgresCluster(port, d)
-    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg.ctl("-o", opts, "start")
+    pg.start()
     try:
         yield pg
     finally:
@@ -340,7 +388,9 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 # --- the checks ---------------------------------------------------------------------------------------------
 
 
-async def wait_terminal(api: httpx.AsyncClient, dep_ids: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+async def wait_terminal(
+    api: httpx.AsyncClient, dep_ids: list[int], timeout: float
+) -> dict[int, dict[str, Any]]:
     """Polls until every deployment is terminal; fails naming the stuck ones."""
     deadline = time.monotonic() + timeout
     done: dict[int, dict[str, Any]] = {}
@@ -377,7 +427,9 @@ def check_history(events: list[dict[str, Any]]) -> None:
     for e in events:
         if e["to_state"] is not None and e["kind"] != "stage_advanced":
             if state is not None:
-                assert e["from_state"] == state, f"event {e['seq']} {e['kind']} from {e['from_state']}, was {state}"
+                assert e["from_state"] == state, (
+                    f"event {e['seq']} {e['kind']} from {e['from_state']}, was {state}"
+                )
             state = e["to_state"]
     stages = [e["stage"] for e in events if e["kind"] == "stage_advanced"]
     assert len(stages) == len(set(stages)) and stages == sorted(stages), f"a stage applied twice: {stages}"
@@ -389,15 +441,22 @@ def check_history(events: list[dict[str, Any]]) -> None:
     assert all(n == 1 for n in per_server.values()), f"a server changed twice: {per_server}"
 
 
-async def check_reality(api: httpx.AsyncClient, app: App, status: dict[str, Any], nginx: NginxInstance) -> str:
+async def check_reality(
+    api: httpx.AsyncClient, app: App, status: dict[str, Any], nginx: NginxInstance
+) -> str:
     """What canaryd reports is what runs and what nginx serves. Returns the version everything runs."""
-    assert status["canary_status"] in ("completed", "rolled_back"), (status["canary_status"], status["reasons"])
+    assert status["canary_status"] in ("completed", "rolled_back"), (
+        status["canary_status"],
+        status["reasons"],
+    )
     events = (await api.get(f"/deployments/{status['id']}/events")).json()
     expected = status["version"] if status["canary_status"] == "completed" else status["previous_version"]
     async with httpx.AsyncClient(timeout=3, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for host in app.hosts:
             got = (await client.get(f"http://{host}:{app.port}/health")).headers.get("x-version")
-            assert got == expected, f"{app.name} {host} runs {got}, canaryd says {status['canary_status']} ({expected})"
+            assert got == expected, (
+                f"{app.name} {host} runs {got}, canaryd says {status['canary_status']} ({expected})"
+            )
         seen = {(await client.get(app.proxy_url)).headers.get("x-version") for _ in range(10)}
         assert seen == {expected}, f"{app.name}: nginx serves {seen}, expected {expected}"
         application = (await api.get(f"/applications/{app.id}")).json()

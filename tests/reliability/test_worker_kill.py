@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.fixtures.stack import LoadGenerator
 from .cluster import FAST, Cluster, check_reality, cluster, wait_terminal
 
 WORKERS = ["worker0", "worker1", "worker2"]
+ROLLOUTS = 10
 
 
 @dataclass
@@ -26,11 +26,11 @@ class Chaos:
 
 
 async def chaos(c: Cluster, dsn: str, stats: Chaos) -> None:
-    """Every 1-3 s SIGKILL a worker (one that holds a lease, when there is one), restart it shortly after."""
+    """Every 0.8-2.5 s SIGKILL a worker (one that holds a lease, when there is one), restart it shortly after."""
     conn = await asyncpg.connect(dsn)
     try:
         while True:
-            await asyncio.sleep(random.uniform(1.0, 3.0))
+            await asyncio.sleep(random.uniform(0.8, 2.5))
             owners = [
                 r["lease_owner"]
                 for r in await conn.fetch(
@@ -51,20 +51,20 @@ async def chaos(c: Cluster, dsn: str, stats: Chaos) -> None:
 
 
 async def test_workers_killed_at_random_points(tmp_path: Path, pg_url: str, redis_url: str) -> None:
-    """12 rollouts on 6 apps under 3 workers that keep being SIGKILLed: all finish, consistent with reality."""
-    async with cluster(tmp_path, pg_url, redis_url) as c:
+    """10 concurrent rollouts under 3 workers that keep being SIGKILLed: all finish, consistent with reality."""
+    async with cluster(tmp_path, pg_url, redis_url, CANARYD_LEASE_SECONDS="2") as c:
         await c.start_api()
         for name in WORKERS:
             c.start_worker(name)
         stats = Chaos()
         async with c.client() as api:
-            apps = [await c.add_app(api, f"kill{i}") for i in range(6)]
+            apps = [await c.add_app(api, f"kill{i}") for i in range(ROLLOUTS)]
             for app in apps:
                 app.load = LoadGenerator(app.proxy_url, rate=8).start()
-            task = asyncio.create_task(chaos(c, pg_url.replace("+asyncpg", ""), stats) if not os.environ.get("NOCHAOS") else asyncio.sleep(1e6))
+            task = asyncio.create_task(chaos(c, pg_url.replace("+asyncpg", ""), stats))
             outcomes: list[tuple[str, str]] = []
             try:
-                for round_, version in enumerate(["v2", "v3"][: int(os.environ.get("ROUNDS", "2"))]):
+                for round_, version in enumerate(["v2"]):
                     ids = []
                     for i, app in enumerate(apps):
                         # Every third rollout deploys a version whose health check fails: a rollback.
@@ -84,7 +84,7 @@ async def test_workers_killed_at_random_points(tmp_path: Path, pg_url: str, redi
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         print(f"\nworker kill: {stats}, outcomes {outcomes}")
-        assert len(outcomes) == 12
+        assert len(outcomes) == ROLLOUTS
         assert {o for o, _ in outcomes} == {"completed", "rolled_back"}
         assert [o for o, v in outcomes if "dead" in v] == [], "a dead version ended up serving"
-        assert stats.kills >= 10 and stats.mid_tick >= 3, stats
+        assert stats.kills >= 5 and stats.mid_tick >= 2, stats

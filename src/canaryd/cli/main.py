@@ -55,7 +55,7 @@ def serve(
 @app.command()
 def worker() -> None:
     """Runs an arq worker that advances deployments (production mode, needs CANARYD_REDIS_URL)."""
-    from canaryd.worker.arq_worker import make_worker
+    from canaryd.worker.arq_worker import run_worker
 
     settings = _settings()
     if not settings.redis_url:
@@ -64,7 +64,7 @@ def worker() -> None:
             err=True,
         )
         raise typer.Exit(2)
-    make_worker(settings).run()
+    asyncio.run(run_worker(settings))
 
 
 @token_app.command("create")

@@ -276,6 +276,8 @@ class PrometheusSource(StrictModel):
     url: HttpUrl
     timeout: float = Field(default=5.0, gt=0, le=60)
     queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
+    #: Until a stage has run this long (a few scrape intervals), the proxy's figures are judged instead.
+    min_window: int = Field(default=15, ge=1, le=3600)
 
 
 class CanaryConfig(StrictModel):
@@ -297,10 +299,10 @@ class CanaryConfig(StrictModel):
     #: "sequential": guards plus always-valid count tests (the default; see the bench in docs/judge.md);
     #: "threshold": the spec's rules above (error_rate_threshold, latency_threshold, min_requests).
     judge: Literal["sequential", "threshold"] = "sequential"
-    alpha: float = Field(default=0.05, gt=0, le=0.5)  # false-rollback budget, shared by the tests
+    alpha: float = Field(default=0.025, gt=0, le=0.5)  # false-rollback budget, shared by the tests
     error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
-    latency_margin: float = Field(default=1.0, ge=1, le=10)
-    sequential_k: float = Field(default=2.0, gt=0, le=1000)  # prior concentration of the mixture
+    latency_margin: float = Field(default=1.25, ge=1, le=10)  # absorbs a threshold set from stable data
+    sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration of the mixture
     #: A pass needs enough requests that this regression would have been caught with `power`:
     #: canary ≥ detect_ratio × stable and at least detect_min_increase percentage points more.
     detect_ratio: float = Field(default=3.0, gt=1, le=100)
@@ -315,9 +317,11 @@ class CanaryConfig(StrictModel):
     #: Host readings, canary mean vs stable mean, in percentage points; None = not compared.
     cpu_tolerance: float | None = Field(default=20.0, gt=0, le=100)
     memory_tolerance: float | None = Field(default=10.0, gt=0, le=100)
-    #: How long past its duration an inconclusive stage may wait for evidence, then what happens.
-    inconclusive_timeout: int = Field(default=3600, ge=0, le=7 * 24 * 3600)
-    inconclusive_action: Literal["pause", "rollback", "proceed"] = "pause"
+    #: How long past its duration an inconclusive stage waits for evidence (None: one more stage_duration),
+    #: then what happens: "proceed" advances (but never promotes without evidence: after the last stage it
+    #: pauses), "pause" asks a person, "rollback" gives up on the canary.
+    inconclusive_timeout: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
+    inconclusive_action: Literal["pause", "rollback", "proceed"] = "proceed"
     #: Record verdicts, never act on them: stages advance on time, nothing is rolled back.
     dry_run: bool = False
     #: Where traffic figures come from: the proxy's own log/counters, or Prometheus.

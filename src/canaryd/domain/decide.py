@@ -62,8 +62,8 @@ class Action(StrEnum):
 class Policy:
     """What to do when the judge cannot tell, and whether to act at all."""
 
-    inconclusive_timeout: int = 3600  # seconds past the stage's duration
-    inconclusive_action: Literal["pause", "rollback", "proceed"] = "pause"
+    inconclusive_timeout: int = 300  # seconds past the stage's duration
+    inconclusive_action: Literal["pause", "rollback", "proceed"] = "proceed"
     dry_run: bool = False
 
 
@@ -119,7 +119,9 @@ def decide(clock: StageClock, verdict: Verdict, now: datetime, policy: Policy | 
         return Decision(Action.ROLLBACK, now, (f"{gave_up}: rolling back", *verdict.reasons))
     if policy.inconclusive_action == "proceed" and not clock.is_last:
         return _advance(clock, now, (f"{gave_up}: proceeding without evidence",), verdict.reasons)
-    why = "pausing for a person" if policy.inconclusive_action == "pause" else "not promoting without evidence"
+    why = (
+        "pausing for a person" if policy.inconclusive_action == "pause" else "not promoting without evidence"
+    )
     return Decision(Action.PAUSE, now, (f"{gave_up}: {why}", *verdict.reasons))
 
 
@@ -149,7 +151,9 @@ def _dry_run(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
         decision = Decision(
             Action.PROMOTE, now, (f"last {clock.label()} ran its time (dry run)", *notes), would=would
         )
-    return Decision(decision.action, decision.next_check_at, decision.reasons, decision.next_stage_index, would)
+    return Decision(
+        decision.action, decision.next_check_at, decision.reasons, decision.next_stage_index, would
+    )
 
 
 __all__ = ["Action", "Decision", "Policy", "StageClock", "decide", "stage_ends_at"]

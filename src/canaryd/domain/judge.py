@@ -24,7 +24,7 @@ canaries by chance:
 - error_rate: the canary's and stable's errors, as counts out of their requests, in the one-sided mixture
   Bayes factor of domain/sequential.py (θ0 from the canary's share of requests and `error_rate_margin`).
   It fails when the evidence, multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the
-  tests, Bonferroni).
+  tests, weighted Bonferroni: errors 4 parts, every other test 1).
 - latency_tail: the same test on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
   over the whole deployment plus `latency_min_difference_ms`.
 - It passes a metric only with evidence: enough requests (summed over the stages) that a regression of
@@ -226,8 +226,6 @@ def _summary(canary: CohortStats, comparison: CohortStats, label: str) -> str:
     )
 
 
-
-
 # --- the sequential judge ---------------------------------------------------------------------------------
 
 #: The tests that compare canary with stable, in the order they are reported.
@@ -263,6 +261,11 @@ class Tally:
         return cls()
 
 
+def _compared(tally: Tally) -> Tally:
+    """The tally if both cohorts had traffic, else nothing (it compared nothing)."""
+    return tally if tally.canary_requests and tally.stable_requests else Tally()
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What the sequential judge carries from check to check and from stage to stage (stored as JSON).
@@ -286,15 +289,15 @@ class Evidence:
         if stage == self.stage:
             return self
         carried = {m: self.carried.get(m, 0.0) + self.current.get(m, 0.0) for m in COMPARED}
-        prior = {m: self.prior.get(m, Tally()) + self.latest.get(m, Tally()) for m in COMPARED}
+        prior = {m: self.prior.get(m, Tally()) + _compared(self.latest.get(m, Tally())) for m in COMPARED}
         return Evidence(stage, carried, prior, source_failures=self.source_failures)
 
     def to_json(self) -> dict[str, object]:
         return {
             "stage": self.stage,
-            "carried": {m: round(v, 6) for m, v in self.carried.items()},
+            "carried": dict(self.carried),
             "prior": {m: t.to_json() for m, t in self.prior.items()},
-            "current": {m: round(v, 6) for m, v in self.current.items()},
+            "current": dict(self.current),
             "latest": {m: t.to_json() for m, t in self.latest.items()},
             "host_checks": self.host_checks,
             "cpu_worse": self.cpu_worse,
@@ -356,9 +359,19 @@ class Judgement:
     evidence: Evidence
 
 
-def tests_in_budget(config: CanaryConfig) -> int:
-    """How many statistical tests share `alpha` (Bonferroni): the two comparisons and each SLO ceiling."""
-    return len(COMPARED) + (config.error_rate_ceiling is not None) + (config.latency_ceiling_ms is not None)
+#: Shares of `alpha` (weighted Bonferroni): errors are the clearest signal and get most of the budget.
+ALPHA_WEIGHTS = {"error_rate": 4.0, "latency_tail": 1.0, "error_rate_slo": 1.0, "latency_slo": 1.0}
+
+
+def alpha_shares(config: CanaryConfig) -> dict[str, float]:
+    """Each statistical test's part of `alpha`; the parts add up to `alpha` (weighted Bonferroni)."""
+    tests = ["error_rate", "latency_tail"]
+    if config.error_rate_ceiling is not None:
+        tests.append("error_rate_slo")
+    if config.latency_ceiling_ms is not None:
+        tests.append("latency_slo")
+    total = sum(ALPHA_WEIGHTS[t] for t in tests)
+    return {t: config.alpha * ALPHA_WEIGHTS[t] / total for t in tests}
 
 
 def _e(log_e: float) -> str:
@@ -372,7 +385,11 @@ def _rate(events: int, requests: int) -> str:
 
 def _no_data(canary: CohortStats, stable: CohortStats, share: float | None, alpha: float) -> MetricVerdict:
     """Fails when the canary got no request although its share makes that all but impossible."""
-    figures: Figures = {"canary_requests": canary.requests, "stable_requests": stable.requests, "share": share}
+    figures: Figures = {
+        "canary_requests": canary.requests,
+        "stable_requests": stable.requests,
+        "share": share,
+    }
     if share is None or not 0 < share < 1 or canary.requests > 0 or stable.requests == 0:
         return MetricVerdict("no_data", Outcome.PASS, "no_data: the canary is receiving traffic", figures)
     expected = stable.requests * share / (1 - share)
@@ -385,11 +402,20 @@ def _no_data(canary: CohortStats, stable: CohortStats, share: float | None, alph
             f"{share * 100:g} % of traffic (stable had {stable.requests}); is it serving?"
         )
         return MetricVerdict("no_data", Outcome.FAIL, reason, figures)
-    return MetricVerdict("no_data", Outcome.PASS, "no_data: too few requests yet to miss the canary's", figures)
+    return MetricVerdict(
+        "no_data", Outcome.PASS, "no_data: too few requests yet to miss the canary's", figures
+    )
 
 
 def _ceiling(
-    metric: str, what: str, events: int, requests: int, ceiling: float, limit_text: str, alpha: float, k: float
+    metric: str,
+    what: str,
+    events: int,
+    requests: int,
+    ceiling: float,
+    limit_text: str,
+    alpha: float,
+    k: float,
 ) -> MetricVerdict:
     """One-sample always-valid test: is the canary's share of `events` above `ceiling` (0-1)?"""
     log_e = log_e_value(events, requests - events, ceiling, k)
@@ -432,7 +458,8 @@ def _compare(
         stage_log_e = 0.0
     log_e = evidence.carried.get(metric, 0.0) + stage_log_e
     threshold = math.log(1 / alpha)
-    total = evidence.prior.get(metric, Tally()) + stage
+    # Exposure counts only traffic that was compared: a stage where one cohort got nothing adds none.
+    total = evidence.prior.get(metric, Tally()) + _compared(stage)
     worse = "stable" if margin == 1 else f"{margin:g} × stable"
     figures: Figures = {
         **extra,
@@ -517,34 +544,34 @@ def _host(
 def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
     """Judges one check with guards, the always-valid count tests and the host comparisons."""
     evidence = obs.evidence.at_stage(obs.stage)
-    alpha = config.alpha / tests_in_budget(config)
+    alpha = alpha_shares(config)
     k = config.sequential_k
     canary, stable = obs.canary, obs.stable
     metrics: list[MetricVerdict] = [
         _health(obs.health_failures, config.max_failed_health_checks),
-        _no_data(canary, stable, obs.canary_share, alpha),
+        _no_data(canary, stable, obs.canary_share, min(alpha.values())),
     ]
     if config.error_rate_ceiling is not None:
         limit = f"{config.error_rate_ceiling:g} % error-rate ceiling"
         metrics.append(
             _ceiling(
                 "error_rate_slo", "errors", canary.errors, canary.requests,
-                config.error_rate_ceiling / 100, limit, alpha, k,
+                config.error_rate_ceiling / 100, limit, alpha["error_rate_slo"], k,
             )
         )  # fmt: skip
     if config.latency_ceiling_ms is not None:
         q = config.latency_ceiling_quantile
         limit = f"{config.latency_ceiling_ms:g} ms p{q * 100:g} ceiling"
-        slow = canary.slower_than(config.latency_ceiling_ms)
+        above = canary.slower_than(config.latency_ceiling_ms)
         metrics.append(
-            _ceiling("latency_slo", "slow", slow, canary.requests, 1 - q, limit, alpha, k)
+            _ceiling("latency_slo", "slow", above, canary.requests, 1 - q, limit, alpha["latency_slo"], k)
         )
 
     current: dict[str, float] = {}
     latest: dict[str, Tally] = {}
     errors = Tally(canary.requests, canary.errors, stable.requests, stable.errors)
     verdict, current["error_rate"] = _compare(
-        "error_rate", "errors", errors, evidence, config.error_rate_margin, alpha, config,
+        "error_rate", "errors", errors, evidence, config.error_rate_margin, alpha["error_rate"], config,
         {"canary_error_rate": canary.error_rate, "stable_error_rate": stable.error_rate},
     )  # fmt: skip
     latest["error_rate"] = errors
@@ -569,11 +596,14 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
         metrics.append(MetricVerdict("latency_tail", Outcome.INCONCLUSIVE, reason, latency_figures))
     else:
         slow = Tally(
-            canary.requests, canary.slower_than(threshold_ms), stable.requests, stable.slower_than(threshold_ms)
+            canary.requests,
+            canary.slower_than(threshold_ms),
+            stable.requests,
+            stable.slower_than(threshold_ms),
         )
         verdict, current["latency_tail"] = _compare(
             "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
-            alpha, config, latency_figures,
+            alpha["latency_tail"], config, latency_figures,
         )  # fmt: skip
         latest["latency_tail"] = slow
         metrics.append(verdict)
@@ -632,7 +662,7 @@ __all__ = [
     "Outcome",
     "Tally",
     "Verdict",
+    "alpha_shares",
     "judge_sequential",
     "judge_threshold",
-    "tests_in_budget",
 ]

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,15 +28,23 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain.commands import render_command
 from canaryd.domain.config import CanaryConfig, ProxySpec
-from canaryd.domain.decide import Action, StageClock, decide
-from canaryd.domain.judge import judge_threshold
+from canaryd.domain.decide import Action, Decision, Policy, StageClock, decide
+from canaryd.domain.judge import (
+    Evidence,
+    Observation,
+    Outcome,
+    Verdict,
+    judge_sequential,
+    judge_threshold,
+)
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.selection import Candidate, SelectionError, select_canary_servers
-from canaryd.domain.types import CohortStats, HostLoad, State
+from canaryd.domain.types import Cohort, CohortStats, HostLoad, State
 from canaryd.engine.proxies import AppliedRoutes, backends_json, make_proxy, push_routes
 from canaryd.metrics.health import check_health
 from canaryd.metrics.host import read_host_load
+from canaryd.metrics.prometheus import CohortQuery, MetricSourceError, PrometheusReader
 from canaryd.proxies.base import Proxy, ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.runtime import Runtime
 from canaryd.services.views import deployment_status, event_view, lifecycle_of
@@ -394,33 +402,77 @@ class Engine:
             reading.cohorts.get("stable", CohortStats())
         )
 
-        checks = await asyncio.gather(
-            *(
-                check_health(
-                    self.rt.http,
-                    w.servers[sid].host,
-                    w.app.port,
-                    w.app.health_path,
-                    self.rt.settings.health_check_timeout,
+        canary_ids = list(w.canary_ids)
+        stable_ids = [sid for sid in w.servers if sid not in canary]
+        compare_hosts = config.judge == "sequential" and (
+            config.cpu_tolerance is not None or config.memory_tolerance is not None
+        )
+        checks, loads = await asyncio.gather(
+            asyncio.gather(
+                *(
+                    check_health(
+                        self.rt.http,
+                        w.servers[sid].host,
+                        w.app.port,
+                        w.app.health_path,
+                        self.rt.settings.health_check_timeout,
+                    )
+                    for sid in canary_ids
                 )
-                for sid in w.canary_ids
-            )
+            ),
+            asyncio.gather(
+                *(
+                    self._host_load(w.servers[sid])
+                    for sid in (canary_ids + stable_ids if compare_hosts else [])
+                )
+            ),
         )
         failed = [
             f"{w.servers[sid].name}: {c.detail}"
-            for sid, c in zip(w.canary_ids, checks, strict=True)
+            for sid, c in zip(canary_ids, checks, strict=True)
             if not c.ok
         ]
         failures = dep.consecutive_health_failures + 1 if failed else 0
-        verdict = judge_threshold(stage_canary, stage_stable, baseline, failures, config)
         snapshot: dict[str, Any] = {
             "stage": index + 1,
             "canary": stage_canary.summary(),
             "stable": stage_stable.summary(),
             "baseline": baseline.summary(),
             "health": {"failed": failed, "consecutive_failures": failures},
-            "verdict": verdict.snapshot(),
         }
+        now = utcnow()
+        assert dep.canary_stage_started_at is not None
+        source_action: str | None = None
+        if config.judge == "threshold":
+            verdict = judge_threshold(stage_canary, stage_stable, baseline, failures, config)
+        else:
+            judge_canary, judge_stable, evidence, source_action = await self._judge_inputs(
+                w, stage_canary, stage_stable, now, snapshot
+            )
+            share = self.live_percentage(w) / 100
+            obs = Observation(
+                judge_canary,
+                judge_stable,
+                baseline,
+                failures,
+                share,
+                tuple(loads[: len(canary_ids)]),
+                tuple(loads[len(canary_ids) :]),
+                index,
+                evidence,
+            )
+            judgement = judge_sequential(obs, config)
+            verdict = judgement.verdict
+            if source_action == "hold":  # the source failed, retrying: judge nothing on missing numbers
+                verdict = Verdict(Outcome.INCONCLUSIVE, verdict.metrics, tuple(snapshot["source"]["reasons"]))
+            snapshot["judge_state"] = judgement.evidence.to_json()
+            if loads:
+                snapshot["host_load"] = {
+                    w.servers[sid].name: {"cpu_percent": h.cpu_percent, "memory_percent": h.memory_percent}
+                    for sid, h in zip(canary_ids + stable_ids, loads, strict=True)
+                }
+        snapshot["judge"] = config.judge
+        snapshot["verdict"] = verdict.snapshot()
         w.result.facts.update(
             log_offset=reading.next_offset,
             stage_stats={"canary": stage_canary.to_json(), "stable": stage_stable.to_json()},
@@ -428,8 +480,6 @@ class Engine:
             consecutive_health_failures=failures,
             canary_metrics_snapshot=snapshot,
         )
-        now = utcnow()
-        assert dep.canary_stage_started_at is not None
         clock = StageClock(
             index,
             tuple(config.stages),
@@ -437,7 +487,17 @@ class Engine:
             config.stage_duration,
             config.health_check_interval,
         )
-        decision = decide(clock, verdict, now)
+        timeout = config.inconclusive_timeout
+        policy = Policy(
+            config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.dry_run
+        )
+        if source_action in ("pause", "rollback") and not config.dry_run:
+            action = Action.PAUSE if source_action == "pause" else Action.ROLLBACK
+            decision = Decision(action, now, tuple(snapshot["source"]["reasons"]))
+        else:
+            decision = decide(clock, verdict, now, policy)
+        if decision.would is not None:
+            snapshot["dry_run"] = {"would": decision.would.value}
         reasons = list(decision.reasons)
         live = self.live_percentage(w)
         if decision.action == Action.HOLD:
@@ -463,9 +523,69 @@ class Engine:
             w.result.next_in = config.health_check_interval
         elif decision.action == Action.PROMOTE:
             self._transition(w, "promote", "promoted", reasons or ["all stages passed"], metrics=snapshot)
+        elif decision.action == Action.PAUSE:
+            self._transition(w, "pause", "paused", reasons, metrics=snapshot)
         else:
             self._transition(w, "rollback", "rollback_started", reasons, metrics=snapshot)
             await self._cut_canary(w)
+
+    async def _judge_inputs(
+        self,
+        w: Work,
+        stage_canary: CohortStats,
+        stage_stable: CohortStats,
+        now: datetime,
+        snapshot: dict[str, Any],
+    ) -> tuple[CohortStats, CohortStats, Evidence, str | None]:
+        """The traffic the sequential judge sees: the proxy's, or Prometheus' (with its failure policy).
+
+        Returns the canary and stable figures, the carried evidence (with the source's failure count) and
+        what a failing source asks for: None (figures are fine), "hold" (retry at the next check),
+        "pause" or "rollback"; "proxy" falls back to the proxy's figures.
+        """
+        config = w.config
+        evidence = Evidence.from_json(w.dep.canary_metrics_snapshot.get("judge_state"))
+        if config.metrics_source != "prometheus" or config.prometheus is None:
+            return stage_canary, stage_stable, evidence, None
+        assert w.dep.canary_stage_started_at is not None
+        window = max(1, int((now - w.dep.canary_stage_started_at).total_seconds()))
+        if window < config.prometheus.min_window:  # too few scrapes in the stage yet for increase()
+            snapshot["source"] = {"name": "proxy", "ok": True, "why": "stage younger than min_window"}
+            return stage_canary, stage_stable, evidence, None
+        canary_ids = set(w.canary_ids)
+
+        def cohort(name: Cohort, version: str) -> CohortQuery:
+            ids = [sid for sid in w.servers if (sid in canary_ids) == (name == "canary")]
+            return CohortQuery(name, tuple(f"{w.servers[sid].host}:{w.app.port}" for sid in ids), version)
+
+        reader = PrometheusReader(self.rt.http, config.prometheus)
+        try:
+            read = await reader.read(
+                [cohort("canary", w.dep.version), cohort("stable", w.dep.previous_version)], window
+            )
+        except MetricSourceError as exc:
+            count = evidence.source_failures + 1
+            evidence = replace(evidence, source_failures=count)
+            limit = config.source_failure_limit
+            reasons = [f"metric source: Prometheus failed ({count} of {limit} tries): {exc}"]
+            if count < limit:
+                action = "hold"
+            else:
+                action = config.source_failure_action
+                then = {
+                    "pause": "pausing",
+                    "rollback": "rolling back",
+                    "proxy": "judging on the proxy's figures",
+                }
+                reasons.append(f"metric source: still failing after {limit} tries; {then[action]}")
+            snapshot["source"] = {"name": "prometheus", "ok": False, "failures": count, "reasons": reasons}
+            if action == "proxy":
+                return stage_canary, stage_stable, evidence, None
+            return stage_canary, stage_stable, evidence, action
+        snapshot["source"] = {"name": "prometheus", "ok": True, "window_s": window}
+        snapshot["proxy_view"] = {"canary": stage_canary.summary(), "stable": stage_stable.summary()}
+        snapshot["canary"], snapshot["stable"] = read["canary"].summary(), read["stable"].summary()
+        return read["canary"], read["stable"], replace(evidence, source_failures=0), None
 
     async def _cut_canary(self, w: Work) -> None:
         """The safety-critical first step of a rollback, done in the same tick as the decision."""

@@ -89,7 +89,10 @@ _LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5
 _PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
 _SERVER_LINE = re.compile(r"^\s*server\s+s(\d+)\s+(\S+)\s", re.MULTILINE)
 _WEIGHT = re.compile(r"\bweight \d+\b")
-_SERVER_WEIGHT = re.compile(r"^\s*server\s+s(\d+)\s+\S+\s+weight\s+(\d+)\b", re.MULTILINE)
+_SERVER_WEIGHT = re.compile(r"^\s*server\s+s(\d+)\s+\S+\s+weight\s+(\d+)\b")
+_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+#: The forced-routing header's values and the cohort each forces.
+FORCED: tuple[tuple[str, Cohort], ...] = (("always", "canary"), ("never", "stable"))
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------
@@ -136,30 +139,53 @@ def _check_path(value: str, what: str) -> str:
     return value
 
 
-def backend_name(app_id: int) -> str:
-    return f"canaryd_app_{_check_int(app_id, 'app_id', 0)}"
+def backend_name(app_id: int, cohort: Cohort | None = None) -> str:
+    """`canaryd_app_<id>` (the weighted split), or a cohort's own backend `canaryd_app_<id>_<cohort>`."""
+    name = f"canaryd_app_{_check_int(app_id, 'app_id', 0)}"
+    return name if cohort is None else f"{name}_{cohort}"
 
 
-def _frontend(app_id: int, spec: ProxySpec) -> list[str]:
-    """The frontend section without its marker line (whose fingerprint covers these lines)."""
+def cookie_name(app_id: int) -> str:
+    """The stickiness cookie, named as on nginx and Traefik."""
+    return f"canaryd_{_check_int(app_id, 'app_id', 0)}"
+
+
+def _check_header(name: str) -> str:
+    _reject_syntax(name, "force_header")
+    if not _HEADER.fullmatch(name):
+        raise ValueError(f"force_header {name[:80]!r} must be letters, digits and '-', at most 64")
+    return name
+
+
+def _frontend(app_id: int, spec: ProxySpec) -> tuple[list[str], list[str]]:
+    """The frontend section without its marker line (whose fingerprint covers these lines): the lines that
+    go before the marker, and the routing lines after it (http-request rules must precede use_backend)."""
     assert spec.listen is not None
     lines = [f"frontend canaryd_fe_{app_id}", f"    bind {_bind_address(spec.listen)}", "    mode http"]
     if spec.access_log is not None:
         _check_path(spec.access_log, "access_log")
         escaped = LOG_FORMAT.replace('"', '\\"')
         lines += ["    log global", f'    log-format "{escaped}"']
-    lines += [
-        f"    http-request set-log-level silent if {{ path {MARKER_PATH} }}",
-        f"    default_backend {backend_name(app_id)}",
-    ]
-    return lines
+    lines.append(f"    http-request set-log-level silent if {{ path {MARKER_PATH} }}")
+    routing = []
+    if spec.force_header is not None:
+        header = _check_header(spec.force_header)
+        for value, cohort in FORCED:
+            # An empty cohort (every server at weight 0) is not usable: the request follows the split.
+            target = backend_name(app_id, cohort)
+            routing.append(
+                f"    use_backend {target} if {{ req.hdr({header}) -i {value} }} {{ nbsrv({target}) gt 0 }}"
+            )
+    routing.append(f"    default_backend {backend_name(app_id)}")
+    return lines, routing
 
 
 def frontend_fingerprint(app_id: int, spec: ProxySpec) -> str | None:
     """What the frontend answers on MARKER_PATH; None when canaryd renders no frontend."""
     if spec.listen is None:
         return None
-    digest = hashlib.sha256("\n".join(_frontend(app_id, spec)).encode()).hexdigest()
+    head, routing = _frontend(app_id, spec)
+    digest = hashlib.sha256("\n".join([*head, *routing]).encode()).hexdigest()
     return f"canaryd-fe-{app_id}-{digest[:16]}"
 
 
@@ -176,23 +202,28 @@ def render_haproxy(
         raise ValueError("a route table needs at least one server with a weight above 0")
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
-    entries: dict[int, tuple[str, int, str]] = {}  # server id -> (address, weight, comment)
+    # server id -> (address, weight, cohort or None when not in the pool, comment)
+    entries: dict[int, tuple[str, int, Cohort | None, str]] = {}
     seen: set[str] = set()
     for b in table.backends:
         _check_int(b.server_id, "server_id", 1)
         address = format_address(b.host, b.port)
         _check_int(b.weight, f"weight of {address}", 0, spec.weight_limit)
+        if b.cohort not in ("canary", "stable"):
+            raise ValueError(f"server {b.server_id} has an unknown cohort {str(b.cohort)[:20]!r}")
         if b.server_id in entries or address in seen:
             raise ValueError(f"server {b.server_id} ({address}) appears twice in the route table")
         seen.add(address)
-        entries[b.server_id] = (address, b.weight, f"{b.cohort} server {b.server_id}")
+        entries[b.server_id] = (address, b.weight, b.cohort, f"{b.cohort} server {b.server_id}")
     for server_id, (host, port) in (retained or {}).items():
         _check_int(server_id, "server_id", 1)
         address = format_address(host, port)
         if server_id in entries or address in seen:
             continue
         seen.add(address)
-        entries[server_id] = (address, 0, f"server {server_id}, not in the pool")
+        entries[server_id] = (address, 0, None, f"server {server_id}, not in the pool")
+    servers = sorted(entries.items())
+    main = backend_name(app_id)
 
     lines = [
         f"# managed by canaryd, generation {generation} - do not edit",
@@ -200,26 +231,62 @@ def render_haproxy(
     ]
     if spec.listen is not None:
         fingerprint = frontend_fingerprint(app_id, spec)
-        frontend = _frontend(app_id, spec)
+        head, routing = _frontend(app_id, spec)
         marker = (
             f"    http-request return status 200 content-type text/plain "
             f'string "{fingerprint}" if {{ path {MARKER_PATH} }}'
         )
-        lines += ["", *frontend[:-1], marker, frontend[-1]]
+        lines += ["", *head, marker, *routing]
+    lines += ["", f"backend {main}", *_BACKEND_HEAD]
+    cookie = ""
+    if spec.sticky:
+        lines += _sticky_lines(app_id, [sid for sid, _ in servers])
+        cookie = " cookie s{sid}"
     lines += [
-        "",
-        f"backend {backend_name(app_id)}",
-        "    mode http",
-        "    balance roundrobin",
-        # A refused connection (an instance going away) is retried on another server instead of a 503.
-        "    retries 3",
-        "    option redispatch 1",
-        *(
-            f"    server s{sid} {address} weight {weight} check  # {comment}"
-            for sid, (address, weight, comment) in sorted(entries.items())
-        ),
+        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)} check  # {comment}"
+        for sid, (address, weight, _, comment) in servers
     ]
+    if spec.force_header is not None:
+        for cohort in ("canary", "stable"):
+            # Same servers, the other cohort's (and the retained ones) at weight 0: stage changes stay
+            # runtime weight changes. `track` shares the weighted backend's health checks.
+            lines += ["", f"backend {backend_name(app_id, cohort)}", *_BACKEND_HEAD]
+            lines += [
+                f"    server s{sid} {address} weight {weight if c == cohort else 0} track {main}/s{sid}"
+                f"  # {comment}"
+                for sid, (address, weight, c, comment) in servers
+            ]
     return "\n".join(lines) + "\n"
+
+
+_BACKEND_HEAD = (
+    "    mode http",
+    "    balance roundrobin",
+    # A refused connection (an instance going away) is retried on another server instead of a 503.
+    "    retries 3",
+    "    option redispatch 1",
+)
+
+
+def _sticky_lines(app_id: int, server_ids: Iterable[int]) -> list[str]:
+    """Cookie persistence: HAProxy pins a new client to the server that answered it (cookie value
+    `s<server_id>`). A server at weight 0 would still get its pinned clients, so for each server the cookie
+    is ignored while its live weight is 0 and the client is pinned afresh to the server that answers."""
+    main, cookie = backend_name(app_id), cookie_name(app_id)
+    lines = [f"    cookie {cookie} insert indirect nocache httponly attr SameSite=Lax"]
+    for sid in server_ids:
+        _check_int(sid, "server_id", 1)
+        gone = f"{{ req.cook({cookie}) -m str s{sid} }} {{ srv_weight({main}/s{sid}) eq 0 }}"
+        lines += [
+            f"    ignore-persist if {gone}",
+            f"    http-request set-var(txn.canaryd_repin) bool(true) if {gone}",
+        ]
+    # An ignored cookie makes HAProxy insert none: name the server that answered instead.
+    lines.append(
+        f'    http-response add-header Set-Cookie "{cookie}=%[srv_name]; path=/; HttpOnly; SameSite=Lax"'
+        " if { var(txn.canaryd_repin) -m bool }"
+    )
+    return lines
 
 
 def declared_servers(text: str) -> dict[int, tuple[str, int]]:
@@ -232,9 +299,18 @@ def declared_servers(text: str) -> dict[int, tuple[str, int]]:
     return out
 
 
-def declared_weights(text: str) -> dict[str, int]:
-    """Server name -> weight written in a rendered file."""
-    return {f"s{m.group(1)}": int(m.group(2)) for m in _SERVER_WEIGHT.finditer(text)}
+def declared_weights(text: str) -> dict[str, dict[str, int]]:
+    """Backend -> server name -> weight written in a rendered file."""
+    out: dict[str, dict[str, int]] = {}
+    backend: dict[str, int] | None = None
+    for line in text.splitlines():
+        if line.startswith("backend "):
+            backend = out.setdefault(line.split()[1], {})
+        elif line and not line[0].isspace():
+            backend = None
+        elif backend is not None and (m := _SERVER_WEIGHT.match(line)):
+            backend[f"s{m.group(1)}"] = int(m.group(2))
+    return out
 
 
 def structure(text: str) -> list[str]:
@@ -247,11 +323,26 @@ def structure(text: str) -> list[str]:
     return out
 
 
-def expected_weights(table: RouteTable, declared: Iterable[int]) -> dict[str, int]:
-    """Server name -> weight the running HAProxy must have: the table's, and 0 for every other server."""
+def expected_weights(
+    table: RouteTable, declared: Iterable[int], cohort: Cohort | None = None
+) -> dict[str, int]:
+    """Server name -> weight the running HAProxy must have: the table's, and 0 for every other server. For a
+    cohort's backend, servers of the other cohort get 0 too."""
     weights = {f"s{sid}": 0 for sid in declared}
-    weights.update({f"s{b.server_id}": b.weight for b in table.backends})
+    weights.update({f"s{b.server_id}": b.weight if cohort in (None, b.cohort) else 0 for b in table.backends})
     return weights
+
+
+def all_expected_weights(
+    table: RouteTable, declared: Iterable[int], spec: ProxySpec
+) -> dict[str, dict[str, int]]:
+    """Backend -> server name -> weight, for every backend of the file."""
+    declared = list(declared)
+    out = {backend_name(table.app_id): expected_weights(table, declared)}
+    if spec.force_header is not None:
+        for cohort in ("canary", "stable"):
+            out[backend_name(table.app_id, cohort)] = expected_weights(table, declared, cohort)
+    return out
 
 
 # --- runtime API answers (pure) ---------------------------------------------------------------------------
@@ -283,15 +374,17 @@ def parse_servers_state(text: str) -> dict[str, RuntimeServer] | None:
     return servers
 
 
-def runtime_matches(servers: Mapping[str, RuntimeServer] | None, table: RouteTable) -> bool:
+def runtime_matches(
+    servers: Mapping[str, RuntimeServer] | None, table: RouteTable, cohort: Cohort | None = None
+) -> bool:
     """Whether HAProxy routes exactly like `table`: each table server with its weight and address, every
-    other server it knows in the backend at weight 0."""
+    other server it knows in the backend at weight 0. With `cohort`: as that cohort's backend must."""
     if servers is None:
         return False
-    want = expected_weights(table, ())
+    want = expected_weights(table, (), cohort)
     for b in table.backends:
         s = servers.get(f"s{b.server_id}")
-        if s is None or s.weight != b.weight or s.port != b.port or not _same_host(s.address, b.host):
+        if s is None or s.weight != want[s.name] or s.port != b.port or not _same_host(s.address, b.host):
             return False
     return all(s.weight == want.get(name, 0) for name, s in servers.items())
 
@@ -461,11 +554,20 @@ class HaproxyProxy:
             raise ProxyUnavailableError(f"HAProxy admin socket on {self.proxy_host}: {exc}") from exc
         return answer.decode("utf-8", errors="replace")
 
-    async def runtime_servers(self, app_id: int) -> dict[str, RuntimeServer] | None:
-        return parse_servers_state(await self.command(f"show servers state {backend_name(app_id)}"))
+    async def runtime_servers(
+        self, app_id: int, cohort: Cohort | None = None
+    ) -> dict[str, RuntimeServer] | None:
+        return parse_servers_state(await self.command(f"show servers state {backend_name(app_id, cohort)}"))
 
-    async def _set_weights(self, backend: str, weights: Mapping[str, int]) -> None:
-        answer = await self.command(*(f"set weight {backend}/{n} {w}" for n, w in sorted(weights.items())))
+    async def _set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> None:
+        """Sets backend -> server -> weight in one admin-socket connection."""
+        answer = await self.command(
+            *(
+                f"set weight {backend}/{n} {w}"
+                for backend, servers in sorted(weights.items())
+                for n, w in sorted(servers.items())
+            )
+        )
         if answer.strip():
             raise ProxyUnavailableError(f"HAProxy refused a weight change: {answer.strip()[:300]}")
 
@@ -502,8 +604,7 @@ class HaproxyProxy:
             self.last_path, self.live_ms = "reload", None
             return
         # Weights first: live at once (a rollback to 0 % must not wait for the test command).
-        backend = backend_name(table.app_id)
-        await self._set_weights(backend, expected_weights(table, declared))
+        await self._set_weights(all_expected_weights(table, declared, self.spec))
         self.live_ms = (time.perf_counter() - started) * 1000
         self.last_path = "runtime"
         try:
@@ -511,19 +612,24 @@ class HaproxyProxy:
         except BaseException:
             # The previous file stays, so the previous weights must too (a restart would bring them back).
             with contextlib.suppress(ProxyUnavailableError):
-                await self._set_weights(backend, declared_weights(old_text))
+                await self._set_weights(declared_weights(old_text))
             raise
 
     async def _running_as_rendered(self, app_id: int, declared: set[int]) -> bool:
         """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend)."""
-        try:
-            servers = await self.runtime_servers(app_id)
-        except ProxyUnavailableError as exc:
-            logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
-            return False
-        if servers is None or set(servers) != {f"s{sid}" for sid in declared}:
-            return False
+        for cohort in self._cohorts():
+            try:
+                servers = await self.runtime_servers(app_id, cohort)
+            except ProxyUnavailableError as exc:
+                logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
+                return False
+            if servers is None or set(servers) != {f"s{sid}" for sid in declared}:
+                return False
         return await self._frontend_live(app_id) is not False
+
+    def _cohorts(self) -> tuple[Cohort | None, ...]:
+        """The backends of the file: the weighted one (None) and, with force_header, one per cohort."""
+        return (None, "canary", "stable") if self.spec.force_header is not None else (None,)
 
     def _temp_path(self) -> str:
         """A file beside the live one (the rename is atomic) that HAProxy never loads (dot, not `.cfg`)."""
@@ -588,13 +694,14 @@ class HaproxyProxy:
         return response.status_code == 200 and response.text == frontend_fingerprint(app_id, self.spec)
 
     async def _serves(self, table: RouteTable) -> bool:
-        try:
-            servers = await self.runtime_servers(table.app_id)
-        except ProxyUnavailableError as exc:
-            logger.debug("HAProxy check failed: %s", exc)
-            return False
-        if not runtime_matches(servers, table):
-            return False
+        for cohort in self._cohorts():
+            try:
+                servers = await self.runtime_servers(table.app_id, cohort)
+            except ProxyUnavailableError as exc:
+                logger.debug("HAProxy check failed: %s", exc)
+                return False
+            if not runtime_matches(servers, table, cohort):
+                return False
         return await self._frontend_live(table.app_id) is not False
 
     async def verify(self, table: RouteTable) -> bool:
@@ -622,10 +729,23 @@ class HaproxyProxy:
         return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-traffic.json"
 
     async def _counters(self) -> tuple[int | None, dict[str, Counters]]:
-        backend = backend_name(await self._app_id())
+        """Per-server counters summed over the weighted and (forced routing) the cohort backends."""
+        app_id = await self._app_id()
         info = await self.command("show info")
-        stat = await self.command(f"show stat {backend} 4 -1")
-        return parse_show_info_pid(info), parse_show_stat(stat, backend)
+        total: dict[str, Counters] = {}
+        for cohort in self._cohorts():
+            backend = backend_name(app_id, cohort)
+            for addr, c in parse_show_stat(await self.command(f"show stat {backend} 4 -1"), backend).items():
+                old = total.get(addr)
+                if old is None:
+                    total[addr] = c
+                    continue
+                requests = old.requests + c.requests
+                rtime = (
+                    (old.rtime_ms * old.requests + c.rtime_ms * c.requests) / requests if requests else 0.0
+                )
+                total[addr] = Counters(requests, old.errors + c.errors, rtime)
+        return parse_show_info_pid(info), total
 
     async def _app_id(self) -> int:
         """The application id, from the backend name in the file canaryd wrote (read_traffic gets no table)."""
@@ -726,6 +846,8 @@ __all__ = [
     "LOG_FORMAT",
     "MARKER_PATH",
     "HaproxyProxy",
+    "all_expected_weights",
+    "cookie_name",
     "counter_deltas",
     "declared_servers",
     "declared_weights",

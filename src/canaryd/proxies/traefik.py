@@ -10,8 +10,8 @@ Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it kee
   weights are the domain's split weights, unchanged, and, when `router_rule` is set, the router. A server
   that must get no traffic is absent (Traefik's WRR needs every child to exist). Per-server services also
   give per-server request metrics: Traefik reports metrics per *service*, never per server.
-* With `sticky`, the weighted service sets `sticky.cookie` (`canaryd_app_<id>`): a client stays on the
-  server it first got while that server is in the pool. With `force_header` (needs `router_rule`), two more
+* With `sticky`, the weighted service sets `sticky.cookie` (`canaryd_<id>`, as on nginx and HAProxy): a
+  client stays on the server it first got while that server is in the pool. With `force_header` (needs `router_rule`), two more
   routers with a higher priority send `Header(`<name>`, `always`)` to the canary cohort's weighted service
   and `never` to the stable one; a router is left out while its cohort has no server.
 * Provider "file": the file is written to a temp name that Traefik's directory watch ignores (it reads only
@@ -87,7 +87,7 @@ def cohort_service_name(app_id: int, cohort: Cohort) -> str:
 
 
 def cookie_name(app_id: int) -> str:
-    return f"canaryd_app_{app_id}"
+    return f"canaryd_{app_id}"
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------

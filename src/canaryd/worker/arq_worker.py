@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from typing import Any
 
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from canaryd.api.app import reconcile_forever
 from canaryd.engine.tick import Engine
 from canaryd.runtime import open_runtime
 from canaryd.settings import Settings
 
+log = logging.getLogger(__name__)
+
 #: A busy deployment (another tick holds its lease) is retried this often.
 BUSY_RETRY_SECONDS = 0.5
+#: Longest wait between attempts to get a worker going again after Redis was lost.
+MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 
 async def tick(ctx: dict[str, Any], deployment_id: int, token: str) -> None:
@@ -59,3 +66,28 @@ def make_worker(settings: Settings, *, burst: bool = False) -> Worker:
         burst=burst,
         handle_signals=True,
     )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Runs a worker until a signal stops it. Losing Redis restarts the worker (with backoff), not the
+    process: arq's own loop gives up on the first connection error, and a worker that exits would leave
+    deployments waiting for a supervisor. Jobs lost with Redis are re-enqueued by the reconciler."""
+    delay = 1.0
+    while True:
+        worker = make_worker(settings)
+        started = time.monotonic()
+        try:
+            await worker.async_run()
+            return
+        except asyncio.CancelledError:  # stopped by SIGINT/SIGTERM (arq cancels its main task)
+            await worker.close()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("lost Redis (%s); starting the worker again in %g s", exc, delay)
+        try:
+            await worker.close()
+        except (RedisError, OSError):
+            await shutdown(worker.ctx)  # close() could not reach Redis before its on_shutdown
+        delay = 1.0 if time.monotonic() - started > MAX_REDIS_BACKOFF_SECONDS else delay
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_REDIS_BACKOFF_SECONDS)
