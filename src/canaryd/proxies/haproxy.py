@@ -14,6 +14,12 @@ The rules this adapter keeps:
   makes live in milliseconds *without a reload* — a reload closes idle keep-alive client connections and
   costs the requests that race with that. The price: a server removed from an application stays declared at
   weight 0 until the next change that needs a reload anyway.
+* `sticky`: HAProxy's cookie persistence (`cookie canaryd_<id>`, value `s<server_id>`) pins a client to the
+  server that first answered it. HAProxy keeps sending pinned clients to a server at weight 0, so per server
+  an `ignore-persist` on its live `srv_weight` drops the pin and the answer re-pins the client: a rollback cut
+  stays a runtime weight change. `force_header`: backends `canaryd_app_<id>_canary` / `_stable` declare every
+  server (the other cohort's at weight 0, set by the same runtime calls) and the frontend sends `always` /
+  `never` there while that backend has a usable server (`nbsrv`), else the request follows the split.
 * `apply` renders the file and compares it with the previous one. When only weights differ, and the running
   HAProxy has exactly the declared servers (and, with `listen`, answers the frontend's marker), it sets the
   weights over the socket first (live within milliseconds: a rollback to 0 % must not wait for a test
