@@ -49,6 +49,7 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", f"{API}/deployments/{{deployment_id}}/pause"): "operate",
     ("POST", f"{API}/deployments/{{deployment_id}}/resume"): "operate",
     ("POST", f"{API}/tokens"): "admin",
+    ("GET", f"{API}/traefik/{{application_id}}/config"): "read",
     ("WS", f"{API}/deployments/{{deployment_id}}/ws"): "read",
 }
 

@@ -27,7 +27,10 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit BEFORE the response is sent. FastAPI's default for yield dependencies ends them
+# after the response, so a client could get 201 for a row that is not committed yet (its next request
+# does not see it) or never is (a failed commit after a success answer).
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def bearer(header: str | None) -> str | None:

@@ -10,7 +10,8 @@ With a `Policy` (the engine always passes one; without it an inconclusive stage 
 
 - An inconclusive stage is held at most `inconclusive_timeout` seconds past its duration; then
   `inconclusive_action` decides: "pause" (ask a person), "rollback", or "proceed" (advance to the next
-  stage; never promote: after the last stage "proceed" pauses, because nothing is promoted on no evidence).
+  stage). "proceed" never promotes and never enters a 100 % stage (which compares nothing) without
+  evidence: before such a stage it waits FULL_STAGE_PATIENCE timeouts, then pauses; after the last, it pauses.
 - `dry_run`: the verdict is recorded, never acted on. Stages advance on time as if every check passed and
   the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
   would have done, and the reasons say it in words.
@@ -56,6 +57,10 @@ class Action(StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     PAUSE = "pause"
+
+
+#: How many inconclusive_timeouts "proceed" waits before a 100 % stage (see decide()).
+FULL_STAGE_PATIENCE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +114,27 @@ def decide(clock: StageClock, verdict: Verdict, now: datetime, policy: Policy | 
     held = f"{here} held: {'; '.join(verdict.reasons)}"
     if policy is None:
         return Decision(Action.HOLD, now + interval, (held,))
-    limit = ends + timedelta(seconds=policy.inconclusive_timeout)
+    # "proceed" never gives the canary all traffic without evidence: a 100 % stage compares nothing, so
+    # the stage before it waits longer, then pauses.
+    proceed = policy.inconclusive_action == "proceed"
+    into_full = proceed and not clock.is_last and clock.stages[clock.stage_index + 1] >= 100
+    waiting = policy.inconclusive_timeout * (FULL_STAGE_PATIENCE if into_full else 1)
+    limit = ends + timedelta(seconds=waiting)
     if now < limit:
         waited = int((now - ends).total_seconds())
-        note = f"{here} held {waited} of at most {policy.inconclusive_timeout} s for evidence"
+        note = f"{here} held {waited} of at most {waiting} s for evidence"
         return Decision(Action.HOLD, min(now + interval, limit), (note, *verdict.reasons))
-    gave_up = f"{here} still inconclusive {policy.inconclusive_timeout} s after its end"
+    gave_up = f"{here} still inconclusive {waiting} s after its end"
     if policy.inconclusive_action == "rollback":
         return Decision(Action.ROLLBACK, now, (f"{gave_up}: rolling back", *verdict.reasons))
-    if policy.inconclusive_action == "proceed" and not clock.is_last:
+    if proceed and not clock.is_last and not into_full:
         return _advance(clock, now, (f"{gave_up}: proceeding without evidence",), verdict.reasons)
-    why = (
-        "pausing for a person" if policy.inconclusive_action == "pause" else "not promoting without evidence"
-    )
+    if not proceed:
+        why = "pausing for a person"
+    elif clock.is_last:
+        why = "not promoting without evidence"
+    else:
+        why = "not sending all traffic to the canary without evidence"
     return Decision(Action.PAUSE, now, (f"{gave_up}: {why}", *verdict.reasons))
 
 

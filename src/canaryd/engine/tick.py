@@ -258,7 +258,9 @@ class Engine:
                 return None
             # Restarted, reloaded from other files, or its runtime weights lost: say so and re-assert.
             w.result.fact_events.append(
-                EventDraft("proxy_reasserted", reasons=[f"the proxy no longer served generation {w.generation}"])
+                EventDraft(
+                    "proxy_reasserted", reasons=[f"the proxy no longer served generation {w.generation}"]
+                )
             )
         applied = await push_routes(w.proxy, w.app, backends, w.generation + 1)
         w.checked = True

@@ -1,0 +1,105 @@
+"""The always-valid count test: exact e-values, its error control, and the exposure it needs."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from canaryd.domain.sequential import events_needed, log_e_value, log_inc_beta, null_share
+
+
+def integrate(a: float, b: float, x: float, steps: int = 20_000) -> float:
+    """I_x(a, b) by the midpoint rule (for a, b ≥ 1 the integrand is smooth)."""
+    h = x / steps
+    area = sum(((i + 0.5) * h) ** (a - 1) * (1 - (i + 0.5) * h) ** (b - 1) for i in range(steps)) * h
+    return area / math.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+
+
+@pytest.mark.parametrize(("a", "b", "x"), [(2, 3, 0.4), (5.5, 1.2, 0.9), (1.3, 7, 0.05), (30, 40, 0.3)])
+def test_incomplete_beta_matches_integration(a: float, b: float, x: float) -> None:
+    """The continued fraction agrees with numerical integration."""
+    assert math.exp(log_inc_beta(a, b, x)) == pytest.approx(integrate(a, b, x), rel=1e-6)
+
+
+@pytest.mark.parametrize("theta0", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("n", [1, 7, 60])
+def test_e_value_has_expectation_one_under_the_null(theta0: float, n: int) -> None:
+    """E[e-value] = 1 exactly when events split with probability θ0 (it is a fair bet)."""
+    mean = sum(
+        math.comb(n, x) * theta0**x * (1 - theta0) ** (n - x) * math.exp(log_e_value(x, n - x, theta0))
+        for x in range(n + 1)
+    )
+    assert mean == pytest.approx(1.0, abs=1e-9)
+
+
+def test_e_value_grows_with_canary_events_and_falls_with_stable_ones() -> None:
+    """More canary events is more evidence; more stable events is less; no events is none."""
+    assert log_e_value(0, 0, 0.5) == 0.0
+    assert log_e_value(6, 2, 0.5) > log_e_value(5, 2, 0.5) > log_e_value(5, 3, 0.5)
+    assert log_e_value(0, 20, 0.5) < 0
+
+
+def test_no_traffic_share_means_no_evidence() -> None:
+    """A cohort without traffic (θ0 at 0 or 1) gives an e-value of 1, not an error."""
+    assert log_e_value(5, 0, 1.0) == 0.0
+    assert log_e_value(5, 0, 0.0) == 0.0
+
+
+def test_null_share_with_margin() -> None:
+    """θ0 = mρ / (mρ + 1 - ρ): equal shares and margin 2 give 2/3."""
+    assert null_share(0.5) == 0.5
+    assert null_share(0.5, 2.0) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        null_share(1.5)
+
+
+def test_checked_every_step_false_alarms_stay_below_alpha() -> None:
+    """Looked at after every event for 400 events under the null, it crosses 1/α in at most α of runs."""
+    rng = random.Random(7)
+    alpha, runs, crossed = 0.05, 400, 0
+    for _ in range(runs):
+        x = y = 0
+        for _ in range(400):
+            if rng.random() < 0.5:
+                x += 1
+            else:
+                y += 1
+            if log_e_value(x, y, 0.5) >= math.log(1 / alpha):
+                crossed += 1
+                break
+    assert crossed / runs <= alpha
+
+
+def test_events_needed_falls_as_the_regression_grows() -> None:
+    """Bigger regressions need fewer events; ×3 at equal shares needs a few dozen."""
+    needs = [events_needed(0.5, null_share(0.5, r), 0.02) for r in (1.5, 2, 3, 6)]
+    assert all(n is not None for n in needs)
+    values = [n for n in needs if n is not None]
+    assert values == sorted(values, reverse=True)
+    assert 30 < values[2] < 120
+
+
+def test_events_needed_delivers_the_power() -> None:
+    """At the returned expected count, simulated one-look detection reaches the asked-for power."""
+    theta0, theta1, alpha = 0.5, 0.75, 0.02
+    lam = events_needed(theta0, theta1, alpha, power=0.8)
+    assert lam is not None
+    rng = random.Random(3)
+    hits = 0
+    for _ in range(2000):
+        n, t = 0, rng.expovariate(1.0)
+        while t < lam:  # Poisson(lam) events
+            n += 1
+            t += rng.expovariate(1.0)
+        x = sum(rng.random() < theta1 for _ in range(n))
+        hits += log_e_value(x, n - x, theta0) >= math.log(1 / alpha)
+    assert hits / 2000 >= 0.78  # 0.8 minus Monte Carlo slack
+
+
+def test_events_needed_refuses_what_cannot_be_shown() -> None:
+    """No regression (θ1 ≤ θ0) or nonsense input gives None."""
+    assert events_needed(0.5, 0.5, 0.02) is None
+    assert events_needed(0.5, 0.4, 0.02) is None
+    assert events_needed(0.5, 0.75, 1.5) is None
