@@ -232,7 +232,7 @@ def nginx_test_dir() -> Iterator[str]:
 
 
 @settings(
-    max_examples=80,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )

@@ -84,10 +84,14 @@ async def run_worker(settings: Settings) -> None:
             return
         except (RedisError, OSError) as exc:
             log.warning("lost Redis (%s); starting the worker again in %g s", exc, delay)
-        try:
-            await worker.close()
-        except (RedisError, OSError):
-            await shutdown(worker.ctx)  # close() could not reach Redis before its on_shutdown
+        # Ticks in flight need the database, not Redis: let them finish before their runtime is closed
+        # (arq's close() stops at the first failed job and would close it under them).
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        await shutdown(worker.ctx)
+        redis = worker.ctx.get("redis")
+        if redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
         delay = 1.0 if time.monotonic() - started > MAX_REDIS_BACKOFF_SECONDS else delay
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_REDIS_BACKOFF_SECONDS)
