@@ -723,12 +723,11 @@ class Engine:
     def _failure(self, w: Work, exc: Exception) -> None:
         """A step failed: retry transient failures with backoff, roll back (or keep trying to) otherwise."""
         attempts = w.dep.attempts + 1
-        transient = isinstance(exc, TransportError | ProxyUnavailableError | TimeoutError | OSError)
-        reason = (
-            f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, DeployError | ProxyConfigError | TransportError | ProxyUnavailableError)
-            else str(exc)
-        )
+        # A deploy that failed or a configuration the proxy refused will fail the same way again: roll back
+        # at once. Anything else (unreachable, timed out, or a bug of canaryd's own) is retried first, so that
+        # a passing glitch or a canaryd bug is not mistaken for a bad canary.
+        transient = not isinstance(exc, DeployError | ProxyConfigError)
+        reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else f"{type(exc).__name__}: {exc}"
         # Keep what was learned before the failure, drop any decision.
         w.result.trigger, w.result.changes, w.result.events, w.result.app_changes = None, {}, [], {}
         w.result.facts["attempts"] = attempts
