@@ -59,7 +59,6 @@ import json
 import logging
 import math
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.files import put_back, sibling_path, temp_path
 from canaryd.proxies.nginx import ParsedLog, format_address
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
@@ -544,8 +544,6 @@ class HaproxyProxy:
         #: Runtime path only: milliseconds from the start of apply until HAProxy had set the weights.
         self.live_ms: float | None = None
         self._known_app_id: int | None = None
-        directory, _, self._name = spec.config_path.rpartition("/")
-        self._directory = directory or "/"
 
     # runtime API -----------------------------------------------------------------------------------------
     async def command(self, *commands: str) -> str:
@@ -639,7 +637,7 @@ class HaproxyProxy:
 
     def _temp_path(self) -> str:
         """A file beside the live one (the rename is atomic) that HAProxy never loads (dot, not `.cfg`)."""
-        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-new-{secrets.token_hex(4)}"
+        return temp_path(self.spec.config_path)
 
     async def _install(self, text: str, previous: bytes | None, reload: bool) -> None:
         temp = self._temp_path()
@@ -668,12 +666,7 @@ class HaproxyProxy:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
 
     async def _restore(self, previous: bytes | None) -> None:
-        if previous is None:
-            await self.transport.remove(self.spec.config_path)
-        else:
-            temp = self._temp_path()
-            await self.transport.write_file(temp, previous)
-            await self.transport.rename(temp, self.spec.config_path)
+        await put_back(self.transport, self.spec.config_path, previous)
 
     # verify --------------------------------------------------------------------------------------------
     def marker_url(self) -> str | None:
@@ -732,7 +725,7 @@ class HaproxyProxy:
 
     # traffic -------------------------------------------------------------------------------------------
     def state_path(self) -> str:
-        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-traffic.json"
+        return sibling_path(self.spec.config_path, "traffic.json")
 
     async def _counters(self) -> tuple[int | None, dict[str, Counters]]:
         """Per-server counters summed over the weighted and (forced routing) the cohort backends."""

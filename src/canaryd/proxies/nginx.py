@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.files import put_back, temp_path
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
 logger = logging.getLogger(__name__)
@@ -413,8 +413,6 @@ class NginxProxy:
         self.poll_interval = poll_interval
         self.settle = settle
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
-        directory, _, self._name = spec.config_path.rpartition("/")
-        self._directory = directory or "/"
 
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
@@ -434,7 +432,7 @@ class NginxProxy:
 
     def _temp_path(self) -> str:
         """A file beside the live one (so the rename is atomic) that `include *.conf` never matches."""
-        return f"{self._directory.rstrip('/')}/.{self._name}.canaryd-new-{secrets.token_hex(4)}"
+        return temp_path(self.spec.config_path)
 
     async def _install(self, text: str) -> None:
         path = self.spec.config_path
@@ -466,13 +464,7 @@ class NginxProxy:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
 
     async def _restore(self, previous: bytes | None) -> None:
-        """Puts the previous bytes back (atomically), or removes the file if there was none."""
-        if previous is None:
-            await self.transport.remove(self.spec.config_path)
-        else:
-            temp = self._temp_path()
-            await self.transport.write_file(temp, previous)
-            await self.transport.rename(temp, self.spec.config_path)
+        await put_back(self.transport, self.spec.config_path, previous)
 
     # verify --------------------------------------------------------------------------------------------
     def generation_url(self) -> str | None:

@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ import httpx
 from canaryd.domain.config import ProxySpec, validate_traefik_rule
 from canaryd.domain.types import Backend, Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.files import sibling_path, temp_path
 from canaryd.proxies.nginx import format_address
 from canaryd.transports.base import Transport, TransportError
 
@@ -394,16 +394,14 @@ class TraefikProxy:
             verify_timeout if verify_timeout is not None else (15.0 if spec.provider == "http" else 10.0)
         )
         self.poll_interval = poll_interval
-        directory, _, self._name = spec.config_path.rpartition("/")
-        self._directory = directory.rstrip("/") or ""
 
     @property
     def state_path(self) -> str:
         """The traffic snapshots, beside the config file, under a name Traefik's directory watch ignores."""
-        return f"{self._directory}/.{self._name}.canaryd-traffic.json"
+        return sibling_path(self.spec.config_path, "traffic.json")
 
     def _temp_path(self) -> str:
-        return f"{self._directory}/.{self._name}.canaryd-new-{secrets.token_hex(4)}"
+        return temp_path(self.spec.config_path)
 
     def service_url(self, app_id: int) -> str:
         assert self.spec.api_url is not None
