@@ -68,6 +68,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.checks import check_int, reject_syntax
 from canaryd.proxies.files import put_back, sibling_path, temp_path
 from canaryd.proxies.nginx import ParsedLog, format_address
 from canaryd.transports.base import CommandResult, Transport, TransportError
@@ -105,20 +106,7 @@ FORCED: tuple[tuple[str, Cohort], ...] = (("always", "canary"), ("never", "stabl
 
 
 def _reject_syntax(value: str, what: str) -> str:
-    if not value or _FORBIDDEN.search(value):
-        raise ValueError(
-            f"{what} {value[:80]!r} contains characters that are not allowed in HAProxy configuration"
-        )
-    return value
-
-
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{what} must be {bound}, got {value}")
-    return value
+    return reject_syntax(value, what, _FORBIDDEN, "HAProxy")
 
 
 def _bind_address(listen: str) -> str:
@@ -127,7 +115,7 @@ def _bind_address(listen: str) -> str:
     m = _LISTEN.fullmatch(listen)
     if not m:
         raise ValueError(f"listen {listen[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
-    port = _check_int(int(m.group(2)), "listen port", 1, 65535)
+    port = check_int(int(m.group(2)), "listen port", 1, 65535)
     host = m.group(1)
     if host is None:
         return f":{port}"
@@ -147,13 +135,13 @@ def _check_path(value: str, what: str) -> str:
 
 def backend_name(app_id: int, cohort: Cohort | None = None) -> str:
     """`canaryd_app_<id>` (the weighted split), or a cohort's own backend `canaryd_app_<id>_<cohort>`."""
-    name = f"canaryd_app_{_check_int(app_id, 'app_id', 0)}"
+    name = f"canaryd_app_{check_int(app_id, 'app_id', 0)}"
     return name if cohort is None else f"{name}_{cohort}"
 
 
 def cookie_name(app_id: int) -> str:
     """The stickiness cookie, named as on nginx and Traefik."""
-    return f"canaryd_{_check_int(app_id, 'app_id', 0)}"
+    return f"canaryd_{check_int(app_id, 'app_id', 0)}"
 
 
 def _check_header(name: str) -> str:
@@ -202,8 +190,8 @@ def render_haproxy(
 
     `retained` maps server ids of the previous file to (host, port): those not in `table` stay declared
     at weight 0, so that giving them traffic later is a runtime weight change, not a reload."""
-    app_id = _check_int(table.app_id, "app_id", 0)
-    generation = _check_int(table.generation, "generation", 0)
+    app_id = check_int(table.app_id, "app_id", 0)
+    generation = check_int(table.generation, "generation", 0)
     if not any(b.weight > 0 for b in table.backends):
         raise ValueError("a route table needs at least one server with a weight above 0")
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
@@ -212,9 +200,9 @@ def render_haproxy(
     entries: dict[int, tuple[str, int, Cohort | None, str]] = {}
     seen: set[str] = set()
     for b in table.backends:
-        _check_int(b.server_id, "server_id", 1)
+        check_int(b.server_id, "server_id", 1)
         address = format_address(b.host, b.port)
-        _check_int(b.weight, f"weight of {address}", 0, spec.weight_limit)
+        check_int(b.weight, f"weight of {address}", 0, spec.weight_limit)
         if b.cohort not in ("canary", "stable"):
             raise ValueError(f"server {b.server_id} has an unknown cohort {str(b.cohort)[:20]!r}")
         if b.server_id in entries or address in seen:
@@ -222,7 +210,7 @@ def render_haproxy(
         seen.add(address)
         entries[b.server_id] = (address, b.weight, b.cohort, f"{b.cohort} server {b.server_id}")
     for server_id, (host, port) in (retained or {}).items():
-        _check_int(server_id, "server_id", 1)
+        check_int(server_id, "server_id", 1)
         address = format_address(host, port)
         if server_id in entries or address in seen:
             continue
@@ -281,7 +269,7 @@ def _sticky_lines(app_id: int, server_ids: Iterable[int]) -> list[str]:
     main, cookie = backend_name(app_id), cookie_name(app_id)
     lines = [f"    cookie {cookie} insert indirect nocache httponly attr SameSite=Lax"]
     for sid in server_ids:
-        _check_int(sid, "server_id", 1)
+        check_int(sid, "server_id", 1)
         gone = f"{{ req.cook({cookie}) -m str s{sid} }} {{ srv_weight({main}/s{sid}) eq 0 }}"
         lines += [
             f"    ignore-persist if {gone}",

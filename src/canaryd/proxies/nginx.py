@@ -44,6 +44,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.checks import check_int, reject_syntax
 from canaryd.proxies.files import put_back, temp_path
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
@@ -81,26 +82,13 @@ _LOG_FIELDS = (
 
 
 def _reject_syntax(value: str, what: str) -> str:
-    if not value or _FORBIDDEN.search(value):
-        raise ValueError(
-            f"{what} {value[:80]!r} contains characters that are not allowed in nginx configuration"
-        )
-    return value
-
-
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{what} must be {bound}, got {value}")
-    return value
+    return reject_syntax(value, what, _FORBIDDEN, "nginx")
 
 
 def format_address(host: str, port: int) -> str:
     """`host:port` as nginx writes it in `$upstream_addr` (IPv6 in brackets). Raises ValueError if unsafe."""
     _reject_syntax(host, "host")
-    _check_int(port, "port", 1, 65535)
+    check_int(port, "port", 1, 65535)
     try:
         ip = ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
     except ValueError:
@@ -123,7 +111,7 @@ def _parse_listen(value: str) -> tuple[str | None, int]:
     m = _LISTEN.fullmatch(value)
     if not m:
         raise ValueError(f"listen {value[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
-    port = _check_int(int(m.group(2)), "listen port", 1, 65535)
+    port = check_int(int(m.group(2)), "listen port", 1, 65535)
     host = m.group(1)
     if host is not None:
         try:
@@ -226,8 +214,8 @@ def _cohort_routing(
 
 def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     """The whole include file for one application. Pure; raises ValueError on any unsafe or impossible value."""
-    app_id = _check_int(table.app_id, "app_id", 0)
-    generation = _check_int(table.generation, "generation", 0)
+    app_id = check_int(table.app_id, "app_id", 0)
+    generation = check_int(table.generation, "generation", 0)
     if not table.backends:
         raise ValueError("an nginx upstream needs at least one server")
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
@@ -237,7 +225,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     addresses: dict[str, Cohort] = {}
     for b in table.backends:
         address = format_address(b.host, b.port)
-        _check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
+        check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
         if b.cohort not in ("canary", "stable"):
             raise ValueError(f"cohort of {address} must be 'canary' or 'stable', not {str(b.cohort)[:20]!r}")
         if address in addresses:

@@ -51,6 +51,7 @@ import httpx
 from canaryd.domain.config import ProxySpec, validate_traefik_rule
 from canaryd.domain.types import Backend, Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.proxies.checks import check_int
 from canaryd.proxies.files import sibling_path, temp_path
 from canaryd.proxies.nginx import format_address
 from canaryd.transports.base import Transport, TransportError
@@ -93,14 +94,6 @@ def cookie_name(app_id: int) -> str:
 # --- rendering (pure) -------------------------------------------------------------------------------------
 
 
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
-    return value
-
-
 def _weighted(children: list[tuple[str, int]], sticky: str | None) -> dict[str, Any]:
     weighted: dict[str, Any] = {"services": [{"name": n, "weight": w} for n, w in children]}
     if sticky is not None:
@@ -110,8 +103,8 @@ def _weighted(children: list[tuple[str, int]], sticky: str | None) -> dict[str, 
 
 def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     """The whole dynamic configuration for one application. Pure; raises ValueError on any unsafe value."""
-    app_id = _check_int(table.app_id, "app_id", 1)
-    _check_int(table.generation, "generation", 0)
+    app_id = check_int(table.app_id, "app_id", 1)
+    check_int(table.generation, "generation", 0)
     if not table.backends:
         raise ValueError("a Traefik weighted service needs at least one server")
     sticky = cookie_name(app_id) if spec.sticky else None
@@ -121,8 +114,8 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     seen: set[str] = set()
     for b in sorted(table.backends, key=lambda b: b.server_id):
         address = format_address(b.host, b.port)
-        _check_int(b.server_id, "server_id", 1)
-        _check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
+        check_int(b.server_id, "server_id", 1)
+        check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
         if b.cohort not in by_cohort:
             raise ValueError(f"unknown cohort {b.cohort!r}")
         name = server_service_name(app_id, b.server_id)
