@@ -372,3 +372,14 @@ def test_retried_attempts_charge_the_server_that_failed() -> None:
     parsed = parse_access_log_lines([line], lambda a: cohorts.get(a))  # type: ignore[arg-type,return-value]
     assert (parsed.cohorts["stable"].requests, parsed.cohorts["stable"].errors) == (1, 0)
     assert (parsed.cohorts["canary"].requests, parsed.cohorts["canary"].errors) == (1, 1)
+
+
+def test_lines_logged_before_the_stage_are_not_counted() -> None:
+    """Traffic logged before the current stage began (an earlier split) does not count for the stage."""
+    lines = [
+        '{"time":"100.000","status":"200","request_time":"0.001","upstream_addr":"127.0.0.3:8001"}',
+        '{"time":"101.500","status":"200","request_time":"0.001","upstream_addr":"127.0.0.2:8001"}',
+    ]
+    cohorts = {"127.0.0.2:8001": "canary", "127.0.0.3:8001": "stable"}
+    parsed = parse_access_log_lines(lines, lambda a: cohorts.get(a), since=101.0)  # type: ignore[arg-type,return-value]
+    assert (parsed.cohorts["canary"].requests, parsed.cohorts["stable"].requests) == (1, 0)

@@ -396,7 +396,10 @@ class Engine:
                 return None
             return "canary" if sid in canary else "stable"
 
-        reading = await w.proxy.read_traffic(dep.log_offset, cohort_of)
+        # Lines still in the log from before this stage's split (an operator's promote to the next stage, the
+        # backlog of the previous tick) must not count for it.
+        since = dep.canary_stage_started_at.timestamp() if dep.canary_stage_started_at else None
+        reading = await w.proxy.read_traffic(dep.log_offset, cohort_of, since)
         stage = {k: CohortStats.from_json(v) for k, v in dep.stage_stats.items()}
         stage_canary = stage.get("canary", CohortStats()).merge(reading.cohorts.get("canary", CohortStats()))
         stage_stable = stage.get("stable", CohortStats()).merge(reading.cohorts.get("stable", CohortStats()))

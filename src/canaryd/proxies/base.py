@@ -55,6 +55,10 @@ class Proxy(Protocol):
         """The offset at which traffic from now on starts (the end of the log so far)."""
         ...
 
-    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
-        """Per-cohort requests since `offset`. `cohort_of` maps an upstream 'host:port' to its cohort."""
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
+    ) -> TrafficReading:
+        """Per-cohort requests since `offset`. `cohort_of` maps an upstream 'host:port' to its cohort. Requests
+        logged before `since` (epoch seconds; the current stage's start) are skipped where the source has
+        timestamps: they were routed by an earlier split."""
         ...

@@ -1,4 +1,5 @@
-"""Last-line checks every renderer applies to the values it writes (the API validated them already)."""
+"""Checks shared by the proxy adapters: values they write (validated by the API already, checked again)
+and the access-log lines they read."""
 
 from __future__ import annotations
 
@@ -22,3 +23,11 @@ def check_int(value: object, what: str, low: int, high: int | None = None) -> in
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ValueError(f"{what} must be {bound}, got {value}")
     return value
+
+
+def logged_before(entry: dict[str, object], since: float) -> bool:
+    """True for a log line whose `time` (epoch seconds) is before `since`: traffic of an earlier split."""
+    try:
+        return float(str(entry.get("time", ""))) < since
+    except ValueError:
+        return False

@@ -68,7 +68,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
-from canaryd.proxies.checks import check_int, reject_syntax
+from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import put_back, sibling_path, temp_path
 from canaryd.proxies.nginx import ParsedLog, format_address
 from canaryd.transports.base import CommandResult, Transport, TransportError
@@ -463,7 +463,9 @@ def _cohort(address: str, cohort_of: Callable[[str], Cohort | None]) -> Cohort |
     return cohort
 
 
-def parse_log_lines(lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None]) -> ParsedLog:
+def parse_log_lines(
+    lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None], since: float | None = None
+) -> ParsedLog:
     """Counts JSON log lines (LOG_FORMAT) per cohort. Text before the first `{` (a syslog header written by
     rsyslog's default template) is ignored."""
     result = ParsedLog()
@@ -490,6 +492,8 @@ def parse_log_lines(lines: Iterable[bytes | str], cohort_of: Callable[[str], Coh
         except (ValueError, KeyError, TypeError):
             result.malformed += 1
             continue
+        if since is not None and logged_before(entry, since):
+            continue  # traffic of an earlier split
         cohort = None if address.startswith("-") else _cohort(address, cohort_of)
         if cohort is None:
             result.unrouted += 1
@@ -785,10 +789,12 @@ class HaproxyProxy:
         seq, _, _ = await self._snapshot(await self._read_state())
         return seq
 
-    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
+    ) -> TrafficReading:
         """Per-cohort requests since `offset` (see the module docstring for the two sources)."""
         if self.spec.access_log is not None:
-            return await self._read_log(offset, cohort_of)
+            return await self._read_log(offset, cohort_of, since)
         state = await self._read_state()
         snapshots = state.get("snapshots")
         base = snapshots.get(str(offset)) if isinstance(snapshots, dict) else None
@@ -804,7 +810,9 @@ class HaproxyProxy:
         same = pid is not None and base.get("pid") == pid
         return TrafficReading(counter_deltas(before, counters, same, cohort_of), seq)
 
-    async def _read_log(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+    async def _read_log(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None
+    ) -> TrafficReading:
         empty: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
         path = self.spec.access_log
         assert path is not None
@@ -825,7 +833,7 @@ class HaproxyProxy:
             if len(data) >= MAX_READ_BYTES:
                 return TrafficReading(empty, offset + len(data))
             return TrafficReading(empty, offset)
-        parsed = parse_log_lines(data[:end].split(b"\n"), cohort_of)
+        parsed = parse_log_lines(data[:end].split(b"\n"), cohort_of, since)
         return TrafficReading(parsed.cohorts, offset + end + 1)
 
 

@@ -44,7 +44,7 @@ import httpx
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
-from canaryd.proxies.checks import check_int, reject_syntax
+from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import put_back, temp_path
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
@@ -305,7 +305,7 @@ def last_upstream(upstream_addr: str) -> str | None:
 
 
 def parse_access_log_lines(
-    lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None]
+    lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None], since: float | None = None
 ) -> ParsedLog:
     """Counts JSON access-log lines per cohort. The cohort is that of the last upstream tried, so a 502/504
     that nginx generated after failing to reach an upstream counts against that upstream's cohort.
@@ -341,6 +341,8 @@ def parse_access_log_lines(
                 raise ValueError("upstream_addr is not a string")
         except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             result.malformed += 1
+            continue
+        if since is not None and logged_before(entry, since):
             continue
         address = last_upstream(upstream_addr)
         cohort = lookup(address) if address is not None else None
@@ -530,7 +532,9 @@ class NginxProxy:
                 f"cannot read {self.spec.access_log} on {self.proxy_host}: {exc}"
             ) from exc
 
-    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
+    ) -> TrafficReading:
         """Per-cohort requests logged since `offset`. Only complete lines are consumed; a log smaller than
         `offset` was rotated and is read from its start; a missing log reads as no traffic. `cohort_of` gets
         addresses as nginx writes them (`host:port`, IPv6 in brackets, hostnames already resolved)."""
@@ -556,7 +560,7 @@ class NginxProxy:
                 logger.warning("skipping %d bytes of %s without a line end", len(data), path)
                 return TrafficReading(empty, offset + len(data))
             return TrafficReading(empty, offset)
-        parsed = parse_access_log_lines(data[:end].split(b"\n"), cohort_of)
+        parsed = parse_access_log_lines(data[:end].split(b"\n"), cohort_of, since)
         if parsed.malformed or parsed.unrouted:
             logger.debug(
                 "%s: skipped %d malformed and %d unrouted lines", path, parsed.malformed, parsed.unrouted

@@ -541,7 +541,13 @@ class TraefikProxy:
         except TransportError as exc:
             raise ProxyUnavailableError(f"Traefik traffic state on {self.proxy_host}: {exc}") from exc
 
-    async def read_traffic(self, offset: int, cohort_of: Callable[[str], Cohort | None]) -> TrafficReading:
+    async def read_traffic(
+        self,
+        offset: int,
+        cohort_of: Callable[[str], Cohort | None],
+        since: float
+        | None = None,  # counters carry no timestamps: a stage's first read may hold a little earlier traffic
+    ) -> TrafficReading:
         """Per-cohort requests since the snapshot `offset`, from Traefik's cumulative counters. An unknown
         offset (the state file was lost) reads as no traffic and starts a new snapshot."""
         try:
