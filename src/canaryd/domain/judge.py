@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
+from typing import Protocol
 
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.sequential import events_needed, log_e_value, null_share
@@ -654,15 +655,49 @@ def _overall(metrics: list[MetricVerdict]) -> Verdict:
     return Verdict(Outcome.PASS, tuple(metrics), tuple(shown))
 
 
+class Judge(Protocol):
+    """Judges one check: the observation in, a verdict and the evidence to carry out."""
+
+    def judge(self, obs: Observation, config: CanaryConfig) -> Judgement: ...
+
+
+class ThresholdJudge:
+    """The spec's fixed rules (`judge_threshold`); carries no evidence between checks."""
+
+    def judge(self, obs: Observation, config: CanaryConfig) -> Judgement:
+        verdict = judge_threshold(obs.canary, obs.stable, obs.baseline, obs.health_failures, config)
+        return Judgement(verdict, obs.evidence)
+
+
+class SequentialJudge:
+    """The always-valid sequential test (`judge_sequential`), the default."""
+
+    def judge(self, obs: Observation, config: CanaryConfig) -> Judgement:
+        return judge_sequential(obs, config)
+
+
+JUDGES: Mapping[str, Judge] = {"threshold": ThresholdJudge(), "sequential": SequentialJudge()}
+
+
+def judge_for(config: CanaryConfig) -> Judge:
+    """The judge a deployment's settings name."""
+    return JUDGES[config.judge]
+
+
 __all__ = [
+    "JUDGES",
     "Evidence",
+    "Judge",
     "Judgement",
     "MetricVerdict",
     "Observation",
     "Outcome",
+    "SequentialJudge",
     "Tally",
+    "ThresholdJudge",
     "Verdict",
     "alpha_shares",
+    "judge_for",
     "judge_sequential",
     "judge_threshold",
 ]
