@@ -3,8 +3,8 @@ accepts connections and never answers, nginx refusing its config test, and the s
 sshd stopped. Each is retried where that makes sense, then handled safely: rolled back with the reason, or
 `failed` with the reason while canaryd keeps retrying, recovering to rolled_back when the part comes back.
 
-The retry backoff is capped at 2 s here (monkeypatched module constant, in-process canaryd) so the tests
-take seconds; the logic under test is unchanged.
+The retry backoff is capped at 2 s here (the setting CANARYD_MAX_RETRY_BACKOFF, default 60 s) so the
+tests take seconds; the logic under test is unchanged.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.fixtures.sshd import running_sshd
 from tests.fixtures.stack import APPCTL, LoadGenerator, Stack, loopback_hosts, make_stack
-
-import canaryd.engine.tick as tick
 
 FAST = {
     "stages": [20, 50, 100],
@@ -66,12 +63,6 @@ exec {test}
 """
 
 
-@pytest.fixture(autouse=True)
-def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries back off 2, 2, 2 ... s instead of 2, 4, 8 ... s."""
-    monkeypatch.setattr(tick, "MAX_BACKOFF_SECONDS", 2.0)
-
-
 async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host: str = "127.0.0.1") -> None:
     """Like Stack.register, with deploy.sh as the deploy command and proxytest.sh as nginx's test command."""
     state = s.state_dir
@@ -108,7 +99,9 @@ async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path: Path, sqlite_url: str, servers: int = 3, **extra: Any) -> AsyncIterator[Stack]:
-    async with make_stack(tmp_path, sqlite_url, servers=servers, health_check_timeout=1.0, **extra) as s:
+    async with make_stack(
+        tmp_path, sqlite_url, servers=servers, health_check_timeout=1.0, max_retry_backoff=2.0, **extra
+    ) as s:
         yield s
 
 

@@ -19,12 +19,10 @@ from canaryd import __version__
 from canaryd.api import routes, traefik_provider, ws
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.domain.config import STAGE_DURATION_FLOOR
-from canaryd.engine.tick import Engine
+from canaryd.engine.scheduler import LocalScheduler
 from canaryd.runtime import Runtime, open_runtime
-from canaryd.services.deployments import reconcile
 from canaryd.services.errors import Invalid, ServiceError
 from canaryd.settings import Settings
-from canaryd.worker.scheduler import LocalScheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +39,6 @@ class StageFloorMiddleware:
             await self.app(scope, receive, send)
         finally:
             STAGE_DURATION_FLOOR.reset(token)
-
-
-async def reconcile_forever(rt: Runtime) -> None:
-    """Re-enqueues overdue ticks, so a lost timer or queue loses no deployment."""
-    while True:
-        try:
-            await reconcile(rt, grace_seconds=rt.settings.reconcile_interval)
-        except Exception:
-            log.exception("reconcile failed; trying again in %s s", rt.settings.reconcile_interval)
-        await asyncio.sleep(rt.settings.reconcile_interval)
 
 
 def _clean(errors: list[Any]) -> list[dict[str, Any]]:
@@ -72,9 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = rt
             background: asyncio.Task[None] | None = None
             if isinstance(rt.scheduler, LocalScheduler):
-                rt.scheduler.bind(Engine(rt).tick)
-                await reconcile(rt, grace_seconds=0)  # resume what a previous process left
-                background = asyncio.create_task(reconcile_forever(rt))
+                rt.scheduler.bind(rt.driver().tick)
+                await rt.reconcile(grace_seconds=0)  # resume what a previous process left
+                background = asyncio.create_task(rt.reconcile_forever())
             try:
                 yield
             finally:

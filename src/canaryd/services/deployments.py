@@ -6,7 +6,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -23,13 +22,24 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.lifecycle import IllegalTransition
+from canaryd.domain.plan import (
+    ActionRefused,
+    Change,
+    Event,
+    EventKind,
+    OperatorAction,
+    OperatorRequest,
+    Snapshot,
+)
+from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
-from canaryd.engine.tick import EventDraft, apply_trigger, new_token
+from canaryd.engine.driver import announce
+from canaryd.engine.store import event_row, new_token
+from canaryd.engine.views import deployment_status, event_view
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
-from canaryd.services.views import deployment_status, event_view, lifecycle_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +116,14 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment, or this Idempotency-Key was used"
             ) from exc
         dep.tick_token = new_token(dep.id)
-        row = await EventRepository(session).append(
-            EventDraft(
-                "deployment_created",
-                to_state=State.PENDING.value,
-                metrics={"config": dep.canary_config},
-                reasons=[f"{dep.previous_version} → {dep.version}"],
-                actor=actor,
-            ).to_row(dep.id, now)
+        created = Event(
+            EventKind.DEPLOYMENT_CREATED,
+            (f"{dep.previous_version} → {dep.version}",),
+            to_state=State.PENDING,
+            metrics={"config": dep.canary_config},
+            actor=actor,
         )
+        row = await EventRepository(session).append(event_row(dep.id, created, now, None))
         servers = await ServerRepository(session).many(app.server_ids)
         status = deployment_status(dep, servers)
         event = event_view(row)
@@ -176,90 +185,20 @@ async def list_events(
 async def act(
     rt: Runtime, deployment_id: int, action: str, request: ActionRequest, actor: str
 ) -> dict[str, Any]:
-    """Pause, resume, promote (all, or `to: next`) or roll back, serialised with ticks and other operators."""
-    now = utcnow()
-    async with rt.locks.hold(deployment_id), unit_of_work(rt.sessions) as session:
-        dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
-        if dep is None:
-            raise NotFound(f"deployment {deployment_id} not found")
-        before = State(dep.canary_status)
-        draft = _apply_action(dep, action, request, actor, now)
-        dep.state_version += 1
-        dep.updated_at = now
-        if State(dep.canary_status) == State.PAUSED and draft.kind == "paused":
-            dep.tick_token, dep.next_tick_at = None, None
-        else:
-            dep.tick_token, dep.next_tick_at = new_token(dep.id), now
-        draft.from_state, draft.to_state = before.value, dep.canary_status
-        row = await EventRepository(session).append(draft.to_row(dep.id, now))
-        servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
-        status = deployment_status(dep, servers)
-        event = event_view(row)
-        schedule = (dep.tick_token, dep.next_tick_at)
-    await rt.bus.publish(deployment_id, {"type": "event", **event})
-    await rt.bus.publish(deployment_id, {"type": "status", **status})
-    if schedule[0] is not None and schedule[1] is not None:
-        await rt.scheduler.schedule(deployment_id, schedule[0], schedule[1])
-    return status
+    """Pause, resume, promote (all, or `to: next`) or roll back: decided by the same function as every tick,
+    serialised with ticks and other operators."""
+    order = OperatorRequest(OperatorAction(action), actor, request.reason, to_next=request.to == "next")
+    now = rt.clock.now()
 
+    def change(snapshot: Snapshot) -> Change:
+        return decide(snapshot, order, now).change
 
-def _apply_action(
-    dep: Deployment, action: str, request: ActionRequest, actor: str, now: datetime
-) -> EventDraft:
-    state = State(dep.canary_status)
-    stages: list[float] = list(dep.canary_config["stages"])
-    note = [f"{action} by {actor}" + (f": {request.reason}" if request.reason else "")]
-    if action == "promote" and request.to == "next":
-        if state not in (State.MONITORING, State.PAUSED):
-            raise Conflict(
-                f"cannot promote to the next stage of a deployment that is {state.value}; "
-                "that is possible while monitoring or paused"
-            )
-        nxt = dep.current_canary_stage + 1
-        if nxt < len(stages):
-            dep.current_canary_stage = nxt
-            dep.canary_stage_started_at = now
-            dep.stage_stats = {}
-            dep.reasons = note
-            return EventDraft(
-                "stage_advanced", stage=nxt + 1, traffic_percentage=stages[nxt], reasons=note, actor=actor
-            )
-        # Past the last stage, "next" is promotion itself.
-    lifecycle = lifecycle_of(dep)
-    why = lifecycle.why_not(action)
-    if why is not None:
-        raise Conflict(why)
     try:
-        new_state = apply_trigger(dep, action, now)
-    except IllegalTransition as exc:  # cannot happen after why_not; kept so a bug is a 409, not a 500
+        done = await rt.store.operate(deployment_id, change, now)
+    except (ActionRefused, IllegalTransition) as exc:
         raise Conflict(str(exc)) from exc
-    dep.reasons = note
-    if action == "resume" and new_state == State.MONITORING:
-        dep.canary_stage_started_at = now  # the stage's clock restarts; its traffic so far still counts
-    kind = {"pause": "paused", "resume": "resumed", "promote": "promoted", "rollback": "rollback_started"}[
-        action
-    ]
-    return EventDraft(kind, stage=dep.current_canary_stage + 1, reasons=note, actor=actor)
-
-
-async def reconcile(rt: Runtime, grace_seconds: float) -> int:
-    """Re-schedules every active deployment whose next tick is more than `grace_seconds` overdue."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=grace_seconds)
-    async with rt.sessions() as session:
-        overdue = [d.id for d in await DeploymentRepository(session).overdue(cutoff, now)]
-    scheduled = 0
-    for deployment_id in overdue:
-        async with rt.locks.hold(deployment_id), unit_of_work(rt.sessions) as session:
-            dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
-            if dep is None or dep.next_tick_at is None or dep.next_tick_at >= cutoff:
-                continue
-            if dep.lease_until is not None and dep.lease_until >= now:
-                continue
-            dep.tick_token, dep.next_tick_at = new_token(dep.id), now
-            token = dep.tick_token
-        await rt.scheduler.schedule(deployment_id, token, now)
-        scheduled += 1
-    if scheduled:
-        rt.counters.inc("reconciled_ticks_total", scheduled)
-    return scheduled
+    if done is None:
+        raise NotFound(f"deployment {deployment_id} not found")
+    await announce(rt.bus, rt.scheduler, deployment_id, done)
+    status: dict[str, Any] = done.status
+    return status
