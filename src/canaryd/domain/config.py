@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
-from contextvars import ContextVar
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -30,9 +29,6 @@ DEFAULT_MAX_WEIGHT = 1000
 HAPROXY_MAX_WEIGHT = 256
 SPEC_MIN_STAGE_DURATION = 60
 
-#: The stage_duration floor for validations that cannot be handed a pydantic context (FastAPI validates
-#: request bodies itself); the API sets it per request from the settings. A validation context wins.
-STAGE_DURATION_FLOOR: ContextVar[int] = ContextVar("stage_duration_floor", default=SPEC_MIN_STAGE_DURATION)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -350,7 +346,7 @@ class CanaryConfig(StrictModel):
     @field_validator("stage_duration")
     @classmethod
     def _stage_duration(cls, value: int, info: ValidationInfo) -> int:
-        minimum = (info.context or {}).get("min_stage_duration", STAGE_DURATION_FLOOR.get())
+        minimum = (info.context or {}).get("min_stage_duration", 1)
         if value < minimum:
             raise ValueError(f"stage_duration must be at least {minimum} seconds")
         if value > 7 * 24 * 3600:

@@ -85,6 +85,9 @@ async def create_deployment(
         )
         if infeasible:
             raise Invalid(infeasible)
+        floor = stage_floor_problems(payload.model_dump(), rt.settings.min_stage_duration)
+        if floor:
+            raise Invalid(floor)
         if payload.version == app.current_version:
             raise Invalid(
                 [problem(["body", "version"], f"version {payload.version} is already the current version")]
@@ -131,6 +134,16 @@ async def create_deployment(
     await rt.bus.publish(dep.id, {"type": "event", **event})
     await rt.scheduler.schedule(dep.id, token, at)
     return Created(status, replayed=False)
+
+
+def stage_floor_problems(body: object, floor: int) -> list[dict[str, Any]]:
+    """The problem of a stage_duration below the configured floor (CANARYD_MIN_STAGE_DURATION), if any."""
+    config = body.get("config") if isinstance(body, dict) else None
+    duration = config.get("stage_duration") if isinstance(config, dict) else None
+    if isinstance(duration, int) and not isinstance(duration, bool) and 1 <= duration < floor:
+        where: list[str | int] = ["body", "config", "stage_duration"]
+        return [problem(where, f"stage_duration must be at least {floor} seconds")]
+    return []
 
 
 def infeasible_stages(
