@@ -122,15 +122,17 @@ class Harness:
         assert seqs == list(range(1, len(seqs) + 1))
 
     def restore_order_ok(self, new_version: str) -> None:
-        """Whenever a server got the previous version back, the proxy served no canary and not that server."""
+        """Every server was drained before its version changed, and when one got the previous version back,
+        the proxy served no canary at all (the rollback's cut came first)."""
         serving: tuple[Any, ...] = ()
         ids = {h: i + 1 for i, h in enumerate(self.hosts)}
         for entry in self.fleet.log:
             if entry[0] == "routes":
                 serving = entry[1]  # type: ignore[assignment]
-            elif entry[2] != new_version:
-                host = entry[1]
-                assert all(sid != ids[host] for sid, _, _ in serving), f"{host} restored while routed to"
+                continue
+            host, version = entry[1], entry[2]
+            assert all(sid != ids[host] for sid, _, _ in serving), f"{host} changed while routed to"
+            if version != new_version:
                 assert all(cohort == "stable" for _, _, cohort in serving), "canary traffic not cut first"
 
 

@@ -200,3 +200,14 @@ async def test_proxy_refusing_the_rollback_fails_then_recovers(db_url: str) -> N
         dep = await h.run(dep_id)
         assert dep.canary_status == "rolled_back"
         assert set(h.fleet.versions.values()) == {"v1"}
+
+
+async def test_rollback_cuts_the_canary_in_the_deciding_tick(db_url: str) -> None:
+    """The tick that decides a rollback also takes the canary out of the proxy, before anything else."""
+    async with harness(db_url, behaviours={"v2": Behaviour(error_rate=0.5)}) as h:
+        dep_id = await h.deploy("v2")
+        dep = await h.run(dep_id, until={"rolling_back"})
+        assert dep.canary_status == "rolling_back"
+        served = h.outside.memory_proxy.serving
+        assert served is not None and {b.cohort for b in served.backends} == {"stable"}
+        assert dep.canary_traffic_percentage == 0.0
