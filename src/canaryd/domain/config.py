@@ -27,7 +27,6 @@ from canaryd.domain.commands import check_template
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
 DEFAULT_MAX_WEIGHT = 1000
 HAPROXY_MAX_WEIGHT = 256
-SPEC_MIN_STAGE_DURATION = 60
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -37,7 +36,6 @@ _HOSTNAME = re.compile(
 )
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]{0,1023}$")
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9_./~%?=&+-]{0,255}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -394,11 +392,6 @@ class CanaryConfig(StrictModel):
         return self
 
 
-def parse_canary_config(raw: dict[str, object] | None, min_stage_duration: int) -> CanaryConfig:
-    """Validates user-supplied canary settings; raises pydantic.ValidationError listing every problem."""
-    return CanaryConfig.model_validate(raw or {}, context={"min_stage_duration": min_stage_duration})
-
-
 __all__ = [
     "PROMQL_PLACEHOLDERS",
     "CanaryConfig",
@@ -413,5 +406,4 @@ __all__ = [
     "ProxySpec",
     "UserName",
     "Version",
-    "parse_canary_config",
 ]

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.api.schemas import ActionRequest, DeploymentCreate
 from canaryd.db.engine import unit_of_work
-from canaryd.db.models import Deployment, DeploymentEvent, utcnow
+from canaryd.db.models import Application, Deployment, DeploymentEvent
 from canaryd.db.repositories import (
     ApplicationRepository,
     DeploymentRepository,
@@ -55,6 +56,7 @@ def _fingerprint(payload: DeploymentCreate) -> str:
 async def create_deployment(
     rt: Runtime, app_id: int, payload: DeploymentCreate, idempotency_key: str | None, actor: str
 ) -> Created:
+    """Creates a pending deployment and schedules its first tick (or replays an earlier identical request)."""
     fingerprint = _fingerprint(payload)
     async with unit_of_work(rt.sessions) as session:
         app = await ApplicationRepository(session).get(app_id, for_update=True)
@@ -73,44 +75,11 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment ({active.id}, {active.canary_status}); "
                 "wait for it to finish or roll it back"
             )
-        try:
-            canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
-        except SelectionError as exc:
-            raise Invalid([problem(["path", "application_id"], str(exc))]) from exc
-        infeasible = infeasible_stages(
-            payload.config.stages,
-            canaries,
-            len(app.server_ids) - canaries,
-            ProxySpec.model_validate(app.proxy),
-        )
-        if infeasible:
-            raise Invalid(infeasible)
-        floor = stage_floor_problems(payload.model_dump(), rt.settings.min_stage_duration)
-        if floor:
-            raise Invalid(floor)
-        if payload.version == app.current_version:
-            raise Invalid(
-                [problem(["body", "version"], f"version {payload.version} is already the current version")]
-            )
-        now = utcnow()
-        dep = Deployment(
-            application_id=app_id,
-            active_application_id=app_id,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-            version=payload.version,
-            previous_version=app.current_version,
-            strategy=payload.strategy,
-            canary_config=payload.config.model_dump(),
-            status="pending",
-            canary_status=State.PENDING.value,
-            server_versions={str(sid): app.current_version for sid in app.server_ids},
-            created_by=actor,
-            created_at=now,
-            updated_at=now,
-            tick_token=None,
-            next_tick_at=now,
-        )
+        problems = _request_problems(app, payload, rt.settings.min_stage_duration)
+        if problems:
+            raise Invalid(problems)
+        now = rt.clock.now()
+        dep = _new_deployment(app, payload, idempotency_key, fingerprint, actor, now)
         try:
             await deployments.add(dep)
         except IntegrityError as exc:
@@ -127,13 +96,55 @@ async def create_deployment(
             actor=actor,
         )
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
-        servers = await ServerRepository(session).many(app.server_ids)
-        status = deployment_status(dep, servers)
-        event = event_view(row)
-        token, at = dep.tick_token, now
+        status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
+        event, token = event_view(row), dep.tick_token
     await rt.bus.publish(dep.id, {"type": "event", **event})
-    await rt.scheduler.schedule(dep.id, token, at)
+    await rt.scheduler.schedule(dep.id, token, now)
     return Created(status, replayed=False)
+
+
+def _request_problems(app: Application, payload: DeploymentCreate, floor: int) -> list[dict[str, Any]]:
+    """Every problem of a request that only the application and the settings can tell, all at once."""
+    problems = stage_floor_problems(payload.model_dump(), floor)
+    if payload.version == app.current_version:
+        problems.append(
+            problem(["body", "version"], f"version {payload.version} is already the current version")
+        )
+    try:
+        canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
+    except SelectionError as exc:
+        return [problem(["path", "application_id"], str(exc)), *problems]
+    spec = ProxySpec.model_validate(app.proxy)
+    stables = len(app.server_ids) - canaries
+    return infeasible_stages(payload.config.stages, canaries, stables, spec) + problems
+
+
+def _new_deployment(
+    app: Application,
+    payload: DeploymentCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+    actor: str,
+    now: datetime,
+) -> Deployment:
+    return Deployment(
+        application_id=app.id,
+        active_application_id=app.id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        version=payload.version,
+        previous_version=app.current_version,
+        strategy=payload.strategy,
+        canary_config=payload.config.model_dump(),
+        status="pending",
+        canary_status=State.PENDING.value,
+        server_versions={str(sid): app.current_version for sid in app.server_ids},
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+        tick_token=None,
+        next_tick_at=now,
+    )
 
 
 def stage_floor_problems(body: object, floor: int) -> list[dict[str, Any]]:
