@@ -7,7 +7,6 @@ from canaryd.domain.plan import Change, Event, EventKind, Snapshot, Trigger
 from canaryd.domain.routing import canary_share, routes
 from canaryd.domain.types import State
 
-
 _DRAINED = (State.DEPLOYING, State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED)
 
 
