@@ -114,7 +114,7 @@ class Harness:
                 assert (State(e.from_state), State(e.to_state)) in LEGAL, (
                     f"illegal {e.from_state}->{e.to_state}"
                 )
-        stages = [e.stage for e in events if e.kind == "stage_advanced"]
+        stages = [e.stage for e in events if e.kind in ("stage_advanced", "approved")]
         assert stages == list(range(1, len(stages) + 1)), f"stages skipped or repeated: {stages}"
         changes = [(e.kind, e.metrics.get("server")) for e in events if e.kind.startswith("server_")]
         assert len(changes) == len(set(changes)), f"a server change recorded twice: {changes}"

@@ -24,13 +24,14 @@ ACTIONS = [
 
 async def reach(h: Harness, state: str) -> int:
     """Starts a deployment and takes it to `state`."""
-    dep_id = await h.deploy("v2", **SHORT)
+    approvals = {"approve_before": [50]} if state == "waiting_for_approval" else {}
+    dep_id = await h.deploy("v2", **SHORT, **approvals)
     if state == "pending":
         return dep_id
     if state == "deploying":
         await h.step()
         return dep_id
-    await h.run(dep_id, until={"monitoring"})
+    await h.run(dep_id, until={"waiting_for_approval" if approvals else "monitoring"})
     if state == "paused":
         await h.act(dep_id, "pause")
     elif state == "promoting":
@@ -52,7 +53,9 @@ async def reach(h: Harness, state: str) -> int:
 def allowed(state: str, action: str, to: str) -> bool:
     paused_from = State.MONITORING if state == "paused" else None
     if action == "promote" and to == "next":
-        return state in ("monitoring", "paused")
+        return state in ("monitoring", "waiting_for_approval", "paused")
+    if action == "resume" and state == "waiting_for_approval":
+        return True  # resume approves the stage it waits for
     return Lifecycle(State(state), paused_from).can(action)
 
 

@@ -211,3 +211,47 @@ async def test_rollback_cuts_the_canary_in_the_deciding_tick(db_url: str) -> Non
         served = h.outside.memory_proxy.serving
         assert served is not None and {b.cohort for b in served.backends} == {"stable"}
         assert dep.canary_traffic_percentage == 0.0
+
+
+async def test_approval_gate_holds_the_previous_split_until_approved(db_url: str) -> None:
+    """approve_before [50]: after the 25 % stage the deployment waits (still at 25 %) however long, and
+    continues into 50 % when a person resumes it, recorded with the actor."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy("v2", approve_before=[50])
+        dep = await h.run(dep_id, until={"waiting_for_approval"})
+        assert dep.canary_status == "waiting_for_approval"
+        for _ in range(30):  # 5 minutes of checks: still waiting, still at 25 %
+            assert await h.step()
+        dep = await h.status(dep_id)
+        assert (dep.canary_status, dep.canary_traffic_percentage) == ("waiting_for_approval", 25.0)
+        status = await h.act(dep_id, "resume")
+        assert status["canary_status"] == "monitoring" and status["waiting_for"] is None
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "completed"
+        events = await h.events(dep_id)
+        approved = [e for e in events if e.kind == "approved"]
+        assert len(approved) == 1 and approved[0].actor == "operator" and approved[0].stage == 3
+        assert [e.stage for e in events if e.kind == "stage_advanced"] == [1, 2, 4]
+
+
+async def test_a_canary_that_turns_bad_while_waiting_is_rolled_back(db_url: str) -> None:
+    """Waiting for approval, the canary is still judged: a regression rolls it back without a person."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy("v2", approve_before=[50])
+        await h.run(dep_id, until={"waiting_for_approval"})
+        h.fleet.behaviours["v2"] = Behaviour(error_rate=0.4)
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "rolled_back"
+        assert "error_rate" in " ".join(dep.reasons)
+        assert set(h.fleet.versions.values()) == {"v1"}
+
+
+async def test_approval_timeout_rolls_back_when_asked_to(db_url: str) -> None:
+    """approval_timeout with approval_timeout_action rollback: no approval in time rolls back."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy(
+            "v2", approve_before=[50], approval_timeout=120, approval_timeout_action="rollback"
+        )
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "rolled_back"
+        assert "no approval within 120 s" in " ".join(dep.reasons)

@@ -1,4 +1,4 @@
-"""Random sequences of ticks, time, operator actions, canary behaviour, proxy outages and crashes, checked
+"""Random sequences of ticks, time, operator actions (an approval gate included), canary behaviour, proxy outages and crashes, checked
 after every step: no illegal transition, no stage skipped, every server change recorded once, a rollback's
 traffic cut before any server is restored; and at the end every rollout finishes consistent."""
 
@@ -33,7 +33,9 @@ class Rollout(RuleBasedStateMachine):
             self.new_db(), servers=3, max_retry_backoff=4.0
         )
         self.h = self.run(self.context.__aenter__())
-        self.dep_id = self.run(self.h.deploy("v2", stages=[25, 50, 100], stage_duration=30))
+        self.dep_id = self.run(
+            self.h.deploy("v2", stages=[25, 50, 100], stage_duration=30, approve_before=[50])
+        )
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -97,7 +99,7 @@ class Rollout(RuleBasedStateMachine):
             dep = await h.run(self.dep_id, max_ticks=400)
             if dep.canary_status in ("completed", "rolled_back"):
                 break
-            if dep.canary_status == "paused":
+            if dep.canary_status in ("paused", "waiting_for_approval"):
                 await h.act(self.dep_id, "resume")
         assert dep.canary_status in ("completed", "rolled_back"), (dep.canary_status, dep.reasons)
         wanted = "v2" if dep.canary_status == "completed" else "v1"

@@ -21,7 +21,7 @@ def transition(
     """A change that fires `trigger` (raises IllegalTransition if the state forbids it), with its event."""
     target = Lifecycle(s.state, s.paused_from)
     target.fire(trigger.value)
-    staged = s.state in (State.MONITORING, State.PAUSED)
+    staged = s.state in (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
     # The canary gets nothing in these states (a rollback's cut is made in the same tick), while the pool
     # may still describe the previous deployment's cohorts: report 0, not a stale share.
     share = 0.0 if target.state in _DRAINED else canary_share(routes(s))

@@ -324,6 +324,12 @@ class CanaryConfig(StrictModel):
     #: Consecutive failed reads of the metric source before `source_failure_action`.
     source_failure_limit: int = Field(default=3, ge=1, le=100)
     source_failure_action: Literal["pause", "rollback", "proxy"] = "pause"
+    #: Stage percentages whose start waits for a person (resume, or promote {"to": "next"}); meanwhile the
+    #: previous stage's split is held and still judged.
+    approve_before: list[float] = Field(default_factory=list, max_length=50)
+    #: Seconds a stage waits for approval before `approval_timeout_action`; None waits indefinitely.
+    approval_timeout: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    approval_timeout_action: Literal["stay", "rollback"] = "stay"
 
     @field_validator("stages")
     @classmethod
@@ -383,6 +389,16 @@ class CanaryConfig(StrictModel):
     def _prometheus_source(self) -> CanaryConfig:
         if self.metrics_source == "prometheus" and self.prometheus is None:
             raise ValueError("metrics_source 'prometheus' needs the prometheus settings (url, queries)")
+        return self
+
+    @model_validator(mode="after")
+    def _approvals_name_later_stages(self) -> CanaryConfig:
+        unknown = [f"{p:g}" for p in self.approve_before if p not in self.stages[1:]]
+        if unknown:
+            raise ValueError(
+                f"approve_before names {', '.join(unknown)}, which is not a stage after the first; "
+                "it must list percentages of later stages"
+            )
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ the proxy's own figures. A rollback cuts the canary's traffic in the same tick a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from canaryd.domain.changes import transition
@@ -67,6 +67,8 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
     figures["judge"] = s.config.judge
     figures["verdict"] = judged.verdict.snapshot()
     decision = _stage_decision(s, judged, now)
+    if s.state is State.WAITING_FOR_APPROVAL:
+        decision = _while_waiting(s, decision, now)
     if decision.would is not None:
         figures["dry_run"] = {"would": decision.would.value}
     facts = Facts(
@@ -114,6 +116,8 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
         assert decision.next_stage_index is not None
         nxt = decision.next_stage_index
         stages = s.config.stages
+        if stages[nxt] in s.config.approve_before:
+            return Plan(facts=facts, change=_await_approval(s, nxt, reasons, figures, now))
         backends = routes(s, State.MONITORING, stages[nxt])
         note = f"stage {nxt + 1} of {len(stages)}: {stages[nxt]:g} %"
         event = Event(
@@ -141,6 +145,40 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
     change = transition(s, Trigger.ROLLBACK, EventKind.ROLLBACK_STARTED, reasons, figures)
     # The safety-critical first step of a rollback, in the same tick as the decision.
     return Plan((SetRoutes(routes(s, State.ROLLING_BACK, 0.0)),), facts, change)
+
+
+def _await_approval(
+    s: Snapshot, nxt: int, reasons: tuple[str, ...], figures: dict[str, Any], now: datetime
+) -> Change:
+    """Holds the stage that passed and asks a person to start the next one; the clock of the held stage
+    restarts, so that it says since when the deployment waits."""
+    pct = s.config.stages[nxt]
+    why = (
+        *reasons,
+        f"stage {nxt + 1} ({pct:g} %) waits for approval: resume, or promote to the next stage, to start it",
+    )
+    waiting = {**figures, "waiting_for": {"stage": nxt + 1, "percentage": pct}}
+    change = transition(s, Trigger.AWAIT_APPROVAL, EventKind.WAITING_FOR_APPROVAL, why, waiting)
+    return replace(
+        change,
+        stage=StageStart(s.stage_index, now, keep_traffic=True),
+        next_tick_in=s.config.health_check_interval,
+    )
+
+
+def _while_waiting(s: Snapshot, decision: Decision, now: datetime) -> Decision:
+    """Waiting for a person: only a rollback (a failing canary, or no approval in time) is acted on."""
+    if decision.action is Action.ROLLBACK:
+        return decision
+    config = s.config
+    assert s.stage_started_at is not None
+    waited = (now - s.stage_started_at).total_seconds()
+    timeout = config.approval_timeout
+    if timeout is not None and waited >= timeout and config.approval_timeout_action == "rollback":
+        return Decision(Action.ROLLBACK, now, (f"no approval within {timeout} s: rolling back",))
+    interval = timedelta(seconds=config.health_check_interval)
+    why = f"waiting {int(waited)} s for approval of stage {s.stage_index + 2}"
+    return Decision(Action.HOLD, now + interval, (why, *decision.reasons))
 
 
 def _judge(

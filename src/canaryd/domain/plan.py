@@ -33,6 +33,8 @@ class Trigger(StrEnum):
 
     START = "start"
     CANARY_READY = "canary_ready"
+    AWAIT_APPROVAL = "await_approval"
+    APPROVE = "approve"
     PAUSE = "pause"
     RESUME = "resume"
     PROMOTE = "promote"
@@ -60,6 +62,8 @@ class EventKind(StrEnum):
     CANARY_DEPLOYED = "canary_deployed"
     STAGE_ADVANCED = "stage_advanced"
     HEALTH_CHECK = "health_check"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    APPROVED = "approved"
     PAUSED = "paused"
     RESUMED = "resumed"
     PROMOTED = "promoted"

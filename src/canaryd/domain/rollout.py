@@ -72,11 +72,12 @@ _ACTION_EVENTS = {
 
 
 def needs_of(s: Snapshot, now: datetime) -> Needs:
-    """What a tick must observe before `decide` (only pending and monitoring observe anything)."""
+    """What a tick must observe before `decide` (only pending, monitoring and waiting for approval observe
+    anything)."""
     all_ids = tuple(srv.id for srv in s.servers)
     if s.state is State.PENDING:
         return Needs(host_loads=all_ids)
-    if s.state is not State.MONITORING:
+    if s.state not in (State.MONITORING, State.WAITING_FOR_APPROVAL):
         return Needs()
     config = s.config
     compare_hosts = config.judge == "sequential" and (
@@ -219,11 +220,16 @@ def _operator(s: Snapshot, request: OperatorRequest, now: datetime) -> Plan:
     """A person's action: pause, resume, promote (all, or to the next stage) or roll back."""
     note = (f"{request.action} by {request.actor}" + (f": {request.reason}" if request.reason else ""),)
     stages = s.config.stages
+    if s.state is State.WAITING_FOR_APPROVAL and (
+        request.action is OperatorAction.RESUME
+        or (request.action is OperatorAction.PROMOTE and request.to_next)
+    ):
+        return _approve(s, request, note, now)
     if request.action is OperatorAction.PROMOTE and request.to_next:
         if s.state not in (State.MONITORING, State.PAUSED):
             raise ActionRefused(
                 f"cannot promote to the next stage of a deployment that is {s.state.value}; "
-                "that is possible while monitoring or paused"
+                "that is possible while monitoring, waiting for approval or paused"
             )
         nxt = s.stage_index + 1
         if nxt < len(stages):  # past the last stage, "next" is promotion itself
@@ -252,10 +258,30 @@ def _operator(s: Snapshot, request: OperatorRequest, now: datetime) -> Plan:
     )
 
 
+def _approve(s: Snapshot, request: OperatorRequest, note: tuple[str, ...], now: datetime) -> Plan:
+    """A person starts the stage the deployment waits for."""
+    nxt = s.stage_index + 1
+    pct = s.config.stages[nxt]
+    event = Event(
+        EventKind.APPROVED,
+        (*note, f"stage {nxt + 1} of {len(s.config.stages)}: {pct:g} %"),
+        s.state,
+        State.MONITORING,
+        nxt + 1,
+        pct,
+        actor=request.actor,
+    )
+    change = Change(
+        trigger=Trigger.APPROVE, stage=StageStart(nxt, now), reasons=note, events=(event,), next_tick_in=0.0
+    )
+    return Plan(change=change)
+
+
 _HANDLERS: dict[State, Callable[[Snapshot, Observed, datetime], Plan]] = {
     State.PENDING: _pending,
     State.DEPLOYING: _deploying,
     State.MONITORING: monitor,
+    State.WAITING_FOR_APPROVAL: monitor,
     State.PAUSED: _paused,
     State.PROMOTING: _promoting,
     State.ROLLING_BACK: _rolling_back,

@@ -9,7 +9,7 @@ from canaryd.domain.types import Backend, State
 
 def target_percentage(s: Snapshot, state: State) -> float:
     """The canary's share of requests that `state` asks for at the deployment's stage."""
-    if state in (State.MONITORING, State.PAUSED):
+    if state in (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED):
         return s.config.stages[s.stage_index]
     return 100.0 if state is State.PROMOTING else 0.0
 

@@ -45,7 +45,10 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
     elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):
         target = 0.0
     lifecycle = lifecycle_of(dep)
-    monitoring_began = state in (State.MONITORING, State.PAUSED) and dep.canary_stage_started_at is not None
+    staged = (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
+    monitoring_began = state in staged and dep.canary_stage_started_at is not None
+    waiting = state is State.WAITING_FOR_APPROVAL and dep.current_canary_stage + 1 < len(stages)
+    allowed = lifecycle.allowed() & MANUAL_ACTIONS | ({"resume"} if waiting else set())
     return {
         "id": dep.id,
         "application_id": dep.application_id,
@@ -67,7 +70,12 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "next_stage_at": _iso(next_stage_at),
         "can_promote": lifecycle.can("promote"),
         "can_rollback": lifecycle.can("rollback"),
-        "allowed_actions": sorted(lifecycle.allowed() & MANUAL_ACTIONS),
+        "allowed_actions": sorted(allowed),
+        "waiting_for": (
+            {"stage": dep.current_canary_stage + 2, "percentage": stages[dep.current_canary_stage + 1]}
+            if waiting
+            else None
+        ),
         "reasons": dep.reasons,
         "created_by": dep.created_by,
         "created_at": _iso(dep.created_at),
