@@ -7,9 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response, status
 
 from canaryd.api.deps import AdminAccess, DeployAccess, OperateAccess, ReadAccess, RuntimeDep, SessionDep
-from canaryd.api.schemas import ActionRequest, ApplicationCreate, DeploymentCreate, ServerCreate, TokenCreate
 from canaryd.db.models import Application, Server
 from canaryd.services import deployments, inventory, tokens
+from canaryd.services.schemas import (
+    ActionRequest,
+    ApplicationCreate,
+    DeploymentCreate,
+    ServerCreate,
+    TokenCreate,
+)
 
 router = APIRouter(prefix="/api/v1")
 Limit = Annotated[int, Query(ge=1, le=500)]

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canaryd.api.schemas import ActionRequest, DeploymentCreate
 from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Deployment, DeploymentEvent, utcnow
 from canaryd.db.repositories import (
@@ -29,6 +28,7 @@ from canaryd.domain.types import State
 from canaryd.engine.tick import EventDraft, apply_trigger, new_token
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
+from canaryd.services.schemas import ActionRequest, DeploymentCreate
 from canaryd.services.views import deployment_status, event_view, lifecycle_of
 
 
