@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     health_check_timeout: float = 5.0
     command_timeout: float = 300.0
     log_level: str = "INFO"
+    #: Largest request body and WebSocket message accepted, in bytes; larger ones get 413 (WebSocket: close
+    #: 1009) before they are read in full.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @property
     def embedded(self) -> bool:
