@@ -213,6 +213,7 @@ function chart(title, series, yLabel, height = 180) {
       xs.push(t);
       values.forEach((v, i) => data[i + 1].push(v === undefined ? null : v));
       plot.setData(data);
+      box.dataset.points = String(xs.length); // lets a reader (and the browser tests) see the chart grow
     },
     resize,
   };
@@ -225,6 +226,7 @@ async function showDeployment(id) {
   const serverById = new Map(servers.map((s) => [s.id, s]));
 
   const split = chart("Canary share of requests over time", ["canary %", "target %"], "%");
+  split.node.id = "split-chart";
   const errors = chart("Error rate: canary vs stable", ["canary", "stable"], "%");
   const latency = chart("Latency: canary vs stable (p50, p95)", ["canary p95", "stable p95", "canary p50", "stable p50"], "ms");
   const header = el("div", { class: "dep-head" });
@@ -233,13 +235,13 @@ async function showDeployment(id) {
   const verdict = el("div", { class: "verdict" });
   const serverTable = el("tbody");
   const history = el("tbody");
-  const view = { id, lastSeq: 0, status, socket: null, closed: false, finished: false, retry: null };
+  const view = { id, lastSeq: 0, status, socket: null, closed: false, finished: false, retry: null, reached: 0 };
 
   main.replaceChildren(
     el("p", {}, el("a", { href: "#/" }, "← all deployments")),
     el("section", { class: "card" }, header, timeline, actions),
     el("section", { class: "card charts" }, split.node, errors.node, latency.node),
-    el("section", { class: "card" }, el("h2", {}, "Verdict"), verdict),
+    el("section", { class: "card" }, el("h2", {}, "Verdict of the last check"), verdict),
     el("section", { class: "card" }, el("h2", {}, "Servers"), el("div", { class: "scroll" }, el("table", {},
       el("thead", {}, el("tr", {}, ...["Server", "Host", "Role", "Version"].map((h) => el("th", {}, h)))), serverTable))),
     el("section", { class: "card" }, el("h2", {}, "History"), el("div", { class: "scroll" }, el("table", { id: "history" },
@@ -262,10 +264,15 @@ async function showDeployment(id) {
   function renderStatus(s) {
     view.status = s;
     const stages = (s.config && s.config.stages) || [];
+    view.reached = Math.max(view.reached, s.current_stage);
+    const finished = TERMINAL.has(s.canary_status);
+    const where = finished
+      ? `Finished: ${STATUS_TEXT[s.canary_status]}${s.canary_status === "completed" ? "" : ` after stage ${view.reached} of ${s.total_stages}`}`
+      : `Stage ${s.current_stage} of ${s.total_stages}`;
     header.replaceChildren(
       el("h2", {}, `Deployment #${s.id}: ${app.name} ${s.previous_version} → ${s.version} `, badge(s.canary_status)),
       el("p", { id: "dep-summary" },
-        `Stage ${s.current_stage} of ${s.total_stages} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
+        `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
         s.next_stage_at ? ` · stage ends ${fmtTime(s.next_stage_at)}` : "",
         s.paused_from ? ` · paused from ${s.paused_from}` : ""),
       s.reasons && s.reasons.length ? el("p", { id: "dep-reasons", class: "reasons" }, s.reasons.join(" · ")) : null);
@@ -274,7 +281,9 @@ async function showDeployment(id) {
       let label = "to come";
       if (s.canary_status === "completed" || (s.current_stage > n) || s.canary_status === "promoting") label = "done";
       else if (s.current_stage === n && !TERMINAL.has(s.canary_status)) label = "current";
-      if (["rolled_back", "rolling_back", "failed"].includes(s.canary_status) && s.current_stage === n) label = "stopped";
+      if (["rolled_back", "rolling_back", "failed"].includes(s.canary_status)) {
+        label = n < view.reached ? "done" : n === view.reached ? "stopped" : "not run";
+      }
       return el("li", { class: `stage ${label}`, "aria-current": label === "current" ? "step" : null },
         el("span", { class: "share" }, `${share} %`), el("span", { class: "label" }, `stage ${n}: ${label}`));
     }));
@@ -362,7 +371,8 @@ async function showDeployment(id) {
       el("td", {}, e.from_state && e.to_state && e.from_state !== e.to_state ? `${e.from_state} → ${e.to_state}` : (e.to_state || "")),
       el("td", { class: "num" }, e.stage ?? ""), el("td", { class: "num" }, e.traffic_percentage === null ? "" : pct(e.traffic_percentage)),
       el("td", {}, e.actor), el("td", { class: "reasons" }, (e.reasons || []).join(" · ")), el("td", {}, metrics)));
-    if (e.traffic_percentage !== null && e.traffic_percentage !== undefined) {
+    if (e.stage) view.reached = Math.max(view.reached, e.stage);
+    if (e.kind === "stage_advanced" && e.traffic_percentage !== null && e.traffic_percentage !== undefined) {
       split.add(new Date(e.at).getTime() / 1000, [e.traffic_percentage, e.traffic_percentage]);
     }
   }
@@ -378,7 +388,10 @@ async function showDeployment(id) {
       else if (message.type === "status") {
         renderStatus(message);
         plotStatus(message);
-        if (message.final) view.finished = true;
+        if (message.final) {
+          view.finished = true;
+          notice(`Deployment #${id} finished: ${STATUS_TEXT[message.canary_status] || message.canary_status}.`);
+        }
       }
     });
     socket.addEventListener("close", (c) => {
