@@ -1,4 +1,8 @@
-"""Live event fan-out to WebSocket subscribers: in-process (embedded) or Redis pub/sub (production)."""
+"""Live event fan-out to WebSocket subscribers: in-process (embedded) or Redis pub/sub (production).
+
+Delivery is at most once and unordered across publishers; services/live.py puts events in order, fills gaps
+from the database and drops duplicates, so the bus only has to be fast.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +73,14 @@ class RedisBus:
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(_channel(deployment_id))
+        # subscribe() only sends the command: wait until Redis confirms it, so that anything published after
+        # this returns is delivered (the WebSocket reads the database's backlog after subscribing).
+        while True:
+            confirmation = await pubsub.get_message(timeout=10.0)
+            if confirmation is None:
+                raise ConnectionError("Redis did not confirm the subscription within 10 s")
+            if confirmation.get("type") == "subscribe":
+                break
 
         async def messages() -> AsyncIterator[dict[str, Any]]:
             while True:

@@ -3,7 +3,7 @@ patterned; every list and string has a maximum (bounded input)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +14,7 @@ from canaryd.domain.config import (
     Host,
     Name,
     ProxySpec,
+    SchemaMax,
     StrictModel,
     UserName,
     Version,
@@ -26,7 +27,9 @@ class ServerCreate(StrictModel):
     transport: Literal["ssh", "local"] = "ssh"
     ssh_port: int = Field(default=22, ge=1, le=65535)
     ssh_user: UserName = "root"
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, Annotated[str, SchemaMax(maxLength=256)]] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": 50}
+    )
 
     @field_validator("labels")
     @classmethod
