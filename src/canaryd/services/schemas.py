@@ -331,5 +331,9 @@ class ErrorOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """canaryd is up and its database answers."""
+
     status: Literal["ok"]
     mode: Literal["embedded", "production"]
+
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "ok", "mode": "production"}})
