@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from canaryd.db.repositories import EventRepository
 from canaryd.runtime import Runtime
 from canaryd.services import deployments
 
+log = logging.getLogger(__name__)
 TERMINAL = frozenset({"completed", "rolled_back", "failed"})
 _PAGE = 1000
 
@@ -78,10 +82,22 @@ async def follow(
     rt: Runtime, deployment_id: int, after_seq: int | None, idle_poll: float = 5.0
 ) -> AsyncGenerator[dict[str, Any]]:
     """Messages for one WebSocket client; raises NotFound for an unknown deployment before yielding."""
-    async with rt.bus.subscribe(deployment_id) as messages:
+    async with contextlib.AsyncExitStack() as stack:
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        try:
+            messages: AsyncIterator[dict[str, Any]] | None = await stack.enter_async_context(
+                rt.bus.subscribe(deployment_id)
+            )
+        except (ConnectionError, OSError, RedisError) as exc:
+            # Without the bus the stream still works, from the database alone (every `idle_poll` seconds).
+            log.warning(
+                "event bus unavailable for deployment %s (%s): polling the database", deployment_id, exc
+            )
+            messages = None
 
         async def pump() -> None:
+            if messages is None:
+                return
             async for message in messages:
                 inbox.put_nowait(message)
 
@@ -105,6 +121,8 @@ async def follow(
                         yield event
                     finished = any(_finished(e) for e in caught_up)
                     continue
+                if message.get("deployment_id", message.get("id")) != deployment_id:
+                    continue  # not this deployment's (a misrouted message must not end or corrupt the stream)
                 if message.get("type") == "event":
                     seq = int(message["seq"])
                     batch = [message]
