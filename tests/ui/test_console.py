@@ -4,6 +4,7 @@ nginx and five real sample-app instances."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ from playwright.async_api import Browser, Page, expect
 from tests.fixtures.stack import TOKEN, LoadGenerator, Stack
 from tests.ui.conftest import Watched, open_page
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+#: `CANARYD_SCREENSHOTS=1` writes the README's screenshots; otherwise they go to the test's tmp_path, so a
+#: test run leaves the work tree as it was.
+DOC_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 #: Short stages that move on time (an inconclusive stage does not wait), so the page has something to show.
 LIVE = {
     "stages": [10, 25, 50, 75],
@@ -39,10 +42,13 @@ async def points(page: Page) -> int:
     return int(await page.get_attribute("#split-chart", "data-points") or 0)
 
 
-async def test_live_canary_then_rollback_from_the_page(embedded_stack: Stack, browser: Browser) -> None:
+async def test_live_canary_then_rollback_from_the_page(
+    embedded_stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
     """The dashboard follows a canary live (stage and split chart move without a reload), then the Roll back
     button rolls it back and the page shows rolled back with the reason; no console error, no foreign host."""
     s = embedded_stack
+    images = DOC_IMAGES if os.environ.get("CANARYD_SCREENSHOTS") == "1" else tmp_path
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=40).start()
     try:
@@ -71,8 +77,8 @@ async def test_live_canary_then_rollback_from_the_page(embedded_stack: Stack, br
         assert not [u for u in navigations if "/ui" in u and "#" not in u], (
             f"the page reloaded: {navigations}"
         )
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(IMAGES / "console-canary.png"), full_page=True)
+        images.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(images / "console-canary.png"), full_page=True)
 
         await page.fill("#action-reason", "checkout latency seen by support")
         rollback = page.locator("button[data-action=rollback]")
@@ -85,7 +91,7 @@ async def test_live_canary_then_rollback_from_the_page(embedded_stack: Stack, br
         await expect(page.locator(".timeline .stopped")).to_have_count(1)
         await expect(page.locator("#history")).to_contain_text("rollback_started")
         await expect(page.locator("#history")).to_contain_text("token:bootstrap")
-        await page.screenshot(path=str(IMAGES / "console-rolled-back.png"), full_page=True)
+        await page.screenshot(path=str(images / "console-rolled-back.png"), full_page=True)
     finally:
         await load.stop()
     status = await s.status(dep_id)
