@@ -16,6 +16,7 @@ PACKAGES=(
   "openssh-server:sshd"
   "prometheus:prometheus"
   "postgresql-client:pg_isready createdb"
+  "chromium:chromium"
 )
 
 is_root() { [[ $(id -u) -eq 0 ]]; }

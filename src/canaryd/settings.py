@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_retry_backoff: float = Field(default=60.0, ge=0.1)
     health_check_timeout: float = 5.0
     log_level: str = "INFO"
+    #: Largest request body and WebSocket message accepted, in bytes; larger ones get 413 (WebSocket: close
+    #: 1009) before they are read in full.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @property
     def embedded(self) -> bool:

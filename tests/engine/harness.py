@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from canaryd.api.schemas import ActionRequest, DeploymentCreate
 from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
 from canaryd.db.models import Application, ApplicationServer, Deployment, DeploymentEvent, Server
 from canaryd.domain.lifecycle import PAUSABLE_STATES, TRANSITIONS
@@ -24,6 +23,7 @@ from canaryd.observability import Counters
 from canaryd.proxies.base import RouteTable
 from canaryd.runtime import Runtime
 from canaryd.services.deployments import act, create_deployment
+from canaryd.services.schemas import ActionRequest, DeploymentCreate
 from canaryd.settings import Settings
 from canaryd.transports.factory import TransportFactory
 

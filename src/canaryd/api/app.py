@@ -15,12 +15,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from canaryd import __version__
-from canaryd.api import routes, traefik_provider, ws
+from canaryd.api import routes, traefik_provider, ui, ws
+from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.engine.scheduler import LocalScheduler
 from canaryd.runtime import Runtime, open_runtime
 from canaryd.services.deployments import stage_floor_problems
 from canaryd.services.errors import Invalid, ServiceError
+from canaryd.services.schemas import HealthOut
 from canaryd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,31 @@ def _clean(errors: list[Any]) -> list[dict[str, Any]]:
         }
         for e in errors
     ]
+
+
+DESCRIPTION = """
+Canary deployments for applications on ordinary servers behind nginx, HAProxy or Traefik.
+
+**Authorize** with an API token (`canaryd token create --name me --scope operate`, or the bootstrap token):
+click *Authorize*, paste the token (without `Bearer`), then *Try it out* on any route. Scopes nest:
+`read` (GET, WebSocket) ⊂ `deploy` (start deployments) ⊂ `operate` (promote, roll back, pause, resume) ⊂
+`admin` (servers, applications, tokens).
+
+Errors are `{{"detail": "a sentence"}}`, or for 422 `{{"detail": [{{"loc": [...], "msg": "...", "type": "..."}}]}}`
+listing every problem at once; nothing is half-applied. Request bodies larger than {max_body} bytes
+(`CANARYD_MAX_BODY_BYTES`) are refused with 413 before they are read. The operator's console is at
+[/ui](/ui).
+"""
+
+TAGS = [
+    {"name": "deployments", "description": "Start canary deployments, read their status and history."},
+    {"name": "actions", "description": "An operator's promote, rollback, pause and resume (operate scope)."},
+    {"name": "applications", "description": "Applications, their servers and the proxy in front of them."},
+    {"name": "servers", "description": "Hosts that applications and proxies run on."},
+    {"name": "tokens", "description": "API tokens (admin scope)."},
+    {"name": "operations", "description": "Health and metrics, without a token."},
+    {"name": "traefik", "description": "Traefik's HTTP provider endpoint."},
+]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -59,12 +86,17 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="canaryd",
         version=__version__,
-        description="Canary deployments for applications on ordinary servers behind nginx, HAProxy or Traefik.",
+        description=DESCRIPTION.format(max_body=settings.max_body_bytes) + ws.PROTOCOL,
         lifespan=lifespan,
+        docs_url=None,  # served by api/ui.py from the package's own copies of Swagger UI and ReDoc
+        redoc_url=None,
+        openapi_tags=TAGS,
     )
     app.include_router(routes.router)
     app.include_router(ws.router)
     app.include_router(traefik_provider.router)
+    ui.mount(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -100,17 +132,31 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"Retry-After": "2"},
         )
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness and database check",
+        response_model=HealthOut,
+        responses={503: {"description": "the database does not answer"}},
+    )
     async def healthz(request: Request) -> dict[str, str]:
-        """200 when the database answers."""
+        """200 when the database answers (no token needed)."""
         rt: Runtime = request.app.state.runtime
         async with rt.sessions() as session:
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "mode": "embedded" if rt.settings.embedded else "production"}
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["operations"],
+        summary="Prometheus metrics",
+        responses={
+            200: {"content": {"text/plain": {"example": 'canaryd_deployments{canary_status="monitoring"} 1'}}}
+        },
+    )
     async def metrics(request: Request) -> str:
-        """Prometheus text format."""
+        """Prometheus text format: deployments by state and canaryd's own counters (no token needed)."""
         rt: Runtime = request.app.state.runtime
         async with rt.sessions() as session:
             counts = await DeploymentRepository(session).count_by_status()

@@ -174,6 +174,13 @@ class EventRepository:
         await self.session.flush()
         return event
 
+    async def last_seq(self, deployment_id: int) -> int:
+        """The seq of the deployment's latest event (0 when it has none)."""
+        rows = await self.session.execute(
+            select(func.max(DeploymentEvent.seq)).where(DeploymentEvent.deployment_id == deployment_id)
+        )
+        return int(rows.scalar_one() or 0)
+
     async def list(self, deployment_id: int, after_seq: int, limit: int) -> Sequence[DeploymentEvent]:
         rows = await self.session.execute(
             select(DeploymentEvent)

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canaryd.api.schemas import ActionRequest, DeploymentCreate
 from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, Deployment, DeploymentEvent
 from canaryd.db.repositories import (
@@ -41,6 +40,7 @@ from canaryd.engine.store import event_row, new_token
 from canaryd.engine.views import deployment_status, event_view
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
+from canaryd.services.schemas import ActionRequest, DeploymentCreate
 
 
 @dataclass(frozen=True, slots=True)

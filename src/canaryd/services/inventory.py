@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canaryd.api.schemas import ApplicationCreate, ServerCreate
 from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, Server
 from canaryd.db.repositories import ApplicationRepository, ServerRepository
@@ -17,6 +16,7 @@ from canaryd.engine.proxies import make_proxy, push_routes
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
+from canaryd.services.schemas import ApplicationCreate, ServerCreate
 from canaryd.transports.base import TransportError
 
 
