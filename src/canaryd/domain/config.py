@@ -554,6 +554,18 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "What repeated metric-source failures do: `pause`, `rollback`, or fall back to the `proxy`.",
             "one of the listed values",
         ),
+        "approve_before": (
+            "Stage percentages whose start waits for a person (resume, or promote to next); meanwhile the previous stage's split is held and still judged.",
+            "percent of requests, each a stage after the first",
+        ),
+        "approval_timeout": (
+            "How long a stage waits for approval before approval_timeout_action; null waits indefinitely.",
+            "seconds",
+        ),
+        "approval_timeout_action": (
+            "What an approval that did not come in time does: `stay` (keep waiting) or `rollback`.",
+            "one of the listed values",
+        ),
     },
     "ProxySpec": {
         "kind": ("The proxy in front of the application.", "one of the listed values"),

@@ -211,6 +211,13 @@ _STATUS_EXAMPLE: dict[str, Any] = {
 }
 
 
+class WaitingFor(BaseModel):
+    """The stage an approval gate holds back."""
+
+    stage: int = Field(description="1-based number of the stage that waits")
+    percentage: float = Field(description="its share of requests (%)")
+
+
 class DeploymentStatus(BaseModel):
     """The status object: what a deployment is doing, what it saw, and what an operator may do now."""
 
@@ -221,8 +228,8 @@ class DeploymentStatus(BaseModel):
     strategy: str
     status: str = Field(description="pending, in_progress, completed, rolled_back or failed")
     canary_status: str = Field(
-        description="pending, deploying, monitoring, paused, promoting, rolling_back, completed, "
-        "rolled_back or failed (docs/design.md, Lifecycle)"
+        description="pending, deploying, monitoring, waiting_for_approval, paused, promoting, rolling_back, "
+        "completed, rolled_back or failed (docs/design.md, Lifecycle)"
     )
     paused_from: str | None = Field(description="the state a paused deployment resumes into")
     current_stage: int = Field(description="1-based; 0 before monitoring began")
@@ -247,6 +254,10 @@ class DeploymentStatus(BaseModel):
     can_rollback: bool
     allowed_actions: list[Literal["pause", "resume", "promote", "rollback"]] = Field(
         description="the manual actions the state allows now (the token's scope must allow them too)"
+    )
+    waiting_for: WaitingFor | None = Field(
+        default=None,
+        description="while waiting_for_approval: the stage that waits (resume or promote to next starts it)",
     )
     reasons: list[str]
     created_by: str
