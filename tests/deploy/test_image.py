@@ -28,7 +28,14 @@ from canaryd.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-FAST = {"stages": [50, 100], "stage_duration": 2, "health_check_interval": 1, "min_requests": 10}
+# The threshold judge decides on 10 requests a side; the sequential one (the default) needs hundreds.
+FAST = {
+    "stages": [50, 100],
+    "stage_duration": 2,
+    "health_check_interval": 1,
+    "min_requests": 10,
+    "judge": "threshold",
+}
 
 
 @pytest.fixture(scope="module")
