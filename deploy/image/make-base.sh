@@ -30,6 +30,11 @@ have_image() {
   [[ $("${PODMAN[@]}" image inspect --format '{{index .Labels "org.canaryd.base-key"}}' "$IMAGE" 2>/dev/null) == "$KEY" ]]
 }
 
+mkdir -p "$CACHE"
+# One maker at a time per machine (test runs in parallel share the cache); the others wait, then find it.
+exec 9>"$CACHE/make-base.lock"
+flock 9
+
 if have_image; then
   log "$IMAGE is present (key $KEY)"
   echo "$IMAGE"
@@ -45,7 +50,6 @@ done
 
 if [[ ! -f $TARBALL ]]; then
   [[ $(id -u) -eq 0 ]] || { log "debootstrap needs root"; exit 1; }
-  mkdir -p "$CACHE"
   rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
   trap 'rm -rf "$rootfs" "$TARBALL.part"' EXIT
   log "debootstrap $SUITE ($PACKAGES) from $MIRROR; a few minutes, once"
