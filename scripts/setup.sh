@@ -78,8 +78,14 @@ done
 if ((${#container_missing[@]})); then
   if is_root && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Debian packages: ${container_missing[*]}"
+    # As above: no package's service starts during the install.
+    own_container_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_container_policy=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${container_missing[@]}" >/dev/null
+    if [[ $own_container_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
     installed_note="$installed_note; installed ${container_missing[*]}"
   else
     deferred_error="${deferred_error:+$deferred_error

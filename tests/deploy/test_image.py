@@ -52,16 +52,21 @@ def test_image_has_no_build_tools_and_runs_as_non_root(image: str) -> None:
     out = in_image(
         image,
         "id -u; id -g; pwd; for c in uv pip gcc cc make; do command -v $c || echo no-$c; done; "
-        "test -e /src && echo has-src || echo no-src; python3 -c 'import canaryd.db.migrate as m; print(m.ROOT)'; "
+        "test -e /src && echo has-src || echo no-src; "
+        "test -e /run/secrets/ca-bundle -o -e /run/secrets/index-env && echo has-secrets || echo no-secrets; python3 -c 'import canaryd.db.migrate as m; print(m.ROOT)'; "
         "ls /opt/canaryd/lib/python3.11/site-packages/canaryd/migrations/versions | grep -c '[.]py$'",
     ).split()
     uid, gid, workdir, *rest = out
     assert (uid, gid, workdir) == ("10001", "10001", "/var/lib/canaryd")
-    assert rest[:6] == ["no-uv", "no-pip", "no-gcc", "no-cc", "no-make", "no-src"], rest
+    assert rest[:7] == ["no-uv", "no-pip", "no-gcc", "no-cc", "no-make", "no-src", "no-secrets"], rest
     assert "/opt/canaryd/lib/python3.11/site-packages/canaryd" in out
     assert int(out[-1]) >= 1
     [meta] = json.loads(podman("image", "inspect", image).stdout)
     assert meta["Config"]["User"] == "10001:10001"
+    lent = ("PIP_", "UV_", "SSL_CERT", "REQUESTS_CA", "HTTP_PROXY", "HTTPS_PROXY")
+    assert not [e for e in meta["Config"]["Env"] if e.startswith(lent)], (
+        "build settings leaked into the image"
+    )
     assert "/var/lib/canaryd" in meta["Config"]["Volumes"]
     assert meta["Config"]["Entrypoint"] == ["canaryd"] and meta["Config"]["Cmd"] == ["serve"]
     assert "CANARYD_PORT" in " ".join(meta["Healthcheck"]["Test"])
