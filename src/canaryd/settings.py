@@ -24,10 +24,12 @@ class Settings(BaseSettings):
     ssh_connect_timeout: float = 10.0
     #: How often the reconciler looks for active deployments whose next tick is overdue.
     reconcile_interval: float = 10.0
-    #: A tick that has not finished within this many seconds is presumed dead and its lease taken over.
-    lease_seconds: float = 300.0
+    #: A tick's lease; renewed every third of it while the tick works, so only a dead tick loses it and
+    #: another worker takes over within lease_seconds + reconcile_interval (25 s with the defaults).
+    lease_seconds: float = Field(default=15.0, ge=3)
+    #: Cap of the backoff between retries of a step that failed for a transient reason.
+    max_retry_backoff: float = Field(default=60.0, ge=0.1)
     health_check_timeout: float = 5.0
-    command_timeout: float = 300.0
     log_level: str = "INFO"
 
     @property

@@ -13,44 +13,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canaryd import __version__
 from canaryd.api import routes, traefik_provider, ws
 from canaryd.db.repositories import DeploymentRepository
-from canaryd.domain.config import STAGE_DURATION_FLOOR
-from canaryd.engine.tick import Engine
+from canaryd.engine.scheduler import LocalScheduler
 from canaryd.runtime import Runtime, open_runtime
-from canaryd.services.deployments import reconcile
+from canaryd.services.deployments import stage_floor_problems
 from canaryd.services.errors import Invalid, ServiceError
 from canaryd.settings import Settings
-from canaryd.worker.scheduler import LocalScheduler
 
 log = logging.getLogger(__name__)
-
-
-class StageFloorMiddleware:
-    """Makes the configured stage_duration floor visible to body validation (see domain/config.py)."""
-
-    def __init__(self, app: ASGIApp, floor: int) -> None:
-        self.app, self.floor = app, floor
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = STAGE_DURATION_FLOOR.set(self.floor)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            STAGE_DURATION_FLOOR.reset(token)
-
-
-async def reconcile_forever(rt: Runtime) -> None:
-    """Re-enqueues overdue ticks, so a lost timer or queue loses no deployment."""
-    while True:
-        try:
-            await reconcile(rt, grace_seconds=rt.settings.reconcile_interval)
-        except Exception:
-            log.exception("reconcile failed; trying again in %s s", rt.settings.reconcile_interval)
-        await asyncio.sleep(rt.settings.reconcile_interval)
 
 
 def _clean(errors: list[Any]) -> list[dict[str, Any]]:
@@ -72,9 +45,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = rt
             background: asyncio.Task[None] | None = None
             if isinstance(rt.scheduler, LocalScheduler):
-                rt.scheduler.bind(Engine(rt).tick)
-                await reconcile(rt, grace_seconds=0)  # resume what a previous process left
-                background = asyncio.create_task(reconcile_forever(rt))
+                rt.scheduler.bind(rt.driver().tick)
+                await rt.reconcile(grace_seconds=0)  # resume what a previous process left
+                background = asyncio.create_task(rt.reconcile_forever())
             try:
                 yield
             finally:
@@ -92,7 +65,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(ws.router)
     app.include_router(traefik_provider.router)
-    app.add_middleware(StageFloorMiddleware, floor=settings.min_stage_duration)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -100,8 +72,12 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _clean(list(exc.errors()))}, status_code=422)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = _clean(list(exc.errors()))
+        if request.method == "POST" and request.url.path.endswith("/deployments"):
+            # The service checks the floor once the body parses; list it with the other problems too.
+            problems += stage_floor_problems(exc.body, settings.min_stage_duration)
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)

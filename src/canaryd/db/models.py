@@ -132,8 +132,6 @@ class Deployment(Base):
     stable_server_ids: Mapped[list[Any]] = mapped_column(default=list)
     #: Fact record: server id (as text) -> version it runs now, as far as canaryd changed it.
     server_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    #: The server being redeployed right now (drained from the pool meanwhile).
-    busy_server_id: Mapped[int | None] = mapped_column(Integer, default=None)
     canary_metrics_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     canary_stage_started_at: Mapped[datetime | None] = mapped_column(default=None)
     #: Per-cohort traffic of the current stage, and stable traffic over the whole deployment.

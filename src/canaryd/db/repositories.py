@@ -128,6 +128,16 @@ class DeploymentRepository:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    async def renew_lease(self, deployment_id: int, owner: str, until: datetime) -> bool:
+        """Extends the lease if `owner` still holds it."""
+        result = await self.session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment_id, Deployment.lease_owner == owner)
+            .values(lease_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def overdue(self, cutoff: datetime, now: datetime, limit: int = 100) -> Sequence[Deployment]:
         """Active deployments whose next tick should have run by now and that nobody is working on."""
         rows = await self.session.execute(

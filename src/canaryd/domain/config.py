@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
-from contextvars import ContextVar
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -28,11 +27,7 @@ from canaryd.domain.commands import check_template
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
 DEFAULT_MAX_WEIGHT = 1000
 HAPROXY_MAX_WEIGHT = 256
-SPEC_MIN_STAGE_DURATION = 60
 
-#: The stage_duration floor for validations that cannot be handed a pydantic context (FastAPI validates
-#: request bodies itself); the API sets it per request from the settings. A validation context wins.
-STAGE_DURATION_FLOOR: ContextVar[int] = ContextVar("stage_duration_floor", default=SPEC_MIN_STAGE_DURATION)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -41,7 +36,6 @@ _HOSTNAME = re.compile(
 )
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]{0,1023}$")
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9_./~%?=&+-]{0,255}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -350,7 +344,7 @@ class CanaryConfig(StrictModel):
     @field_validator("stage_duration")
     @classmethod
     def _stage_duration(cls, value: int, info: ValidationInfo) -> int:
-        minimum = (info.context or {}).get("min_stage_duration", STAGE_DURATION_FLOOR.get())
+        minimum = (info.context or {}).get("min_stage_duration", 1)
         if value < minimum:
             raise ValueError(f"stage_duration must be at least {minimum} seconds")
         if value > 7 * 24 * 3600:
@@ -398,11 +392,6 @@ class CanaryConfig(StrictModel):
         return self
 
 
-def parse_canary_config(raw: dict[str, object] | None, min_stage_duration: int) -> CanaryConfig:
-    """Validates user-supplied canary settings; raises pydantic.ValidationError listing every problem."""
-    return CanaryConfig.model_validate(raw or {}, context={"min_stage_duration": min_stage_duration})
-
-
 __all__ = [
     "PROMQL_PLACEHOLDERS",
     "CanaryConfig",
@@ -417,5 +406,4 @@ __all__ = [
     "ProxySpec",
     "UserName",
     "Version",
-    "parse_canary_config",
 ]

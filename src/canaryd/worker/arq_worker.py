@@ -13,8 +13,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from canaryd.api.app import reconcile_forever
-from canaryd.engine.tick import Engine
+from canaryd.engine.driver import RolloutDriver
 from canaryd.runtime import open_runtime
 from canaryd.settings import Settings
 
@@ -27,8 +26,8 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 
 async def tick(ctx: dict[str, Any], deployment_id: int, token: str) -> None:
-    engine: Engine = ctx["engine"]
-    if not await engine.tick(deployment_id, token):
+    driver: RolloutDriver = ctx["driver"]
+    if not await driver.tick(deployment_id, token):
         raise Retry(defer=BUSY_RETRY_SECONDS)
 
 
@@ -36,8 +35,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     stack = contextlib.AsyncExitStack()
     rt = await stack.enter_async_context(open_runtime(settings, "worker"))
-    ctx["stack"], ctx["engine"] = stack, Engine(rt)
-    ctx["reconciler"] = asyncio.create_task(reconcile_forever(rt))
+    ctx["stack"], ctx["driver"] = stack, rt.driver()
+    ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
