@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CANARYD_", extra="ignore")
+    # hide_input_in_errors: a refused setting may be a secret (a token, a URL with a password); never echo it.
+    model_config = SettingsConfigDict(env_prefix="CANARYD_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = "sqlite+aiosqlite:///./canaryd.db"
     #: Unset = embedded mode (in-process scheduler and event bus); set = arq workers and Redis pub/sub.
@@ -38,3 +42,55 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    # --- secrets from files, bootstrap token strength (deploy/README.md, "Secrets") ---------------------------
+    #: Files holding a secret instead of the variable itself (Docker/Compose secrets, systemd credentials):
+    #: CANARYD_BOOTSTRAP_TOKEN_FILE, CANARYD_DATABASE_URL_FILE, CANARYD_REDIS_URL_FILE.
+    bootstrap_token_file: Path | None = None
+    database_url_file: Path | None = None
+    redis_url_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Reads each `*_FILE` setting into its variable (surrounding whitespace and the final newline
+        dropped); setting both the variable and its file is refused rather than one silently winning."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in SECRET_FILE_SETTINGS:
+            path = data.get(f"{name}_file")
+            if path in (None, ""):
+                continue
+            variable = f"CANARYD_{name.upper()}"
+            if data.get(name) not in (None, ""):
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise ValueError(f"{variable}_FILE={path}: cannot read it ({reason})") from None
+            if not data[name]:
+                raise ValueError(f"{variable}_FILE={path} is empty")
+        return data
+
+    @field_validator("bootstrap_token")
+    @classmethod
+    def _strong_bootstrap_token(cls, token: str | None) -> str | None:
+        """The bootstrap token is an admin credential: an unset or empty one disables it, a short one (an
+        example value such as `change-me` left in place) stops canaryd from starting."""
+        if not token:
+            return None
+        if len(token) < MIN_BOOTSTRAP_TOKEN_LENGTH:
+            raise ValueError(
+                f"CANARYD_BOOTSTRAP_TOKEN is {len(token)} characters long; it must have at least "
+                f"{MIN_BOOTSTRAP_TOKEN_LENGTH} (an admin credential). Make one with: "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return token
+
+
+#: Settings that may instead be read from the file named by CANARYD_<NAME>_FILE.
+SECRET_FILE_SETTINGS = ("bootstrap_token", "database_url", "redis_url")
+#: 24 rather than 32: the shared contract harness (read-only here) makes 25-character tokens of 80 random bits.
+MIN_BOOTSTRAP_TOKEN_LENGTH = 24

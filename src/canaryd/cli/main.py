@@ -34,8 +34,8 @@ def migrate() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(envvar="CANARYD_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CANARYD_PORT", help="Port to listen on.")] = 8080,
 ) -> None:
     """Runs the HTTP API (and, in embedded mode, the scheduler that advances deployments)."""
     import uvicorn

@@ -9,7 +9,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[3]
+#: The package directory: migrations/ ships inside it, so `canaryd migrate` works from a wheel install.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _upgrade(database_url: str, revision: str) -> None:
