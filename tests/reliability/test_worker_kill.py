@@ -94,7 +94,7 @@ async def watch_recovery(dsn: str, stats: Chaos) -> None:
 
 async def test_workers_killed_at_random_points(tmp_path: Path, pg_url: str, redis_url: str) -> None:
     """10 concurrent rollouts under 3 workers that keep being SIGKILLed: all finish, consistent with reality."""
-    async with cluster(tmp_path, pg_url, redis_url, defaults=True) as c:
+    async with cluster(tmp_path, pg_url, redis_url) as c:
         await c.start_api()
         for name in WORKERS:
             c.start_worker(name)
