@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from canaryd.db.engine import make_engine, make_sessionmaker
 from canaryd.engine.bus import EventBus, LocalBus, RedisBus
 from canaryd.engine.locks import DeploymentLocks
-from canaryd.observability import Counters
+from canaryd.observability import Metrics
 from canaryd.services.tokens import hash_token
 from canaryd.settings import Settings
 from canaryd.transports.factory import TransportFactory
@@ -36,7 +36,7 @@ class Runtime:
     scheduler: TickScheduler
     transports: TransportFactory
     http: httpx.AsyncClient
-    counters: Counters
+    metrics: Metrics
     #: Names this process in leases, so a stuck lease can be traced to its owner.
     owner: str
 
@@ -82,7 +82,7 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
         scheduler=scheduler,
         transports=transports,
         http=http,
-        counters=Counters(),
+        metrics=Metrics(),
         owner=f"{role}:{socket.gethostname()}:{os.getpid()}",
     )
     try:

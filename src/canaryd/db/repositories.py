@@ -143,6 +143,15 @@ class DeploymentRepository:
         )
         return rows.scalars().all()
 
+    async def active_shares(self) -> dict[str, float]:
+        """Application name → canary share of its active deployment (for /metrics)."""
+        rows = await self.session.execute(
+            select(Application.name, Deployment.canary_traffic_percentage).join(
+                Application, Application.id == Deployment.active_application_id
+            )
+        )
+        return {str(name): float(share) for name, share in rows.all()}
+
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.session.execute(
             select(Deployment.canary_status, func.count()).group_by(Deployment.canary_status)
@@ -188,3 +197,12 @@ class TokenRepository:
             select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
         )
         return rows.scalar_one_or_none()
+
+    async def get(self, token_id: int) -> ApiToken | None:
+        return await self.session.get(ApiToken, token_id)
+
+    async def list(self, include_revoked: bool) -> Sequence[ApiToken]:
+        stmt = select(ApiToken).order_by(ApiToken.id)
+        if not include_revoked:
+            stmt = stmt.where(ApiToken.revoked_at.is_(None))
+        return (await self.session.execute(stmt)).scalars().all()

@@ -45,6 +45,7 @@ from canaryd.engine.proxies import AppliedRoutes, backends_json, make_proxy, pus
 from canaryd.metrics.health import check_health
 from canaryd.metrics.host import read_host_load
 from canaryd.metrics.prometheus import CohortQuery, MetricSourceError, PrometheusReader
+from canaryd.observability import record_events
 from canaryd.proxies.base import Proxy, ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.runtime import Runtime
 from canaryd.services.views import deployment_status, event_view, lifecycle_of
@@ -169,18 +170,19 @@ class Engine:
             if not await repo.acquire_lease(deployment_id, token, self.rt.owner, now, now + self.rt.lease):
                 dep = await repo.get(deployment_id)
                 return dep is None or dep.tick_token != token  # stale ticks are simply done
-        self.rt.counters.inc("ticks_total")
         async with self._heartbeat(deployment_id):
             work = await self._load(deployment_id)
+            due = work.dep.next_tick_at
+            self.rt.metrics.tick_started((now - due).total_seconds() if due is not None else 0.0)
             try:
                 await self._step(work)
             except EXPECTED_FAILURES as exc:
                 log.warning("deployment %s: %s", deployment_id, exc)
-                self.rt.counters.inc("step_failures_total")
+                self.rt.metrics.step_failed()
                 self._failure(work, exc)
             except Exception as exc:  # a bug: record it and keep the deployment moving
                 log.exception("tick of deployment %s failed", deployment_id)
-                self.rt.counters.inc("tick_errors_total")
+                self.rt.metrics.tick_error()
                 self._failure(work, exc)
         await self._commit(work)
         return True
@@ -264,7 +266,7 @@ class Engine:
             )
         applied = await push_routes(w.proxy, w.app, backends, w.generation + 1)
         w.checked = True
-        self.rt.counters.observe("proxy_apply_seconds", applied.live_ms / 1000)
+        self.rt.metrics.proxy_applied(w.spec.kind, applied.live_ms / 1000)
         w.generation, w.applied = applied.generation, applied.backends
         w.result.app_facts.update(proxy_generation=w.generation, proxy_applied=w.applied)
         return applied
@@ -786,6 +788,7 @@ class Engine:
                 row = await events.append(draft.to_row(dep.id, now))
                 published.append({"type": "event", **event_view(row)})
             status = deployment_status(dep, servers)
+        record_events(self.rt.metrics, w.app.id, published)
         for message in published:
             await self.rt.bus.publish(w.dep.id, message)
         await self.rt.bus.publish(w.dep.id, {"type": "status", **status})

@@ -27,6 +27,7 @@ from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
 from canaryd.engine.tick import EventDraft, apply_trigger, new_token
+from canaryd.observability import record_events
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
 from canaryd.services.views import deployment_status, event_view, lifecycle_of
@@ -119,6 +120,7 @@ async def create_deployment(
         status = deployment_status(dep, servers)
         event = event_view(row)
         token, at = dep.tick_token, now
+    record_events(rt.metrics, app_id, [event])
     await rt.bus.publish(dep.id, {"type": "event", **event})
     await rt.scheduler.schedule(dep.id, token, at)
     return Created(status, replayed=False)
@@ -196,6 +198,7 @@ async def act(
         status = deployment_status(dep, servers)
         event = event_view(row)
         schedule = (dep.tick_token, dep.next_tick_at)
+    record_events(rt.metrics, dep.application_id, [event])
     await rt.bus.publish(deployment_id, {"type": "event", **event})
     await rt.bus.publish(deployment_id, {"type": "status", **status})
     if schedule[0] is not None and schedule[1] is not None:
@@ -261,5 +264,5 @@ async def reconcile(rt: Runtime, grace_seconds: float) -> int:
         await rt.scheduler.schedule(deployment_id, token, now)
         scheduled += 1
     if scheduled:
-        rt.counters.inc("reconciled_ticks_total", scheduled)
+        rt.metrics.reconciled_ticks(scheduled)
     return scheduled
