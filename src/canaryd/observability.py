@@ -43,7 +43,16 @@ ROLLBACK_REASONS = (
     "other",
 )
 #: Libraries whose INFO lines drown the decisions (1,229 httpx lines in 15 minutes of one rollout).
-CHATTY_LOGGERS = ("httpx", "httpcore", "transitions", "arq", "asyncssh", "uvicorn.access", "aiosqlite")
+CHATTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "transitions",
+    "arq",
+    "asyncssh",
+    "uvicorn.access",
+    "aiosqlite",
+    "alembic",
+)
 DECISION_LOGGER = "canaryd.decisions"
 #: Event kinds that are observations, not decisions: logged at DEBUG only.
 OBSERVATION_KINDS = frozenset({"health_check"})

@@ -712,13 +712,17 @@ class Engine:
         target.fire(trigger)  # raises if illegal: a bug, caught by tick()
         w.result.trigger = trigger
         w.result.changes.setdefault("reasons", reasons)
+        # The canary gets nothing in these states (a rollback's cut is made in this same tick), while the
+        # applied pool's cohorts may still describe the previous deployment (all "canary" after a completed
+        # one): report 0, not the stale share.
+        drained = (State.DEPLOYING, State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED)
         w.result.events.append(
             EventDraft(
                 kind,
                 w.state.value,
                 target.state.value,
                 w.dep.current_canary_stage + 1 if w.state in (State.MONITORING, State.PAUSED) else None,
-                self.live_percentage(w),
+                0.0 if target.state in drained else self.live_percentage(w),
                 metrics or {},
                 reasons,
             )
