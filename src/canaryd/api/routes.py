@@ -112,9 +112,23 @@ async def list_application_deployments(
 
 @router.get("/deployments", tags=["deployments"])
 async def list_deployments(
-    session: SessionDep, _: ReadAccess, limit: Limit = 50, offset: Offset = 0
+    session: SessionDep,
+    _: ReadAccess,
+    response: Response,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    application_id: Annotated[int | None, Query(ge=1)] = None,
+    status: Annotated[inventory.DeploymentState | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=18)] = None,
 ) -> list[dict[str, Any]]:
-    return await deployments.list_deployments(session, None, limit, offset)
+    """Newest first. Filters: `application_id`, `status` (canary_status). Pages: pass the `X-Next-Cursor`
+    header of an answer as `cursor` (absent on the last page); `offset` is kept for older clients."""
+    if offset and application_id is None and status is None and cursor is None:
+        return await deployments.list_deployments(session, None, limit, offset)
+    rows, next_cursor = await inventory.page_deployments(session, application_id, status, cursor, limit)
+    if next_cursor is not None:
+        response.headers["X-Next-Cursor"] = next_cursor
+    return rows
 
 
 @router.get("/deployments/{deployment_id}", tags=["deployments"])
@@ -162,10 +176,51 @@ for _action in ("promote", "rollback", "pause", "resume"):
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED, tags=["tokens"])
-async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess) -> dict[str, str]:
+async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
     """Creates an API token; the token is in this response only and is stored hashed."""
-    return {
-        "name": payload.name,
-        "scope": payload.scope,
-        "token": await tokens.create_token(session, payload.name, payload.scope),
-    }
+    token, row = await tokens.create_token_row(
+        session, payload.name, payload.scope, expires_in=payload.expires_in
+    )
+    return {**tokens.token_view(row), "token": token}
+
+
+# --- lifecycle of servers and tokens (ops) ---------------------------------------------------------------
+
+
+@router.patch(
+    "/servers/{server_id}",
+    tags=["servers"],
+    responses={409: {"description": "an application using the server is being deployed, or host in use"}},
+)
+async def update_server(
+    server_id: int, patch: dict[str, Any], session: SessionDep, _: AdminAccess
+) -> dict[str, Any]:
+    """Changes fields of a server (name, host, transport, ssh_port, ssh_user, labels), validated as on
+    creation. 409 while a deployment of an application using it is active, or for `host` while used."""
+    return server_view(await inventory.update_server(session, server_id, patch))
+
+
+@router.delete(
+    "/servers/{server_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["servers"],
+    responses={409: {"description": "an application uses the server"}},
+)
+async def delete_server(server_id: int, session: SessionDep, _: AdminAccess) -> Response:
+    """Deletes a server that no application uses (as an instance or as its proxy)."""
+    await inventory.delete_server(session, server_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/tokens", tags=["tokens"])
+async def list_tokens(
+    session: SessionDep, _: AdminAccess, include_revoked: bool = False
+) -> list[dict[str, Any]]:
+    """Tokens (id, name, scope, created, expiry, revocation); never a token or its hash."""
+    return await tokens.list_tokens(session, include_revoked=include_revoked)
+
+
+@router.delete("/tokens/{token_id}", tags=["tokens"], responses={409: {"description": "already revoked"}})
+async def revoke_token(token_id: int, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
+    """Revokes a token: every replica refuses it (401) from the next request on."""
+    return await tokens.revoke_token(session, token_id)

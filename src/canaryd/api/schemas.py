@@ -85,3 +85,5 @@ class ActionRequest(StrictModel):
 class TokenCreate(StrictModel):
     name: Name
     scope: Literal["read", "deploy", "operate", "admin"]
+    #: Seconds until the token stops working (at most ten years); omitted: it never expires.
+    expires_in: int | None = Field(default=None, ge=1, le=315_360_000)

@@ -73,6 +73,16 @@ class ApplicationRepository:
         )
         return rows.scalars().all()
 
+    async def using_server(self, server_id: int) -> Sequence[Application]:
+        """Applications that run on the server or use it as their proxy (the proxy id is inside JSON, so
+        that part is filtered here rather than in SQL, portably)."""
+        rows = await self.session.execute(select(Application).order_by(Application.id))
+        return tuple(
+            app
+            for app in rows.scalars().all()
+            if server_id in app.server_ids or int(app.proxy.get("server_id", -1)) == server_id
+        )
+
     def _supports_row_locks(self) -> bool:
         return _is_postgresql(self.session)
 
@@ -110,6 +120,19 @@ class DeploymentRepository:
         stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit).offset(offset)
         if app_id is not None:
             stmt = stmt.where(Deployment.application_id == app_id)
+        return (await self.session.execute(stmt)).scalars().all()
+
+    async def page(
+        self, app_id: int | None, status: str | None, before_id: int | None, limit: int
+    ) -> Sequence[Deployment]:
+        """Newest first, filtered, continuing below `before_id` (keyset pagination: stable under inserts)."""
+        stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
+        if app_id is not None:
+            stmt = stmt.where(Deployment.application_id == app_id)
+        if status is not None:
+            stmt = stmt.where(Deployment.canary_status == status)
+        if before_id is not None:
+            stmt = stmt.where(Deployment.id < before_id)
         return (await self.session.execute(stmt)).scalars().all()
 
     async def acquire_lease(
