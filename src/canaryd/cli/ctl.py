@@ -430,7 +430,7 @@ class Printer:
         lines = live_view(status, self.recent)
         # Move up over the previous drawing and clear it, then draw again (ANSI: CPL, ED).
         prefix = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
-        typer.echo(prefix + "\n".join(lines))
+        typer.echo(prefix + "\n".join(lines), color=True)  # keep the escapes: the caller chose live
         self.drawn = len(lines)
 
     def done(self, dep_id: str, status: JSONObject) -> None:
@@ -507,6 +507,7 @@ def ws_follow(
         url = websocket_url(client, dep_id, last_seq)
         try:
             with runtime.websocket(url, headers) as ws:
+                first = True
                 while True:
                     remaining = deadline - runtime.clock()
                     if remaining <= 0:
@@ -528,6 +529,15 @@ def ws_follow(
                             last_seq = seq
                         printer.event({k: v for k, v in message.items() if k != "type"})
                     elif message.get("type") == "status":
+                        if status is None or first:
+                            # Events committed before the WebSocket subscribed (between the POST and
+                            # now, or while reconnecting) are read once over HTTP; the seq check above
+                            # drops any the WebSocket sends again.
+                            for event in list_events(client, dep_id, last_seq):
+                                if isinstance(event.get("seq"), int) and event["seq"] > last_seq:
+                                    last_seq = event["seq"]
+                                    printer.event(event)
+                        first = False
                         status = {k: v for k, v in message.items() if k != "type"}
                         printer.status(status)
                         code = terminal_exit(status)
