@@ -16,6 +16,8 @@ PACKAGES=(
   "openssh-server:sshd"
   "prometheus:prometheus"
   "postgresql-client:pg_isready createdb"
+  "curl:curl"
+  "jq:jq"
 )
 
 is_root() { [[ $(id -u) -eq 0 ]]; }

@@ -38,7 +38,9 @@ def test_migrate_says_what_it_did_once(tmp_path: Path) -> None:
     assert first.stdout.strip() == f"created the schema (0002_token_expiry) in {data}/canaryd.db"
     assert first.stderr == "", "no 'Running upgrade' lines that contradict the summary"
     again = canaryd(env, work, "migrate")
-    assert again.stdout.strip().endswith("was already at the latest schema (0002_token_expiry); nothing to do")
+    assert again.stdout.strip().endswith(
+        "was already at the latest schema (0002_token_expiry); nothing to do"
+    )
     created = canaryd(env, work, "token", "create", "--name", "ci", "--scope", "deploy", "--expires-in", "60")
     assert created.returncode == 0 and created.stdout.startswith("cdt_"), created.stderr
     listed = canaryd(env, tmp_path, "token", "list")  # another working directory: the same database
