@@ -69,7 +69,7 @@ async def served_stack(tmp_path: Path, **env: str) -> AsyncIterator[ServedStack]
     stack: Stack | None = None
     try:
         async with httpx.AsyncClient() as client:
-            for _ in range(200):
+            for _ in range(1200):  # up to 60 s: a loaded machine starts Python slowly
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{base}/healthz")).status_code == 200:
                         break
