@@ -358,3 +358,66 @@ def test_replayed_idempotency_key_is_not_reported_as_created(run: Any, server: F
     assert result.exit_code == 0, result.output
     assert "created" not in result.stdout
     assert "already exists for this Idempotency-Key" in result.stdout
+
+
+def test_watch_reconnects_with_after_seq_and_shows_each_event_once(server: FakeServer) -> None:
+    """A dropped WebSocket is reopened with ?after_seq= the last event shown; a repeated event is dropped."""
+    server.on("GET", "/deployments/42/events", httpx.Response(200, json=[]))
+    opened: list[str] = []
+
+    def event(seq: int, kind: str) -> str:
+        return json.dumps({"type": "event", "seq": seq, "kind": kind, "deployment_id": 42})
+
+    scripts = [
+        [
+            json.dumps({"type": "status", **status_object("monitoring", 1, 10)}),
+            event(1, "health_check"),
+            None,
+        ],
+        [
+            json.dumps({"type": "status", **status_object("monitoring", 1, 10)}),
+            event(1, "health_check"),
+            event(2, "promoted"),
+            json.dumps({"type": "status", **status_object("completed", 3, 100)}),
+        ],
+    ]
+
+    class Scripted:
+        def __init__(self, messages: list[str | None]) -> None:
+            self.messages = messages
+
+        def __enter__(self) -> Scripted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def recv(self, timeout: float | None = None) -> str:
+            message = self.messages.pop(0)
+            if message is None:
+                raise ConnectionResetError("connection lost")
+            return message
+
+    def opener(url: str, headers: dict[str, str]) -> Scripted:
+        opened.append(url)
+        assert headers == {"Authorization": f"Bearer {TOKEN}"}
+        return Scripted(scripts[len(opened) - 1])
+
+    clock = Clock()
+    runtime = Runtime(
+        transport=httpx.MockTransport(server.handler),
+        sleep=clock.sleep,
+        clock=clock,
+        websocket=opener,
+        interactive=False,
+    )
+    env = {"CANARYD_URL": BASE, "CANARYD_TOKEN": TOKEN}
+    result = CliRunner().invoke(app, ["watch", "42"], obj=runtime, env=env)
+    assert result.exit_code == 0, result.output
+    assert opened == [
+        "ws://canaryd.test:8080/api/v1/deployments/42/ws",
+        "ws://canaryd.test:8080/api/v1/deployments/42/ws?after_seq=1",
+    ]
+    assert result.stdout.count("health_check") == 1, result.stdout
+    assert result.stdout.count("promoted") == 1
+    assert result.stdout.splitlines()[-1] == "deployment 42 completed"
