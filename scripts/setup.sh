@@ -17,6 +17,8 @@ PACKAGES=(
   "prometheus:prometheus"
   "postgresql-client:pg_isready createdb"
   "chromium:chromium"
+  "curl:curl"
+  "jq:jq"
 )
 
 is_root() { [[ $(id -u) -eq 0 ]]; }

@@ -23,7 +23,7 @@ from canaryd.engine.ports import Clock, RealOutside, SystemClock
 from canaryd.engine.reconcile import reconcile
 from canaryd.engine.scheduler import ArqScheduler, LocalScheduler, TickScheduler
 from canaryd.engine.store import RolloutStore
-from canaryd.observability import Counters
+from canaryd.observability import Metrics
 from canaryd.settings import Settings
 from canaryd.transports.factory import TransportFactory
 from canaryd.transports.ssh import SshPool
@@ -43,7 +43,7 @@ class Runtime:
     scheduler: TickScheduler
     transports: TransportFactory
     http: httpx.AsyncClient
-    counters: Counters
+    metrics: Metrics
     #: Names this process in leases, so a stuck lease can be traced to its owner.
     owner: str
     clock: Clock
@@ -62,7 +62,7 @@ class Runtime:
         """Re-schedules overdue deployments now (see engine/reconcile.py)."""
         scheduled = await reconcile(self.sessions, self.locks, self.scheduler, self.clock, grace_seconds)
         if scheduled:
-            self.counters.inc("reconciled_ticks_total", scheduled)
+            self.metrics.reconciled_ticks(scheduled)
         return scheduled
 
     async def reconcile_forever(self) -> None:
@@ -80,7 +80,7 @@ class Runtime:
         outside = RealOutside(self.transports, self.http, self.settings.health_check_timeout)
         terms = LeaseTerms(self.settings.lease_seconds, self.settings.max_retry_backoff)
         return RolloutDriver(
-            self.store, outside, self.clock, self.bus, self.scheduler, self.counters, terms, self.owner
+            self.store, outside, self.clock, self.bus, self.scheduler, self.metrics, terms, self.owner
         )
 
 
@@ -116,7 +116,7 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
         scheduler=scheduler,
         transports=transports,
         http=http,
-        counters=Counters(),
+        metrics=Metrics(),
         owner=f"{role}:{socket.gethostname()}:{os.getpid()}",
         clock=SystemClock(),
     )

@@ -55,6 +55,10 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", f"{API}/whoami"): "read",
     ("GET", f"{API}/traefik/{{application_id}}/config"): "read",
     ("WS", f"{API}/deployments/{{deployment_id}}/ws"): "read",
+    ("PATCH", f"{API}/servers/{{server_id}}"): "admin",
+    ("DELETE", f"{API}/servers/{{server_id}}"): "admin",
+    ("GET", f"{API}/tokens"): "admin",
+    ("DELETE", f"{API}/tokens/{{token_id}}"): "admin",
 }
 
 

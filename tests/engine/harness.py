@@ -19,7 +19,7 @@ from canaryd.engine.bus import LocalBus
 from canaryd.engine.driver import LeaseTerms, RolloutDriver
 from canaryd.engine.locks import DeploymentLocks
 from canaryd.engine.store import Committed, RolloutStore
-from canaryd.observability import Counters
+from canaryd.observability import Metrics
 from canaryd.proxies.base import RouteTable
 from canaryd.runtime import Runtime
 from canaryd.services.deployments import act, create_deployment
@@ -179,7 +179,7 @@ async def harness(
             scheduler,
             TransportFactory(None),
             http,
-            Counters(),
+            Metrics(),
             "test",
             clock,
         )
@@ -188,7 +188,7 @@ async def harness(
         outside.memory_proxy.serving = RouteTable(app_id, "shop", backends, 1)
         terms = LeaseTerms(config.lease_seconds, config.max_retry_backoff)
         store = HookedStore(sessions, locks, fleet)
-        driver = RolloutDriver(store, outside, clock, bus, scheduler, rt.counters, terms, "test")
+        driver = RolloutDriver(store, outside, clock, bus, scheduler, rt.metrics, terms, "test")
         try:
             yield Harness(rt, fleet, clock, scheduler, driver, outside, app_id, hosts)
         finally:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
@@ -155,16 +157,25 @@ def create_app(settings: Settings) -> FastAPI:
             200: {"content": {"text/plain": {"example": 'canaryd_deployments{canary_status="monitoring"} 1'}}}
         },
     )
-    async def metrics(request: Request) -> str:
-        """Prometheus text format: deployments by state and canaryd's own counters (no token needed)."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: every family is listed in docs/operations.md (no token needed)."""
         rt: Runtime = request.app.state.runtime
         async with rt.sessions() as session:
-            counts = await DeploymentRepository(session).count_by_status()
-        lines = ["# TYPE canaryd_deployments gauge"]
-        lines += [
-            f'canaryd_deployments{{canary_status="{state}"}} {n}' for state, n in sorted(counts.items())
-        ]
-        lines += rt.counters.render()
-        return "\n".join(lines) + "\n"
+            repo = DeploymentRepository(session)
+            rt.metrics.set_database_figures(await repo.count_by_status(), await repo.active_shares())
+        return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def time_requests(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded labels
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.api_request(
+                request.method, template, response.status_code, time.perf_counter() - started
+            )
+        return response
 
     return app

@@ -23,9 +23,11 @@ from canaryd.services.schemas import (
     ErrorOut,
     ServerCreate,
     ServerOut,
+    ServerPatch,
     TokenCreate,
     TokenInfo,
     TokenOut,
+    TokenRow,
 )
 
 router = APIRouter(prefix="/api/v1")
@@ -34,6 +36,7 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="skip this many it
 DeploymentId = Annotated[int, Path(description="the deployment's id")]
 ApplicationId = Annotated[int, Path(description="the application's id")]
 ServerId = Annotated[int, Path(description="the server's id")]
+TokenId = Annotated[int, Path(description="the token's id")]
 
 _E: dict[int, str] = {
     401: "Missing or invalid bearer token (`Authorization: Bearer <token>`).",
@@ -228,10 +231,23 @@ async def list_application_deployments(
     responses=errors(),
 )
 async def list_deployments(
-    session: SessionDep, _: ReadAccess, limit: Limit = 50, offset: Offset = 0
+    session: SessionDep,
+    _: ReadAccess,
+    response: Response,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    application_id: Annotated[int | None, Query(ge=1)] = None,
+    status: Annotated[inventory.DeploymentState | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=18)] = None,
 ) -> list[dict[str, Any]]:
-    """Every deployment, newest first, as status objects (read scope)."""
-    return await deployments.list_deployments(session, None, limit, offset)
+    """Every deployment as a status object (read scope), newest first. Filters: `application_id`, `status` (canary_status). Pages: pass the `X-Next-Cursor`
+    header of an answer as `cursor` (absent on the last page); `offset` is kept for older clients."""
+    if offset and application_id is None and status is None and cursor is None:
+        return await deployments.list_deployments(session, None, limit, offset)
+    rows, next_cursor = await inventory.page_deployments(session, application_id, status, cursor, limit)
+    if next_cursor is not None:
+        response.headers["X-Next-Cursor"] = next_cursor
+    return rows
 
 
 @router.get(
@@ -381,10 +397,66 @@ async def whoami(principal: ReadAccess) -> dict[str, str]:
     response_model=TokenOut,
     responses=errors(),
 )
-async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess) -> dict[str, str]:
-    """Creates an API token (admin scope); the token is in this response only and is stored hashed."""
-    return {
-        "name": payload.name,
-        "scope": payload.scope,
-        "token": await tokens.create_token(session, payload.name, payload.scope),
-    }
+async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
+    """Creates an API token (admin scope), optionally expiring after `expires_in` seconds; the token is in
+    this response only and is stored hashed."""
+    token, row = await tokens.create_token_row(
+        session, payload.name, payload.scope, expires_in=payload.expires_in
+    )
+    return {**tokens.token_view(row), "token": token}
+
+
+@router.patch(
+    "/servers/{server_id}",
+    tags=["servers"],
+    summary="Change a server",
+    response_model=ServerOut,
+    responses=errors(
+        404, 409, e409="An application using the server is being deployed, or the host is in use."
+    ),
+)
+async def update_server(
+    server_id: ServerId, patch: ServerPatch, session: SessionDep, _: AdminAccess
+) -> dict[str, Any]:
+    """Changes fields of a server (name, host, transport, ssh_port, ssh_user, labels; admin scope), validated
+    as on creation. 409 while a deployment of an application using it is active, or for `host` while used."""
+    return server_view(
+        await inventory.update_server(session, server_id, patch.model_dump(exclude_unset=True))
+    )
+
+
+@router.delete(
+    "/servers/{server_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["servers"],
+    summary="Delete a server",
+    response_class=Response,
+    responses=errors(404, 409, e409="An application uses the server."),
+)
+async def delete_server(server_id: ServerId, session: SessionDep, _: AdminAccess) -> Response:
+    """Deletes a server that no application uses, as an instance or as its proxy (admin scope)."""
+    await inventory.delete_server(session, server_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/tokens", tags=["tokens"], summary="List API tokens", response_model=list[TokenRow], responses=errors()
+)
+async def list_tokens(
+    session: SessionDep, _: AdminAccess, include_revoked: bool = False
+) -> list[dict[str, Any]]:
+    """Tokens with their name, scope, creation, expiry and revocation (admin scope); never a token or its
+    hash."""
+    return await tokens.list_tokens(session, include_revoked=include_revoked)
+
+
+@router.delete(
+    "/tokens/{token_id}",
+    tags=["tokens"],
+    summary="Revoke an API token",
+    response_model=TokenRow,
+    responses=errors(404, 409, e409="The token was already revoked."),
+)
+async def revoke_token(token_id: TokenId, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
+    """Revokes a token (admin scope): every replica refuses it (401) from the next request on."""
+    return await tokens.revoke_token(session, token_id)

@@ -182,3 +182,5 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: After this instant the token is refused (None: never expires).
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -26,7 +26,7 @@ from canaryd.engine.interpreter import DeployError, Interpreter
 from canaryd.engine.ports import Clock, Outside
 from canaryd.engine.scheduler import TickScheduler
 from canaryd.engine.store import Acquired, Committed, LeaseLost, RolloutStore, lease_id
-from canaryd.observability import Counters
+from canaryd.observability import Metrics, record_events
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
 from canaryd.transports.base import TransportError
 
@@ -61,8 +61,12 @@ class LeaseTerms:
     max_backoff: float
 
 
-async def announce(bus: EventBus, scheduler: TickScheduler, deployment_id: int, done: Committed) -> None:
-    """Publishes a write's events and status, then schedules its tick (always after the commit)."""
+async def announce(
+    bus: EventBus, scheduler: TickScheduler, metrics: Metrics, deployment_id: int, done: Committed
+) -> None:
+    """Logs and counts a write's decisions, publishes its events and status, then schedules its tick
+    (always after the commit)."""
+    record_events(metrics, done.application_id, [m for m in done.messages if m.get("type") == "event"])
     for message in done.messages:
         await bus.publish(deployment_id, message)
     if done.schedule is not None:
@@ -79,12 +83,12 @@ class RolloutDriver:
         clock: Clock,
         bus: EventBus,
         scheduler: TickScheduler,
-        counters: Counters,
+        metrics: Metrics,
         terms: LeaseTerms,
         owner: str,
     ) -> None:
         self.store, self.outside, self.clock = store, outside, clock
-        self.bus, self.scheduler, self.counters = bus, scheduler, counters
+        self.bus, self.scheduler, self.metrics = bus, scheduler, metrics
         self.terms, self.owner = terms, owner
 
     async def tick(self, deployment_id: int, token: str) -> bool:
@@ -94,20 +98,21 @@ class RolloutDriver:
         got = await self.store.acquire(deployment_id, token, lease, now, until)
         if got is not Acquired.YES:
             return got is Acquired.STALE  # a stale tick is simply done
-        self.counters.inc("ticks_total")
         try:
             done = await self._leased(deployment_id, lease, self._run(deployment_id, lease))
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
-        await announce(self.bus, self.scheduler, deployment_id, done)
+        await announce(self.bus, self.scheduler, self.metrics, deployment_id, done)
         return True
 
     async def _run(self, deployment_id: int, lease: str) -> Committed:
         loaded = await self.store.load(deployment_id, self.terms.max_backoff)
         s = loaded.snapshot
+        if loaded.due is not None:
+            self.metrics.tick_started((self.clock.now() - loaded.due).total_seconds())
         proxy = self.outside.proxy(loaded.app, loaded.proxy_server)
-        io = Interpreter(loaded, proxy, self.outside, self.clock, self.store, lease, self.counters)
+        io = Interpreter(loaded, proxy, self.outside, self.clock, self.store, lease, self.metrics)
         plan = Plan()
         try:
             if s.state in ACTIVE_STATES:
@@ -117,11 +122,11 @@ class RolloutDriver:
             await io.carry_out(plan.effects)
         except EXPECTED_FAILURES as exc:
             log.warning("deployment %s: %s", deployment_id, exc)
-            self.counters.inc("step_failures_total")
+            self.metrics.step_failed()
             plan = self._failed(plan, decide(s, failure_of(exc), self.clock.now()))
         except Exception as exc:  # a bug: record it and keep the deployment moving
             log.exception("tick of deployment %s failed", deployment_id)
-            self.counters.inc("tick_errors_total")
+            self.metrics.tick_error()
             plan = self._failed(plan, decide(s, failure_of(exc), self.clock.now()))
         facts = replace(
             plan.facts,

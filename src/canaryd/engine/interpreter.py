@@ -29,7 +29,7 @@ from canaryd.engine.ports import Clock, Outside
 from canaryd.engine.proxies import backends_json, push_routes
 from canaryd.engine.store import Loaded, ProxyFacts, RolloutStore
 from canaryd.metrics.prometheus import CohortQuery, MetricSourceError
-from canaryd.observability import Counters
+from canaryd.observability import Metrics
 from canaryd.proxies.base import Proxy, RouteTable
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Interpreter:
     clock: Clock
     store: RolloutStore
     lease: str
-    counters: Counters
+    metrics: Metrics
     applied: list[Any] = field(default_factory=list)
     generation: int = 0
     checked: bool = False
@@ -89,7 +89,7 @@ class Interpreter:
             self.events.append(Event(EventKind.PROXY_REASSERTED, (why,)))
         applied = await push_routes(self.proxy, app, backends, self.generation + 1)
         self.checked = True
-        self.counters.observe("proxy_apply_seconds", applied.live_ms / 1000)
+        self.metrics.proxy_applied(str(app.proxy.get("kind", "unknown")), applied.live_ms / 1000)
         self.generation, self.applied = applied.generation, applied.backends
         self._live = (self.clock.now(), applied.live_ms)
 

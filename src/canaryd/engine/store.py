@@ -72,6 +72,8 @@ class Loaded:
     state_version: int
     applied: list[Any]
     generation: int
+    #: When this tick was due (for the tick-lag figure).
+    due: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class Committed:
 
     messages: list[dict[str, Any]]
     status: dict[str, Any]
+    application_id: int
     schedule: tuple[str, datetime] | None
     state: State
     decided: bool  # False when an operator had changed the deployment meanwhile
@@ -244,6 +247,7 @@ class RolloutStore:
             dep.state_version,
             list(app.proxy_applied),
             app.proxy_generation,
+            dep.next_tick_at,
         )
 
     async def mark_version(
@@ -286,7 +290,7 @@ class RolloutStore:
             dep.lease_owner, dep.lease_until = None, None
             dep.updated_at = now
             messages, status = await self._finish(session, dep, events, now, proxy)
-        return Committed(messages, status, schedule, State(dep.canary_status), decided)
+        return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), decided)
 
     async def operate(
         self, deployment_id: int, decide: Callable[[Snapshot], Change], now: datetime
@@ -304,7 +308,7 @@ class RolloutStore:
             schedule = record_change(dep, app, change, now, None)
             dep.updated_at = now
             messages, status = await self._finish(session, dep, list(change.events), now, None)
-        return Committed(messages, status, schedule, State(dep.canary_status), True)
+        return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), True)
 
     async def _fenced(self, session: AsyncSession, deployment_id: int, lease: str) -> Deployment:
         dep = await DeploymentRepository(session).get(deployment_id, for_update=True)

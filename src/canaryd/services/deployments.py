@@ -38,6 +38,7 @@ from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.store import event_row, new_token
 from canaryd.engine.views import deployment_status, event_view
+from canaryd.observability import record_events
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
 from canaryd.services.schemas import ActionRequest, DeploymentCreate
@@ -98,6 +99,7 @@ async def create_deployment(
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
         status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
         event, token = event_view(row), dep.tick_token
+    record_events(rt.metrics, app_id, [event])
     await rt.bus.publish(dep.id, {"type": "event", **event})
     await rt.scheduler.schedule(dep.id, token, now)
     return Created(status, replayed=False)
@@ -223,6 +225,6 @@ async def act(
         raise Conflict(str(exc)) from exc
     if done is None:
         raise NotFound(f"deployment {deployment_id} not found")
-    await announce(rt.bus, rt.scheduler, deployment_id, done)
+    await announce(rt.bus, rt.scheduler, rt.metrics, deployment_id, done)
     status: dict[str, Any] = done.status
     return status

@@ -46,6 +46,19 @@ class ServerCreate(StrictModel):
         return labels
 
 
+class ServerPatch(StrictModel):
+    """The fields of a server to change; each is validated as on creation, the others are kept."""
+
+    name: Name | None = None
+    host: Host | None = None
+    transport: Literal["ssh", "local"] | None = None
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    ssh_user: UserName | None = None
+    labels: dict[str, Annotated[str, SchemaMax(maxLength=256)]] | None = Field(
+        default=None, json_schema_extra={"maxProperties": 50}
+    )
+
+
 class ApplicationCreate(StrictModel):
     name: Name
     port: int = Field(ge=1, le=65535)
@@ -89,6 +102,10 @@ class ActionRequest(StrictModel):
 class TokenCreate(StrictModel):
     name: Name
     scope: Literal["read", "deploy", "operate", "admin"]
+    #: Seconds until the token stops working (at most ten years); omitted: it never expires.
+    expires_in: int | None = Field(
+        default=None, ge=1, le=315_360_000, description="seconds until it stops working; omitted: never"
+    )
 
 
 # --- Responses -------------------------------------------------------------------------------------------
@@ -304,12 +321,27 @@ class DeploymentEventOut(BaseModel):
     )
 
 
+class TokenRow(BaseModel):
+    """An API token as listed: never the token itself or its hash."""
+
+    id: int
+    name: str
+    scope: Literal["read", "deploy", "operate", "admin"]
+    created_at: str | None
+    expires_at: str | None = Field(description="when it stops working; null: never")
+    revoked_at: str | None
+    active: bool = Field(description="neither revoked nor expired")
+
+
 class TokenOut(BaseModel):
     """A new API token: shown in this response only; canaryd stores its SHA-256."""
 
+    id: int | None = None
     name: str
     scope: Literal["read", "deploy", "operate", "admin"]
     token: str
+    expires_at: str | None = None
+    active: bool = True
 
     model_config = ConfigDict(
         json_schema_extra={"example": {"name": "ci", "scope": "deploy", "token": "cdt_3q9…"}}

@@ -11,6 +11,7 @@ from typing import Any
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from canaryd.engine.driver import RolloutDriver
@@ -36,6 +37,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     stack = contextlib.AsyncExitStack()
     rt = await stack.enter_async_context(open_runtime(settings, "worker"))
     ctx["stack"], ctx["driver"] = stack, rt.driver()
+    if settings.worker_metrics_port is not None:  # the worker's own /metrics (ticks, judge, proxies)
+        server, _ = start_http_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, registry=rt.metrics.registry
+        )
+        stack.callback(server.server_close)  # callbacks run last-first: shutdown(), then close
+        stack.callback(server.shutdown)
     ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
 
 
