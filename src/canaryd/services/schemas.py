@@ -54,8 +54,8 @@ class ServerPatch(StrictModel):
     transport: Literal["ssh", "local"] | None = None
     ssh_port: int | None = Field(default=None, ge=1, le=65535)
     ssh_user: UserName | None = None
-    labels: dict[str, Annotated[str, SchemaMax(maxLength=256)]] | None = Field(
-        default=None, json_schema_extra={"maxProperties": 50}
+    labels: dict[str, Annotated[str, SchemaMax(maxLength=256)]] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": 50}
     )
 
 
@@ -331,6 +331,20 @@ class TokenRow(BaseModel):
     expires_at: str | None = Field(description="when it stops working; null: never")
     revoked_at: str | None
     active: bool = Field(description="neither revoked nor expired")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": 3,
+                "name": "ci",
+                "scope": "deploy",
+                "created_at": "2026-11-29T10:00:00+00:00",
+                "expires_at": None,
+                "revoked_at": None,
+                "active": True,
+            }
+        }
+    )
 
 
 class TokenOut(BaseModel):
