@@ -41,7 +41,7 @@ from types import ModuleType
 
 try:
     import numpy as np
-    from scipy.stats import hypergeom, lognorm
+    from scipy.stats import hypergeom, lognorm  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - the message is the point
     sys.exit("bench/judge.py needs numpy and scipy (dev dependencies): run `make setup` or `uv sync`.")
 
@@ -52,7 +52,7 @@ from canaryd.domain.types import CohortStats, bucket_upper_ms
 BASE_ERROR = 0.01
 MEDIAN_MS, SIGMA = 100.0, 0.5
 BURST_PROB, BURST_ERROR = 0.05, 0.20
-ALPHA = 0.025
+ALPHA = 0.025  # the fixed-sample bound's one-sided level
 BEFORE = "560ea2c"  # the judge as issue 16 found it
 N_BUCKETS = 400  # latency histogram buckets simulated (0.1 ms · 1.05^400 ≈ 30 s)
 
@@ -157,6 +157,7 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
         {"health_check_interval": 60, "stage_duration": 60 * minutes, **overrides}
     )
     threshold_config = CanaryConfig(judge="threshold")
+    before_config = config.model_copy(update={"alpha": 0.025})  # the default the issue measured
     before = load_before(before_rev) if before_rev else None
     p_canary, p_stable = bucket_probs(cell.truth, True), bucket_probs(cell.truth, False)
     share = 1 / (1 + cell.split)
@@ -192,13 +193,16 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
                 old_obs = before.Observation(
                     canary, stable, stable, canary_share=share, evidence=old_evidence or before.Evidence()
                 )
-                old = before.judge_sequential(old_obs, config)
+                old = before.judge_sequential(old_obs, before_config)
                 old_evidence = old.evidence
                 if old.verdict.outcome.value == "fail":
                     before_at = m + 1
-            if threshold_at is None and cell.split == 1:
-                if judge_threshold(canary, stable, stable, 0, threshold_config).outcome is Outcome.FAIL:
-                    threshold_at = m + 1
+            threshold = threshold_at is None and cell.split == 1
+            if (
+                threshold
+                and judge_threshold(canary, stable, stable, 0, threshold_config).outcome is Outcome.FAIL
+            ):
+                threshold_at = m + 1
             if (
                 after_at is not None
                 and (before is None or before_at is not None)
@@ -255,8 +259,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--reps", type=int, default=300, help="replications per regression cell (300)")
-    parser.add_argument("--aa-reps", type=int, default=1000, help="replications per A/A cell (1000)")
+    parser.add_argument("--reps", type=int, default=200, help="replications per regression cell (200)")
+    parser.add_argument("--aa-reps", type=int, default=400, help="replications per A/A cell (400)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the replications")
     parser.add_argument("--seed", type=int, default=20250101)
     parser.add_argument("--minutes", type=int, default=30, help="stage length, one check per minute")

@@ -299,7 +299,7 @@ class CanaryConfig(StrictModel):
     #: "sequential": guards plus always-valid count tests (the default; see the bench in docs/judge.md);
     #: "threshold": the spec's rules above (error_rate_threshold, latency_threshold, min_requests).
     judge: Literal["sequential", "threshold"] = "sequential"
-    alpha: float = Field(default=0.025, gt=0, le=0.5)  # false-rollback budget, shared by the tests
+    alpha: float = Field(default=0.02, gt=0, le=0.5)  # false-rollback budget, shared by the tests
     error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
     latency_margin: float = Field(default=1.25, ge=1, le=10)  # absorbs a threshold set from stable data
     sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration of the mixture
@@ -317,10 +317,10 @@ class CanaryConfig(StrictModel):
         "shorter than this counts as one bucket's worth of evidence (default 60).",
     )
     bucket_max_evidence: float = Field(
-        default=3.0,
+        default=2.5,
         gt=1,
         le=1e6,
-        description="The most one time bucket can multiply a comparison's e-value by (default 3.0): a "
+        description="The most one time bucket can multiply a comparison's e-value by (default 2.5): a "
         "rollback needs evidence from several buckets, so one bad minute on one server cannot roll back.",
     )
     stage_end_alpha: float = Field(
@@ -332,11 +332,11 @@ class CanaryConfig(StrictModel):
         "with s comparing stages adds at most s × this to alpha (default 0.01).",
     )
     burst_allowance: float = Field(
-        default=2.0,
+        default=1.0,
         ge=0,
         le=20,
         description="At the stage-end look, a bucket counts at most this many standard deviations (plus "
-        "one event) of canary events above what its requests would give at the cohorts' rate (default 2).",
+        "one event) of canary events above what its requests would give at the cohorts' rate (default 1).",
     )
     #: Count requests slower than this; default: stable's p95 plus latency_min_difference_ms.
     latency_tail_ms: float | None = Field(default=None, gt=0, le=600_000)

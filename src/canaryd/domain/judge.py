@@ -717,6 +717,28 @@ def _advance(
     return _close_for_end_look(closed, delta, margin, config), bucket
 
 
+def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
+    """The design effect of this stage's average bucket, at the latest over-dispersion estimates."""
+    buckets = max(stream.buckets, 1)
+    total = stage.canary_requests + stage.stable_requests
+    rho = stage.canary_requests / total if total else 0.5
+    return design_effect(
+        bucket.r_canary, bucket.r_stable, round(stage.canary_requests / buckets),
+        round(stage.stable_requests / buckets), null_share(rho, margin) if 0 < rho < 1 else 0.5,
+    )  # fmt: skip
+
+
+def _end_p_value(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
+    """The stage-end look's p-value: P(counted ≥ observed) under the null, the excess over the null's
+    mean shrunk by √(design effect) when the cohorts' own buckets show over-dispersion."""
+    mean = sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
+    phi = _typical_design_effect(stream, bucket, stage, margin)
+    observed = stream.end_counted
+    if observed > mean and phi > 1:
+        observed = math.ceil(mean + (observed - mean) / math.sqrt(phi))
+    return upper_tail(stream.end_offset, stream.end_null, observed)
+
+
 def _compare(
     metric: str,
     what: str,
@@ -738,7 +760,7 @@ def _compare(
     end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
     stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
     if end_look:
-        stream = replace(stream, end_p=upper_tail(stream.end_offset, stream.end_null, stream.end_counted))
+        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
     log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
     log_e = log_mixture(log_lr)
     threshold = math.log(1 / alpha)
@@ -812,11 +834,7 @@ def _compare(
         need: int | None = None
     else:
         # Over-dispersed traffic carries less information per event: ask for the design effect more.
-        buckets = max(stream.buckets, 1)
-        phi = design_effect(
-            bucket.r_canary, bucket.r_stable, round(stage.canary_requests / buckets),
-            round(stage.stable_requests / buckets), null_share(rho, margin),
-        )  # fmt: skip
+        phi = _typical_design_effect(stream, bucket, stage, margin)
         per_request = rho * p_alt + (1 - rho) * p_s  # events per request, were the canary that bad
         need = math.ceil(rho * lam * phi / per_request)
     figures["canary_requests_needed"] = need

@@ -185,12 +185,12 @@ def events_needed(
     """
     if not 0.0 < theta0 < 1.0 or not theta0 < theta1 <= 1.0 or not 0 < alpha < 1 or not 0 < power < 1:
         return None
-    # Rounded so that checks with slightly different estimates share one cached table: θ0 to 0.01, and
-    # the odds ratio of θ1 to θ0 *down* to a grid of ~4 % steps, which asks for more evidence, never less.
-    key0 = min(max(round(theta0 * 100) / 100, 0.01), 0.99)
+    # Rounded so that checks with slightly different estimates share one cached table: θ0 to 0.02, and
+    # the odds ratio of θ1 to θ0 *down* to a grid of ~9 % steps, which asks for more evidence, never less.
+    key0 = min(max(round(theta0 * 50) / 50, 0.02), 0.98)
     theta1 = min(theta1, 0.9999)
     log_or = math.log(theta1 / (1 - theta1)) - math.log(theta0 / (1 - theta0))
-    step = math.log(2) / 16
+    step = math.log(2) / 8
     log_or_q = math.floor(log_or / step) * step
     if log_or_q <= 0:
         return None
@@ -204,7 +204,7 @@ def events_needed_mixture(theta0: float, theta1: float, alpha: float, power: flo
 
 @lru_cache(maxsize=4096)
 def _events_needed(key0: float, steps: int, log_threshold: float, power: float, k: float) -> float | None:
-    odds1 = key0 / (1 - key0) * 2 ** (steps / 16)
+    odds1 = key0 / (1 - key0) * 2 ** (steps / 8)
     key1 = odds1 / (1 + odds1)
     probs = _rejection_probabilities(key0, key1, log_threshold, k)
     if probs[-1] < power:
