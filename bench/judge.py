@@ -249,7 +249,11 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         for split in (1, 9):
             noises = ("indep.", "bursts", "common") if truth is AA or "×3" in truth.name else ("indep.",)
             for noise in noises:
-                for rate in rates:
+                # Regressions at 2 req/min are not detectable in 30 minutes by any test (Fisher ≤ 5 %),
+                # nor bursty regressions at 200: those cells are left out to keep the run short.
+                for rate in (
+                    rates if truth is AA else [r for r in rates if r != 2 and (noise == "indep." or r != 200)]
+                ):
                     reps = args.aa_reps if truth is AA else args.reps
                     out.append(Cell(truth, split, noise, rate, max(1, reps // (10 if args.quick else 1))))
     return out

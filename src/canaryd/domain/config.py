@@ -324,12 +324,12 @@ class CanaryConfig(StrictModel):
         "rollback needs evidence from several buckets, so one bad minute on one server cannot roll back.",
     )
     stage_end_alpha: float = Field(
-        default=0.01,
+        default=0.008,
         ge=0,
         le=0.2,
         description="False-rollback rate of the one fixed-sample look at the end of each comparing stage's "
         "planned duration (shared by the comparisons like alpha; 0 turns the look off). Per stage: a rollout "
-        "with s comparing stages adds at most s × this to alpha (default 0.01).",
+        "with s comparing stages adds at most s × this to alpha (default 0.008).",
     )
     burst_allowance: float = Field(
         default=1.0,

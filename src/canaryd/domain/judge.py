@@ -21,11 +21,15 @@ canaries by chance:
 - guards, outside the statistics: `max_failed_health_checks` consecutive failed health checks; no data
   (the canary got none of the requests its share says it should have had); and, when configured, the SLO
   ceilings (`error_rate_ceiling`, `latency_ceiling_ms`), tested on the canary alone.
-- error_rate: the canary's and stable's errors, as counts out of their requests, in the one-sided mixture
-  Bayes factor of domain/sequential.py (θ0 from the canary's share of requests and `error_rate_margin`).
-  It fails when the evidence, multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the
-  tests, weighted Bonferroni: errors 4 parts, every other test 1).
-- latency_tail: the same test on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
+- error_rate: the canary's and stable's errors counted in time buckets (`bucket_seconds`), each bucket's
+  split of errors compared with the split of its requests (θ0 from the canary's share and
+  `error_rate_margin`) by a mixture of likelihood ratios (domain/sequential.py, "time buckets"), each
+  bucket's part divided by its design effect (the cohorts' estimated over-dispersion) and capped at
+  `bucket_max_evidence`, so that a burst on one server cannot roll back alone. It fails when the evidence,
+  multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the tests, weighted Bonferroni:
+  errors 4 parts, every other test 1); or, once per stage when its planned duration is over, when the
+  stage-end look (an exact bucket-wise conditional test at `stage_end_alpha`) rejects.
+- latency_tail: the same tests on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
   over the whole deployment plus `latency_min_difference_ms`.
 - It passes a metric only with evidence: enough requests (summed over the stages) that a regression of
   `detect_ratio` × (and at least `detect_min_increase` points) would have been detected with `power`.
