@@ -302,7 +302,7 @@ class CanaryConfig(StrictModel):
     alpha: float = Field(default=0.02, gt=0, le=0.5)  # false-rollback budget, shared by the tests
     error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
     latency_margin: float = Field(default=1.25, ge=1, le=10)  # absorbs a threshold set from stable data
-    sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration of the mixture
+    sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration (SLO ceilings' test)
     #: A pass needs enough requests that this regression would have been caught with `power`:
     #: canary ≥ detect_ratio × stable and at least detect_min_increase percentage points more.
     detect_ratio: float = Field(default=3.0, gt=1, le=100)
