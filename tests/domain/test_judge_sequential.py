@@ -14,6 +14,7 @@ from canaryd.domain.judge import (
     Outcome,
     Tally,
     alpha_shares,
+    checks_per_bucket,
     judge_sequential,
 )
 from canaryd.domain.types import CohortStats, HostLoad
@@ -334,3 +335,35 @@ def test_evidence_written_before_time_buckets_is_read() -> None:
     stream = j.evidence.streams["error_rate"]
     assert stream.stage_start == pytest.approx(2.0)
     assert Evidence.from_json(json.loads(json.dumps(j.evidence.to_json()))) == j.evidence
+
+
+def test_a_canary_beyond_the_size_a_pass_rules_out_never_passes() -> None:
+    """34 % errors against none, in a stage too short for the capped test to fail: inconclusive, not pass."""
+    run = minutes([(100, 34)] * 3, [(100, 0)] * 3)
+    m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
+    assert m.outcome is Outcome.INCONCLUSIVE
+    assert "the canary looks at least +5 pp errors but it is not shown yet" in m.reason
+
+
+@pytest.mark.parametrize(
+    ("interval", "stage", "expected"), [(10, 300, 6), (60, 1800, 1), (1, 30, 6), (1, 2, 1), (10, 3600, 6)]
+)
+def test_buckets_shrink_for_short_stages(interval: int, stage: int, expected: int) -> None:
+    """A bucket is bucket_seconds, at most a fifth of the stage, at least one check."""
+    # model_copy: the e2e tests' short stages are below the API's 60 s minimum
+    config = CanaryConfig().model_copy(update={"health_check_interval": interval, "stage_duration": stage})
+    assert checks_per_bucket(config) == expected
+
+
+def test_short_stage_catches_a_bad_canary_at_its_end() -> None:
+    """With 2-second stages checked every second (one check a bucket), 30 % errors fail at the stage end."""
+    config = CanaryConfig().model_copy(update={"health_check_interval": 1, "stage_duration": 2})
+    evidence, canary, stable = Evidence(), CohortStats(), CohortStats()
+    outcomes = []
+    for _ in range(2):
+        canary, stable = canary.merge(stats(6, 2)), stable.merge(stats(54, 0))
+        j = judge_sequential(Observation(canary, stable, stable, canary_share=0.1, evidence=evidence), config)
+        evidence = j.evidence
+        outcomes.append(j.verdict.outcome)
+    assert outcomes == [Outcome.INCONCLUSIVE, Outcome.FAIL]
+    assert "at the stage's end" in j.verdict.reasons[0]

@@ -676,6 +676,17 @@ def _close_for_end_look(stream: Stream, delta: Tally, margin: float, config: Can
     )
 
 
+#: A stage holds at least this many buckets: shorter stages get shorter buckets (a stage shorter than
+#: one bucket could never show persistence, and a bad canary would ride through it).
+MIN_BUCKETS_PER_STAGE = 5
+
+
+def checks_per_bucket(config: CanaryConfig) -> int:
+    """Checks in one time bucket: `bucket_seconds`, at most a fifth of the stage, at least one check."""
+    seconds = min(config.bucket_seconds, config.stage_duration / MIN_BUCKETS_PER_STAGE)
+    return max(1, math.ceil(seconds / config.health_check_interval))
+
+
 def _advance(
     stream: Stream,
     stage: Tally,
@@ -700,7 +711,7 @@ def _advance(
     if min(delta.canary_requests, delta.stable_requests, delta.canary_events, delta.stable_events) < 0:
         delta = stage  # the counts went backwards (a reset source): start the bucket afresh
     checks = stream.checks + 1
-    per_bucket = max(1, math.ceil(config.bucket_seconds / config.health_check_interval))
+    per_bucket = checks_per_bucket(config)
     bucket = _bucket(stream, delta, margin, config)
     stream = replace(stream, stage_checks=stream.stage_checks + 1)
     if checks < per_bucket and not end_look:
@@ -849,6 +860,13 @@ def _compare(
         reason = (
             f"{metric}: canary has {total.canary_requests} of the ~{need} requests needed to rule out "
             f"{size} ({counts}; e={_e(log_e)})"
+        )
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
+    if total.canary_events >= p_alt * total.canary_requests:
+        # The exposure would have caught this size; the counts are at or beyond it but (capped, tempered)
+        # not shown yet: never a pass.
+        reason = (
+            f"{metric}: {counts}; the canary looks at least {size} but it is not shown yet (e={_e(log_e)})"
         )
         return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
     reason = (
@@ -1053,6 +1071,7 @@ __all__ = [
     "ThresholdJudge",
     "Verdict",
     "alpha_shares",
+    "checks_per_bucket",
     "judge_for",
     "judge_sequential",
     "judge_threshold",
