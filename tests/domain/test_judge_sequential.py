@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -13,6 +14,7 @@ from canaryd.domain.judge import (
     Outcome,
     Tally,
     alpha_shares,
+    checks_per_bucket,
     judge_sequential,
 )
 from canaryd.domain.types import CohortStats, HostLoad
@@ -40,12 +42,10 @@ def judge(canary: CohortStats, stable: CohortStats, **kw: object) -> Observation
          "error_rate: canary errors 6/600 (1.0 %) vs stable 6/600 (1.0 %); enough traffic"),
         ("too little traffic", stats(37), stats(40), 0, Outcome.INCONCLUSIVE,
          "error_rate: canary has 37 of the ~"),
-        ("30 % errors", stats(60, 18), stats(60, 0), 0, Outcome.FAIL,
-         "error_rate: canary errors 18/60 (30.0 %) vs stable 0/60 (0.0 %); e="),
-        ("slower by 300 ms", stats(60, latency_ms=400), stats(60, latency_ms=100), 0, Outcome.FAIL,
-         "latency_tail: canary slower than"),
-        ("tail regression", stats(400, slow=40), stats(400, slow=4), 0, Outcome.FAIL,
-         "latency_tail: canary slower than"),
+        # One check is one time bucket: however bad, it can multiply the evidence by at most
+        # bucket_max_evidence, so it cannot roll back alone (a burst looks just like this).
+        ("30 % errors in one bucket", stats(60, 18), stats(60, 0), 0, Outcome.INCONCLUSIVE,
+         "error_rate: canary has 60 of the ~"),
         ("health guard", stats(600), stats(600), 3, Outcome.FAIL,
          "health: 3 consecutive failed health checks of canary instances"),
         ("health guard without traffic", CohortStats(), CohortStats(), 3, Outcome.FAIL, "health: 3"),
@@ -94,14 +94,12 @@ def test_ratio_sets_the_size_when_stable_errs_a_lot() -> None:
 
 
 def test_margin_tolerates_a_canary_within_it() -> None:
-    """Canary at 2× stable's errors fails without a margin and is not failed with margin 3."""
-    canary, stable = stats(2000, 80), stats(2000, 40)
-    assert judge_sequential(judge(canary, stable), CONFIG).verdict.outcome is Outcome.FAIL
-    relaxed = CanaryConfig(error_rate_margin=3.0)
-    assert (
-        judge_sequential(judge(canary, stable), relaxed).verdict.metric("error_rate").outcome
-        is not Outcome.FAIL
-    )
+    """Canary at 2× stable's errors, minute after minute, fails without a margin and not with margin 3."""
+    canary, stable = [(400, 8)] * 20, [(400, 4)] * 20
+    assert first_fail(minutes(canary, stable)) is not None
+    relaxed = MINUTE.model_copy(update={"error_rate_margin": 3.0})
+    last = minutes(canary, stable, relaxed)[-1][1]
+    assert last.metric("error_rate").outcome is not Outcome.FAIL  # type: ignore[attr-defined]
 
 
 def test_slo_ceilings_fail_on_the_canary_alone() -> None:
@@ -151,20 +149,32 @@ def test_missing_host_readings_do_not_block() -> None:
 
 def test_evidence_multiplies_across_stages() -> None:
     """A stage's e-value is carried into the next; the 100 % stage (no stable) keeps it and the exposure."""
-    first = judge_sequential(judge(stats(300, 12), stats(300, 3), stage=0), CONFIG)
-    e1 = first.evidence.current["error_rate"]
-    assert e1 > 0 and first.verdict.outcome is not Outcome.FAIL
-    second = judge_sequential(judge(stats(300, 12), stats(300, 3), stage=1, evidence=first.evidence), CONFIG)
-    assert second.evidence.carried["error_rate"] == pytest.approx(e1)
-    assert second.verdict.metric("error_rate").figures["rollout_canary_requests"] == 600
-    # Twice the same moderate evidence crosses the threshold that once did not.
-    assert second.verdict.outcome is Outcome.FAIL
+
+    def stage(number: int, evidence: Evidence, checks: int = 3) -> tuple[Evidence, Outcome]:
+        canary, stable = CohortStats(), CohortStats()
+        outcome = Outcome.INCONCLUSIVE
+        for _ in range(checks):
+            canary, stable = canary.merge(stats(100, 4)), stable.merge(stats(100, 1))
+            j = judge_sequential(judge(canary, stable, stage=number, evidence=evidence), MINUTE)
+            evidence, outcome = j.evidence, j.verdict.outcome
+        return evidence, outcome
+
+    first, outcome = stage(0, Evidence())
+    e1 = first.current["error_rate"]
+    assert e1 > 0 and outcome is not Outcome.FAIL
+    alone = stage(1, Evidence())[1]
+    assert alone is not Outcome.FAIL
+    # The same moderate evidence twice (in two stages) crosses the threshold that once did not.
+    second, outcome = stage(1, first)
+    assert second.carried["error_rate"] == pytest.approx(e1)
+    assert outcome is Outcome.FAIL
     last = judge_sequential(
-        judge(stats(900), CohortStats(), baseline=stats(600), stage=2, evidence=first.evidence), CONFIG
+        judge(stats(900), CohortStats(), baseline=stats(600), stage=2, evidence=first), CONFIG
     )
     m = last.verdict.metric("error_rate")
     assert m.figures["rollout_canary_requests"] == 300  # the 100 % stage compared nothing
     assert last.evidence.carried["error_rate"] == pytest.approx(e1)
+    assert m.figures["e_value"] == pytest.approx(math.exp(e1), rel=1e-3)
 
 
 def test_operator_skipped_stage_is_folded_in() -> None:
@@ -187,3 +197,173 @@ def test_evidence_and_snapshot_are_json() -> None:
         figures
     )
     assert Evidence.from_json("garbage") == Evidence()
+
+
+# --- time buckets: bursts, uneven cohorts, persistence, the stage-end look ---------------------------------
+
+MINUTE = CanaryConfig(health_check_interval=60, stage_duration=1800)  # one check per bucket, 30 checks
+
+
+def minutes(
+    canary: list[tuple[int, int]], stable: list[tuple[int, int]], config: CanaryConfig = MINUTE, **kw: object
+) -> list[tuple[int, object]]:
+    """Feeds per-minute (requests, errors) of both cohorts, cumulatively, one check a minute.
+
+    Returns (minute, verdict) for every check until the first fail.
+    """
+    c_total, s_total = CohortStats(), CohortStats()
+    evidence = Evidence()
+    share = kw.pop("share", 0.5)
+    out: list[tuple[int, object]] = []
+    for minute, ((cn, ce), (sn, se)) in enumerate(zip(canary, stable, strict=True), start=1):
+        c_total = c_total.merge(stats(cn, ce))
+        s_total = s_total.merge(stats(sn, se))
+        obs = Observation(c_total, s_total, s_total, canary_share=share, evidence=evidence)  # type: ignore[arg-type]
+        j = judge_sequential(obs, config)
+        evidence = j.evidence
+        out.append((minute, j.verdict))
+        if j.verdict.outcome is Outcome.FAIL:
+            break
+    return out
+
+
+def first_fail(run: list[tuple[int, object]]) -> int | None:
+    minute, verdict = run[-1]
+    return minute if verdict.outcome is Outcome.FAIL else None  # type: ignore[attr-defined]
+
+
+def with_bursts(
+    base: tuple[int, int], at: set[int], burst: tuple[int, int], n: int = 30
+) -> list[tuple[int, int]]:
+    return [burst if m in at else base for m in range(1, n + 1)]
+
+
+@pytest.mark.parametrize(
+    ("case", "canary", "stable", "share", "fails_by"),
+    [
+        # independent bursts on the canary (20 % errors for a minute) among healthy minutes: not a rollback
+        ("1:1, 200/min, 3 canary bursts", with_bursts((200, 2), {3, 11, 20}, (200, 40)), [(200, 2)] * 30, 0.5, None),
+        ("1:1, 50/min, 4 canary bursts", with_bursts((50, 0), {1, 2, 9, 25}, (50, 10)), [(50, 1)] * 30, 0.5, None),
+        ("1:9, 10/min, 3 canary bursts", with_bursts((10, 0), {4, 5, 17}, (10, 2)), [(90, 1)] * 30, 0.1, None),
+        ("1:9, 200/min, 2 canary bursts", with_bursts((200, 2), {1, 2}, (200, 40)), [(1800, 18)] * 30, 0.1, None),
+        # bursts that hit both cohorts in the same minute cancel within the bucket
+        ("1:1, common bursts", with_bursts((200, 2), {2, 3, 4, 5}, (200, 40)),
+         with_bursts((200, 2), {2, 3, 4, 5}, (200, 40)), 0.5, None),
+        ("1:9, common bursts", with_bursts((50, 0), {2, 3, 4}, (50, 10)),
+         with_bursts((450, 4), {2, 3, 4}, (450, 90)), 0.1, None),
+        # a regression that persists is caught within minutes, equal or uneven cohorts
+        ("1:1, 30 % errors every minute", [(60, 18)] * 30, [(60, 0)] * 30, 0.5, 6),
+        ("1:9, 30 % errors every minute", [(20, 6)] * 30, [(180, 2)] * 30, 0.1, 6),
+        ("1:1, ×5 at 200/min", [(200, 10)] * 30, [(200, 2)] * 30, 0.5, 12),
+    ],
+)  # fmt: skip
+def test_bursts_and_persistence(
+    case: str,
+    canary: list[tuple[int, int]],
+    stable: list[tuple[int, int]],
+    share: float,
+    fails_by: int | None,
+) -> None:
+    """Bursts (on one cohort or both) do not roll back an identical canary; a lasting regression does."""
+    at = first_fail(minutes(canary, stable, share=share))
+    if fails_by is None:
+        assert at is None, case
+    else:
+        assert at is not None and at <= fails_by, (case, at)
+
+
+def test_one_bucket_is_capped_and_says_so() -> None:
+    """A single terrible bucket multiplies the evidence by at most bucket_max_evidence, shown in figures."""
+    run = minutes([(200, 200)], [(200, 2)])
+    figures = run[-1][1].metric("error_rate").figures  # type: ignore[attr-defined]
+    assert figures["buckets"] == 1 and figures["buckets_at_cap"] == 1
+    assert figures["e_value"] == pytest.approx(MINUTE.bucket_max_evidence, rel=1e-3)
+
+
+def test_overdispersion_is_estimated_and_reported() -> None:
+    """Bursty canary minutes show as the canary's over-dispersion and a design effect above 1."""
+    run = minutes(with_bursts((200, 2), {3, 9}, (200, 40), n=12), [(200, 2)] * 12)
+    figures = run[-1][1].metric("error_rate").figures  # type: ignore[attr-defined]
+    assert isinstance(figures["overdispersion_canary"], float) and figures["overdispersion_canary"] > 0.02
+    assert figures["overdispersion_stable"] == 0.0
+    assert isinstance(figures["design_effect"], float) and figures["design_effect"] > 2
+    steady = minutes([(200, 6)] * 12, [(200, 2)] * 12)
+    assert steady[-1][1].metric("error_rate").figures["overdispersion_canary"] < 0.01  # type: ignore[attr-defined]
+
+
+def test_stage_end_look_catches_what_the_sequential_test_did_not_yet() -> None:
+    """×3 errors at 10 req/min on a 1:9 canary: not enough for the always-valid test, enough for the
+    one fixed-sample look at the stage's end (p ≤ stage_end_alpha), which says so."""
+    canary = [(10, 1 if m % 3 == 0 else 0) for m in range(1, 31)]  # 10 errors in 300 requests
+    stable = [(90, 1)] * 30  # 30 in 2,700
+    run = minutes(canary, stable, share=0.1)
+    assert first_fail(run) == 30
+    m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
+    assert m.reason.startswith(
+        "error_rate: canary errors 10/300 (3.3 %) vs stable 30/2700 (1.1 %); at the stage's end"
+    )
+    assert m.figures["stage_end_p_value"] <= m.figures["stage_end_alpha"]
+    off = minutes(canary, stable, MINUTE.model_copy(update={"stage_end_alpha": 0.0}), share=0.1)
+    assert first_fail(off) is None
+
+
+def test_pass_states_the_tolerance() -> None:
+    """A pass says which regression it rules out, and the figures carry the setting."""
+    verdict = judge_sequential(judge(stats(2000, 20), stats(2000, 20)), CONFIG).verdict
+    m = verdict.metric("error_rate")
+    assert m.outcome is Outcome.PASS
+    assert "enough traffic to have caught +5 pp errors with power 0.8" in m.reason
+    assert m.figures["pass_rules_out_ratio"] == 3.0 and m.figures["pass_rules_out_pp"] == 5.0
+
+
+def test_evidence_written_before_time_buckets_is_read() -> None:
+    """Evidence JSON of the previous version (no streams) still loads; its e-value is carried on."""
+    old = {
+        "stage": 1,
+        "carried": {"error_rate": 2.0, "latency_tail": 0.0},
+        "prior": {"error_rate": [300, 9, 300, 3], "latency_tail": [300, 0, 300, 0]},
+        "current": {"error_rate": 0.5},
+        "latest": {"error_rate": [100, 3, 100, 1]},
+        "host_checks": 0,
+        "cpu_worse": 0,
+        "memory_worse": 0,
+        "source_failures": 0,
+    }
+    evidence = Evidence.from_json(old)
+    assert evidence.streams == {} and evidence.carried["error_rate"] == 2.0
+    j = judge_sequential(judge(stats(100, 1), stats(100, 1), stage=1, evidence=evidence), CONFIG)
+    stream = j.evidence.streams["error_rate"]
+    assert stream.stage_start == pytest.approx(2.0)
+    assert Evidence.from_json(json.loads(json.dumps(j.evidence.to_json()))) == j.evidence
+
+
+def test_a_canary_beyond_the_size_a_pass_rules_out_never_passes() -> None:
+    """34 % errors against none, in a stage too short for the capped test to fail: inconclusive, not pass."""
+    run = minutes([(100, 34)] * 3, [(100, 0)] * 3)
+    m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
+    assert m.outcome is Outcome.INCONCLUSIVE
+    assert "the canary looks at least +5 pp errors but it is not shown yet" in m.reason
+
+
+@pytest.mark.parametrize(
+    ("interval", "stage", "expected"), [(10, 300, 6), (60, 1800, 1), (1, 30, 6), (1, 2, 1), (10, 3600, 6)]
+)
+def test_buckets_shrink_for_short_stages(interval: int, stage: int, expected: int) -> None:
+    """A bucket is bucket_seconds, at most a fifth of the stage, at least one check."""
+    # model_copy: the e2e tests' short stages are below the API's 60 s minimum
+    config = CanaryConfig().model_copy(update={"health_check_interval": interval, "stage_duration": stage})
+    assert checks_per_bucket(config) == expected
+
+
+def test_short_stage_catches_a_bad_canary_at_its_end() -> None:
+    """With 2-second stages checked every second (one check a bucket), 30 % errors fail at the stage end."""
+    config = CanaryConfig().model_copy(update={"health_check_interval": 1, "stage_duration": 2})
+    evidence, canary, stable = Evidence(), CohortStats(), CohortStats()
+    outcomes = []
+    for _ in range(2):
+        canary, stable = canary.merge(stats(6, 2)), stable.merge(stats(54, 0))
+        j = judge_sequential(Observation(canary, stable, stable, canary_share=0.1, evidence=evidence), config)
+        evidence = j.evidence
+        outcomes.append(j.verdict.outcome)
+    assert outcomes == [Outcome.INCONCLUSIVE, Outcome.FAIL]
+    assert "at the stage's end" in j.verdict.reasons[0]

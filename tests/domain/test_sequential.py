@@ -7,7 +7,22 @@ import random
 
 import pytest
 
-from canaryd.domain.sequential import events_needed, log_e_value, log_inc_beta, null_share
+from canaryd.domain.sequential import (
+    RATIOS,
+    bucket_log_lr,
+    convolve,
+    counted_distribution,
+    design_effect,
+    events_needed,
+    events_needed_mixture,
+    excess_correlation,
+    log_e_mixture,
+    log_e_value,
+    log_inc_beta,
+    log_mixture,
+    null_share,
+    upper_tail,
+)
 
 
 def integrate(a: float, b: float, x: float, steps: int = 20_000) -> float:
@@ -103,3 +118,71 @@ def test_events_needed_refuses_what_cannot_be_shown() -> None:
     assert events_needed(0.5, 0.5, 0.02) is None
     assert events_needed(0.5, 0.4, 0.02) is None
     assert events_needed(0.5, 0.75, 1.5) is None
+
+
+# --- the time-bucket test -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("theta0", [0.1, 0.5])
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_bucket_likelihood_ratios_are_fair_bets_and_tempering_or_capping_only_lowers_them(
+    theta0: float, n: int
+) -> None:
+    """Each alternative's likelihood ratio has expectation 1 under the null; raised to 1/φ or capped, ≤ 1."""
+    pmf = [math.comb(n, x) * theta0**x * (1 - theta0) ** (n - x) for x in range(n + 1)]
+    for j in range(len(RATIOS)):
+        lrs = [bucket_log_lr(x, n - x, theta0)[j] for x in range(n + 1)]
+        assert sum(p * math.exp(v) for p, v in zip(pmf, lrs, strict=True)) == pytest.approx(1.0, abs=1e-9)
+        tempered = sum(p * math.exp(v / 3.0) for p, v in zip(pmf, lrs, strict=True))
+        capped = sum(p * math.exp(min(v, math.log(2.5))) for p, v in zip(pmf, lrs, strict=True))
+        assert tempered <= 1 + 1e-12 and capped <= 1 + 1e-12
+
+
+def test_mixture_weights_the_alternatives() -> None:
+    """The mixture of identical sums is that sum; more canary events is more evidence."""
+    assert log_mixture([1.5] * len(RATIOS)) == pytest.approx(1.5)
+    assert log_e_mixture(6, 2, 0.5) > log_e_mixture(5, 2, 0.5) > log_e_mixture(5, 3, 0.5)
+
+
+def test_counted_distribution_and_convolution_are_exact() -> None:
+    """min(x, cap(y)) of a binomial, and the sum of two such counts, against enumeration."""
+    theta0, caps = 0.3, [2, 2, 3, 3, 4]  # caps[y] for y = 0..4 stable events
+    offset, dist = counted_distribution(4, theta0, caps)
+    brute = [0.0] * 5
+    for x in range(5):
+        brute[min(x, caps[4 - x])] += math.comb(4, x) * theta0**x * (1 - theta0) ** (4 - x)
+    assert offset == 0 and sum(dist) == pytest.approx(1.0)
+    assert dist == pytest.approx(brute[: len(dist)]) and sum(brute[len(dist) :]) == 0
+    total_offset, total = convolve((offset, dist), (2, [0.5, 0.5]))
+    assert total_offset == 2 and sum(total) == pytest.approx(1.0)
+    assert upper_tail(total_offset, total, 2) == 1.0
+    assert upper_tail(total_offset, total, 4) == pytest.approx(
+        sum(p * q for i, p in enumerate(dist) for j, q in enumerate([0.5, 0.5]) if i + j >= 2)
+    )
+
+
+def test_excess_correlation_sees_bursts_not_steady_rates() -> None:
+    """Per-bucket counts that vary far beyond binomial noise give r̂ > 0; steady counts give 0."""
+
+    def sums(buckets: list[tuple[int, int]]) -> list[float]:
+        return [
+            float(sum(n for n, _ in buckets)),
+            float(sum(x for _, x in buckets)),
+            float(sum(x * x for _, x in buckets)),
+            float(sum(x * n for n, x in buckets)),
+            float(sum(n * n for n, _ in buckets)),
+        ]
+
+    steady = sums([(200, 6)] * 20)
+    bursty = sums([(200, 2)] * 18 + [(200, 40)] * 2)
+    assert excess_correlation(steady) == 0.0
+    assert 0.05 < excess_correlation(bursty) < 0.3
+    assert design_effect(0.0, 0.0, 200, 200, 0.5) == 1.0
+    assert design_effect(0.1, 0.0, 201, 201, 0.5) == pytest.approx(11.0)
+
+
+def test_mixture_exposure_shrinks_with_the_effect() -> None:
+    """A larger regression needs fewer events to be caught with the same power."""
+    small = events_needed_mixture(0.5, 0.75, 0.016)
+    large = events_needed_mixture(0.5, 0.9, 0.016)
+    assert small is not None and large is not None and large < small

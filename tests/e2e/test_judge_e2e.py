@@ -10,6 +10,9 @@ from tests.fixtures.prometheus import PrometheusInstance
 from tests.fixtures.stack import LoadGenerator, Stack
 
 ENDED = {"completed", "rolled_back", "failed", "paused"}
+#: One check per time bucket, each worth up to ×10: a lasting regression is caught within a few checks
+#: (the defaults, 60 s buckets worth ×2.5 each, need several minutes of a regression: docs/judge.md).
+FAST_BUCKETS = {"bucket_seconds": 1, "bucket_max_evidence": 10}
 
 
 def health_checks_before(events: list[dict[str, Any]], kind: str) -> int:
@@ -53,7 +56,9 @@ async def test_bad_canary_rolled_back_within_a_few_checks(embedded_stack: Stack)
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=30).start()
     dep = (
-        await s.deploy("v3-bad", {"stages": [20, 100], "stage_duration": 60, "health_check_interval": 1})
+        await s.deploy(
+            "v3-bad", {"stages": [20, 100], "stage_duration": 60, "health_check_interval": 1, **FAST_BUCKETS}
+        )
     ).json()
     await s.wait(dep["id"], timeout=60)
     await load.stop()
@@ -78,7 +83,9 @@ async def test_slow_canary_rolled_back_on_latency(embedded_stack: Stack) -> None
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=30).start()
     dep = (
-        await s.deploy("v2-slow", {"stages": [20, 100], "stage_duration": 60, "health_check_interval": 1})
+        await s.deploy(
+            "v2-slow", {"stages": [20, 100], "stage_duration": 60, "health_check_interval": 1, **FAST_BUCKETS}
+        )
     ).json()
     await s.wait(dep["id"], timeout=60)
     await load.stop()

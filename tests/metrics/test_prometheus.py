@@ -81,7 +81,9 @@ async def test_reads_cohorts_from_real_prometheus(
     assert c_p50 is not None and s_p95 is not None
     assert c_p50 >= 300 and s_p95 <= 60, (c.latency_buckets, s.latency_buckets)
 
-    verdict = judge_sequential(Observation(c, s, s, canary_share=80 / 280), CanaryConfig()).verdict
+    # One check is one time bucket; uncapped, so that this single bucket can decide (docs/judge.md).
+    one_bucket = CanaryConfig(bucket_max_evidence=1e6)
+    verdict = judge_sequential(Observation(c, s, s, canary_share=80 / 280), one_bucket).verdict
     assert verdict.outcome is Outcome.FAIL
     assert {m.metric for m in verdict.metrics if m.outcome is Outcome.FAIL} == {"error_rate", "latency_tail"}
 

@@ -312,15 +312,45 @@ class CanaryConfig(StrictModel):
     #: "sequential": guards plus always-valid count tests (the default; see the bench in docs/judge.md);
     #: "threshold": the spec's rules above (error_rate_threshold, latency_threshold, min_requests).
     judge: Literal["sequential", "threshold"] = "sequential"
-    alpha: float = Field(default=0.025, gt=0, le=0.5)  # false-rollback budget, shared by the tests
+    alpha: float = Field(default=0.02, gt=0, le=0.5)  # false-rollback budget, shared by the tests
     error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
     latency_margin: float = Field(default=1.25, ge=1, le=10)  # absorbs a threshold set from stable data
-    sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration of the mixture
+    sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration (SLO ceilings' test)
     #: A pass needs enough requests that this regression would have been caught with `power`:
     #: canary ≥ detect_ratio × stable and at least detect_min_increase percentage points more.
     detect_ratio: float = Field(default=3.0, gt=1, le=100)
     detect_min_increase: float = Field(default=5.0, gt=0, le=100)
     power: float = Field(default=0.8, ge=0.5, le=0.99)
+    #: Bursty traffic (docs/judge.md, "Real traffic"): the comparisons count events per time bucket.
+    bucket_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Length in seconds of the time buckets the sequential judge counts errors in; a burst "
+        "shorter than this counts as one bucket's worth of evidence (default 60).",
+    )
+    bucket_max_evidence: float = Field(
+        default=2.5,
+        gt=1,
+        le=1e6,
+        description="The most one time bucket can multiply a comparison's e-value by (default 2.5): a "
+        "rollback needs evidence from several buckets, so one bad minute on one server cannot roll back.",
+    )
+    stage_end_alpha: float = Field(
+        default=0.008,
+        ge=0,
+        le=0.2,
+        description="False-rollback rate of the one fixed-sample look at the end of each comparing stage's "
+        "planned duration (shared by the comparisons like alpha; 0 turns the look off). Per stage: a rollout "
+        "with s comparing stages adds at most s × this to alpha (default 0.008).",
+    )
+    burst_allowance: float = Field(
+        default=1.0,
+        ge=0,
+        le=20,
+        description="At the stage-end look, a bucket counts at most this many standard deviations (plus "
+        "one event) of canary events above what its requests would give at the cohorts' rate (default 1).",
+    )
     #: Count requests slower than this; default: stable's p95 plus latency_min_difference_ms.
     latency_tail_ms: float | None = Field(default=None, gt=0, le=600_000)
     #: Absolute SLO ceilings on the canary alone (guards); None = not checked.

@@ -21,11 +21,15 @@ canaries by chance:
 - guards, outside the statistics: `max_failed_health_checks` consecutive failed health checks; no data
   (the canary got none of the requests its share says it should have had); and, when configured, the SLO
   ceilings (`error_rate_ceiling`, `latency_ceiling_ms`), tested on the canary alone.
-- error_rate: the canary's and stable's errors, as counts out of their requests, in the one-sided mixture
-  Bayes factor of domain/sequential.py (θ0 from the canary's share of requests and `error_rate_margin`).
-  It fails when the evidence, multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the
-  tests, weighted Bonferroni: errors 4 parts, every other test 1).
-- latency_tail: the same test on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
+- error_rate: the canary's and stable's errors counted in time buckets (`bucket_seconds`), each bucket's
+  split of errors compared with the split of its requests (θ0 from the canary's share and
+  `error_rate_margin`) by a mixture of likelihood ratios (domain/sequential.py, "time buckets"), each
+  bucket's part divided by its design effect (the cohorts' estimated over-dispersion) and capped at
+  `bucket_max_evidence`, so that a burst on one server cannot roll back alone. It fails when the evidence,
+  multiplied over the stages so far, reaches 1/α (α = `alpha` shared by the tests, weighted Bonferroni:
+  errors 4 parts, every other test 1); or, once per stage when its planned duration is over, when the
+  stage-end look (an exact bucket-wise conditional test at `stage_end_alpha`) rejects.
+- latency_tail: the same tests on the requests slower than a threshold: `latency_tail_ms`, or stable's p95
   over the whole deployment plus `latency_min_difference_ms`.
 - It passes a metric only with evidence: enough requests (summed over the stages) that a regression of
   `detect_ratio` × (and at least `detect_min_increase` points) would have been detected with `power`.
@@ -44,7 +48,19 @@ from fractions import Fraction
 from typing import Protocol
 
 from canaryd.domain.config import CanaryConfig
-from canaryd.domain.sequential import events_needed, log_e_value, null_share
+from canaryd.domain.sequential import (
+    RATIOS,
+    bucket_log_lr,
+    convolve,
+    counted_distribution,
+    design_effect,
+    events_needed_mixture,
+    excess_correlation,
+    log_e_value,
+    log_mixture,
+    null_share,
+    upper_tail,
+)
 from canaryd.domain.types import CohortStats, HostLoad
 
 Figures = dict[str, float | int | None]
@@ -252,6 +268,14 @@ class Tally:
             self.stable_events + other.stable_events,
         )
 
+    def __sub__(self, other: Tally) -> Tally:
+        return Tally(
+            self.canary_requests - other.canary_requests,
+            self.canary_events - other.canary_events,
+            self.stable_requests - other.stable_requests,
+            self.stable_events - other.stable_events,
+        )
+
     def to_json(self) -> list[int]:
         return [self.canary_requests, self.canary_events, self.stable_requests, self.stable_events]
 
@@ -260,6 +284,135 @@ class Tally:
         if isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, int) for v in raw):
             return cls(*raw)
         return cls()
+
+
+_ZEROS5 = (0.0, 0.0, 0.0, 0.0, 0.0)
+Histogram = Mapping[int, int]
+
+
+def _hists(raw: object) -> tuple[Histogram, Histogram]:
+    if not isinstance(raw, list) or len(raw) != 2:
+        return ({}, {})
+    out: list[dict[int, int]] = []
+    for h in raw:
+        pairs = h if isinstance(h, list) else []
+        ok = [p for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)]
+        out.append({b: n for b, n in ok})
+    return out[0], out[1]
+
+
+def _minus(hist: Histogram, base: Histogram) -> dict[int, int]:
+    return {b: n - base.get(b, 0) for b, n in hist.items() if n - base.get(b, 0) > 0}
+
+
+def _floats(raw: object, size: int | None = None) -> tuple[float, ...] | None:
+    if not isinstance(raw, list) or (size is not None and len(raw) != size):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        return None
+    return tuple(float(v) for v in raw)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One comparison's time-bucket state (domain/sequential.py, "time buckets"), carried as JSON.
+
+    `log_lr` sums each closed bucket's tempered, capped log likelihood ratio per alternative over the whole
+    rollout; `pending` is the open bucket's as of the last check. `base` is the stage's cumulative tally at
+    the last bucket boundary (the open bucket is the difference). The sums estimate each cohort's
+    over-dispersion; `counted` and `end_null` serve the stage-end look.
+    """
+
+    log_lr: tuple[float, ...] = ()
+    pending: tuple[float, ...] = ()
+    stage_start: float = 0.0  # log e-value when the stage began
+    base: Tally = field(default_factory=Tally)
+    checks: int = 0  # checks since the last bucket boundary
+    stage_checks: int = 0
+    buckets: int = 0  # closed buckets in this stage
+    capped: int = 0  # of which at bucket_max_evidence
+    canary_sums: tuple[float, ...] = _ZEROS5  # Σn, Σx, Σx², Σx·n, Σn² over the rollout's buckets
+    stable_sums: tuple[float, ...] = _ZEROS5
+    counted: tuple[float, ...] = (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )  # canary counted events, requests; stable events, requests
+    end_null: tuple[float, ...] = (1.0,)  # distribution of the stage's counted canary events under the null
+    end_offset: int = 0  # ... of end_offset, end_offset + 1, ...
+    end_counted: int = 0
+    end_p: float | None = None  # the stage-end look's p-value, once it happened
+    #: latency only: both cohorts' histograms at the last bucket boundary (a bucket's slow requests are
+    #: counted on its own histogram against the threshold of the check that closes it).
+    base_hists: tuple[Histogram, Histogram] = ({}, {})
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "log_lr": list(self.log_lr),
+            "pending": list(self.pending),
+            "stage_start": self.stage_start,
+            "base": self.base.to_json(),
+            "checks": self.checks,
+            "stage_checks": self.stage_checks,
+            "buckets": self.buckets,
+            "capped": self.capped,
+            "canary_sums": list(self.canary_sums),
+            "stable_sums": list(self.stable_sums),
+            "counted": list(self.counted),
+            "end_null": [float(f"{p:.12g}") for p in self.end_null],
+            "end_offset": self.end_offset,
+            "end_counted": self.end_counted,
+            "end_p": self.end_p,
+            "base_hists": [sorted(h.items()) for h in self.base_hists],
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Stream | None:
+        if not isinstance(raw, dict):
+            return None
+
+        def integer(key: str) -> int:
+            v = raw.get(key, 0)
+            return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+        log_lr = _floats(raw.get("log_lr"), len(RATIOS))
+        end_null = _floats(raw.get("end_null"))
+        end_p = raw.get("end_p")
+        stage_start = raw.get("stage_start", 0.0)
+        return cls(
+            log_lr=log_lr or (),
+            pending=_floats(raw.get("pending"), len(RATIOS)) or (),
+            stage_start=float(stage_start) if isinstance(stage_start, (int, float)) else 0.0,
+            base=Tally.from_json(raw.get("base")),
+            checks=integer("checks"),
+            stage_checks=integer("stage_checks"),
+            buckets=integer("buckets"),
+            capped=integer("capped"),
+            canary_sums=_floats(raw.get("canary_sums"), 5) or _ZEROS5,
+            stable_sums=_floats(raw.get("stable_sums"), 5) or _ZEROS5,
+            counted=_floats(raw.get("counted"), 4) or (0.0, 0.0, 0.0, 0.0),
+            end_null=end_null if end_null else (1.0,),
+            end_offset=integer("end_offset") if end_null else 0,
+            end_counted=integer("end_counted"),
+            end_p=float(end_p) if isinstance(end_p, (int, float)) and not isinstance(end_p, bool) else None,
+            base_hists=_hists(raw.get("base_hists")),
+        )
+
+    def next_stage(self) -> Stream:
+        """The stream at a new stage: the open bucket folded in, stage-scoped state reset."""
+        log_lr = tuple(a + b for a, b in zip(self.log_lr, self.pending, strict=False)) or self.log_lr
+        return Stream(
+            log_lr=log_lr,
+            stage_start=log_mixture(log_lr) if log_lr else 0.0,
+            canary_sums=self.canary_sums,
+            stable_sums=self.stable_sums,
+            counted=self.counted,
+        )
+
+
+def _add_sums(sums: tuple[float, ...], n: int, x: int) -> tuple[float, ...]:
+    return (sums[0] + n, sums[1] + x, sums[2] + x * x, sums[3] + x * n, sums[4] + n * n)
 
 
 def _compared(tally: Tally) -> Tally:
@@ -285,13 +438,15 @@ class Evidence:
     cpu_worse: int = 0
     memory_worse: int = 0
     source_failures: int = 0
+    streams: Mapping[str, Stream] = field(default_factory=dict)
 
     def at_stage(self, stage: int) -> Evidence:
         if stage == self.stage:
             return self
         carried = {m: self.carried.get(m, 0.0) + self.current.get(m, 0.0) for m in COMPARED}
         prior = {m: self.prior.get(m, Tally()) + _compared(self.latest.get(m, Tally())) for m in COMPARED}
-        return Evidence(stage, carried, prior, source_failures=self.source_failures)
+        streams = {m: st.next_stage() for m, st in self.streams.items()}
+        return Evidence(stage, carried, prior, source_failures=self.source_failures, streams=streams)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -304,6 +459,7 @@ class Evidence:
             "cpu_worse": self.cpu_worse,
             "memory_worse": self.memory_worse,
             "source_failures": self.source_failures,
+            "streams": {m: st.to_json() for m, st in self.streams.items()},
         }
 
     @classmethod
@@ -323,6 +479,13 @@ class Evidence:
             v = raw.get(key, 0)
             return v if isinstance(v, int) else 0
 
+        def streams() -> dict[str, Stream]:
+            d = raw.get("streams")  # absent in evidence written before the time buckets
+            if not isinstance(d, dict):
+                return {}
+            parsed = {str(k): Stream.from_json(v) for k, v in d.items()}
+            return {k: v for k, v in parsed.items() if v is not None}
+
         return cls(
             integer("stage"),
             floats("carried"),
@@ -333,6 +496,7 @@ class Evidence:
             integer("cpu_worse"),
             integer("memory_worse"),
             integer("source_failures"),
+            streams(),
         )
 
 
@@ -440,28 +604,184 @@ def _detect_text(config: CanaryConfig, ratio_wins: bool, what: str) -> str:
     return f"+{config.detect_min_increase:g} pp {what}"
 
 
+def stage_end_alpha_shares(config: CanaryConfig) -> dict[str, float]:
+    """Each comparison's part of `stage_end_alpha` (the same weights as alpha's)."""
+    total = sum(ALPHA_WEIGHTS[t] for t in COMPARED)
+    return {t: config.stage_end_alpha * ALPHA_WEIGHTS[t] / total for t in COMPARED}
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """One time bucket's contribution: per-alternative log likelihood ratios and what went into them."""
+
+    log_lr: tuple[float, ...]
+    capped: bool
+    canary_sums: tuple[float, ...]
+    stable_sums: tuple[float, ...]
+    r_canary: float
+    r_stable: float
+    design_effect: float
+
+
+def _bucket(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -> _Bucket:
+    """Tempered, capped log likelihood ratios of one bucket (nothing if a cohort had no traffic in it)."""
+    nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
+    zero = (0.0,) * len(RATIOS)
+    if nc <= 0 or ns <= 0 or x < 0 or y < 0:
+        r_c, r_s = excess_correlation(stream.canary_sums), excess_correlation(stream.stable_sums)
+        return _Bucket(zero, False, stream.canary_sums, stream.stable_sums, r_c, r_s, 1.0)
+    canary_sums = _add_sums(stream.canary_sums, nc, x)
+    stable_sums = _add_sums(stream.stable_sums, ns, y)
+    r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
+    theta0 = null_share(nc / (nc + ns), margin)
+    phi = design_effect(r_c, r_s, nc, ns, theta0)
+    cap = math.log(config.bucket_max_evidence)
+    raw = [v / phi for v in bucket_log_lr(x, y, theta0)]
+    capped = tuple(min(v, cap) for v in raw)
+    return _Bucket(capped, any(v > cap for v in raw), canary_sums, stable_sums, r_c, r_s, phi)
+
+
+def _counted_caps(stream: Stream, delta: Tally, kappa: float) -> list[int]:
+    """For y = 0..e stable events in the bucket: the most canary events the stage-end look counts."""
+    nc, ns = delta.canary_requests, delta.stable_requests
+    events = delta.canary_events + delta.stable_events
+    c_events, c_requests, s_events, s_requests = stream.counted
+    p_canary = c_events / c_requests if c_requests else 0.0
+    caps = []
+    for y in range(events + 1):
+        p_stable = (s_events + y) / (s_requests + ns) if s_requests + ns else 0.0
+        mu = nc * max(p_canary, p_stable)
+        caps.append(max(1, math.ceil(mu + kappa * math.sqrt(mu))))
+    return caps
+
+
+def _close_for_end_look(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -> Stream:
+    """Adds a closed bucket to the stage-end look: its counted canary events and their null distribution."""
+    nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
+    if nc <= 0 or ns <= 0 or x < 0 or y < 0:
+        return stream
+    caps = _counted_caps(stream, delta, config.burst_allowance)
+    counted = min(x, caps[y])
+    theta0 = null_share(nc / (nc + ns), margin)
+    offset, null = convolve(
+        (stream.end_offset, list(stream.end_null)), counted_distribution(x + y, theta0, caps)
+    )
+    c = stream.counted
+    return replace(
+        stream,
+        end_null=tuple(null),
+        end_offset=offset,
+        end_counted=stream.end_counted + counted,
+        counted=(c[0] + counted, c[1] + nc, c[2] + y, c[3] + ns),
+    )
+
+
+#: A stage holds at least this many buckets: shorter stages get shorter buckets (a stage shorter than
+#: one bucket could never show persistence, and a bad canary would ride through it).
+MIN_BUCKETS_PER_STAGE = 5
+
+
+def checks_per_bucket(config: CanaryConfig) -> int:
+    """Checks in one time bucket: `bucket_seconds`, at most a fifth of the stage, at least one check."""
+    seconds = min(config.bucket_seconds, config.stage_duration / MIN_BUCKETS_PER_STAGE)
+    return max(1, math.ceil(seconds / config.health_check_interval))
+
+
+def _advance(
+    stream: Stream,
+    stage: Tally,
+    margin: float,
+    config: CanaryConfig,
+    end_look: bool,
+    latency: tuple[CohortStats, CohortStats, float] | None,
+) -> tuple[Stream, _Bucket]:
+    """One check: the open bucket's contribution; closes it when its time is up (or for the end look)."""
+    delta = stage - stream.base
+    hists: tuple[Histogram, Histogram] = ({}, {})
+    if latency is not None:  # slow requests of the bucket's own histograms, at today's threshold
+        canary, stable, threshold_ms = latency
+        hists = (dict(canary.latency_buckets), dict(stable.latency_buckets))
+        c_hist, s_hist = (_minus(h, b) for h, b in zip(hists, stream.base_hists, strict=True))
+        delta = Tally(
+            delta.canary_requests,
+            CohortStats(0, 0, c_hist).slower_than(threshold_ms),
+            delta.stable_requests,
+            CohortStats(0, 0, s_hist).slower_than(threshold_ms),
+        )
+    if min(delta.canary_requests, delta.stable_requests, delta.canary_events, delta.stable_events) < 0:
+        delta = stage  # the counts went backwards (a reset source): start the bucket afresh
+    checks = stream.checks + 1
+    per_bucket = checks_per_bucket(config)
+    bucket = _bucket(stream, delta, margin, config)
+    stream = replace(stream, stage_checks=stream.stage_checks + 1)
+    if checks < per_bucket and not end_look:
+        return replace(stream, checks=checks, pending=bucket.log_lr), bucket
+    log_lr = tuple(a + b for a, b in zip(stream.log_lr, bucket.log_lr, strict=True))
+    closed = replace(
+        stream,
+        log_lr=log_lr,
+        pending=(),
+        base=stage,
+        checks=0,
+        buckets=stream.buckets + (delta.canary_requests > 0 and delta.stable_requests > 0),
+        capped=stream.capped + bucket.capped,
+        canary_sums=bucket.canary_sums,
+        stable_sums=bucket.stable_sums,
+        base_hists=hists,
+    )
+    return _close_for_end_look(closed, delta, margin, config), bucket
+
+
+def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
+    """The design effect of this stage's average bucket, at the latest over-dispersion estimates."""
+    buckets = max(stream.buckets, 1)
+    total = stage.canary_requests + stage.stable_requests
+    rho = stage.canary_requests / total if total else 0.5
+    return design_effect(
+        bucket.r_canary, bucket.r_stable, round(stage.canary_requests / buckets),
+        round(stage.stable_requests / buckets), null_share(rho, margin) if 0 < rho < 1 else 0.5,
+    )  # fmt: skip
+
+
+def _end_p_value(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
+    """The stage-end look's p-value: P(counted ≥ observed) under the null, the excess over the null's
+    mean shrunk by √(design effect) when the cohorts' own buckets show over-dispersion."""
+    mean = sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
+    phi = _typical_design_effect(stream, bucket, stage, margin)
+    observed = stream.end_counted
+    if observed > mean and phi > 1:
+        observed = math.ceil(mean + (observed - mean) / math.sqrt(phi))
+    return upper_tail(stream.end_offset, stream.end_null, observed)
+
+
 def _compare(
     metric: str,
     what: str,
     stage: Tally,
     evidence: Evidence,
     margin: float,
-    alpha: float,
+    alphas: tuple[float, float],
     config: CanaryConfig,
     extra: Figures,
-) -> tuple[MetricVerdict, float]:
-    """The sequential count comparison of one metric; returns its verdict and this stage's log e-value."""
-    k = config.sequential_k
-    if stage.canary_requests and stage.stable_requests:
-        rho = stage.canary_requests / (stage.canary_requests + stage.stable_requests)
-        stage_log_e = log_e_value(stage.canary_events, stage.stable_events, null_share(rho, margin), k)
-    else:  # a cohort without traffic this stage (e.g. the 100 % stage): nothing to compare
-        stage_log_e = 0.0
-    log_e = evidence.carried.get(metric, 0.0) + stage_log_e
+    latency: tuple[CohortStats, CohortStats, float] | None = None,
+) -> tuple[MetricVerdict, Stream]:
+    """The bucketed sequential comparison of one metric, plus the stage-end look; its verdict and state."""
+    alpha, end_alpha = alphas
+    stream = evidence.streams.get(metric)
+    if stream is None:  # first check, or evidence written before time buckets: carry its e-value
+        carried = evidence.carried.get(metric, 0.0)
+        stream = Stream(log_lr=(carried,) * len(RATIOS), stage_start=carried)
+    elapsed = (stream.stage_checks + 1) * config.health_check_interval
+    end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
+    stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
+    if end_look:
+        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
+    log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
+    log_e = log_mixture(log_lr)
     threshold = math.log(1 / alpha)
-    # Exposure counts only traffic that was compared: a stage where one cohort got nothing adds none.
     total = evidence.prior.get(metric, Tally()) + _compared(stage)
     worse = "stable" if margin == 1 else f"{margin:g} × stable"
+    null_mean = sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
     figures: Figures = {
         **extra,
         "canary_requests": stage.canary_requests,
@@ -470,23 +790,51 @@ def _compare(
         f"stable_{what}": stage.stable_events,
         "margin": margin,
         "e_value": round(math.exp(min(log_e, 700.0)), 4),
-        "e_value_stage": round(math.exp(min(stage_log_e, 700.0)), 4),
+        "e_value_stage": round(math.exp(min(log_e - stream.stage_start, 700.0)), 4),
         "e_threshold": round(1 / alpha, 2),
+        "buckets": stream.buckets,
+        "buckets_at_cap": stream.capped,
+        "bucket_seconds": config.bucket_seconds,
+        "bucket_max_evidence": config.bucket_max_evidence,
+        "overdispersion_canary": round(bucket.r_canary, 5),
+        "overdispersion_stable": round(bucket.r_stable, 5),
+        "design_effect": round(bucket.design_effect, 3),
+        "stage_end_counted": stream.end_counted,
+        "stage_end_expected": round(null_mean, 3),
+        "stage_end_p_value": None if stream.end_p is None else round(stream.end_p, 6),
+        "stage_end_alpha": round(end_alpha, 6),
         "rollout_canary_requests": total.canary_requests,
         "rollout_stable_requests": total.stable_requests,
+        "pass_rules_out_ratio": config.detect_ratio,
+        "pass_rules_out_pp": config.detect_min_increase,
+        "pass_power": config.power,
     }
     counts = (
         f"canary {what} {_rate(stage.canary_events, stage.canary_requests)} vs stable "
         f"{_rate(stage.stable_events, stage.stable_requests)}"
     )
+    dispersion = (
+        f"{stream.buckets} buckets of {config.bucket_seconds} s, {stream.capped} at the cap, "
+        f"over-dispersion {bucket.r_canary:.3f}/{bucket.r_stable:.3f}"
+    )
     if log_e >= threshold:
-        reason = f"{metric}: {counts}; e={_e(log_e)} ≥ {1 / alpha:g}: the canary is worse than {worse}"
-        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stage_log_e
+        reason = (
+            f"{metric}: {counts}; e={_e(log_e)} ≥ {1 / alpha:g} ({dispersion}): "
+            f"the canary is worse than {worse}"
+        )
+        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stream
+    if end_look and stream.end_p is not None and stream.end_p <= end_alpha:
+        reason = (
+            f"{metric}: {counts}; at the stage's end {stream.end_counted} canary {what} counted "
+            f"against {null_mean:.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
+            f"the canary is worse than {worse}"
+        )
+        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stream
 
     if total.stable_requests == 0 or total.canary_requests == 0:
         missing = "stable" if total.stable_requests == 0 else "canary"
         reason = f"{metric}: no {missing} traffic to compare with yet"
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
 
     # The regression a pass must have been able to catch, at the stable rate seen so far.
     rho = total.canary_requests / (total.canary_requests + total.stable_requests)
@@ -495,25 +843,43 @@ def _compare(
     by_points = p_s + config.detect_min_increase / 100
     p_alt = min(max(by_ratio, by_points), 1.0)
     theta1 = rho * p_alt / (rho * p_alt + (1 - rho) * p_s)
-    lam = events_needed(null_share(rho, margin), theta1, alpha, config.power, k)
+    lam = events_needed_mixture(null_share(rho, margin), theta1, alpha, config.power)
     size = _detect_text(config, by_ratio >= by_points, what)
     if lam is None:
         need: int | None = None
     else:
+        # Over-dispersed traffic carries less information per event: ask for the design effect more.
+        phi = _typical_design_effect(stream, bucket, stage, margin)
         per_request = rho * p_alt + (1 - rho) * p_s  # events per request, were the canary that bad
-        need = math.ceil(rho * lam / per_request)
+        need = math.ceil(rho * lam * phi / per_request)
     figures["canary_requests_needed"] = need
     if need is None:
         reason = f"{metric}: {counts}; {size} cannot be shown with margin {margin:g} at this share of traffic"
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
     if total.canary_requests < need:
         reason = (
             f"{metric}: canary has {total.canary_requests} of the ~{need} requests needed to rule out "
             f"{size} ({counts}; e={_e(log_e)})"
         )
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stage_log_e
-    reason = f"{metric}: {counts}; enough traffic to have caught {size} (e={_e(log_e)})"
-    return MetricVerdict(metric, Outcome.PASS, reason, figures), stage_log_e
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
+    if total.canary_events >= p_alt * total.canary_requests:
+        # The exposure would have caught this size; the counts are at or beyond it but (capped, tempered)
+        # not shown yet: never a pass.
+        reason = (
+            f"{metric}: {counts}; the canary looks at least {size} but it is not shown yet (e={_e(log_e)})"
+        )
+        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
+    reason = (
+        f"{metric}: {counts}; enough traffic to have caught {size} with power {config.power:g} "
+        f"(e={_e(log_e)}); a canary less worse than that may pass"
+    )
+    return MetricVerdict(metric, Outcome.PASS, reason, figures), stream
+
+
+def _stage_log_e(stream: Stream) -> float:
+    """This stage's part of the log e-value (what `current` reports)."""
+    log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
+    return log_mixture(log_lr) - stream.stage_start if log_lr else 0.0
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -570,11 +936,15 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
 
     current: dict[str, float] = {}
     latest: dict[str, Tally] = {}
+    streams: dict[str, Stream] = dict(evidence.streams)
+    end_alpha = stage_end_alpha_shares(config)
     errors = Tally(canary.requests, canary.errors, stable.requests, stable.errors)
-    verdict, current["error_rate"] = _compare(
-        "error_rate", "errors", errors, evidence, config.error_rate_margin, alpha["error_rate"], config,
+    verdict, streams["error_rate"] = _compare(
+        "error_rate", "errors", errors, evidence, config.error_rate_margin,
+        (alpha["error_rate"], end_alpha["error_rate"]), config,
         {"canary_error_rate": canary.error_rate, "stable_error_rate": stable.error_rate},
     )  # fmt: skip
+    current["error_rate"] = _stage_log_e(streams["error_rate"])
     latest["error_rate"] = errors
     metrics.append(verdict)
 
@@ -602,10 +972,12 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
             stable.requests,
             stable.slower_than(threshold_ms),
         )
-        verdict, current["latency_tail"] = _compare(
+        verdict, streams["latency_tail"] = _compare(
             "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
-            alpha["latency_tail"], config, latency_figures,
+            (alpha["latency_tail"], end_alpha["latency_tail"]), config, latency_figures,
+            (canary, stable, threshold_ms),
         )  # fmt: skip
+        current["latency_tail"] = _stage_log_e(streams["latency_tail"])
         latest["latency_tail"] = slow
         metrics.append(verdict)
 
@@ -632,6 +1004,7 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
         evidence,
         current=current,
         latest=latest,
+        streams=streams,
         host_checks=host_checks,
         cpu_worse=cpu_worse,
         memory_worse=memory_worse,
@@ -693,11 +1066,14 @@ __all__ = [
     "Observation",
     "Outcome",
     "SequentialJudge",
+    "Stream",
     "Tally",
     "ThresholdJudge",
     "Verdict",
     "alpha_shares",
+    "checks_per_bucket",
     "judge_for",
     "judge_sequential",
     "judge_threshold",
+    "stage_end_alpha_shares",
 ]

@@ -140,12 +140,19 @@ def _binom_tail(n: int, c: int, p: float) -> float:
 def _rejection_probabilities(
     theta0: float, theta1: float, log_threshold: float, k: float
 ) -> tuple[float, ...]:
-    """P(the test rejects after exactly n events | θ1), for n = 0, 1, ... until it is about 1."""
+    """P(the test rejects after exactly n events | θ1), for n = 0, 1, ... until it is about 1.
+
+    k > 0: the beta mixture log_e_value; k = 0: the discrete mixture log_e_mixture.
+    """
     probs: list[float] = []
     c = 0  # smallest x with log_e(x, n - x) ≥ threshold; it grows by 0 or 1 when n grows by 1
     for n in range(MAX_EVENTS + 1):
         c = max(c, 0)
-        while c <= n and log_e_value(c, n - c, theta0, k) < log_threshold:
+        while (
+            c <= n
+            and (log_e_value(c, n - c, theta0, k) if k > 0 else log_e_mixture(c, n - c, theta0))
+            < log_threshold
+        ):
             c += 1
         if c > n:
             probs.append(0.0)
@@ -178,21 +185,26 @@ def events_needed(
     """
     if not 0.0 < theta0 < 1.0 or not theta0 < theta1 <= 1.0 or not 0 < alpha < 1 or not 0 < power < 1:
         return None
-    # Rounded so that checks with slightly different estimates share one cached table: θ0 to 0.01, and
-    # the odds ratio of θ1 to θ0 *down* to a grid of ~4 % steps, which asks for more evidence, never less.
-    key0 = min(max(round(theta0 * 100) / 100, 0.01), 0.99)
+    # Rounded so that checks with slightly different estimates share one cached table: θ0 to 0.02, and
+    # the odds ratio of θ1 to θ0 *down* to a grid of ~9 % steps, which asks for more evidence, never less.
+    key0 = min(max(round(theta0 * 50) / 50, 0.02), 0.98)
     theta1 = min(theta1, 0.9999)
     log_or = math.log(theta1 / (1 - theta1)) - math.log(theta0 / (1 - theta0))
-    step = math.log(2) / 16
+    step = math.log(2) / 8
     log_or_q = math.floor(log_or / step) * step
     if log_or_q <= 0:
         return None
     return _events_needed(key0, round(log_or_q / step), round(math.log(1.0 / alpha), 6), power, k)
 
 
+def events_needed_mixture(theta0: float, theta1: float, alpha: float, power: float = 0.8) -> float | None:
+    """events_needed for the discrete mixture over RATIOS (the comparisons' test, as one bucket)."""
+    return events_needed(theta0, theta1, alpha, power, k=0.0)
+
+
 @lru_cache(maxsize=4096)
 def _events_needed(key0: float, steps: int, log_threshold: float, power: float, k: float) -> float | None:
-    odds1 = key0 / (1 - key0) * 2 ** (steps / 16)
+    odds1 = key0 / (1 - key0) * 2 ** (steps / 8)
     key1 = odds1 / (1 + odds1)
     probs = _rejection_probabilities(key0, key1, log_threshold, k)
     if probs[-1] < power:
@@ -211,4 +223,158 @@ def _events_needed(key0: float, steps: int, log_threshold: float, power: float, 
     return hi
 
 
-__all__ = ["DEFAULT_K", "events_needed", "log_e_value", "log_inc_beta", "null_share"]
+# --- time buckets: the test the sequential judge runs on real (bursty) traffic ---------------------------
+#
+# Errors are counted per time bucket (a minute by default). Within a bucket, given that e events happened,
+# the canary's count x is Binomial(e, θ0) when the canary is no worse than the margin, *if requests are
+# independent*. Real errors come in bursts (a bad minute on one server); then one bucket can hold many
+# events of one cohort, and a per-request test reads one bad minute as overwhelming evidence. Three things
+# make the test robust to that while keeping its guarantee when requests are independent:
+#
+# - a discrete mixture of point alternatives "the canary's rate is r × the margin × stable's" (RATIOS), so
+#   the evidence is a likelihood ratio bucket by bucket, with no prior to tune;
+# - each bucket's log likelihood ratio is divided by a design effect φ ≥ 1 (the beta-binomial variance
+#   inflation 1 + r̂(n − 1) of a bucket of n requests, r̂ the intra-minute correlation estimated from each
+#   cohort's own per-bucket counts around its own rate — so a steady regression is not mistaken for noise);
+#   E[LR^(1/φ)] ≤ E[LR]^(1/φ) = 1 (Jensen), so tempering keeps the product a supermartingale;
+# - and is capped at log(bucket_max_evidence): no single bucket can multiply the evidence by more than that
+#   (min(LR, c) has expectation ≤ 1 too). A rollback therefore needs evidence from several buckets: a
+#   persistence requirement.
+#
+# The stage-end look adds one fixed-sample test when the stage's planned duration is over: the canary's
+# errors per bucket, each counted at most up to an allowance above what its traffic would give at the
+# cohorts' rate (min(x, m)), against their exact distribution given each bucket's total (a bucket-wise
+# conditional test, like Fisher's, so bursts that hit both cohorts cancel).
+
+#: Point alternatives of the mixture: the canary's rate as a multiple of (margin × stable's rate), and
+#: their weights; most weight around ×3 (the default size a pass must rule out).
+RATIOS: tuple[float, ...] = (2.0, 3.0, 5.0, 10.0, 30.0)
+RATIO_WEIGHTS: tuple[float, ...] = (1.0, 3.0, 2.0, 1.0, 1.0)
+
+
+def shifted_share(theta0: float, ratio: float) -> float:
+    """The canary's share of events if its odds of an event were `ratio` × those under θ0."""
+    odds = theta0 / (1.0 - theta0) * ratio
+    return odds / (1.0 + odds)
+
+
+def _log_weights() -> list[float]:
+    total = sum(RATIO_WEIGHTS)
+    return [math.log(w / total) for w in RATIO_WEIGHTS]
+
+
+LOG_WEIGHTS: tuple[float, ...] = tuple(_log_weights())
+
+
+def bucket_log_lr(x: int, y: int, theta0: float) -> list[float]:
+    """Log likelihood ratios of one bucket (x canary, y stable events), one per alternative in RATIOS."""
+    if not 0.0 < theta0 < 1.0 or x + y == 0:
+        return [0.0] * len(RATIOS)
+    out = []
+    for ratio in RATIOS:
+        theta1 = shifted_share(theta0, ratio)
+        out.append(x * math.log(theta1 / theta0) + y * math.log((1.0 - theta1) / (1.0 - theta0)))
+    return out
+
+
+def log_mixture(log_lrs: list[float] | tuple[float, ...]) -> float:
+    """log of Σ w_j · exp(S_j): the mixture e-value from the alternatives' summed log likelihood ratios."""
+    terms = [w + s for w, s in zip(LOG_WEIGHTS, log_lrs, strict=True)]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def log_e_mixture(x: int, y: int, theta0: float) -> float:
+    """The mixture e-value of x canary and y stable events seen as one bucket (no tempering, no cap)."""
+    return log_mixture(bucket_log_lr(x, y, theta0))
+
+
+def excess_correlation(sums: list[float] | tuple[float, ...]) -> float:
+    """The intra-bucket correlation r̂ (0-1) of one cohort's events, from its per-bucket sums.
+
+    `sums` = [Σn, Σx, Σx², Σx·n, Σn²] over buckets of n requests with x events. Method of moments of the
+    beta-binomial: Var(x) = n p (1 − p)(1 + (n − 1) r); the excess of the squared deviations from the
+    cohort's own rate over the binomial variance, over Σ n(n − 1) p (1 − p). 0 when it cannot be told.
+    """
+    n, x, x2, xn, n2 = sums
+    if n <= 0 or n2 - n <= 0:
+        return 0.0
+    p = x / n
+    v = p * (1.0 - p)
+    if v <= 0.0:
+        return 0.0
+    excess = x2 - 2.0 * p * xn + p * p * n2 - v * n
+    return min(max(excess / (v * (n2 - n)), 0.0), 1.0)
+
+
+def design_effect(r_canary: float, r_stable: float, n_canary: int, n_stable: int, theta0: float) -> float:
+    """Variance inflation of the canary's share of a bucket's events (1 for independent requests)."""
+    return 1.0 + r_canary * max(n_canary - 1, 0) * (1.0 - theta0) + r_stable * max(n_stable - 1, 0) * theta0
+
+
+def counted_distribution(events: int, theta0: float, caps: list[int]) -> tuple[int, list[float]]:
+    """P(min(x, caps[e − x]) = offset + i) for x ~ Binomial(events, θ0): (offset, probabilities).
+
+    caps[y] is the most canary events counted when the stable cohort had y of the bucket's events. Only
+    x within 12 standard deviations of the mean is enumerated (the rest has probability below 1e-30).
+    """
+    sd = math.sqrt(events * theta0 * (1.0 - theta0))
+    lo = max(0, math.floor(events * theta0 - 12 * sd - 1))
+    hi = min(events, math.ceil(events * theta0 + 12 * sd + 1))
+    counted = [min(x, caps[events - x]) for x in range(lo, hi + 1)]
+    offset = min(counted)
+    dist = [0.0] * (max(counted) - offset + 1)
+    for x, c in zip(range(lo, hi + 1), counted, strict=True):
+        dist[c - offset] += math.exp(_log_binom_pmf(events, x, theta0))
+    return offset, dist
+
+
+def convolve(
+    a: tuple[int, list[float]], b: tuple[int, list[float]], floor: float = 1e-14
+) -> tuple[int, list[float]]:
+    """Distribution of the sum of two independent counts, each as (offset, probabilities).
+
+    Mass below `floor` at either end is dropped (it cannot move a p-value that matters).
+    """
+    (oa, pa), (ob, pb) = a, b
+    out = [0.0] * (len(pa) + len(pb) - 1)
+    for i, va in enumerate(pa):
+        if va == 0.0:
+            continue
+        for j, vb in enumerate(pb):
+            out[i + j] += va * vb
+    start = 0
+    while start < len(out) - 1 and out[start] < floor:
+        start += 1
+    while len(out) > start + 1 and out[-1] < floor:
+        out.pop()
+    return oa + ob + start, out[start:]
+
+
+def upper_tail(offset: int, dist: list[float] | tuple[float, ...], at: int) -> float:
+    """P(T ≥ at) for a distribution given as probabilities of offset, offset + 1, ..."""
+    if at <= offset:
+        return 1.0
+    return min(1.0, max(0.0, sum(dist[at - offset :])))
+
+
+__all__ = [
+    "DEFAULT_K",
+    "LOG_WEIGHTS",
+    "RATIOS",
+    "RATIO_WEIGHTS",
+    "bucket_log_lr",
+    "convolve",
+    "counted_distribution",
+    "design_effect",
+    "events_needed",
+    "events_needed_mixture",
+    "excess_correlation",
+    "log_e_mixture",
+    "log_e_value",
+    "log_inc_beta",
+    "log_mixture",
+    "null_share",
+    "shifted_share",
+    "upper_tail",
+]
