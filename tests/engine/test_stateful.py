@@ -92,15 +92,17 @@ class Rollout(RuleBasedStateMachine):
             self.loop.close()
 
     async def _finish(self) -> None:
-        """Heals the world, resumes what is paused, and runs the rollout to its end."""
+        """Heals the world, resumes what is paused, and runs the rollout to its end. A canary that showed
+        errors earlier may keep pausing for a person (the judge will not promote it on its own): then the
+        person promotes it."""
         h = self.h
         h.fleet.proxy_down, h.fleet.before_effect = False, lambda _: None
-        for _ in range(20):
-            dep = await h.run(self.dep_id, max_ticks=400)
+        for attempt in range(6):
+            dep = await h.run(self.dep_id, max_ticks=200)
             if dep.canary_status in ("completed", "rolled_back"):
                 break
             if dep.canary_status in ("paused", "waiting_for_approval"):
-                await h.act(self.dep_id, "resume")
+                await h.act(self.dep_id, "promote" if attempt >= 2 else "resume")
         assert dep.canary_status in ("completed", "rolled_back"), (dep.canary_status, dep.reasons)
         wanted = "v2" if dep.canary_status == "completed" else "v1"
         assert set(h.fleet.versions.values()) == {wanted}, h.fleet.versions

@@ -523,6 +523,22 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "Sequential judge: the false-rollback budget of the whole rollout, shared by the metrics.",
             "probability",
         ),
+        "bucket_seconds": (
+            "Sequential judge: length of the time buckets errors are counted in; a burst shorter than this counts as one bucket's worth of evidence.",
+            "seconds",
+        ),
+        "bucket_max_evidence": (
+            "Sequential judge: the most one time bucket can multiply a comparison's e-value by, so one bad minute on one server cannot roll back.",
+            "factor",
+        ),
+        "stage_end_alpha": (
+            "Sequential judge: false-rollback rate of the fixed-sample look at the end of each comparing stage (0 turns it off).",
+            "probability",
+        ),
+        "burst_allowance": (
+            "Sequential judge: at the stage-end look, the most a bucket's canary events count above what its requests would give.",
+            "standard deviations",
+        ),
         "error_rate_margin": (
             "Sequential judge: fail only when the canary's error rate is at least this multiple of stable's.",
             "ratio",
