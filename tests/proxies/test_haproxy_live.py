@@ -177,7 +177,8 @@ async def test_refused_config_leaves_previous_file(
             f.write(main)
     assert read_bytes(haproxy_instance.config_path) == before
     assert await proxy.check(good)
-    assert sorted(os.listdir(haproxy_instance.confd)) == ["app.cfg"]  # no temp files left
+    # No temp files left (the counter snapshots taken when a split was proven live stay, as a dot-file).
+    assert sorted(os.listdir(haproxy_instance.confd)) == [".app.cfg.canaryd-traffic.json", "app.cfg"]
 
 
 async def test_restart_keeps_the_split_and_old_files_are_noticed(

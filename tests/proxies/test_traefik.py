@@ -155,12 +155,12 @@ def test_sticky_cookie_and_forced_routes() -> None:
     routers = http["routers"]
     assert routers["canaryd-app-7"] == {"rule": "Host(`shop.example.com`)", "service": "canaryd-app-7"}
     canary = routers["canaryd-app-7-force-canary"]
-    assert canary["rule"] == "(Host(`shop.example.com`)) && Header(`X-Canary`, `always`)"
+    assert canary["rule"] == "(Host(`shop.example.com`)) && HeaderRegexp(`X-Canary`, `(?i)^always$`)"
     assert [s["name"] for s in http["services"][canary["service"]]["weighted"]["services"]] == [
         "canaryd-app-7-server-11"
     ]
     stable = routers["canaryd-app-7-force-stable"]
-    assert stable["rule"].endswith("Header(`X-Canary`, `never`)")
+    assert stable["rule"].endswith("HeaderRegexp(`X-Canary`, `(?i)^never$`)")
     assert {s["name"] for s in http["services"][stable["service"]]["weighted"]["services"]} == {
         f"canaryd-app-7-server-{i}" for i in STABLE_IDS
     }
