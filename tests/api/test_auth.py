@@ -49,7 +49,9 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", f"{API}/deployments/{{deployment_id}}/pause"): "operate",
     ("POST", f"{API}/deployments/{{deployment_id}}/resume"): "operate",
     ("POST", f"{API}/tokens"): "admin",
-    ("GET", f"{API}/traefik/{{application_id}}/config"): "read",
+    ("GET", f"{API}/traefik/servers/{{server_id}}/config"): "read",
+    ("DELETE", f"{API}/applications/{{application_id}}"): "admin",
+    ("PATCH", f"{API}/applications/{{application_id}}"): "admin",
     ("WS", f"{API}/deployments/{{deployment_id}}/ws"): "read",
 }
 

@@ -169,3 +169,32 @@ async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess
         "scope": payload.scope,
         "token": await tokens.create_token(session, payload.name, payload.scope),
     }
+
+
+@router.delete(
+    "/applications/{application_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["applications"],
+    responses={
+        409: {"description": "the application has an active deployment"},
+        502: {"description": "the proxy refused; the application stays registered and served"},
+    },
+)
+async def delete_application(application_id: int, rt: RuntimeDep, _: AdminAccess) -> None:
+    """Removes the application from its proxy (proven), then deletes it and its deployment history."""
+    await inventory.delete_application(rt, application_id)
+
+
+@router.patch(
+    "/applications/{application_id}",
+    tags=["applications"],
+    responses={
+        409: {"description": "the application has an active deployment"},
+        502: {"description": "the proxy could not be reached; the previous configuration is back"},
+    },
+)
+async def update_application(
+    application_id: int, payload: inventory.ApplicationUpdate, rt: RuntimeDep, _: AdminAccess
+) -> dict[str, Any]:
+    """Changes an application; a new port, server list or proxy settings are proven live before they count."""
+    return application_view(await inventory.update_application(rt, application_id, payload))

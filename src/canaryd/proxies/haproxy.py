@@ -624,7 +624,7 @@ class HaproxyProxy:
                         return False
                 except ProxyUnavailableError:
                     return False
-            return not await self._frontend_live(app_id)
+            return not await self._frontend_answers()
 
         return await poll_until(gone, self.verify_timeout, self.poll_interval, self.settle)
 
@@ -657,6 +657,17 @@ class HaproxyProxy:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}{MARKER_PATH}"
+
+    async def _frontend_answers(self) -> bool:
+        """Whether anything answers the marker path with 200 (a frontend of the application still bound)."""
+        url = self.marker_url()
+        if url is None:
+            return False
+        try:
+            response = await self.http.get(url, headers={"Connection": "close"}, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def _frontend_live(self, app_id: int, timeout: float = 2.0) -> bool | None:
         """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""

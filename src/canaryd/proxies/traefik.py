@@ -624,13 +624,32 @@ async def published_config(
     return render_traefik(fallback, spec)
 
 
+def empty_config() -> dict[str, Any]:
+    """A valid dynamic configuration with nothing in it: what a proxy server's HTTP-provider endpoint serves
+    before any application is registered on it (Traefik backs off from an endpoint that answers errors)."""
+    return {"http": {"routers": {}, "services": {}}}
+
+
+def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dynamic configuration holding every application's (their names never collide: each carries its
+    application id)."""
+    merged = empty_config()
+    for config in configs:
+        for section, items in config["http"].items():
+            merged["http"].setdefault(section, {}).update(items)
+    check_dynamic_config(merged)
+    return merged
+
+
 __all__ = [
     "TraefikProxy",
     "check_dynamic_config",
     "counters_delta",
     "dump_config",
+    "empty_config",
     "expected_weights",
     "loaded_weights",
+    "merge_configs",
     "parse_prometheus_text",
     "published_config",
     "render_traefik",
