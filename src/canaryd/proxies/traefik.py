@@ -207,9 +207,13 @@ def _check_servers_transports(transports: object) -> set[str]:
 def check_dynamic_config(config: object) -> None:
     """A structural check of what canaryd writes (Traefik has no test command): the shape the file
     provider accepts, every weighted child defined, every router's service defined. Raises ValueError."""
+    if config == {}:
+        return  # the empty configuration (nothing registered)
     if not isinstance(config, dict) or set(config) != {"http"} or not isinstance(config["http"], dict):
         raise ValueError("the configuration must be an object with exactly one key, 'http'")
     http = config["http"]
+    if not http or any(isinstance(v, dict) and not v for v in http.values()):
+        raise ValueError("Traefik refuses an empty 'http' or an empty section in it: leave it out")
     keys = {"services", "routers", "serversTransports"}
     if not set(http) <= keys:
         raise ValueError(f"unexpected keys in 'http': {sorted(set(http) - keys)}")
@@ -284,6 +288,29 @@ def serves(service: object, table: RouteTable, spec: ProxySpec) -> bool:
         return False
     cookie = ((service["weighted"].get("sticky") or {}).get("cookie") or {}).get("name")
     return cookie == (cookie_name(table.app_id) if spec.sticky else None)
+
+
+def serves_all(services: object, table: RouteTable, spec: ProxySpec) -> bool:
+    """Whether Traefik's list of the application's services (`GET /api/http/services?search=...`) is `table`:
+    the weighted service (weights, stickiness) and every server service (address, servers transport),
+    all enabled. Weights alone would not tell a new port or servers transport from the old one."""
+    if not isinstance(services, list):
+        return False
+    provider = spec.provider
+    by_name = {s.get("name"): s for s in services if isinstance(s, dict)}
+    if not serves(by_name.get(f"{service_name(table.app_id)}@{provider}"), table, spec):
+        return False
+    transport = f"{service_name(table.app_id)}@{provider}" if spec.servers_transport is not None else None
+    for b in table.backends:
+        service = by_name.get(f"{server_service_name(table.app_id, b.server_id)}@{provider}")
+        if not isinstance(service, dict) or service.get("status", "enabled") != "enabled":
+            return False
+        balancer = service.get("loadBalancer") or {}
+        if balancer.get("servers") != [{"url": f"http://{format_address(b.host, b.port)}"}]:
+            return False
+        if balancer.get("serversTransport") != transport:
+            return False
+    return True
 
 
 def table_from_applied(app_id: int, app_name: str, applied: list[Any], generation: int) -> RouteTable:
@@ -497,8 +524,18 @@ class TraefikProxy:
             return response.status_code, None
 
     async def _loaded(self, table: RouteTable, timeout: float) -> bool:
-        answer = await self._service(table.app_id, timeout)
-        return answer is not None and answer[0] == 200 and serves(answer[1], table, self.spec)
+        """One request for every service of the application (Traefik's API filters by name)."""
+        assert self.spec.api_url is not None
+        url = f"{self.spec.api_url.rstrip('/')}/api/http/services"
+        params = {"search": service_name(table.app_id), "per_page": "10000"}
+        try:
+            response = await self.http.get(url, params=params, timeout=max(0.1, timeout))
+            return response.status_code == 200 and serves_all(response.json(), table, self.spec)
+        except httpx.HTTPError as exc:
+            logger.debug("Traefik API %s: %s", self.spec.api_url, exc)
+        except ValueError:
+            logger.debug("Traefik API %s answered something that is not JSON", self.spec.api_url)
+        return False
 
     async def verify(self, table: RouteTable) -> bool:
         """True once Traefik's API reports the weights of `table`; False after `verify_timeout`. When it
@@ -554,7 +591,7 @@ class TraefikProxy:
         assert isinstance(config, dict)
         app_id: int | None = None
         out: dict[str, str] = {}
-        for name, service in config["http"].get("services", {}).items():
+        for name, service in config.get("http", {}).get("services", {}).items():
             m = _SERVER_SERVICE.fullmatch(name)
             if m is not None:
                 app_id = int(m.group(1))
@@ -625,18 +662,21 @@ async def published_config(
 
 
 def empty_config() -> dict[str, Any]:
-    """A valid dynamic configuration with nothing in it: what a proxy server's HTTP-provider endpoint serves
-    before any application is registered on it (Traefik backs off from an endpoint that answers errors)."""
-    return {"http": {"routers": {}, "services": {}}}
+    """The empty dynamic configuration: what a proxy server's HTTP-provider endpoint serves before any
+    application is registered on it (Traefik backs off from an endpoint that answers errors). Only `{}` is
+    accepted: Traefik 3.7 refuses an empty `http`, `routers` or `services` ("cannot be a standalone
+    element"), and retries with a growing delay."""
+    return {}
 
 
 def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
     """One dynamic configuration holding every application's (their names never collide: each carries its
-    application id)."""
-    merged = empty_config()
+    application id); sections that would be empty are left out, as Traefik requires."""
+    http: dict[str, dict[str, Any]] = {}
     for config in configs:
-        for section, items in config["http"].items():
-            merged["http"].setdefault(section, {}).update(items)
+        for section, items in config.get("http", {}).items():
+            http.setdefault(section, {}).update(items)
+    merged: dict[str, Any] = {"http": http} if any(http.values()) else empty_config()
     check_dynamic_config(merged)
     return merged
 
@@ -653,6 +693,7 @@ __all__ = [
     "parse_prometheus_text",
     "published_config",
     "render_traefik",
+    "serves_all",
     "service_counters",
     "service_name",
     "to_cohort_stats",
