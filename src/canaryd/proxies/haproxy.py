@@ -20,6 +20,7 @@ The rules this adapter keeps:
   stays a runtime weight change. `force_header`: backends `canaryd_app_<id>_canary` / `_stable` declare every
   server (the other cohort's at weight 0, set by the same runtime calls) and the frontend sends `always` /
   `never` there while that backend has a usable server (`nbsrv`), else the request follows the split.
+* No active health checks (`check`): see `_BACKEND_HEAD` for why a restart under load came back at 0 %.
 * `apply` renders the file and compares it with the previous one. When only weights differ, and the running
   HAProxy has exactly the declared servers (and, with `listen`, answers the frontend's marker), it sets the
   weights over the socket first (live within milliseconds: a rollback to 0 % must not wait for a test
@@ -226,17 +227,16 @@ def render_haproxy(
         lines += _sticky_lines(app_id, [sid for sid, _ in servers])
         cookie = " cookie s{sid}"
     lines += [
-        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)} check  # {comment}"
+        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)}  # {comment}"
         for sid, (address, weight, _, comment) in servers
     ]
     if spec.force_header is not None:
         for cohort in ("canary", "stable"):
             # Same servers, the other cohort's (and the retained ones) at weight 0: stage changes stay
-            # runtime weight changes. `track` shares the weighted backend's health checks.
+            # runtime weight changes.
             lines += ["", f"backend {backend_name(app_id, cohort)}", *_BACKEND_HEAD]
             lines += [
-                f"    server s{sid} {address} weight {weight if c == cohort else 0} track {main}/s{sid}"
-                f"  # {comment}"
+                f"    server s{sid} {address} weight {weight if c == cohort else 0}  # {comment}"
                 for sid, (address, weight, c, comment) in servers
             ]
     return "\n".join(lines) + "\n"
@@ -245,7 +245,11 @@ def render_haproxy(
 _BACKEND_HEAD = (
     "    mode http",
     "    balance roundrobin",
-    # A refused connection (an instance going away) is retried on another server instead of a 503.
+    # No active health checks (`check`): canaryd checks the servers itself and sets their weights. HAProxy
+    # starts every checked server at the lowest "up" health, so one check lost in the first seconds after a
+    # start or reload (a loaded machine, an instance restarting) took that server out for rise x inter
+    # (about 4 s): a restart mid-canary came back at 0 % canary. A refused connection (an instance going
+    # away) is retried on another server instead, as nginx does with `max_fails=0`.
     "    retries 3",
     "    option redispatch 1",
 )
