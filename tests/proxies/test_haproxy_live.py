@@ -136,7 +136,10 @@ async def test_weights_change_through_the_runtime_api_without_reload(
         await proxy.command("get weight canaryd_app_1/s1")
         bare.append((time.perf_counter() - started) * 1000)
         written = read_bytes(haproxy_instance.config_path).decode()
-        assert f"server s1 {fleet.canary.address} weight {table.backends[0].weight} check" in written
+        assert (
+            f"server s1 {fleet.canary.address} weight {table.backends[0].weight}  # canary server 1"
+            in written
+        )
         assert f"generation {generation}" in written
     assert haproxy_instance.master_pid() == master
     assert haproxy_instance.worker_pids() == workers  # no reload happened
@@ -404,9 +407,9 @@ async def test_restart_mid_canary_under_cpu_pressure(
     await proxy.apply(fleet.table(1, 1))
     await proxy.apply(thirty)
     assert await proxy.verify(thirty)
-    hog = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 6: pass\n"
+    hog = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 5: pass\n"
     hogs = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", hog) for _ in range(2 * os.cpu_count())
+        await asyncio.create_subprocess_exec(sys.executable, "-c", hog) for _ in range(os.cpu_count() or 2)
     ]
     try:
         fleet.canary.stop()
