@@ -27,10 +27,10 @@ FAST = {"stages": [10, 25, 50, 100], "stage_duration": 3, "health_check_interval
 
 
 def table(canary_port: int, stable_port: int, canary: int, stable: int, generation: int) -> RouteTable:
-    backends = (Backend(1, "127.0.0.1", stable_port, stable, "stable"),)
+    backends = [Backend(1, "127.0.0.1", stable_port, stable, "stable")]
     if canary:
-        backends = (*backends, Backend(2, "127.0.0.1", canary_port, canary, "canary"))
-    return RouteTable(1, "shop", backends, generation)
+        backends.append(Backend(2, "127.0.0.1", canary_port, canary, "canary"))
+    return RouteTable(1, "shop", tuple(backends), generation)
 
 
 async def versions(client: httpx.AsyncClient, url: str, n: int, **headers: str) -> list[str]:
