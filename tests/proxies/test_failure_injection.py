@@ -165,7 +165,7 @@ async def world(
 
             def quick_proxy(*args: Any) -> Proxy:
                 proxy = make_proxy(*args)
-                proxy.verify_timeout = 2.0 if kind == "traefik" else 0.6  # type: ignore[attr-defined]
+                proxy.verify_timeout = 1.2 if kind == "traefik" else 0.6  # type: ignore[attr-defined]
                 return proxy
 
             monkeypatch.setattr(inventory, "make_proxy", quick_proxy)
