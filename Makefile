@@ -21,10 +21,12 @@ demo: setup ## Run the local demo (embedded mode)
 test: setup ## Everything CI runs: services, lint, types, pytest, contract smoke tests
 	@bash scripts/test.sh $(PYTEST_ARGS)
 
-lint: setup ## ruff check, ruff format --check, mypy
+lint: setup ## ruff check, ruff format --check, mypy, import layers, dead code
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
+	$(VENV)/vulture src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60
 
 format: setup ## Fix what ruff can fix and format the code
 	$(VENV)/ruff check --fix .

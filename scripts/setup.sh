@@ -16,6 +16,9 @@ PACKAGES=(
   "openssh-server:sshd"
   "prometheus:prometheus"
   "postgresql-client:pg_isready createdb"
+  "chromium:chromium"
+  "curl:curl"
+  "jq:jq"
 )
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
@@ -64,6 +67,32 @@ if ((${#missing[@]})); then
 setup: install them as root, then run 'make setup' again:
   apt-get update && apt-get install -y ${missing[*]}"
     installed_note="MISSING ${missing[*]}"
+  fi
+fi
+
+# Container image and deploy-file tests (tests/deploy): podman with runc builds and runs the image, debootstrap
+# makes its base locally, systemd-analyze checks the units. With their recommended packages: podman's build
+# steps need its network stack (netavark, containernetworking-plugins).
+CONTAINER_PACKAGES=("podman:podman" "runc:runc" "debootstrap:debootstrap" "systemd:systemd-analyze")
+container_missing=()
+for entry in "${CONTAINER_PACKAGES[@]}"; do
+  pkg_present "${entry%%:*}" "${entry#*:}" || container_missing+=("${entry%%:*}")
+done
+if ((${#container_missing[@]})); then
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian packages: ${container_missing[*]}"
+    # As above: no package's service starts during the install.
+    own_container_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_container_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${container_missing[@]}" >/dev/null
+    if [[ $own_container_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
+    installed_note="$installed_note; installed ${container_missing[*]}"
+  else
+    deferred_error="${deferred_error:+$deferred_error
+}setup: missing Debian packages: ${container_missing[*]}; as root: apt-get update && apt-get install -y ${container_missing[*]}"
   fi
 fi
 

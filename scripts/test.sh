@@ -94,6 +94,8 @@ fi
 run_step "lint: ruff check" "$BIN/ruff" check .
 run_step "lint: ruff format --check" "$BIN/ruff" format --check .
 run_step "types: mypy" "$BIN/mypy"
+run_step "layers: lint-imports" "$BIN/lint-imports"
+run_step "dead code: vulture" "$BIN/vulture" src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60
 
 pytest_step() {
   local rc=0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Literal
 
 import httpx
@@ -15,13 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from canaryd.db.engine import make_engine, make_sessionmaker
 from canaryd.engine.bus import EventBus, LocalBus, RedisBus
+from canaryd.engine.driver import LeaseTerms, RolloutDriver
 from canaryd.engine.locks import DeploymentLocks
-from canaryd.observability import Counters
-from canaryd.services.tokens import hash_token
+from canaryd.engine.ports import Clock, RealOutside, SystemClock
+from canaryd.engine.reconcile import reconcile
+from canaryd.engine.scheduler import ArqScheduler, LocalScheduler, TickScheduler
+from canaryd.engine.store import RolloutStore
+from canaryd.observability import Metrics
 from canaryd.settings import Settings
 from canaryd.transports.factory import TransportFactory
 from canaryd.transports.ssh import SshPool
-from canaryd.worker.scheduler import ArqScheduler, LocalScheduler, TickScheduler
+
+log = logging.getLogger(__name__)
 
 Role = Literal["api", "worker", "embedded", "cli"]
 
@@ -29,25 +36,52 @@ Role = Literal["api", "worker", "embedded", "cli"]
 @dataclass
 class Runtime:
     settings: Settings
-    engine: AsyncEngine
+    db_engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     locks: DeploymentLocks
     bus: EventBus
     scheduler: TickScheduler
     transports: TransportFactory
     http: httpx.AsyncClient
-    counters: Counters
+    metrics: Metrics
     #: Names this process in leases, so a stuck lease can be traced to its owner.
     owner: str
+    clock: Clock
 
     @property
     def settings_bootstrap_hash(self) -> str | None:
-        """sha256 of CANARYD_BOOTSTRAP_TOKEN, so the token itself is compared in constant time."""
-        return hash_token(self.settings.bootstrap_token) if self.settings.bootstrap_token else None
+        """sha256 of CANARYD_BOOTSTRAP_TOKEN (as tokens are stored), compared in constant time."""
+        token = self.settings.bootstrap_token
+        return hashlib.sha256(token.encode()).hexdigest() if token else None
 
     @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=self.settings.lease_seconds)
+    def store(self) -> RolloutStore:
+        return RolloutStore(self.sessions, self.locks)
+
+    async def reconcile(self, grace_seconds: float) -> int:
+        """Re-schedules overdue deployments now (see engine/reconcile.py)."""
+        scheduled = await reconcile(self.sessions, self.locks, self.scheduler, self.clock, grace_seconds)
+        if scheduled:
+            self.metrics.reconciled_ticks(scheduled)
+        return scheduled
+
+    async def reconcile_forever(self) -> None:
+        """Re-schedules overdue deployments every reconcile_interval until cancelled."""
+        interval = self.settings.reconcile_interval
+        while True:
+            try:
+                await self.reconcile(grace_seconds=interval)
+            except Exception:
+                log.exception("reconcile failed; trying again in %s s", interval)
+            await asyncio.sleep(interval)
+
+    def driver(self) -> RolloutDriver:
+        """The rollout driver over this process's clients."""
+        outside = RealOutside(self.transports, self.http, self.settings.health_check_timeout)
+        terms = LeaseTerms(self.settings.lease_seconds, self.settings.max_retry_backoff)
+        return RolloutDriver(
+            self.store, outside, self.clock, self.bus, self.scheduler, self.metrics, terms, self.owner
+        )
 
 
 @asynccontextmanager
@@ -75,15 +109,16 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
         scheduler = ArqScheduler(await create_pool(RedisSettings.from_dsn(settings.redis_url)))
     runtime = Runtime(
         settings=settings,
-        engine=engine,
+        db_engine=engine,
         sessions=make_sessionmaker(engine),
         locks=DeploymentLocks(process_local=settings.is_sqlite),
         bus=bus,
         scheduler=scheduler,
         transports=transports,
         http=http,
-        counters=Counters(),
+        metrics=Metrics(),
         owner=f"{role}:{socket.gethostname()}:{os.getpid()}",
+        clock=SystemClock(),
     )
     try:
         yield runtime

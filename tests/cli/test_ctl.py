@@ -1,8 +1,8 @@
 """canaryctl against a scripted server (`httpx.MockTransport`) that records every request.
 
 These tests pin canaryctl to our own HTTP contract (DESIGN.md, "The HTTP contract") as the client sees it:
-paths, bodies, headers, exit codes and what is printed. The end-to-end test of canaryctl against a real
-`canaryd serve` is written separately by the lead.
+paths, bodies, headers, exit codes and what is printed. The WebSocket opener refuses, so following falls
+back to polling here; tests/cli/test_ctl_live.py runs canaryctl against a real canaryd, WebSocket included.
 """
 
 from __future__ import annotations
@@ -88,10 +88,20 @@ def server() -> FakeServer:
     return FakeServer()
 
 
+def no_websocket(url: str, headers: dict[str, str]) -> Any:
+    raise ConnectionRefusedError(f"{url}: connection refused")
+
+
 @pytest.fixture
 def run(server: FakeServer) -> Iterator[Callable[..., Any]]:
     clock = Clock()
-    runtime = Runtime(transport=httpx.MockTransport(server.handler), sleep=clock.sleep, clock=clock)
+    runtime = Runtime(
+        transport=httpx.MockTransport(server.handler),
+        sleep=clock.sleep,
+        clock=clock,
+        websocket=no_websocket,
+        interactive=False,
+    )
     runner = CliRunner()
 
     def invoke(*args: str, runtime: Runtime = runtime) -> Any:
@@ -152,12 +162,12 @@ def test_deploy_wait_rolled_back_exits_1_with_reasons(run: Any, server: FakeServ
     assert result.stdout.splitlines()[-1] == "deployment 42 rolled_back"
 
 
-def test_deploy_wait_timeout_exits_2(run: Any, server: FakeServer) -> None:
-    """deploy --wait gives up with exit 2 when the deployment outlasts --timeout."""
+def test_deploy_wait_timeout_exits_5(run: Any, server: FakeServer) -> None:
+    """deploy --wait gives up with exit 5 when the deployment outlasts --timeout."""
     server.on("POST", "/applications/7/deployments", httpx.Response(201, json=status_object("pending")))
     server.on("GET", "/deployments/42", httpx.Response(200, json=status_object("monitoring", 1, 10)))
     result = run("deploy", "7", "v2", "--timeout", "10", "--interval", "2")
-    assert result.exit_code == 2
+    assert result.exit_code == 5
     assert "did not finish within 10 s" in result.stderr
 
 
@@ -173,14 +183,14 @@ def test_deploy_no_wait_sends_config_json_and_idempotency_key(run: Any, server: 
 
 
 def test_validation_errors_each_printed_on_own_line(run: Any, server: FakeServer) -> None:
-    """A 422 answer prints every validation error on its own line and exits 1."""
+    """A 422 answer prints every validation error on its own line and exits 4."""
     detail = [
         {"loc": ["body", "config", "stages", 0], "msg": "stage percentages must be between 0 and 100"},
         {"loc": ["body", "config", "stage_duration"], "msg": "stage_duration must be at least 60 seconds"},
     ]
     server.on("POST", "/applications/7/deployments", httpx.Response(422, json={"detail": detail}))
     result = run("deploy", "7", "v2", "--stages", "150", "--stage-duration", "5")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     lines = result.stderr.splitlines()
     assert "config.stages.0: stage percentages must be between 0 and 100" in lines
     assert "config.stage_duration: stage_duration must be at least 60 seconds" in lines
@@ -191,16 +201,16 @@ def test_plain_string_errors_list_printed(run: Any, server: FakeServer) -> None:
     body = {"detail": "invalid deployment", "errors": ["first problem", "second problem"]}
     server.on("POST", "/applications/7/deployments", httpx.Response(422, json=body))
     result = run("deploy", "7", "v2")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert result.stderr.splitlines()[1:] == ["invalid deployment", "first problem", "second problem"]
 
 
 def test_conflict_detail_printed(run: Any, server: FakeServer) -> None:
-    """A 409 prints the server's detail and exits 1."""
+    """A 409 prints the server's detail and exits 4."""
     refusal = {"detail": "cannot pause a completed deployment"}
     server.on("POST", "/deployments/42/pause", httpx.Response(409, json=refusal))
     result = run("pause", "42")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "cannot pause a completed deployment" in result.stderr
 
 
@@ -318,7 +328,7 @@ def test_connection_refused_exits_2() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    runtime = Runtime(transport=httpx.MockTransport(refuse), sleep=lambda s: None)
+    runtime = Runtime(transport=httpx.MockTransport(refuse), sleep=lambda s: None, websocket=no_websocket)
     env = {"CANARYD_TOKEN": None, "CANARYD_URL": None}
     result = CliRunner().invoke(app, ["--url", BASE, "status", "42"], obj=runtime, env=env)
     assert result.exit_code == 2
@@ -331,3 +341,83 @@ def test_bad_stages_is_a_usage_error(run: Any, server: FakeServer) -> None:
     assert result.exit_code == 2
     assert "'lots' is not a number" in result.stderr
     assert server.requests == []
+
+
+def test_failed_deployment_exits_3(run: Any, server: FakeServer) -> None:
+    """watch exits 3 when the deployment ends failed (its rollback could not finish)."""
+    server.on("GET", "/deployments/42", httpx.Response(200, json=status_object("failed", 1, 0)))
+    result = run("watch", "42")
+    assert result.exit_code == 3
+    assert result.stdout.splitlines()[-1] == "deployment 42 failed"
+
+
+def test_replayed_idempotency_key_is_not_reported_as_created(run: Any, server: FakeServer) -> None:
+    """A 200 for a replayed Idempotency-Key says the deployment already existed, not "created"."""
+    server.on("POST", "/applications/7/deployments", httpx.Response(200, json=status_object("monitoring")))
+    result = run("deploy", "7", "v2", "--no-wait", "--idempotency-key", "build-9")
+    assert result.exit_code == 0, result.output
+    assert "created" not in result.stdout
+    assert "already exists for this Idempotency-Key" in result.stdout
+
+
+def test_watch_reconnects_with_after_seq_and_shows_each_event_once(server: FakeServer) -> None:
+    """A dropped WebSocket is reopened with ?after_seq= the last event shown; a repeated event is dropped."""
+    server.on("GET", "/deployments/42/events", httpx.Response(200, json=[]))
+    opened: list[str] = []
+
+    def event(seq: int, kind: str) -> str:
+        return json.dumps({"type": "event", "seq": seq, "kind": kind, "deployment_id": 42})
+
+    scripts = [
+        [
+            json.dumps({"type": "status", **status_object("monitoring", 1, 10)}),
+            event(1, "health_check"),
+            None,
+        ],
+        [
+            json.dumps({"type": "status", **status_object("monitoring", 1, 10)}),
+            event(1, "health_check"),
+            event(2, "promoted"),
+            json.dumps({"type": "status", **status_object("completed", 3, 100)}),
+        ],
+    ]
+
+    class Scripted:
+        def __init__(self, messages: list[str | None]) -> None:
+            self.messages = messages
+
+        def __enter__(self) -> Scripted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def recv(self, timeout: float | None = None) -> str:
+            message = self.messages.pop(0)
+            if message is None:
+                raise ConnectionResetError("connection lost")
+            return message
+
+    def opener(url: str, headers: dict[str, str]) -> Scripted:
+        opened.append(url)
+        assert headers == {"Authorization": f"Bearer {TOKEN}"}
+        return Scripted(scripts[len(opened) - 1])
+
+    clock = Clock()
+    runtime = Runtime(
+        transport=httpx.MockTransport(server.handler),
+        sleep=clock.sleep,
+        clock=clock,
+        websocket=opener,
+        interactive=False,
+    )
+    env = {"CANARYD_URL": BASE, "CANARYD_TOKEN": TOKEN}
+    result = CliRunner().invoke(app, ["watch", "42"], obj=runtime, env=env)
+    assert result.exit_code == 0, result.output
+    assert opened == [
+        "ws://canaryd.test:8080/api/v1/deployments/42/ws",
+        "ws://canaryd.test:8080/api/v1/deployments/42/ws?after_seq=1",
+    ]
+    assert result.stdout.count("health_check") == 1, result.stdout
+    assert result.stdout.count("promoted") == 1
+    assert result.stdout.splitlines()[-1] == "deployment 42 completed"

@@ -25,6 +25,10 @@ LEGAL: dict[tuple[State, State | None, str], tuple[State, State | None]] = {
     (S.MONITORING, None, "pause"): (S.PAUSED, S.MONITORING),
     (S.PAUSED, S.DEPLOYING, "resume"): (S.DEPLOYING, None),
     (S.PAUSED, S.MONITORING, "resume"): (S.MONITORING, None),
+    (S.MONITORING, None, "await_approval"): (S.WAITING_FOR_APPROVAL, None),
+    (S.WAITING_FOR_APPROVAL, None, "approve"): (S.MONITORING, None),
+    (S.WAITING_FOR_APPROVAL, None, "promote"): (S.PROMOTING, None),
+    (S.WAITING_FOR_APPROVAL, None, "rollback"): (S.ROLLING_BACK, None),
     (S.MONITORING, None, "promote"): (S.PROMOTING, None),
     (S.PAUSED, S.DEPLOYING, "promote"): (S.PROMOTING, None),
     (S.PAUSED, S.MONITORING, "promote"): (S.PROMOTING, None),
@@ -90,7 +94,7 @@ def test_illegal_message_says_why() -> None:
     )
     assert Lifecycle(State.COMPLETED).why_not("rollback") == (
         "cannot roll back a deployment that has completed; "
-        "rollback is possible while pending, deploying, monitoring, paused or promoting"
+        "rollback is possible while pending, deploying, monitoring, waiting for approval, paused or promoting"
     )
 
 

@@ -42,4 +42,4 @@ async def test_ci_pipeline_gates_on_the_outcome(embedded_stack: Stack) -> None:
     code, events = await canaryctl(s, "events", "2")
     assert code == 0 and "rollback_started" in events and "rolled_back" in events
     code, out = await canaryctl(s, "pause", "2")
-    assert code == 1 and "cannot pause" in out
+    assert code == 4 and "cannot pause" in out  # 4: canaryd refused the request

@@ -12,31 +12,39 @@ from canaryd.transports.local import LocalTransport
 MEM = "MemTotal:       16000000 kB\nMemAvailable:    4000000 kB\n"
 
 
+CPU0 = "cpu  1000 0 500 8000 500 0 0 0 0 0"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (f"2.00 1.50 1.00 3/456 7890\n4\n{MEM}", HostLoad(50.0, 75.0)),
-        (f"0.00 0.00 0.00 1/100 1\n8\n{MEM}", HostLoad(0.0, 75.0)),
-        (f"12.00 8.00 4.00 30/456 7890\n4\n{MEM}", HostLoad(300.0, 75.0)),  # overloaded: not clamped
+        # 1000 jiffies passed, 250 of them idle or iowait: 75 % busy.
+        (f"{CPU0}\ncpu  1500 0 750 8200 550 0 0 0 0 0\n{MEM}", HostLoad(75.0, 75.0)),
+        (f"{CPU0}\ncpu  1000 0 500 9000 500 0 0 0 0 0\n{MEM}", HostLoad(0.0, 75.0)),  # all idle
+        (f"{CPU0}\ncpu  2000 0 500 8000 500 0 0 0 0 0\n{MEM}", HostLoad(100.0, 75.0)),  # never above 100
+        (f"{CPU0}\n{MEM}", HostLoad(None, 75.0)),  # one sample: no interval
+        (f"{CPU0}\n{CPU0}\n{MEM}", HostLoad(None, 75.0)),  # no time passed
+        (f"{CPU0}\ncpu  900 0 500 8000 500 0 0 0 0 0\n{MEM}", HostLoad(None, 75.0)),  # counters went back
         (f"{MEM}", HostLoad(None, 75.0)),
-        ("1.00 1.00 1.00 1/1 1\n2\n", HostLoad(50.0, None)),
-        (f"1.00 1.00 1.00 1/1 1\n0\n{MEM}", HostLoad(None, 75.0)),  # zero CPUs is nonsense
-        (f"1.00 1.00 1.00 1/1 1\n{MEM}", HostLoad(None, 75.0)),  # nproc missing
-        ("1.00 1.00 1.00 1/1 1\n2\nMemTotal: 100 kB\nMemAvailable: 200 kB\n", HostLoad(50.0, None)),
-        ("1.00 1.00 1.00 1/1 1\n2\nMemTotal: 0 kB\nMemAvailable: 0 kB\n", HostLoad(50.0, None)),
+        (f"{CPU0}\ncpu  1500 0 750 8200 550 0 0 0 0 0\n", HostLoad(75.0, None)),
+        (
+            f"{CPU0}\ncpu  1500 0 750 8200 550 0 0 0 0 0\nMemTotal: 100 kB\nMemAvailable: 200 kB\n",
+            HostLoad(75.0, None),
+        ),
         ("", HostLoad(None, None)),
         ("garbage\nmore garbage\n", HostLoad(None, None)),
     ],
 )
 def test_parse_host_load(text: str, expected: HostLoad) -> None:
-    """CPU is 100·load1/nproc, memory 100·(1 − available/total); missing or absurd parts read as None."""
+    """CPU is the busy share between two /proc/stat samples, memory 100·(1 − available/total); missing or
+    absurd parts read as None."""
     assert parse_host_load(text) == expected
 
 
 async def test_reads_this_machine() -> None:
     """A real read through the local transport gives plausible figures."""
     load = await read_host_load(LocalTransport())
-    assert load.cpu_percent is not None and load.cpu_percent >= 0
+    assert load.cpu_percent is not None and 0 <= load.cpu_percent <= 100
     assert load.memory_percent is not None and 0 <= load.memory_percent <= 100
 
 

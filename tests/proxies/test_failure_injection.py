@@ -34,7 +34,6 @@ from tests.fixtures.nginx import free_port, start_nginx
 from tests.fixtures.traefik import start_traefik
 
 import canaryd.proxies.switch as switch_module
-from canaryd.api.schemas import ApplicationCreate, ServerCreate
 from canaryd.db.repositories import ApplicationRepository
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Backend
@@ -45,6 +44,7 @@ from canaryd.proxies.traefik import table_from_applied
 from canaryd.runtime import Runtime, open_runtime
 from canaryd.services import inventory
 from canaryd.services.errors import ServiceError
+from canaryd.services.schemas import ApplicationCreate, ServerCreate
 from canaryd.settings import Settings
 from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport

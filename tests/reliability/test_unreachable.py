@@ -3,8 +3,8 @@ accepts connections and never answers, nginx refusing its config test, and the s
 sshd stopped. Each is retried where that makes sense, then handled safely: rolled back with the reason, or
 `failed` with the reason while canaryd keeps retrying, recovering to rolled_back when the part comes back.
 
-The retry backoff is capped at 2 s here (monkeypatched module constant, in-process canaryd) so the tests
-take seconds; the logic under test is unchanged.
+The retry backoff is capped at 2 s here (the setting CANARYD_MAX_RETRY_BACKOFF, default 60 s) so the
+tests take seconds; the logic under test is unchanged.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.fixtures.sshd import running_sshd
 from tests.fixtures.stack import APPCTL, LoadGenerator, Stack, loopback_hosts, make_stack
-
-import canaryd.engine.tick as tick
 
 FAST = {
     "stages": [20, 50, 100],
@@ -66,12 +63,6 @@ exec {test}
 """
 
 
-@pytest.fixture(autouse=True)
-def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries back off 2, 2, 2 ... s instead of 2, 4, 8 ... s."""
-    monkeypatch.setattr(tick, "MAX_BACKOFF_SECONDS", 2.0)
-
-
 async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host: str = "127.0.0.1") -> None:
     """Like Stack.register, with deploy.sh as the deploy command and proxytest.sh as nginx's test command."""
     state = s.state_dir
@@ -108,7 +99,9 @@ async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path: Path, sqlite_url: str, servers: int = 3, **extra: Any) -> AsyncIterator[Stack]:
-    async with make_stack(tmp_path, sqlite_url, servers=servers, health_check_timeout=1.0, **extra) as s:
+    async with make_stack(
+        tmp_path, sqlite_url, servers=servers, health_check_timeout=1.0, max_retry_backoff=2.0, **extra
+    ) as s:
         yield s
 
 
@@ -212,3 +205,40 @@ async def test_ssh_to_servers_and_proxy_down(tmp_path: Path, sqlite_url: str) ->
                 os.kill(sshd.process.pid, signal.SIGCONT)
             st = await wait_for(s, dep["id"], {"rolled_back"}, timeout=30)
             await assert_back_on_v1(s)
+
+
+async def test_changed_host_key_costs_nothing(tmp_path: Path, sqlite_url: str) -> None:
+    """Servers whose SSH host key no longer matches known_hosts (a possible man-in-the-middle) are refused
+    before anything changes on them: the refusal is permanent (one try, no transient retries), reported as a
+    changed key, every server keeps its version and its place at the proxy, and the rollback, which has
+    nothing to restore, ends rolled_back rather than failed."""
+    *hosts, proxy_host = loopback_hosts(3)
+    with running_sshd(proxy_host, extra_hosts=hosts) as sshd:
+        impostor = Path(sshd.write_wrong_known_hosts(str(tmp_path / "known_hosts_wrong"))).read_text()
+        wrong = impostor.split(" ", 1)[1]
+        lines = [f"[{h}]:{sshd.port} {wrong}" for h in hosts]  # the servers' keys "changed"
+        lines.append(f"[{proxy_host}]:{sshd.port} {sshd.host_key_pub}\n")  # the proxy host's did not
+        Path(tmp_path / "known_hosts").write_text("".join(lines))
+        async with stack(
+            tmp_path,
+            sqlite_url,
+            servers=2,
+            hosts=hosts,
+            ssh_known_hosts=str(tmp_path / "known_hosts"),
+            ssh_client_keys=[sshd.client_key],
+        ) as s:
+            ssh = {"transport": "ssh", "ssh_port": sshd.port, "ssh_user": sshd.user}
+            await register(s, ssh, proxy_host)
+            dep = (await s.deploy("v2", FAST)).json()
+            st = await wait_for(s, dep["id"], {"failed", "completed", "rolled_back"}, timeout=60)
+            assert st["canary_status"] == "rolled_back", st
+            assert any("HOST KEY CHANGED" in r for r in st["reasons"]), st["reasons"]
+            events = await s.events(dep["id"])
+            assert [e["metrics"].get("attempt") for e in events if e["kind"] == "step_failed"] == [1]
+            assert not any(e["kind"].startswith("server_") for e in events)
+            assert await s.fleet_versions() == ["v1", "v1"]
+            load = LoadGenerator(s.proxy_url, rate=40).start()
+            await asyncio.sleep(1.0)
+            await load.stop()
+            served = {h.status for h in load.hits}
+            assert served == {200}, served

@@ -203,6 +203,8 @@ async def test_unknown_host_key_refused(sshd: SshServer, tmp_path: Path) -> None
     message = str(err.value)
     assert message.startswith(f"ssh {sshd.host}:{sshd.port}: host key verification failed")
     assert f"ssh-keyscan -p {sshd.port} {sshd.host} >> {known_hosts}" in message
+    assert "unknown host" in message and "CHANGED" not in message
+    assert err.value.permanent, "a refused host key must not be retried as transient"
     assert pool.connections_opened == 0
 
 
@@ -211,10 +213,14 @@ async def test_wrong_host_key_refused(sshd: SshServer, tmp_path: Path) -> None:
     known_hosts = sshd.write_wrong_known_hosts(str(tmp_path / "known_hosts"))
     pool = SshPool(known_hosts, [sshd.client_key], connect_timeout=5)
     try:
-        with pytest.raises(TransportError, match=r"^ssh 127\.0\.0\.5:\d+: host key verification failed"):
+        with pytest.raises(
+            TransportError, match=r"^ssh 127\.0\.0\.5:\d+: host key verification failed"
+        ) as err:
             await pool.transport(sshd.host, sshd.port, sshd.user).write_file(str(tmp_path / "x"), b"x")
     finally:
         await pool.close()
+    assert "HOST KEY CHANGED" in str(err.value) and "man-in-the-middle" in str(err.value)
+    assert err.value.permanent
     assert not (tmp_path / "x").exists()
 
 

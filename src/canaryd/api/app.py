@@ -5,52 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canaryd import __version__
-from canaryd.api import routes, traefik_provider, ws
+from canaryd.api import routes, traefik_provider, ui, ws
+from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.db.repositories import DeploymentRepository
-from canaryd.domain.config import STAGE_DURATION_FLOOR
-from canaryd.engine.tick import Engine
+from canaryd.engine.scheduler import LocalScheduler
 from canaryd.runtime import Runtime, open_runtime
-from canaryd.services.deployments import reconcile
+from canaryd.services.deployments import stage_floor_problems
 from canaryd.services.errors import Invalid, ServiceError
+from canaryd.services.schemas import HealthOut
 from canaryd.settings import Settings
-from canaryd.worker.scheduler import LocalScheduler
 
 log = logging.getLogger(__name__)
-
-
-class StageFloorMiddleware:
-    """Makes the configured stage_duration floor visible to body validation (see domain/config.py)."""
-
-    def __init__(self, app: ASGIApp, floor: int) -> None:
-        self.app, self.floor = app, floor
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = STAGE_DURATION_FLOOR.set(self.floor)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            STAGE_DURATION_FLOOR.reset(token)
-
-
-async def reconcile_forever(rt: Runtime) -> None:
-    """Re-enqueues overdue ticks, so a lost timer or queue loses no deployment."""
-    while True:
-        try:
-            await reconcile(rt, grace_seconds=rt.settings.reconcile_interval)
-        except Exception:
-            log.exception("reconcile failed; trying again in %s s", rt.settings.reconcile_interval)
-        await asyncio.sleep(rt.settings.reconcile_interval)
 
 
 def _clean(errors: list[Any]) -> list[dict[str, Any]]:
@@ -65,6 +42,31 @@ def _clean(errors: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+DESCRIPTION = """
+Canary deployments for applications on ordinary servers behind nginx, HAProxy or Traefik.
+
+**Authorize** with an API token (`canaryd token create --name me --scope operate`, or the bootstrap token):
+click *Authorize*, paste the token (without `Bearer`), then *Try it out* on any route. Scopes nest:
+`read` (GET, WebSocket) ⊂ `deploy` (start deployments) ⊂ `operate` (promote, roll back, pause, resume) ⊂
+`admin` (servers, applications, tokens).
+
+Errors are `{{"detail": "a sentence"}}`, or for 422 `{{"detail": [{{"loc": [...], "msg": "...", "type": "..."}}]}}`
+listing every problem at once; nothing is half-applied. Request bodies larger than {max_body} bytes
+(`CANARYD_MAX_BODY_BYTES`) are refused with 413 before they are read. The operator's console is at
+[/ui](/ui).
+"""
+
+TAGS = [
+    {"name": "deployments", "description": "Start canary deployments, read their status and history."},
+    {"name": "actions", "description": "An operator's promote, rollback, pause and resume (operate scope)."},
+    {"name": "applications", "description": "Applications, their servers and the proxy in front of them."},
+    {"name": "servers", "description": "Hosts that applications and proxies run on."},
+    {"name": "tokens", "description": "API tokens (admin scope)."},
+    {"name": "operations", "description": "Health and metrics, without a token."},
+    {"name": "traefik", "description": "Traefik's HTTP provider endpoint."},
+]
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,9 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.runtime = rt
             background: asyncio.Task[None] | None = None
             if isinstance(rt.scheduler, LocalScheduler):
-                rt.scheduler.bind(Engine(rt).tick)
-                await reconcile(rt, grace_seconds=0)  # resume what a previous process left
-                background = asyncio.create_task(reconcile_forever(rt))
+                rt.scheduler.bind(rt.driver().tick)
+                await rt.reconcile(grace_seconds=0)  # resume what a previous process left
+                background = asyncio.create_task(rt.reconcile_forever())
             try:
                 yield
             finally:
@@ -86,13 +88,17 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="canaryd",
         version=__version__,
-        description="Canary deployments for applications on ordinary servers behind nginx, HAProxy or Traefik.",
+        description=DESCRIPTION.format(max_body=settings.max_body_bytes) + ws.PROTOCOL,
         lifespan=lifespan,
+        docs_url=None,  # served by api/ui.py from the package's own copies of Swagger UI and ReDoc
+        redoc_url=None,
+        openapi_tags=TAGS,
     )
     app.include_router(routes.router)
     app.include_router(ws.router)
     app.include_router(traefik_provider.router)
-    app.add_middleware(StageFloorMiddleware, floor=settings.min_stage_duration)
+    ui.mount(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -100,8 +106,12 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"detail": detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _clean(list(exc.errors()))}, status_code=422)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = _clean(list(exc.errors()))
+        if request.method == "POST" and request.url.path.endswith("/deployments"):
+            # The service checks the floor once the body parses; list it with the other problems too.
+            problems += stage_floor_problems(exc.body, settings.min_stage_duration)
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)
@@ -124,25 +134,48 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"Retry-After": "2"},
         )
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness and database check",
+        response_model=HealthOut,
+        responses={503: {"description": "the database does not answer"}},
+    )
     async def healthz(request: Request) -> dict[str, str]:
-        """200 when the database answers."""
+        """200 when the database answers (no token needed)."""
         rt: Runtime = request.app.state.runtime
         async with rt.sessions() as session:
             await session.execute(text("SELECT 1"))
         return {"status": "ok", "mode": "embedded" if rt.settings.embedded else "production"}
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
-    async def metrics(request: Request) -> str:
-        """Prometheus text format."""
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["operations"],
+        summary="Prometheus metrics",
+        responses={
+            200: {"content": {"text/plain": {"example": 'canaryd_deployments{canary_status="monitoring"} 1'}}}
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format: every family is listed in docs/operations.md (no token needed)."""
         rt: Runtime = request.app.state.runtime
         async with rt.sessions() as session:
-            counts = await DeploymentRepository(session).count_by_status()
-        lines = ["# TYPE canaryd_deployments gauge"]
-        lines += [
-            f'canaryd_deployments{{canary_status="{state}"}} {n}' for state, n in sorted(counts.items())
-        ]
-        lines += rt.counters.render()
-        return "\n".join(lines) + "\n"
+            repo = DeploymentRepository(session)
+            rt.metrics.set_database_figures(await repo.count_by_status(), await repo.active_shares())
+        return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def time_requests(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded labels
+        runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.metrics.api_request(
+                request.method, template, response.status_code, time.perf_counter() - started
+            )
+        return response
 
     return app

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.engine import unit_of_work
@@ -47,12 +48,22 @@ async def principal_for(rt: Runtime, token: str | None) -> Principal | None:
         return await authenticate(session, token, rt.settings_bootstrap_hash)
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+#: The security scheme /docs shows (its Authorize button); the token is checked by `require`, not here.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token (`canaryd token create`, or `POST /api/v1/tokens`). Scopes: read ⊂ deploy ⊂ "
+    "operate ⊂ admin.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits tokens whose scope includes `scope` (401 without a valid token, 403 if weak)."""
 
-    async def check(request: Request) -> Principal:
+    async def check(request: Request, credentials: Credentials) -> Principal:
         rt = get_runtime(request)
-        principal = await principal_for(rt, bearer(request.headers.get("authorization")))
+        principal = await principal_for(rt, credentials.credentials.strip() if credentials else None)
         if principal is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

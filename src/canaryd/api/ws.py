@@ -1,4 +1,4 @@
-"""WebSocket: the status object at once, then every event of the deployment as it happens."""
+"""WebSocket: the status object at once, then every event of the deployment in order, then a final status."""
 
 from __future__ import annotations
 
@@ -7,49 +7,105 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from canaryd.api.deps import websocket_principal
 from canaryd.runtime import Runtime
-from canaryd.services import deployments
+from canaryd.services import live
 from canaryd.services.errors import NotFound
 
 router = APIRouter(prefix="/api/v1")
 
+CLOSE_NORMAL = 1000
+CLOSE_BAD_TOKEN = 4401
+CLOSE_SCOPE = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_BAD_REQUEST = 4422
 
-@router.websocket("/deployments/{deployment_id}/ws")
+#: The protocol, as /docs, /redoc and docs/api.md show it.
+PROTOCOL = """
+### WebSocket: `GET /api/v1/deployments/{deployment_id}/ws`
+
+A live view of one deployment (read scope). The token goes in the `Authorization: Bearer <token>` header,
+or, where a client cannot set headers (a browser), in `?token=<token>`.
+
+Query parameters: `after_seq=N` (optional) — also send every event with `seq > N` from the history before
+the live ones; a client that lost its connection reconnects with the last `seq` it received and misses
+nothing. Without it, only events after the connection are sent.
+
+Messages (JSON text frames, server to client only; the server ignores what the client sends, and closes
+with 1009 a message larger than `CANARYD_MAX_BODY_BYTES`):
+
+1. `{"type": "status", ...}` — the status object (as `GET /api/v1/deployments/{id}`), at once;
+2. `{"type": "event", "seq": N, ...}` — each event (as in `GET .../events`), in `seq` order, each exactly
+   once, without a gap: the backlog from the database first, then live events; a gap in what the event bus
+   delivered is filled from the database, a duplicate is dropped;
+3. `{"type": "status", ...}` — the status again after each change (never an older one after a newer one);
+4. `{"type": "status", "final": true, ...}` — when the deployment reaches `completed`, `rolled_back` or
+   `failed`, after its last event; then the server closes with **1000**. A deployment that has already
+   finished gets its status (and the backlog, with `after_seq`), the final status and the close at once.
+
+Refusals: the server accepts the connection, then closes it with an application code and a reason:
+
+| code | meaning |
+|---|---|
+| 4401 | missing or invalid token |
+| 4403 | the token's scope does not include `read` |
+| 4404 | no such deployment |
+| 4422 | `after_seq` is not a non-negative integer |
+| 1009 | a client message larger than `CANARYD_MAX_BODY_BYTES` |
+"""
+
+
+def _after_seq(websocket: WebSocket) -> int | str | None:
+    raw = websocket.query_params.get("after_seq")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        return "after_seq must be a non-negative integer"
+    return int(raw)
+
+
+@router.websocket("/deployments/{deployment_id}/ws", name="deployment_ws")
 async def deployment_ws(websocket: WebSocket, deployment_id: int) -> None:
     rt: Runtime = websocket.app.state.runtime
+    await websocket.accept()
     principal = await websocket_principal(websocket)
     if principal is None:
-        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or invalid bearer token")
+        await websocket.close(code=CLOSE_BAD_TOKEN, reason="missing or invalid bearer token")
         return
-    # Subscribe before reading the status, so no event falls between the two.
-    async with rt.bus.subscribe(deployment_id) as messages:
-        try:
-            async with rt.sessions() as session:
-                current = await deployments.get_status(session, deployment_id)
-        except NotFound as exc:
-            await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=exc.message)
-            return
-        await websocket.accept()
-        await websocket.send_json({"type": "status", **current})
-        receiver = asyncio.create_task(_drain(websocket))
-        try:
-            async for message in _until_closed(messages, receiver):
-                await websocket.send_json(message)
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-                await receiver
+    if not principal.allows("read"):
+        await websocket.close(code=CLOSE_SCOPE, reason=f"scope {principal.scope!r} does not include 'read'")
+        return
+    after_seq = _after_seq(websocket)
+    if isinstance(after_seq, str):
+        await websocket.close(code=CLOSE_BAD_REQUEST, reason=after_seq)
+        return
+    stream = live.follow(rt, deployment_id, after_seq)
+    receiver = asyncio.create_task(_drain(websocket))
+    try:
+        async for message in _until_closed(stream, receiver):
+            await websocket.send_json(message)
+            if message.get("final"):
+                await websocket.close(code=CLOSE_NORMAL, reason="the deployment has finished")
+                return
+    except NotFound as exc:
+        await websocket.close(code=CLOSE_NOT_FOUND, reason=exc.message[:120])
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await receiver
+        await stream.aclose()
 
 
 async def _drain(websocket: WebSocket) -> None:
     """Reads (and ignores) what the client sends, so a disconnect is noticed."""
     while True:
-        await websocket.receive_text()
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
 
 
 async def _until_closed(
@@ -60,7 +116,12 @@ async def _until_closed(
     while True:
         nxt = asyncio.ensure_future(iterator.__anext__())
         done, _ = await asyncio.wait({nxt, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done:
+        if receiver in done and nxt not in done:
             nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt
             return
-        yield nxt.result()
+        try:
+            yield nxt.result()
+        except StopAsyncIteration:
+            return

@@ -1,24 +1,34 @@
-"""`canaryctl`: the CI client of canaryd's HTTP API (`/api/v1`, Bearer token).
+"""`canaryctl`: the CI and operator client of canaryd's HTTP API (`/api/v1`, Bearer token).
 
-Exit codes, so a pipeline can gate on them:
+Exit codes, so a pipeline can tell outcomes apart (also in README.md):
   0  the request was accepted, or the deployment completed
-  1  the server refused the request, or the deployment was rolled back or failed
-  2  usage error, canaryd unreachable, or a wait that timed out
+  1  the deployment was rolled back
+  2  usage error, or canaryd unreachable (connection refused, DNS, TLS)
+  3  the deployment failed (its rollback could not finish: a person must look)
+  4  canaryd refused the request (HTTP 4xx/5xx: validation, conflict, not found, no permission)
+  5  --timeout passed before the deployment finished
+
+`watch` and `deploy --wait` follow the deployment's WebSocket (the status, then every event; on a dropped
+connection they reconnect with `?after_seq=` the last event seen) and fall back to polling the status when
+the WebSocket cannot be opened. On a terminal they draw a live view (stage, split, canary vs stable figures,
+verdict); otherwise, and with `--output json`, one line per event.
 
 Every HTTP call goes through functions that take an `httpx.Client`; the client is built from the global
-options and an optional `Runtime` passed as the Click context object, so tests swap the transport
-(`httpx.MockTransport`), the sleep and the clock without monkeypatching.
+options and an optional `Runtime` passed as the Click context object, so tests swap the transport, the
+WebSocket opener, the sleep and the clock without monkeypatching.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 import typer
@@ -26,14 +36,23 @@ import typer
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/v1"
 EXIT_OK = 0
-EXIT_FAILED = 1
+EXIT_ROLLED_BACK = 1
 EXIT_USAGE = 2
+EXIT_DEPLOYMENT_FAILED = 3
+EXIT_API = 4
+EXIT_TIMEOUT = 5
 #: canary_status (or status) values after which nothing more happens, with the exit code each one means.
-TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_FAILED, "failed": EXIT_FAILED}
+TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_DEPLOYMENT_FAILED}
 #: Polling survives this many consecutive transient failures (connection errors, 5xx) before giving up.
 MAX_POLL_FAILURES = 5
+#: A WebSocket silent this long is double-checked with one status request (a lost pub/sub message must not
+#: leave a pipeline waiting for its timeout).
+WS_QUIET_SECONDS = 15.0
+#: Reconnections of a dropped WebSocket in a row before falling back to polling.
+MAX_WS_RECONNECTS = 5
 
 JSONObject = dict[str, Any]
+Output = Literal["text", "json"]
 
 
 class CtlError(Exception):
@@ -51,6 +70,22 @@ class CtlError(Exception):
         return self.status is None or self.status >= 500
 
 
+class MessageStream(Protocol):
+    """What canaryctl needs of a WebSocket: text messages, with a timeout (raises TimeoutError)."""
+
+    def recv(self, timeout: float | None = None) -> str | bytes: ...
+
+
+WebSocketOpener = Callable[[str, dict[str, str]], AbstractContextManager[MessageStream]]
+
+
+def open_websocket(url: str, headers: dict[str, str]) -> AbstractContextManager[MessageStream]:
+    """A real WebSocket (websockets' synchronous client), never through an environment proxy."""
+    from websockets.sync.client import connect
+
+    return connect(url, additional_headers=headers, proxy=None, open_timeout=10)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What canaryctl takes from the outside world; tests pass their own as the context object."""
@@ -58,6 +93,9 @@ class Runtime:
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    websocket: WebSocketOpener = open_websocket
+    #: None: ask stdout whether it is a terminal.
+    interactive: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,16 @@ class Session:
     url: str
     token: str | None
     runtime: Runtime = field(default_factory=Runtime)
+    output: Output = "text"
+
+    @property
+    def live(self) -> bool:
+        """Draw the live view: text output to a terminal."""
+        if self.output != "text":
+            return False
+        if self.runtime.interactive is not None:
+            return self.runtime.interactive
+        return sys.stdout.isatty()
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------
@@ -117,8 +165,8 @@ def error_lines(response: httpx.Response) -> list[str]:
     return [head, *lines] if lines else [f"{head}: {json.dumps(body)[:500]}"]
 
 
-def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    """Sends one request; returns the decoded JSON body (None when empty) or raises CtlError."""
+def request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """Sends one request; returns (HTTP status, decoded JSON body or None) or raises CtlError."""
     try:
         response = client.request(method, path, **kwargs)
     except httpx.TransportError as exc:
@@ -126,22 +174,28 @@ def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         where = str(client.base_url).rstrip("/")
         raise CtlError([f"error: cannot reach canaryd at {where}: {reason}"], EXIT_USAGE) from exc
     if response.is_error:
-        raise CtlError(error_lines(response), EXIT_FAILED, response.status_code)
+        raise CtlError(error_lines(response), EXIT_API, response.status_code)
     if not response.content:
-        return None
+        return response.status_code, None
     try:
-        return response.json()
+        return response.status_code, response.json()
     except ValueError as exc:
-        raise CtlError([f"error: canaryd answered {method} {path} with non-JSON"], EXIT_FAILED) from exc
+        raise CtlError([f"error: canaryd answered {method} {path} with non-JSON"], EXIT_API) from exc
+
+
+def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """Sends one request; returns the decoded JSON body (None when empty) or raises CtlError."""
+    return request(client, method, path, **kwargs)[1]
 
 
 def create_deployment(
     client: httpx.Client, app_id: str, body: JSONObject, idempotency_key: str | None = None
-) -> JSONObject:
-    """POST /applications/{id}/deployments."""
+) -> tuple[JSONObject, bool]:
+    """POST /applications/{id}/deployments; returns the status object and whether it was created now
+    (201) rather than replayed for an Idempotency-Key used before (200)."""
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    result = call(client, "POST", f"/applications/{app_id}/deployments", json=body, headers=headers)
-    return _expect_object(result)
+    code, result = request(client, "POST", f"/applications/{app_id}/deployments", json=body, headers=headers)
+    return _expect_object(result), code == 201
 
 
 def get_deployment(client: httpx.Client, dep_id: str) -> JSONObject:
@@ -149,13 +203,14 @@ def get_deployment(client: httpx.Client, dep_id: str) -> JSONObject:
     return _expect_object(call(client, "GET", f"/deployments/{dep_id}"))
 
 
-def list_events(client: httpx.Client, dep_id: str) -> list[JSONObject]:
+def list_events(client: httpx.Client, dep_id: str, after_seq: int = 0) -> list[JSONObject]:
     """GET /deployments/{id}/events, oldest first."""
-    result = call(client, "GET", f"/deployments/{dep_id}/events")
+    params = {"after_seq": after_seq} if after_seq else {}
+    result = call(client, "GET", f"/deployments/{dep_id}/events", params=params)
     if isinstance(result, dict) and isinstance(result.get("events"), list):
         result = result["events"]
     if not isinstance(result, list):
-        raise CtlError(["error: canaryd answered the events request with something other than a list"], 1)
+        raise CtlError(["error: canaryd answered the events request with something other than a list"], 4)
     return [e for e in result if isinstance(e, dict)]
 
 
@@ -164,9 +219,31 @@ def act(client: httpx.Client, dep_id: str, action: str, body: JSONObject) -> Any
     return call(client, "POST", f"/deployments/{dep_id}/{action}", json=body)
 
 
+def list_of(client: httpx.Client, path: str, params: dict[str, Any]) -> list[JSONObject]:
+    result = call(client, "GET", path, params=params)
+    if not isinstance(result, list):
+        raise CtlError([f"error: canaryd answered GET {path} with something other than a list"], EXIT_API)
+    return [r for r in result if isinstance(r, dict)]
+
+
+def resolve_application(client: httpx.Client, ref: str) -> str:
+    """An application id from an id or a name (names are looked up in the list, page by page)."""
+    if ref.isdigit():
+        return ref
+    offset, page = 0, 500
+    while True:
+        apps = list_of(client, "/applications", {"limit": page, "offset": offset})
+        for app in apps:
+            if app.get("name") == ref:
+                return str(app["id"])
+        if len(apps) < page:
+            raise CtlError([f"error: no application named {ref!r}"], EXIT_API, 404)
+        offset += page
+
+
 def _expect_object(result: Any) -> JSONObject:
     if not isinstance(result, dict):
-        raise CtlError(["error: canaryd answered with something other than a JSON object"], EXIT_FAILED)
+        raise CtlError(["error: canaryd answered with something other than a JSON object"], EXIT_API)
     return result
 
 
@@ -191,6 +268,11 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def pct(value: Any) -> str:
+    """A share of traffic: '10 %', or '-' when unknown (never a made-up 0 or 100)."""
+    return "-" if value is None else f"{fmt(value)} %"
+
+
 def fmt_reasons(reasons: Any) -> str:
     """Reasons joined by '; ' ('' when there are none)."""
     if not reasons:
@@ -206,7 +288,7 @@ def phase(status: JSONObject) -> str:
 
 
 def progress_key(status: JSONObject) -> tuple[str, Any, Any]:
-    """What must change for `--wait` to print a new line."""
+    """What must change for a new progress line."""
     return phase(status), status.get("current_stage"), status.get("current_traffic_percentage")
 
 
@@ -234,7 +316,7 @@ def status_lines(s: JSONObject) -> list[str]:
     g = s.get
     return [
         f"deployment    {fmt(g('id'))}  (application {fmt(g('application_id'))}, "
-        f"version {fmt(g('version'))}, strategy {fmt(g('strategy'))})",
+        f"{fmt(g('previous_version'))} → {fmt(g('version'))}, strategy {fmt(g('strategy'))})",
         f"state         {phase(s)}  (status {fmt(g('status'))})",
         f"stage         {fmt(g('current_stage'))}/{fmt(g('total_stages'))}  traffic "
         f"{fmt(g('current_traffic_percentage'))}% (target {fmt(g('target_traffic_percentage'))}%)",
@@ -265,11 +347,96 @@ def event_line(e: JSONObject) -> str:
     return "  ".join(parts)
 
 
+def cohort_figures(snapshot: Any) -> dict[str, JSONObject]:
+    """The canary's and stable's figures of a metrics snapshot (requests, errors, p95)."""
+    out: dict[str, JSONObject] = {}
+    if isinstance(snapshot, dict):
+        for cohort in ("canary", "stable"):
+            figures = snapshot.get(cohort)
+            if isinstance(figures, dict):
+                out[cohort] = figures
+    return out
+
+
+def verdict_text(snapshot: Any) -> str:
+    """'pass', 'fail: <reasons>' or 'inconclusive: ...' from a snapshot; '' without a verdict."""
+    verdict = snapshot.get("verdict") if isinstance(snapshot, dict) else None
+    if not isinstance(verdict, dict):
+        return ""
+    reasons = fmt_reasons(verdict.get("reasons"))
+    return f"{verdict.get('outcome')}: {reasons}" if reasons else str(verdict.get("outcome"))
+
+
+def live_view(s: JSONObject, recent: list[str]) -> list[str]:
+    """The live view of a deployment on a terminal: header, split, cohort table, verdict, recent events."""
+    g = s.get
+    lines = [
+        f"deployment {fmt(g('id'))}  application {fmt(g('application_id'))}  "
+        f"{fmt(g('previous_version'))} → {fmt(g('version'))}",
+        f"state {phase(s)}   stage {fmt(g('current_stage'))}/{fmt(g('total_stages'))}   split: canary "
+        f"{pct(g('current_traffic_percentage'))} (target {pct(g('target_traffic_percentage'))})"
+        + (f"   next stage at {g('next_stage_at')}" if g("next_stage_at") else ""),
+        f"          {'requests':>9} {'errors':>7} {'error %':>8} {'p95 ms':>8}",
+    ]
+    figures = cohort_figures(g("metrics"))
+    for cohort in ("canary", "stable"):
+        f = figures.get(cohort, {})
+        rate = f.get("error_rate")
+        rate_text = "-" if rate is None else f"{100 * float(rate):.2f}"
+        lines.append(
+            f"  {cohort:<7} {fmt(f.get('requests')):>9} {fmt(f.get('errors')):>7} {rate_text:>8} "
+            f"{fmt(f.get('p95_ms')):>8}"
+        )
+    lines.append(f"verdict   {verdict_text(g('metrics')) or '-'}"[:200])
+    lines.append(f"reasons   {fmt_reasons(g('reasons')) or '-'}"[:200])
+    lines += [f"  {line}"[:200] for line in recent[-5:]]
+    return lines
+
+
 def echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 # --- following a deployment ------------------------------------------------------------------------------
+
+
+class Printer:
+    """What following prints: JSON lines, plain lines, or a live view redrawn in place on a terminal."""
+
+    def __init__(self, output: Output, live: bool) -> None:
+        self.output, self.live = output, live
+        self.last_key: tuple[str, Any, Any] | None = None
+        self.drawn = 0
+        self.recent: list[str] = []
+
+    def status(self, status: JSONObject) -> None:
+        if self.output == "json":
+            typer.echo(json.dumps({"type": "status", **status}, sort_keys=True))
+        elif self.live:
+            self._draw(status)
+        elif progress_key(status) != self.last_key:
+            typer.echo(progress_line(status))
+        self.last_key = progress_key(status)
+
+    def event(self, event: JSONObject) -> None:
+        if self.output == "json":
+            typer.echo(json.dumps({"type": "event", **event}, sort_keys=True))
+        elif self.live:
+            self.recent.append(event_line(event))
+        else:
+            typer.echo(event_line(event))
+
+    def _draw(self, status: JSONObject) -> None:
+        lines = live_view(status, self.recent)
+        # Move up over the previous drawing and clear it, then draw again (ANSI: CPL, ED).
+        prefix = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
+        typer.echo(prefix + "\n".join(lines), color=True)  # keep the escapes: the caller chose live
+        self.drawn = len(lines)
+
+    def done(self, dep_id: str, status: JSONObject) -> None:
+        if self.output == "json":
+            return
+        typer.echo(f"deployment {dep_id} {phase(status)}")
 
 
 def _poll(client: httpx.Client, dep_id: str, failures: int) -> tuple[JSONObject | None, int]:
@@ -283,29 +450,121 @@ def _poll(client: httpx.Client, dep_id: str, failures: int) -> tuple[JSONObject 
         return None, failures + 1
 
 
-def follow(client: httpx.Client, dep_id: str, runtime: Runtime, timeout: float, interval: float) -> int:
+def _timed_out(dep_id: str, timeout: float, status: JSONObject | None) -> CtlError:
+    state = phase(status) if status is not None else "unknown"
+    return CtlError(
+        [f"error: deployment {dep_id} did not finish within {timeout:g} s (last state: {state})"],
+        EXIT_TIMEOUT,
+    )
+
+
+def poll_follow(
+    client: httpx.Client,
+    dep_id: str,
+    runtime: Runtime,
+    deadline: float,
+    timeout: float,
+    interval: float,
+    printer: Printer,
+) -> int:
     """Polls a deployment until it finishes, printing every change; returns the exit code it means."""
-    deadline = runtime.clock() + timeout
-    last: tuple[str, Any, Any] | None = None
     failures = 0
+    status: JSONObject | None = None
     while True:
-        status, failures = _poll(client, dep_id, failures)
-        if status is not None:
-            if progress_key(status) != last:
-                last = progress_key(status)
-                typer.echo(progress_line(status))
+        polled, failures = _poll(client, dep_id, failures)
+        if polled is not None:
+            status = polled
+            printer.status(status)
             code = terminal_exit(status)
             if code is not None:
-                typer.echo(f"deployment {dep_id} {phase(status)}")
+                printer.done(dep_id, status)
                 return code
         remaining = deadline - runtime.clock()
         if remaining <= 0:
-            state = phase(status) if status is not None else "unknown"
-            raise CtlError(
-                [f"error: deployment {dep_id} did not finish within {timeout:g} s (last state: {state})"],
-                EXIT_USAGE,
-            )
+            raise _timed_out(dep_id, timeout, status)
         runtime.sleep(min(interval, remaining))
+
+
+def websocket_url(client: httpx.Client, dep_id: str, after_seq: int) -> str:
+    base = urlsplit(str(client.base_url).rstrip("/"))
+    scheme = "wss" if base.scheme == "https" else "ws"
+    query = urlencode({"after_seq": after_seq}) if after_seq else ""
+    return urlunsplit((scheme, base.netloc, f"{base.path}/deployments/{dep_id}/ws", query, ""))
+
+
+class WebSocketUnavailableError(Exception):
+    """The WebSocket could not be opened or kept: follow by polling instead."""
+
+
+def ws_follow(
+    client: httpx.Client, session: Session, dep_id: str, deadline: float, timeout: float, printer: Printer
+) -> int:
+    """Follows the deployment's WebSocket until it finishes; reconnects with after_seq when dropped."""
+    runtime = session.runtime
+    headers = {"Authorization": f"Bearer {session.token}"} if session.token else {}
+    last_seq, reconnects, status = 0, 0, None
+    while True:
+        url = websocket_url(client, dep_id, last_seq)
+        try:
+            with runtime.websocket(url, headers) as ws:
+                first = True
+                while True:
+                    remaining = deadline - runtime.clock()
+                    if remaining <= 0:
+                        raise _timed_out(dep_id, timeout, status)
+                    try:
+                        raw = ws.recv(timeout=min(remaining, WS_QUIET_SECONDS))
+                    except TimeoutError:
+                        status = get_deployment(client, dep_id)  # quiet: make sure nothing was missed
+                        message: JSONObject = {"type": "status", **status}
+                    else:
+                        loaded = json.loads(raw)
+                        message = loaded if isinstance(loaded, dict) else {}
+                    reconnects = 0
+                    if message.get("type") == "event":
+                        seq = message.get("seq")
+                        if isinstance(seq, int):
+                            if seq <= last_seq:
+                                continue  # already shown before a reconnect
+                            last_seq = seq
+                        printer.event({k: v for k, v in message.items() if k != "type"})
+                    elif message.get("type") == "status":
+                        if status is None or first:
+                            # Events committed before the WebSocket subscribed (between the POST and
+                            # now, or while reconnecting) are read once over HTTP; the seq check above
+                            # drops any the WebSocket sends again.
+                            for event in list_events(client, dep_id, last_seq):
+                                if isinstance(event.get("seq"), int) and event["seq"] > last_seq:
+                                    last_seq = event["seq"]
+                                    printer.event(event)
+                        first = False
+                        status = {k: v for k, v in message.items() if k != "type"}
+                        printer.status(status)
+                        code = terminal_exit(status)
+                        if code is not None:
+                            printer.done(dep_id, status)
+                            return code
+        except CtlError:
+            raise
+        except Exception as exc:  # handshake refused, connection lost, DNS, a proxy without WebSockets
+            if status is None and reconnects == 0 and last_seq == 0:
+                raise WebSocketUnavailableError(str(exc) or type(exc).__name__) from exc
+            reconnects += 1
+            if reconnects > MAX_WS_RECONNECTS:
+                raise WebSocketUnavailableError(str(exc) or type(exc).__name__) from exc
+            runtime.sleep(min(2.0 * reconnects, 10.0))
+
+
+def follow(client: httpx.Client, session: Session, dep_id: str, timeout: float, interval: float) -> int:
+    """Follows a deployment until it finishes (WebSocket, else polling); returns the exit code it means."""
+    runtime = session.runtime
+    deadline = runtime.clock() + timeout
+    printer = Printer(session.output, session.live)
+    try:
+        return ws_follow(client, session, dep_id, deadline, timeout, printer)
+    except WebSocketUnavailableError as exc:
+        typer.echo(f"warning: no WebSocket ({exc}); polling the status every {interval:g} s", err=True)
+    return poll_follow(client, dep_id, runtime, deadline, timeout, interval, printer)
 
 
 # --- command plumbing ------------------------------------------------------------------------------------
@@ -323,11 +582,11 @@ def reported() -> Iterator[None]:
 
 
 @contextmanager
-def session_client(ctx: typer.Context) -> Iterator[tuple[httpx.Client, Runtime]]:
+def session_client(ctx: typer.Context) -> Iterator[tuple[httpx.Client, Session]]:
     """The API client for this invocation (closed afterwards), with errors reported."""
     session: Session = ctx.obj
     with reported(), make_client(session) as client:
-        yield client, session.runtime
+        yield client, session
 
 
 def parse_stages(text: str) -> list[int | float]:
@@ -364,28 +623,41 @@ def deployment_body(
     return {"version": version, "strategy": "canary", "config": config}
 
 
-def report_action(dep_id: str, action: str, result: Any) -> None:
+def report_action(session: Session, dep_id: str, action: str, result: Any) -> None:
     """What a manual action prints: the request, and the state it left if the server said."""
+    if session.output == "json":
+        echo_json(result if result is not None else {"deployment": dep_id, "action": action})
+        return
     line = f"{action} accepted for deployment {dep_id}"
     if isinstance(result, dict) and (result.get("canary_status") or result.get("status")):
         line += f": {progress_line(result).strip()}"
     typer.echo(line)
 
 
+def wants_json(ctx: typer.Context, flag: bool) -> bool:
+    session: Session = ctx.obj
+    return flag or session.output == "json"
+
+
 # --- the commands ----------------------------------------------------------------------------------------
 
 app = typer.Typer(
     name="canaryctl",
-    help="Drive canaryd canary deployments from CI: start, follow, inspect, promote, roll back.",
+    help="Drive canaryd canary deployments from CI or a terminal: start, follow, list, inspect, promote, "
+    "roll back. Exit codes: 0 completed/accepted, 1 rolled back, 2 usage or connection error, 3 failed, "
+    "4 refused by canaryd (HTTP error), 5 timed out.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 DepId = Annotated[str, typer.Argument(help="Deployment id.", show_default=False)]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")]
+AppRef = Annotated[str, typer.Argument(help="Application id or name.", show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Same as --output json.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0, help="Give up waiting after this many seconds.")]
-Interval = Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between status polls.")]
+Interval = Annotated[
+    float, typer.Option("--interval", min=0.05, help="Seconds between status polls (without WebSocket).")
+]
 
 
 @app.callback()
@@ -398,16 +670,23 @@ def main(
         str | None,
         typer.Option("--token", envvar="CANARYD_TOKEN", help="API token (Bearer).", show_default=False),
     ] = None,
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", help="text, or json (one JSON document; JSON lines when following)."),
+    ] = "text",
 ) -> None:
     """Global options, shared by every command."""
+    if output not in ("text", "json"):
+        typer.echo(f"error: --output must be text or json, not {output!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
     runtime = ctx.obj if isinstance(ctx.obj, Runtime) else Runtime()
-    ctx.obj = Session(url=url, token=token, runtime=runtime)
+    ctx.obj = Session(url=url, token=token, runtime=runtime, output="json" if output == "json" else "text")
 
 
 @app.command()
 def deploy(
     ctx: typer.Context,
-    app_id: Annotated[str, typer.Argument(help="Application id.", show_default=False)],
+    app_ref: AppRef,
     version: Annotated[str, typer.Argument(help="Version to deploy.", show_default=False)],
     stages: Annotated[
         str | None, typer.Option("--stages", help="Traffic percentages per stage, e.g. 10,25,50,75,100.")
@@ -428,19 +707,27 @@ def deploy(
     interval: Interval = 2.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start a canary deployment of VERSION; with --wait, exit 0 only if it completes."""
-    with session_client(ctx) as (client, runtime):
-        body = deployment_body(version, stages, stage_duration, config_json)
-        created = create_deployment(client, app_id, body, idempotency_key)
-        if created.get("id") is None:
-            raise CtlError(["error: canaryd created a deployment but did not say its id"], EXIT_FAILED)
-        dep_id = str(created["id"])
+    """Start a canary deployment of VERSION; with --wait (the default) exit 0 only if it completes."""
+    with session_client(ctx) as (client, session):
         if as_json:
-            echo_json(created)
-        else:
+            session = Session(session.url, session.token, session.runtime, "json")
+        body = deployment_body(version, stages, stage_duration, config_json)
+        app_id = resolve_application(client, app_ref)
+        created, new = create_deployment(client, app_id, body, idempotency_key)
+        if created.get("id") is None:
+            raise CtlError(["error: canaryd created a deployment but did not say its id"], EXIT_API)
+        dep_id = str(created["id"])
+        if session.output == "json":
+            typer.echo(json.dumps({"type": "created" if new else "replayed", **created}, sort_keys=True))
+        elif new:
             typer.echo(f"deployment {dep_id} of {version} created: {phase(created)}")
+        else:
+            typer.echo(
+                f"deployment {dep_id} of {version} already exists for this Idempotency-Key "
+                f"(nothing new started): {phase(created)}"
+            )
         if wait:
-            raise typer.Exit(follow(client, dep_id, runtime, timeout, interval))
+            raise typer.Exit(follow(client, session, dep_id, timeout, interval))
 
 
 @app.command()
@@ -448,7 +735,7 @@ def status(ctx: typer.Context, dep_id: DepId, as_json: JsonFlag = False) -> None
     """Show a deployment's status."""
     with session_client(ctx) as (client, _):
         result = get_deployment(client, dep_id)
-    if as_json:
+    if wants_json(ctx, as_json):
         echo_json(result)
     else:
         typer.echo("\n".join(status_lines(result)))
@@ -459,7 +746,7 @@ def events(ctx: typer.Context, dep_id: DepId, as_json: JsonFlag = False) -> None
     """Show a deployment's history, oldest first."""
     with session_client(ctx) as (client, _):
         result = list_events(client, dep_id)
-    if as_json:
+    if wants_json(ctx, as_json):
         echo_json(result)
         return
     for event in result:
@@ -468,9 +755,63 @@ def events(ctx: typer.Context, dep_id: DepId, as_json: JsonFlag = False) -> None
 
 @app.command()
 def watch(ctx: typer.Context, dep_id: DepId, timeout: Timeout = 3600.0, interval: Interval = 2.0) -> None:
-    """Follow a deployment until it finishes; exit 0 only if it completes."""
-    with session_client(ctx) as (client, runtime):
-        raise typer.Exit(follow(client, dep_id, runtime, timeout, interval))
+    """Follow a deployment until it finishes; exit 0 only if it completes (see the exit codes)."""
+    with session_client(ctx) as (client, session):
+        raise typer.Exit(follow(client, session, dep_id, timeout, interval))
+
+
+ListWhat = Literal["applications", "deployments", "servers"]
+
+
+@app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="applications, deployments or servers.", show_default=False)],
+    application: Annotated[
+        str | None, typer.Option("--application", "-a", help="Deployments of this application (id or name).")
+    ] = None,
+    state: Annotated[
+        str | None, typer.Option("--status", help="Deployments in this canary_status (e.g. monitoring).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500, help="At most this many rows.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List applications, deployments (newest first) or servers."""
+    if what not in ("applications", "deployments", "servers"):
+        typer.echo(f"error: can list applications, deployments or servers, not {what!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    with session_client(ctx) as (client, _):
+        if what == "deployments":
+            params: dict[str, Any] = {"limit": limit}
+            if application is not None:
+                params["application_id"] = resolve_application(client, application)
+            if state is not None:
+                params["status"] = state
+            rows = list_of(client, "/deployments", params)
+        else:
+            rows = list_of(client, f"/{what}", {"limit": limit})
+    if wants_json(ctx, as_json):
+        echo_json(rows)
+        return
+    for row in rows:
+        typer.echo(list_line(what, row))
+
+
+def list_line(what: str, r: JSONObject) -> str:
+    g = r.get
+    if what == "applications":
+        proxy = r["proxy"] if isinstance(r.get("proxy"), dict) else {}
+        return (
+            f"{fmt(g('id')):>4}  {fmt(g('name')):<20} {fmt(g('current_version')):<14} "
+            f"{fmt(proxy.get('kind')):<8} servers {fmt(g('server_ids'))}"
+        )
+    if what == "servers":
+        return f"{fmt(g('id')):>4}  {fmt(g('name')):<20} {fmt(g('host')):<24} {fmt(g('transport'))}"
+    return (
+        f"{fmt(g('id')):>4}  app {fmt(g('application_id')):<4} {fmt(g('previous_version'))} → "
+        f"{fmt(g('version')):<12} {phase(r):<12} stage {fmt(g('current_stage'))}/{fmt(g('total_stages'))}  "
+        f"canary {pct(g('current_traffic_percentage'))}  {fmt(g('created_at'))}"
+    )
 
 
 @app.command()
@@ -482,9 +823,9 @@ def promote(
     ] = False,
 ) -> None:
     """Promote now: skip the remaining stages (or, with --next, just the current one)."""
-    with session_client(ctx) as (client, _):
+    with session_client(ctx) as (client, session):
         result = act(client, dep_id, "promote", {"to": "next"} if next_stage else {})
-    report_action(dep_id, "promote", result)
+    report_action(session, dep_id, "promote", result)
 
 
 @app.command()
@@ -494,25 +835,25 @@ def rollback(
     reason: Annotated[str | None, typer.Option("--reason", help="Why, for the history.")] = None,
 ) -> None:
     """Roll a deployment back."""
-    with session_client(ctx) as (client, _):
+    with session_client(ctx) as (client, session):
         result = act(client, dep_id, "rollback", {"reason": reason} if reason else {})
-    report_action(dep_id, "rollback", result)
+    report_action(session, dep_id, "rollback", result)
 
 
 @app.command()
 def pause(ctx: typer.Context, dep_id: DepId) -> None:
     """Pause a deployment at its current stage."""
-    with session_client(ctx) as (client, _):
+    with session_client(ctx) as (client, session):
         result = act(client, dep_id, "pause", {})
-    report_action(dep_id, "pause", result)
+    report_action(session, dep_id, "pause", result)
 
 
 @app.command()
 def resume(ctx: typer.Context, dep_id: DepId) -> None:
     """Resume a paused deployment."""
-    with session_client(ctx) as (client, _):
+    with session_client(ctx) as (client, session):
         result = act(client, dep_id, "resume", {})
-    report_action(dep_id, "resume", result)
+    report_action(session, dep_id, "resume", result)
 
 
 if __name__ == "__main__":

@@ -1,53 +1,124 @@
-"""`canaryd`: serve, worker, migrate, token create, demo."""
+"""`canaryd`: serve, worker, migrate, token create/list/revoke, demo."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
+from sqlalchemy.engine import make_url
 
+from canaryd.observability import configure_logging
 from canaryd.settings import Settings
 
-app = typer.Typer(help="canaryd: canary deployments for applications behind nginx.", no_args_is_help=True)
+app = typer.Typer(
+    help="canaryd: canary deployments for applications behind nginx, HAProxy or Traefik.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+log = logging.getLogger("canaryd")
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _where(settings: Settings) -> str:
+    """The database, for messages: the file for SQLite, the URL without its password otherwise."""
+    if settings.sqlite_path is not None:
+        return str(settings.sqlite_path)
+    try:
+        return make_url(settings.database_url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: say nothing of it rather than leak a password
+        return "the configured database"
+
+
+def _require_schema(settings: Settings) -> None:
+    """Exits with one line (no traceback) when the database has no schema or an old one."""
+    from canaryd.db.migrate import schema_status
+
+    try:
+        status = asyncio.run(schema_status(settings.database_url))
+    except Exception as exc:
+        typer.echo(f"error: cannot open the database {_where(settings)}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    problem = status.problem(_where(settings))
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+
+
+def _run_db(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
+    """Runs `work(session)` in one unit of work against the configured database."""
+    from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
+
+    _require_schema(settings)
+
+    async def run() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            async with unit_of_work(make_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 @app.command()
 def migrate() -> None:
     """Creates or upgrades the database schema (Alembic)."""
-    from canaryd.db.migrate import upgrade
+    from canaryd.db.migrate import current_revision, head_revision, upgrade
 
-    upgrade(_settings().database_url)
-    typer.echo("database is at the latest schema")
+    settings = _settings()
+    where = _where(settings)
+    try:
+        before = asyncio.run(current_revision(settings.database_url))
+        upgrade(settings.database_url)
+    except Exception as exc:
+        typer.echo(f"error: cannot migrate the database {where}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    head = head_revision()
+    if before == head:
+        typer.echo(f"the database {where} was already at the latest schema ({head}); nothing to do")
+    elif before is None:
+        typer.echo(f"created the schema ({head}) in {where}")
+    else:
+        typer.echo(f"upgraded the schema of {where} from {before} to {head}")
 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(envvar="CANARYD_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CANARYD_PORT", help="Port to listen on.")] = 8080,
 ) -> None:
-    """Runs the HTTP API (and, in embedded mode, the scheduler that advances deployments)."""
+    """Runs the HTTP API (and, in embedded mode, the scheduler that advances deployments), in the foreground."""
     import uvicorn
 
     from canaryd.api.app import create_app
 
     settings = _settings()
+    _require_schema(settings)
+    log.info(
+        "canaryd serving on http://%s:%d (%s mode, database %s)",
+        host,
+        port,
+        "embedded" if settings.embedded else "production",
+        _where(settings),
+    )
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
-        log_level=settings.log_level.lower(),
+        log_config=None,  # configure_logging() already set the format and levels
+        access_log=settings.log_level.upper() == "DEBUG",
         ws="websockets-sansio",
     )
 
@@ -64,6 +135,7 @@ def worker() -> None:
             err=True,
         )
         raise typer.Exit(2)
+    _require_schema(settings)
     asyncio.run(run_worker(settings))
 
 
@@ -73,25 +145,48 @@ def token_create(
     scope: Annotated[
         str, typer.Option(help="read, deploy, operate or admin (each includes the ones before).")
     ],
+    expires_in: Annotated[
+        int | None, typer.Option("--expires-in", min=1, help="Seconds until the token stops working.")
+    ] = None,
 ) -> None:
     """Creates an API token and prints it; only its hash is stored."""
-    from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
     from canaryd.services.tokens import SCOPES, create_token
 
     if scope not in SCOPES:
         typer.echo(f"scope must be one of: {', '.join(SCOPES)}", err=True)
         raise typer.Exit(2)
     settings = _settings()
+    typer.echo(_run_db(settings, lambda s: create_token(s, name, scope, expires_in=expires_in)))
 
-    async def run() -> str:
-        engine = make_engine(settings.database_url)
-        try:
-            async with unit_of_work(make_sessionmaker(engine)) as session:
-                return await create_token(session, name, scope)
-        finally:
-            await engine.dispose()
 
-    typer.echo(asyncio.run(run()))
+@token_app.command("list")
+def token_list() -> None:
+    """Lists tokens (id, name, scope, created, expires, revoked); never the tokens themselves."""
+    from canaryd.services.tokens import list_tokens
+
+    settings = _settings()
+    for t in _run_db(settings, lambda s: list_tokens(s, include_revoked=True)):
+        typer.echo(
+            f"{t['id']:>4}  {t['name']:<24} {t['scope']:<8} created {t['created_at']}"
+            f"  expires {t['expires_at'] or '-'}  revoked {t['revoked_at'] or '-'}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (see `canaryd token list`).")],
+) -> None:
+    """Revokes a token: every canaryd process refuses it from its next request on."""
+    from canaryd.services.errors import ServiceError
+    from canaryd.services.tokens import revoke_token
+
+    settings = _settings()
+    try:
+        _run_db(settings, lambda s: revoke_token(s, token_id))
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"token {token_id} revoked")
 
 
 @app.command()

@@ -124,16 +124,14 @@ class Deployment(Base):
     strategy: Mapped[str] = mapped_column(String(16), default="canary")
     canary_config: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(16))
-    canary_status: Mapped[str] = mapped_column(String(16), index=True)
-    paused_from: Mapped[str | None] = mapped_column(String(16), default=None)
+    canary_status: Mapped[str] = mapped_column(String(32), index=True)
+    paused_from: Mapped[str | None] = mapped_column(String(32), default=None)
     current_canary_stage: Mapped[int] = mapped_column(Integer, default=0)
     canary_traffic_percentage: Mapped[float] = mapped_column(Float, default=0.0)
     canary_server_ids: Mapped[list[Any]] = mapped_column(default=list)
     stable_server_ids: Mapped[list[Any]] = mapped_column(default=list)
     #: Fact record: server id (as text) -> version it runs now, as far as canaryd changed it.
     server_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    #: The server being redeployed right now (drained from the pool meanwhile).
-    busy_server_id: Mapped[int | None] = mapped_column(Integer, default=None)
     canary_metrics_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
     canary_stage_started_at: Mapped[datetime | None] = mapped_column(default=None)
     #: Per-cohort traffic of the current stage, and stable traffic over the whole deployment.
@@ -165,8 +163,8 @@ class DeploymentEvent(Base):
     seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(40))
-    from_state: Mapped[str | None] = mapped_column(String(16), default=None)
-    to_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    from_state: Mapped[str | None] = mapped_column(String(32), default=None)
+    to_state: Mapped[str | None] = mapped_column(String(32), default=None)
     stage: Mapped[int | None] = mapped_column(Integer, default=None)
     traffic_percentage: Mapped[float | None] = mapped_column(Float, default=None)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -184,3 +182,5 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: After this instant the token is refused (None: never expires).
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -73,6 +73,16 @@ class ApplicationRepository:
         )
         return rows.scalars().all()
 
+    async def using_server(self, server_id: int) -> Sequence[Application]:
+        """Applications that run on the server or use it as their proxy (the proxy id is inside JSON, so
+        that part is filtered here rather than in SQL, portably)."""
+        rows = await self.session.execute(select(Application).order_by(Application.id))
+        return tuple(
+            app
+            for app in rows.scalars().all()
+            if server_id in app.server_ids or int(app.proxy.get("server_id", -1)) == server_id
+        )
+
     def _supports_row_locks(self) -> bool:
         return _is_postgresql(self.session)
 
@@ -118,6 +128,19 @@ class DeploymentRepository:
             stmt = stmt.where(Deployment.application_id == app_id)
         return (await self.session.execute(stmt)).scalars().all()
 
+    async def page(
+        self, app_id: int | None, status: str | None, before_id: int | None, limit: int
+    ) -> Sequence[Deployment]:
+        """Newest first, filtered, continuing below `before_id` (keyset pagination: stable under inserts)."""
+        stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
+        if app_id is not None:
+            stmt = stmt.where(Deployment.application_id == app_id)
+        if status is not None:
+            stmt = stmt.where(Deployment.canary_status == status)
+        if before_id is not None:
+            stmt = stmt.where(Deployment.id < before_id)
+        return (await self.session.execute(stmt)).scalars().all()
+
     async def acquire_lease(
         self, deployment_id: int, token: str, owner: str, now: datetime, until: datetime
     ) -> bool:
@@ -130,6 +153,16 @@ class DeploymentRepository:
                 or_(Deployment.lease_until.is_(None), Deployment.lease_until < now),
             )
             .values(lease_owner=owner, lease_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def renew_lease(self, deployment_id: int, owner: str, until: datetime) -> bool:
+        """Extends the lease if `owner` still holds it."""
+        result = await self.session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment_id, Deployment.lease_owner == owner)
+            .values(lease_until=until)
             .execution_options(synchronize_session=False)
         )
         return bool(getattr(result, "rowcount", 0))
@@ -148,6 +181,15 @@ class DeploymentRepository:
             .limit(limit)
         )
         return rows.scalars().all()
+
+    async def active_shares(self) -> dict[str, float]:
+        """Application name → canary share of its active deployment (for /metrics)."""
+        rows = await self.session.execute(
+            select(Application.name, Deployment.canary_traffic_percentage).join(
+                Application, Application.id == Deployment.active_application_id
+            )
+        )
+        return {str(name): float(share) for name, share in rows.all()}
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.session.execute(
@@ -169,6 +211,13 @@ class EventRepository:
         self.session.add(event)
         await self.session.flush()
         return event
+
+    async def last_seq(self, deployment_id: int) -> int:
+        """The seq of the deployment's latest event (0 when it has none)."""
+        rows = await self.session.execute(
+            select(func.max(DeploymentEvent.seq)).where(DeploymentEvent.deployment_id == deployment_id)
+        )
+        return int(rows.scalar_one() or 0)
 
     async def list(self, deployment_id: int, after_seq: int, limit: int) -> Sequence[DeploymentEvent]:
         rows = await self.session.execute(
@@ -194,3 +243,12 @@ class TokenRepository:
             select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
         )
         return rows.scalar_one_or_none()
+
+    async def get(self, token_id: int) -> ApiToken | None:
+        return await self.session.get(ApiToken, token_id)
+
+    async def list(self, include_revoked: bool) -> Sequence[ApiToken]:
+        stmt = select(ApiToken).order_by(ApiToken.id)
+        if not include_revoked:
+            stmt = stmt.where(ApiToken.revoked_at.is_(None))
+        return (await self.session.execute(stmt)).scalars().all()

@@ -188,7 +188,8 @@ class Demo:
         if r.status_code != 201:
             raise SystemExit(f"creating the deployment failed: {r.status_code} {r.text}")
         dep = r.json()
-        _say(f"\n=== deployment {dep['id']}: v1 → {version}, stages {STAGES} % ===")
+        # previous_version is what the servers run now (v2 after the first canary completed), not v1.
+        _say(f"\n=== deployment {dep['id']}: {dep['previous_version']} → {version}, stages {STAGES} % ===")
         ws_url = f"ws://127.0.0.1:{self.api_port}/api/v1/deployments/{dep['id']}/ws"
         stage_since = time.time()
         async with connect(ws_url, additional_headers={"Authorization": f"Bearer {self.token}"}) as ws:

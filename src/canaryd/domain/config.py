@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from contextvars import ContextVar
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -17,10 +16,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from canaryd.domain.addresses import HEADER_NAME, normalise_host, parse_listen
 from canaryd.domain.commands import check_template
@@ -28,18 +30,27 @@ from canaryd.domain.commands import check_template
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
 DEFAULT_MAX_WEIGHT = 1000
 HAPROXY_MAX_WEIGHT = 256
-SPEC_MIN_STAGE_DURATION = 60
 
-#: The stage_duration floor for validations that cannot be handed a pydantic context (FastAPI validates
-#: request bodies itself); the API sets it per request from the settings. A validation context wins.
-STAGE_DURATION_FLOOR: ContextVar[int] = ContextVar("stage_duration_floor", default=SPEC_MIN_STAGE_DURATION)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]{0,1023}$")
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9_./~%?=&+-]{0,255}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class SchemaMax:
+    """Shows in the JSON schema a maximum that a validator already enforces; it changes no validation."""
+
+    def __init__(self, **schema: int) -> None:
+        self.schema = schema
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(core_schema)
+        out.update(self.schema)
+        return out
 
 
 def _check(pattern: re.Pattern[str], what: str) -> AfterValidator:
@@ -60,11 +71,11 @@ _PATTERN_HELP = {
     "header": "an HTTP header name: letters, digits and '-', at most 64",
 }
 
-Name = Annotated[str, _check(_NAME, "name")]
-Version = Annotated[str, _check(_VERSION, "version")]
-FilePath = Annotated[str, _check(_PATH, "path")]
-HealthPath = Annotated[str, _check(_HEALTH_PATH, "health path")]
-UserName = Annotated[str, _check(_USER, "user")]
+Name = Annotated[str, _check(_NAME, "name"), SchemaMax(maxLength=63)]
+Version = Annotated[str, _check(_VERSION, "version"), SchemaMax(maxLength=128)]
+FilePath = Annotated[str, _check(_PATH, "path"), SchemaMax(maxLength=1024)]
+HealthPath = Annotated[str, _check(_HEALTH_PATH, "health path"), SchemaMax(maxLength=256)]
+UserName = Annotated[str, _check(_USER, "user"), SchemaMax(maxLength=32)]
 
 
 def validate_host(value: str) -> str:
@@ -74,7 +85,7 @@ def validate_host(value: str) -> str:
     return normalise_host(value)
 
 
-Host = Annotated[str, AfterValidator(validate_host)]
+Host = Annotated[str, AfterValidator(validate_host), SchemaMax(maxLength=253)]
 
 
 def validate_command(value: str) -> str:
@@ -89,7 +100,7 @@ def validate_command(value: str) -> str:
     return value
 
 
-Command = Annotated[str, AfterValidator(validate_command)]
+Command = Annotated[str, AfterValidator(validate_command), SchemaMax(maxLength=2000)]
 
 
 def validate_listen(value: str) -> str:
@@ -98,7 +109,7 @@ def validate_listen(value: str) -> str:
     return value
 
 
-Listen = Annotated[str, AfterValidator(validate_listen)]
+Listen = Annotated[str, AfterValidator(validate_listen), SchemaMax(maxLength=47)]
 
 
 def validate_http_url(value: str) -> str:
@@ -108,8 +119,8 @@ def validate_http_url(value: str) -> str:
     return value
 
 
-HttpUrl = Annotated[str, AfterValidator(validate_http_url)]
-HeaderName = Annotated[str, _check(HEADER_NAME, "header")]
+HttpUrl = Annotated[str, AfterValidator(validate_http_url), SchemaMax(maxLength=2008)]
+HeaderName = Annotated[str, _check(HEADER_NAME, "header"), SchemaMax(maxLength=64)]
 
 _RULE_TOKEN = re.compile(
     r"\s+|&&|\|\||!|\(|\)|,|`[^`\x00-\x1f\x7f]{0,500}`"
@@ -137,7 +148,7 @@ def validate_traefik_rule(value: str) -> str:
     return value
 
 
-TraefikRule = Annotated[str, AfterValidator(validate_traefik_rule)]
+TraefikRule = Annotated[str, AfterValidator(validate_traefik_rule), SchemaMax(maxLength=2000)]
 
 
 class StrictModel(BaseModel):
@@ -260,7 +271,7 @@ def validate_promql(value: str) -> str:
     return value
 
 
-PromQL = Annotated[str, AfterValidator(validate_promql)]
+PromQL = Annotated[str, AfterValidator(validate_promql), SchemaMax(maxLength=1000)]
 
 
 class PrometheusQueries(StrictModel):
@@ -335,6 +346,12 @@ class CanaryConfig(StrictModel):
     #: Consecutive failed reads of the metric source before `source_failure_action`.
     source_failure_limit: int = Field(default=3, ge=1, le=100)
     source_failure_action: Literal["pause", "rollback", "proxy"] = "pause"
+    #: Stage percentages whose start waits for a person (resume, or promote {"to": "next"}); meanwhile the
+    #: previous stage's split is held and still judged.
+    approve_before: list[float] = Field(default_factory=list, max_length=50)
+    #: Seconds a stage waits for approval before `approval_timeout_action`; None waits indefinitely.
+    approval_timeout: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    approval_timeout_action: Literal["stay", "rollback"] = "stay"
 
     @field_validator("stages")
     @classmethod
@@ -355,7 +372,7 @@ class CanaryConfig(StrictModel):
     @field_validator("stage_duration")
     @classmethod
     def _stage_duration(cls, value: int, info: ValidationInfo) -> int:
-        minimum = (info.context or {}).get("min_stage_duration", STAGE_DURATION_FLOOR.get())
+        minimum = (info.context or {}).get("min_stage_duration", 1)
         if value < minimum:
             raise ValueError(f"stage_duration must be at least {minimum} seconds")
         if value > 7 * 24 * 3600:
@@ -397,15 +414,20 @@ class CanaryConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _approvals_name_later_stages(self) -> CanaryConfig:
+        unknown = [f"{p:g}" for p in self.approve_before if p not in self.stages[1:]]
+        if unknown:
+            raise ValueError(
+                f"approve_before names {', '.join(unknown)}, which is not a stage after the first; "
+                "it must list percentages of later stages"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _interval_fits_stage(self) -> CanaryConfig:
         if self.health_check_interval > self.stage_duration:
             raise ValueError("health_check_interval must not be longer than stage_duration")
         return self
-
-
-def parse_canary_config(raw: dict[str, object] | None, min_stage_duration: int) -> CanaryConfig:
-    """Validates user-supplied canary settings; raises pydantic.ValidationError listing every problem."""
-    return CanaryConfig.model_validate(raw or {}, context={"min_stage_duration": min_stage_duration})
 
 
 __all__ = [
@@ -423,5 +445,228 @@ __all__ = [
     "ServersTransport",
     "UserName",
     "Version",
-    "parse_canary_config",
 ]
+
+
+# --- What /docs says about each setting ----------------------------------------------------------------------
+# Kept in one table (meaning, unit) so that the field definitions above stay short; applied to the models'
+# JSON schema below, with the default. It changes no validation. A field missing here fails
+# tests/api/test_openapi.py, so a new setting cannot go undocumented.
+
+FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
+    "CanaryConfig": {
+        "stages": (
+            "The canary's share of requests at each stage, increasing, each in (0, 100]; at most 50.",
+            "percent",
+        ),
+        "stage_duration": (
+            "How long each stage runs before it may advance; at least CANARYD_MIN_STAGE_DURATION (60).",
+            "seconds",
+        ),
+        "error_rate_threshold": (
+            "Threshold judge: roll back when the canary's error rate exceeds stable's by more than this. Sequential judge: the size of regression a pass must have been able to catch.",
+            "percentage points",
+        ),
+        "latency_threshold": (
+            "Threshold judge: roll back when the canary's p95 exceeds stable's by more than this percentage (and by latency_min_difference_ms).",
+            "percent",
+        ),
+        "latency_min_difference_ms": (
+            "Below this absolute p95 difference latency is never judged worse; the sequential judge's slow-request threshold is stable's p95 plus this.",
+            "milliseconds",
+        ),
+        "canary_server_percentage": (
+            "Share of the application's servers that become canaries (at least 1, at most half).",
+            "percent",
+        ),
+        "health_check_interval": ("Time between checks: health endpoints, traffic, judge.", "seconds"),
+        "max_failed_health_checks": (
+            "Consecutive failed health checks of a canary instance that roll back.",
+            "checks",
+        ),
+        "min_requests": (
+            "Threshold judge: requests per cohort and stage before it decides anything.",
+            "requests",
+        ),
+        "deploy_timeout": ("Time allowed for one server's deploy command plus its health gate.", "seconds"),
+        "judge": (
+            "`sequential` (always-valid test on error and slow-request counts, docs/judge.md) or `threshold` (the spec's rules).",
+            "one of the listed values",
+        ),
+        "alpha": (
+            "Sequential judge: the false-rollback budget of the whole rollout, shared by the metrics.",
+            "probability",
+        ),
+        "error_rate_margin": (
+            "Sequential judge: fail only when the canary's error rate is at least this multiple of stable's.",
+            "ratio",
+        ),
+        "latency_margin": ("Sequential judge: the same margin for the share of slow requests.", "ratio"),
+        "sequential_k": ("Sequential judge: prior concentration of the mixture test.", "dimensionless"),
+        "detect_ratio": (
+            "Sequential judge: a pass needs enough requests to have caught a canary at this multiple of stable's rate (and detect_min_increase above it).",
+            "ratio",
+        ),
+        "detect_min_increase": (
+            "A pass needs enough requests to have caught a canary this much above stable (and at detect_ratio × it).",
+            "percentage points",
+        ),
+        "power": (
+            "Sequential judge: probability with which a pass must have been able to catch that regression.",
+            "probability",
+        ),
+        "latency_tail_ms": (
+            "Sequential judge: count requests slower than this; null = stable's p95 + latency_min_difference_ms.",
+            "milliseconds",
+        ),
+        "error_rate_ceiling": (
+            "An absolute error-rate ceiling on the canary alone (a guard); null = not checked.",
+            "percent",
+        ),
+        "latency_ceiling_ms": (
+            "An absolute latency ceiling on the canary alone (a guard); null = not checked.",
+            "milliseconds",
+        ),
+        "latency_ceiling_quantile": ("The quantile latency_ceiling_ms applies to.", "quantile (0.5–1)"),
+        "cpu_tolerance": (
+            "Canary mean CPU above stable mean by more than this holds the stage (never rolls back); null = not compared.",
+            "percentage points",
+        ),
+        "memory_tolerance": ("The same for memory use.", "percentage points"),
+        "inconclusive_timeout": (
+            "How long past its duration an inconclusive stage waits for evidence; null = one more stage_duration.",
+            "seconds",
+        ),
+        "inconclusive_action": (
+            "What a stage still inconclusive after inconclusive_timeout does: `proceed` (never into promotion or a 100 % stage), `pause` or `rollback`.",
+            "one of the listed values",
+        ),
+        "dry_run": (
+            "Record verdicts, never act on them: stages advance on time, nothing is rolled back.",
+            "boolean",
+        ),
+        "metrics_source": (
+            "Where traffic figures come from: `proxy` (its log or counters) or `prometheus`.",
+            "one of the listed values",
+        ),
+        "prometheus": ("The Prometheus source, required when metrics_source is `prometheus`.", "object"),
+        "source_failure_limit": (
+            "Consecutive failed reads of the metric source before source_failure_action.",
+            "reads",
+        ),
+        "source_failure_action": (
+            "What repeated metric-source failures do: `pause`, `rollback`, or fall back to the `proxy`.",
+            "one of the listed values",
+        ),
+        "approve_before": (
+            "Stage percentages whose start waits for a person (resume, or promote to next); meanwhile the previous stage's split is held and still judged.",
+            "percent of requests, each a stage after the first",
+        ),
+        "approval_timeout": (
+            "How long a stage waits for approval before approval_timeout_action; null waits indefinitely.",
+            "seconds",
+        ),
+        "approval_timeout_action": (
+            "What an approval that did not come in time does: `stay` (keep waiting) or `rollback`.",
+            "one of the listed values",
+        ),
+    },
+    "ProxySpec": {
+        "kind": ("The proxy in front of the application.", "one of the listed values"),
+        "server_id": (
+            "The registered server the proxy runs on (commands and files go over its transport).",
+            "server id",
+        ),
+        "config_path": (
+            "The file canaryd owns: nginx include, HAProxy backend file, or Traefik dynamic configuration.",
+            "absolute path",
+        ),
+        "reload_command": (
+            "Command that makes the proxy load the file (e.g. `nginx -s reload`).",
+            "shell command",
+        ),
+        "test_command": (
+            "Command that checks the file before reload (e.g. `nginx -t`); null = none.",
+            "shell command",
+        ),
+        "listen": (
+            "nginx/HAProxy: where the application's front end listens; null = the operator's own server block routes to the upstream.",
+            "port, ipv4:port or [ipv6]:port",
+        ),
+        "access_log": ("nginx: the JSON access log canaryd reads traffic from.", "absolute path"),
+        "runtime_socket": (
+            "HAProxy: the admin `stats socket` weights are changed through (required for HAProxy).",
+            "absolute path",
+        ),
+        "max_weight": (
+            "Largest per-server weight canaryd writes; null = 1000 (nginx, Traefik) or 256 (HAProxy).",
+            "weight",
+        ),
+        "upstream_keepalive": (
+            "nginx: idle keep-alive connections to the app per worker; 0 = a new connection per request.",
+            "connections",
+        ),
+        "sticky": ("Cookie stickiness: a client keeps the cohort it first got, within a stage.", "boolean"),
+        "force_header": (
+            "A request header that forces a cohort: value `always` (canary) or `never` (stable); null = off.",
+            "header name",
+        ),
+        "api_url": ("Traefik: its read-only API, to confirm the weights it loaded.", "http(s) URL"),
+        "metrics_url": ("Traefik: its Prometheus metrics, to observe traffic.", "http(s) URL"),
+        "provider": (
+            "Traefik: `file` (canaryd writes config_path) or `http` (Traefik polls canaryd).",
+            "one of the listed values",
+        ),
+        "router_rule": (
+            "Traefik: the rule of the application's router, owned by canaryd when set.",
+            "Traefik rule",
+        ),
+    },
+    "PrometheusSource": {
+        "url": ("Prometheus's base URL.", "http(s) URL"),
+        "timeout": ("Timeout of one query.", "seconds"),
+        "queries": ("PromQL templates for requests, errors and latency buckets.", "object"),
+        "min_window": ("Until a stage has run this long, the proxy's figures are judged instead.", "seconds"),
+    },
+    "PrometheusQueries": {
+        "requests": (
+            "PromQL: requests of a cohort over $window ($instances, $window, $cohort, $version).",
+            "PromQL template",
+        ),
+        "errors": ("PromQL: 5xx answers of a cohort over $window.", "PromQL template"),
+        "latency_buckets": ("PromQL: cumulative latency buckets by `le` (seconds).", "PromQL template"),
+    },
+}
+
+
+def _document_fields() -> None:
+    models: dict[str, type[BaseModel]] = {
+        "CanaryConfig": CanaryConfig,
+        "ProxySpec": ProxySpec,
+        "PrometheusSource": PrometheusSource,
+        "PrometheusQueries": PrometheusQueries,
+    }
+    for model_name, docs in FIELD_DOCS.items():
+        model = models[model_name]
+        for name, field in model.model_fields.items():
+            if name not in docs:
+                continue  # reported by tests/api/test_openapi.py
+            meaning, unit = docs[name]
+            if field.is_required():
+                default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                if isinstance(value, BaseModel):
+                    value = "see its fields"
+                default = (
+                    "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+                )
+            field.description = f"{meaning} Unit: {unit}. Default: {default}."
+            if (model_name, name) == ("CanaryConfig", "stages"):
+                field.json_schema_extra = {"maxItems": 50}  # enforced by CanaryConfig._stages
+        model.model_rebuild(force=True)
+    PrometheusSource.model_rebuild(force=True)
+    CanaryConfig.model_rebuild(force=True)
+
+
+_document_fields()

@@ -12,6 +12,12 @@ to the canary while the judge compares it with the stable cohort.
 state it was paused from, which is why a paused deployment remembers ``paused_from``. A paused deployment
 keeps its current split; nothing advances while it is paused.
 
+A stage listed in the deployment's ``approve_before`` waits for a person: instead of advancing into it the
+engine fires ``await_approval`` (``waiting_for_approval``), which holds the previous stage's split and keeps
+judging it; a person's ``approve`` (asked for as ``resume`` or ``promote {"to": "next"}``) returns to
+``monitoring`` in the approved stage. A waiting deployment can be promoted or rolled back like a monitoring
+one, by a person or by the judge.
+
 ``promote`` ends monitoring (the engine fires it after the last stage; a person may fire it earlier, also
 from ``paused``): every stable server gets the new version, one at a time, and ``complete`` marks the end.
 
@@ -60,13 +66,22 @@ class Rule:
 TRANSITIONS: tuple[Rule, ...] = (
     Rule("start", (State.PENDING,), State.DEPLOYING),
     Rule("canary_ready", (State.DEPLOYING,), State.MONITORING),
+    Rule("await_approval", (State.MONITORING,), State.WAITING_FOR_APPROVAL),
+    Rule("approve", (State.WAITING_FOR_APPROVAL,), State.MONITORING),
     Rule("pause", (State.DEPLOYING, State.MONITORING), State.PAUSED),
     Rule("resume", (State.PAUSED,), None),
-    Rule("promote", (State.MONITORING, State.PAUSED), State.PROMOTING),
+    Rule("promote", (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED), State.PROMOTING),
     Rule("complete", (State.PROMOTING,), State.COMPLETED),
     Rule(
         "rollback",
-        (State.PENDING, State.DEPLOYING, State.MONITORING, State.PAUSED, State.PROMOTING),
+        (
+            State.PENDING,
+            State.DEPLOYING,
+            State.MONITORING,
+            State.WAITING_FOR_APPROVAL,
+            State.PAUSED,
+            State.PROMOTING,
+        ),
         State.ROLLING_BACK,
     ),
     Rule("finish_rollback", (State.ROLLING_BACK, State.FAILED), State.ROLLED_BACK),
@@ -88,6 +103,8 @@ ACTIVE_STATES: frozenset[State] = frozenset(State) - FINISHED_STATES
 _VERBS = {
     "start": "start",
     "canary_ready": "finish deploying the canary of",
+    "await_approval": "wait for approval of",
+    "approve": "approve the next stage of",
     "pause": "pause",
     "resume": "resume",
     "promote": "promote",
@@ -100,6 +117,7 @@ _IS = {
     State.PENDING: "is pending",
     State.DEPLOYING: "is deploying",
     State.MONITORING: "is monitoring",
+    State.WAITING_FOR_APPROVAL: "is waiting for approval",
     State.PAUSED: "is paused",
     State.PROMOTING: "is promoting",
     State.COMPLETED: "has completed",
@@ -111,6 +129,7 @@ _WHILE = {
     State.PENDING: "pending",
     State.DEPLOYING: "deploying",
     State.MONITORING: "monitoring",
+    State.WAITING_FOR_APPROVAL: "waiting for approval",
     State.PAUSED: "paused",
     State.PROMOTING: "promoting",
     State.ROLLING_BACK: "rolling back",

@@ -40,7 +40,7 @@ def desired_backends(
 
     - pending, completed, rolled_back: every server, weight 1 (cohort by the version it runs).
     - deploying: canary servers are drained (absent); stable servers weight 1.
-    - monitoring, paused: the split (`split_weights`) between canary and stable servers; the canary
+    - monitoring, waiting_for_approval, paused: the split (`split_weights`) between canary and stable servers; the canary
       cohort is absent at 0 %, the stable cohort at 100 %. A canary server that does not run `new_version`
       yet (paused while deploying) gets nothing: traffic must never reach a half-deployed instance.
     - promoting: every server except `busy_server_id`, weight 1 (the canary passed; stable servers are
@@ -63,7 +63,7 @@ def desired_backends(
         backends = _equal(ordered, new_version)
     elif state is State.DEPLOYING:
         backends = [Backend(s.server_id, s.host, s.port, 1, "stable") for s in stable]
-    elif state in (State.MONITORING, State.PAUSED):
+    elif state in (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED):
         ready = [s for s in ordered if s.server_id in canary_ids and s.version == new_version]
         backends = _split(ready, stable, percentage, max_weight)
     elif state is State.PROMOTING:

@@ -14,6 +14,7 @@ class State(StrEnum):
     PENDING = "pending"
     DEPLOYING = "deploying"
     MONITORING = "monitoring"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
     PAUSED = "paused"
     PROMOTING = "promoting"
     COMPLETED = "completed"

@@ -1,8 +1,13 @@
-"""Live event fan-out to WebSocket subscribers: in-process (embedded) or Redis pub/sub (production)."""
+"""Live event fan-out to WebSocket subscribers: in-process (embedded) or Redis pub/sub (production).
+
+Delivery is at most once and unordered across publishers; services/live.py puts events in order, fills gaps
+from the database and drops duplicates, so the bus only has to be fast.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -10,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 
 class EventBus(Protocol):
@@ -52,23 +58,34 @@ class LocalBus:
         self._queues.clear()
 
 
-def _channel(deployment_id: int) -> str:
-    return f"canaryd:deployment:{deployment_id}"
-
-
 class RedisBus:
     """Redis pub/sub, so a subscriber on any API replica sees events published by any worker."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        # Pub/sub channels are global to a Redis server, whatever database a client selected: two canaryd
+        # installations (or two test runs) on databases 1 and 2 of one server would hear each other's
+        # deployment 1. The database number keeps them apart, as it does for everything else they store.
+        self._db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+    def _channel(self, deployment_id: int) -> str:
+        return f"canaryd:db{self._db}:deployment:{deployment_id}"
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
-        await self._redis.publish(_channel(deployment_id), json.dumps(message, default=str))
+        await self._redis.publish(self._channel(deployment_id), json.dumps(message, default=str))
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(_channel(deployment_id))
+        await pubsub.subscribe(self._channel(deployment_id))
+        # subscribe() only sends the command: wait until Redis confirms it, so that anything published after
+        # this returns is delivered (the WebSocket reads the database's backlog after subscribing).
+        while True:
+            confirmation = await pubsub.get_message(timeout=10.0)
+            if confirmation is None:
+                raise ConnectionError("Redis did not confirm the subscription within 10 s")
+            if confirmation.get("type") == "subscribe":
+                break
 
         async def messages() -> AsyncIterator[dict[str, Any]]:
             while True:
@@ -79,7 +96,8 @@ class RedisBus:
         try:
             yield messages()
         finally:
-            await pubsub.unsubscribe()
+            with contextlib.suppress(RedisError, ConnectionError, OSError):  # Redis may be gone by now
+                await pubsub.unsubscribe()
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -6,15 +6,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canaryd.api.schemas import ActionRequest, DeploymentCreate
 from canaryd.db.engine import unit_of_work
-from canaryd.db.models import Deployment, DeploymentEvent, utcnow
+from canaryd.db.models import Application, Deployment, DeploymentEvent
 from canaryd.db.repositories import (
     ApplicationRepository,
     DeploymentRepository,
@@ -23,13 +22,26 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.lifecycle import IllegalTransition
+from canaryd.domain.plan import (
+    ActionRefused,
+    Change,
+    Event,
+    EventKind,
+    OperatorAction,
+    OperatorRequest,
+    Snapshot,
+)
+from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
-from canaryd.engine.tick import EventDraft, apply_trigger, new_token
+from canaryd.engine.driver import announce
+from canaryd.engine.store import event_row, new_token
+from canaryd.engine.views import deployment_status, event_view
+from canaryd.observability import record_events
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
-from canaryd.services.views import deployment_status, event_view, lifecycle_of
+from canaryd.services.schemas import ActionRequest, DeploymentCreate
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,7 @@ def _fingerprint(payload: DeploymentCreate) -> str:
 async def create_deployment(
     rt: Runtime, app_id: int, payload: DeploymentCreate, idempotency_key: str | None, actor: str
 ) -> Created:
+    """Creates a pending deployment and schedules its first tick (or replays an earlier identical request)."""
     fingerprint = _fingerprint(payload)
     async with unit_of_work(rt.sessions) as session:
         app = await ApplicationRepository(session).get(app_id, for_update=True)
@@ -63,41 +76,11 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment ({active.id}, {active.canary_status}); "
                 "wait for it to finish or roll it back"
             )
-        try:
-            canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
-        except SelectionError as exc:
-            raise Invalid([problem(["path", "application_id"], str(exc))]) from exc
-        infeasible = infeasible_stages(
-            payload.config.stages,
-            canaries,
-            len(app.server_ids) - canaries,
-            ProxySpec.model_validate(app.proxy),
-        )
-        if infeasible:
-            raise Invalid(infeasible)
-        if payload.version == app.current_version:
-            raise Invalid(
-                [problem(["body", "version"], f"version {payload.version} is already the current version")]
-            )
-        now = utcnow()
-        dep = Deployment(
-            application_id=app_id,
-            active_application_id=app_id,
-            idempotency_key=idempotency_key,
-            request_fingerprint=fingerprint,
-            version=payload.version,
-            previous_version=app.current_version,
-            strategy=payload.strategy,
-            canary_config=payload.config.model_dump(),
-            status="pending",
-            canary_status=State.PENDING.value,
-            server_versions={str(sid): app.current_version for sid in app.server_ids},
-            created_by=actor,
-            created_at=now,
-            updated_at=now,
-            tick_token=None,
-            next_tick_at=now,
-        )
+        problems = _request_problems(app, payload, rt.settings.min_stage_duration)
+        if problems:
+            raise Invalid(problems)
+        now = rt.clock.now()
+        dep = _new_deployment(app, payload, idempotency_key, fingerprint, actor, now)
         try:
             await deployments.add(dep)
         except IntegrityError as exc:
@@ -106,22 +89,74 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment, or this Idempotency-Key was used"
             ) from exc
         dep.tick_token = new_token(dep.id)
-        row = await EventRepository(session).append(
-            EventDraft(
-                "deployment_created",
-                to_state=State.PENDING.value,
-                metrics={"config": dep.canary_config},
-                reasons=[f"{dep.previous_version} → {dep.version}"],
-                actor=actor,
-            ).to_row(dep.id, now)
+        created = Event(
+            EventKind.DEPLOYMENT_CREATED,
+            (f"{dep.previous_version} → {dep.version}",),
+            to_state=State.PENDING,
+            metrics={"config": dep.canary_config},
+            actor=actor,
         )
-        servers = await ServerRepository(session).many(app.server_ids)
-        status = deployment_status(dep, servers)
-        event = event_view(row)
-        token, at = dep.tick_token, now
+        row = await EventRepository(session).append(event_row(dep.id, created, now, None))
+        status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
+        event, token = event_view(row), dep.tick_token
+    record_events(rt.metrics, app_id, [event])
     await rt.bus.publish(dep.id, {"type": "event", **event})
-    await rt.scheduler.schedule(dep.id, token, at)
+    await rt.scheduler.schedule(dep.id, token, now)
     return Created(status, replayed=False)
+
+
+def _request_problems(app: Application, payload: DeploymentCreate, floor: int) -> list[dict[str, Any]]:
+    """Every problem of a request that only the application and the settings can tell, all at once."""
+    problems = stage_floor_problems(payload.model_dump(), floor)
+    if payload.version == app.current_version:
+        problems.append(
+            problem(["body", "version"], f"version {payload.version} is already the current version")
+        )
+    try:
+        canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
+    except SelectionError as exc:
+        return [problem(["path", "application_id"], str(exc)), *problems]
+    spec = ProxySpec.model_validate(app.proxy)
+    stables = len(app.server_ids) - canaries
+    return infeasible_stages(payload.config.stages, canaries, stables, spec) + problems
+
+
+def _new_deployment(
+    app: Application,
+    payload: DeploymentCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+    actor: str,
+    now: datetime,
+) -> Deployment:
+    return Deployment(
+        application_id=app.id,
+        active_application_id=app.id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+        version=payload.version,
+        previous_version=app.current_version,
+        strategy=payload.strategy,
+        canary_config=payload.config.model_dump(),
+        status="pending",
+        canary_status=State.PENDING.value,
+        server_versions={str(sid): app.current_version for sid in app.server_ids},
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+        tick_token=None,
+        next_tick_at=now,
+    )
+
+
+def stage_floor_problems(body: object, floor: int) -> list[dict[str, Any]]:
+    """The problem of a stage_duration below the configured floor (CANARYD_MIN_STAGE_DURATION), if any."""
+    config = body.get("config") if isinstance(body, dict) else None
+    duration = config.get("stage_duration") if isinstance(config, dict) else None
+    if isinstance(duration, int) and not isinstance(duration, bool) and 1 <= duration < floor:
+        where: list[str | int] = ["body", "config", "stage_duration"]
+        return [problem(where, f"stage_duration must be at least {floor} seconds")]
+    return []
 
 
 def infeasible_stages(
@@ -176,90 +211,20 @@ async def list_events(
 async def act(
     rt: Runtime, deployment_id: int, action: str, request: ActionRequest, actor: str
 ) -> dict[str, Any]:
-    """Pause, resume, promote (all, or `to: next`) or roll back, serialised with ticks and other operators."""
-    now = utcnow()
-    async with rt.locks.hold(deployment_id), unit_of_work(rt.sessions) as session:
-        dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
-        if dep is None:
-            raise NotFound(f"deployment {deployment_id} not found")
-        before = State(dep.canary_status)
-        draft = _apply_action(dep, action, request, actor, now)
-        dep.state_version += 1
-        dep.updated_at = now
-        if State(dep.canary_status) == State.PAUSED and draft.kind == "paused":
-            dep.tick_token, dep.next_tick_at = None, None
-        else:
-            dep.tick_token, dep.next_tick_at = new_token(dep.id), now
-        draft.from_state, draft.to_state = before.value, dep.canary_status
-        row = await EventRepository(session).append(draft.to_row(dep.id, now))
-        servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
-        status = deployment_status(dep, servers)
-        event = event_view(row)
-        schedule = (dep.tick_token, dep.next_tick_at)
-    await rt.bus.publish(deployment_id, {"type": "event", **event})
-    await rt.bus.publish(deployment_id, {"type": "status", **status})
-    if schedule[0] is not None and schedule[1] is not None:
-        await rt.scheduler.schedule(deployment_id, schedule[0], schedule[1])
-    return status
+    """Pause, resume, promote (all, or `to: next`) or roll back: decided by the same function as every tick,
+    serialised with ticks and other operators."""
+    order = OperatorRequest(OperatorAction(action), actor, request.reason, to_next=request.to == "next")
+    now = rt.clock.now()
 
+    def change(snapshot: Snapshot) -> Change:
+        return decide(snapshot, order, now).change
 
-def _apply_action(
-    dep: Deployment, action: str, request: ActionRequest, actor: str, now: datetime
-) -> EventDraft:
-    state = State(dep.canary_status)
-    stages: list[float] = list(dep.canary_config["stages"])
-    note = [f"{action} by {actor}" + (f": {request.reason}" if request.reason else "")]
-    if action == "promote" and request.to == "next":
-        if state not in (State.MONITORING, State.PAUSED):
-            raise Conflict(
-                f"cannot promote to the next stage of a deployment that is {state.value}; "
-                "that is possible while monitoring or paused"
-            )
-        nxt = dep.current_canary_stage + 1
-        if nxt < len(stages):
-            dep.current_canary_stage = nxt
-            dep.canary_stage_started_at = now
-            dep.stage_stats = {}
-            dep.reasons = note
-            return EventDraft(
-                "stage_advanced", stage=nxt + 1, traffic_percentage=stages[nxt], reasons=note, actor=actor
-            )
-        # Past the last stage, "next" is promotion itself.
-    lifecycle = lifecycle_of(dep)
-    why = lifecycle.why_not(action)
-    if why is not None:
-        raise Conflict(why)
     try:
-        new_state = apply_trigger(dep, action, now)
-    except IllegalTransition as exc:  # cannot happen after why_not; kept so a bug is a 409, not a 500
+        done = await rt.store.operate(deployment_id, change, now)
+    except (ActionRefused, IllegalTransition) as exc:
         raise Conflict(str(exc)) from exc
-    dep.reasons = note
-    if action == "resume" and new_state == State.MONITORING:
-        dep.canary_stage_started_at = now  # the stage's clock restarts; its traffic so far still counts
-    kind = {"pause": "paused", "resume": "resumed", "promote": "promoted", "rollback": "rollback_started"}[
-        action
-    ]
-    return EventDraft(kind, stage=dep.current_canary_stage + 1, reasons=note, actor=actor)
-
-
-async def reconcile(rt: Runtime, grace_seconds: float) -> int:
-    """Re-schedules every active deployment whose next tick is more than `grace_seconds` overdue."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=grace_seconds)
-    async with rt.sessions() as session:
-        overdue = [d.id for d in await DeploymentRepository(session).overdue(cutoff, now)]
-    scheduled = 0
-    for deployment_id in overdue:
-        async with rt.locks.hold(deployment_id), unit_of_work(rt.sessions) as session:
-            dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
-            if dep is None or dep.next_tick_at is None or dep.next_tick_at >= cutoff:
-                continue
-            if dep.lease_until is not None and dep.lease_until >= now:
-                continue
-            dep.tick_token, dep.next_tick_at = new_token(dep.id), now
-            token = dep.tick_token
-        await rt.scheduler.schedule(deployment_id, token, now)
-        scheduled += 1
-    if scheduled:
-        rt.counters.inc("reconciled_ticks_total", scheduled)
-    return scheduled
+    if done is None:
+        raise NotFound(f"deployment {deployment_id} not found")
+    await announce(rt.bus, rt.scheduler, rt.metrics, deployment_id, done)
+    status: dict[str, Any] = done.status
+    return status

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from canaryd.api.schemas import ApplicationCreate, ServerCreate
 from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, ApplicationServer, Server
 from canaryd.db.repositories import ApplicationRepository, DeploymentRepository, ServerRepository
@@ -19,11 +18,13 @@ from canaryd.domain.config import Command, HealthPath, Name, ProxySpec, StrictMo
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import State
 from canaryd.engine.proxies import backends_json, make_proxy
+from canaryd.engine.views import deployment_status
 from canaryd.proxies.base import Proxy, ProxyConfigError, RouteTable
 from canaryd.proxies.switch import PROXY_ERRORS, NotServedError, restore, switch
 from canaryd.proxies.traefik import table_from_applied
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, ProxyFailed, problem
+from canaryd.services.schemas import ApplicationCreate, ServerCreate
 
 logger = logging.getLogger(__name__)
 
@@ -338,3 +339,104 @@ async def _apply_update(
             raise Invalid([problem(["body", "proxy"], message)]) from exc
         raise ProxyFailed(message) from exc
     return backends_json(backends)
+
+
+# --- lifecycle of servers (ops) and the deployments list ---------------------------------------------
+
+
+async def update_server(session: AsyncSession, server_id: int, patch: dict[str, Any]) -> Server:
+    """Changes a server's fields. Every field is validated as on creation (422 lists every problem).
+    Refused (409) while an application using the server has an active deployment, and for `host` while any
+    application uses the server: its proxy routes to the old address until the configuration is pushed
+    again, which only registering does today."""
+    server = await get_server(session, server_id)
+    current = {
+        "name": server.name,
+        "host": server.host,
+        "transport": server.transport,
+        "ssh_port": server.ssh_port,
+        "ssh_user": server.ssh_user,
+        "labels": server.labels,
+    }
+    unknown = sorted(set(patch) - set(current))
+    if unknown:
+        raise Invalid([problem(["body", key], f"{key} cannot be changed") for key in unknown])
+    try:
+        merged = ServerCreate.model_validate({**current, **patch})
+    except ValidationError as exc:
+        raise Invalid(
+            [problem(["body", *e["loc"]], str(e["msg"]).removeprefix("Value error, ")) for e in exc.errors()]
+        ) from exc
+    users = await ApplicationRepository(session).using_server(server_id)
+    await _refuse_while_active(session, server, users, "changed")
+    if merged.host != server.host and users:
+        names = ", ".join(a.name for a in users)
+        raise Conflict(
+            f"server {server.name!r} is used by {names}: its host cannot change while an application uses it"
+        )
+    if merged.name != server.name and await ServerRepository(session).by_name(merged.name):
+        raise Conflict(f"a server named {merged.name!r} already exists")
+    for key, value in merged.model_dump().items():
+        setattr(server, key, value)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"a server named {merged.name!r} already exists") from exc
+    return server
+
+
+async def delete_server(session: AsyncSession, server_id: int) -> None:
+    """Deletes a server no application uses (409 naming the applications otherwise)."""
+    server = await get_server(session, server_id)
+    users = await ApplicationRepository(session).using_server(server_id)
+    await _refuse_while_active(session, server, users, "deleted")
+    if users:
+        names = ", ".join(a.name for a in users)
+        raise Conflict(f"server {server.name!r} is used by {names}; remove it from them first")
+    await session.delete(server)
+
+
+async def _refuse_while_active(
+    session: AsyncSession, server: Server, users: Sequence[Application], verb: str
+) -> None:
+    deployments = DeploymentRepository(session)
+    for app in users:
+        active = await deployments.active_for_application(app.id)
+        if active is not None:
+            raise Conflict(
+                f"server {server.name!r} cannot be {verb} while deployment {active.id} of {app.name} "
+                f"is {active.canary_status}"
+            )
+
+
+#: States a deployments list may be filtered by.
+DeploymentState = Literal[
+    "pending",
+    "deploying",
+    "monitoring",
+    "paused",
+    "promoting",
+    "completed",
+    "rolling_back",
+    "rolled_back",
+    "failed",
+]
+
+
+async def page_deployments(
+    session: AsyncSession, app_id: int | None, status: str | None, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of deployments, newest first, and the cursor of the next page (None on the last one).
+    The cursor is opaque to clients (today the last id shown)."""
+    before: int | None = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise Invalid([problem(["query", "cursor"], "cursor must be a value from X-Next-Cursor")])
+        before = int(cursor)
+    rows = await DeploymentRepository(session).page(app_id, status, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    servers = await ServerRepository(session).many(
+        sorted({int(s) for d in rows for s in [*d.canary_server_ids, *d.stable_server_ids]})
+    )
+    return [deployment_status(d, servers) for d in rows], (str(rows[-1].id) if more and rows else None)

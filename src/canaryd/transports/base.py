@@ -22,7 +22,14 @@ class CommandResult:
 
 
 class TransportError(Exception):
-    """The server could not be reached or the operation could not be carried out."""
+    """The server could not be reached or the operation could not be carried out.
+
+    `permanent`: trying again cannot help (the server's host key is refused); a person must act first.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Transport(Protocol):

@@ -198,11 +198,7 @@ class SshPool:
         try:
             conn = await asyncssh.connect(host, port, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise TransportError(
-                f"{where}: host key verification failed ({exc.reason}): the server's key is not the one "
-                f"{self.known_hosts} holds for it. If the host is new or its key was changed on purpose, "
-                f"check the key and add it with: {keyscan}"
-            ) from exc
+            raise self._host_key_refused(where, host, port, keyscan, exc) from exc
         except asyncssh.PermissionDenied as exc:
             raise TransportError(f"{where}: authentication failed for user {user}: {exc.reason}") from exc
         except asyncssh.KeyImportError as exc:
@@ -212,6 +208,28 @@ class SshPool:
         except (asyncssh.Error, OSError) as exc:
             raise TransportError(f"{where}: cannot connect: {_reason(exc)}") from exc
         return _Connection(conn=conn, sessions=asyncio.Semaphore(self.max_sessions))
+
+    def _host_key_refused(
+        self, where: str, host: str, port: int, keyscan: str, exc: asyncssh.HostKeyNotVerifiable
+    ) -> TransportError:
+        """A refused host key is permanent. A key that differs from the one known_hosts holds for the host
+        (a possible man-in-the-middle) is told apart from a host that known_hosts does not list at all."""
+        try:
+            known = asyncssh.read_known_hosts(self.known_hosts).match(host, "", port)[0]
+        except (OSError, ValueError):
+            known = []
+        if known:
+            return TransportError(
+                f"{where}: host key verification failed: HOST KEY CHANGED: the server offered a key that differs from the one "
+                f"{self.known_hosts} holds for it ({exc.reason}); this may be a man-in-the-middle. Do not "
+                "accept the new key before checking it on the server itself.",
+                permanent=True,
+            )
+        return TransportError(
+            f"{where}: host key verification failed: unknown host: {self.known_hosts} holds no key for it ({exc.reason}); "
+            f"check the host's key and add it with: {keyscan}",
+            permanent=True,
+        )
 
     async def close(self) -> None:
         """Close every connection. The pool refuses further use."""

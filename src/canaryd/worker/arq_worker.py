@@ -11,10 +11,10 @@ from typing import Any
 from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from canaryd.api.app import reconcile_forever
-from canaryd.engine.tick import Engine
+from canaryd.engine.driver import RolloutDriver
 from canaryd.runtime import open_runtime
 from canaryd.settings import Settings
 
@@ -27,8 +27,8 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 
 async def tick(ctx: dict[str, Any], deployment_id: int, token: str) -> None:
-    engine: Engine = ctx["engine"]
-    if not await engine.tick(deployment_id, token):
+    driver: RolloutDriver = ctx["driver"]
+    if not await driver.tick(deployment_id, token):
         raise Retry(defer=BUSY_RETRY_SECONDS)
 
 
@@ -36,8 +36,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     stack = contextlib.AsyncExitStack()
     rt = await stack.enter_async_context(open_runtime(settings, "worker"))
-    ctx["stack"], ctx["engine"] = stack, Engine(rt)
-    ctx["reconciler"] = asyncio.create_task(reconcile_forever(rt))
+    ctx["stack"], ctx["driver"] = stack, rt.driver()
+    if settings.worker_metrics_port is not None:  # the worker's own /metrics (ticks, judge, proxies)
+        server, _ = start_http_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, registry=rt.metrics.registry
+        )
+        stack.callback(server.server_close)  # callbacks run last-first: shutdown(), then close
+        stack.callback(server.shutdown)
+    ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

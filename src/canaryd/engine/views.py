@@ -45,7 +45,10 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
     elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):
         target = 0.0
     lifecycle = lifecycle_of(dep)
-    monitoring_began = state in (State.MONITORING, State.PAUSED) and dep.canary_stage_started_at is not None
+    staged = (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
+    monitoring_began = state in staged and dep.canary_stage_started_at is not None
+    waiting = state is State.WAITING_FOR_APPROVAL and dep.current_canary_stage + 1 < len(stages)
+    allowed = lifecycle.allowed() & MANUAL_ACTIONS | ({"resume"} if waiting else set())
     return {
         "id": dep.id,
         "application_id": dep.application_id,
@@ -61,13 +64,19 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "target_traffic_percentage": target,
         "canary_servers": _server_refs(dep.canary_server_ids, servers),
         "stable_servers": _server_refs(dep.stable_server_ids, servers),
+        "server_versions": {str(k): str(v) for k, v in (dep.server_versions or {}).items()},
         "metrics": dep.canary_metrics_snapshot,
         "config": config,
         "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
         "next_stage_at": _iso(next_stage_at),
         "can_promote": lifecycle.can("promote"),
         "can_rollback": lifecycle.can("rollback"),
-        "allowed_actions": sorted(lifecycle.allowed() & MANUAL_ACTIONS),
+        "allowed_actions": sorted(allowed),
+        "waiting_for": (
+            {"stage": dep.current_canary_stage + 2, "percentage": stages[dep.current_canary_stage + 1]}
+            if waiting
+            else None
+        ),
         "reasons": dep.reasons,
         "created_by": dep.created_by,
         "created_at": _iso(dep.created_at),

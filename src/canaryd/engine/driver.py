@@ -1,0 +1,200 @@
+"""One tick of a deployment: take its lease, re-assert the proxy, observe, decide, carry out, record.
+
+A tick is idempotent: it re-renders the proxy state the database asks for first (a no-op when the proxy
+already serves it), then does at most one unit of work. Every decision is `domain.rollout.decide`'s; this
+module only moves data between the database, the outside world and that function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from canaryd.domain.lifecycle import ACTIVE_STATES
+from canaryd.domain.plan import Facts, Plan, StepFailed
+from canaryd.domain.rollout import decide, needs_of
+from canaryd.domain.routing import routes
+from canaryd.engine.bus import EventBus
+from canaryd.engine.interpreter import DeployError, Interpreter
+from canaryd.engine.ports import Clock, Outside
+from canaryd.engine.scheduler import TickScheduler
+from canaryd.engine.store import Acquired, Committed, LeaseLost, RolloutStore, lease_id
+from canaryd.observability import Metrics, record_events
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
+from canaryd.transports.base import TransportError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Failures of the outside world, handled by retry or rollback; anything else is a bug and logged as one.
+EXPECTED_FAILURES = (
+    DeployError,
+    TransportError,
+    ProxyConfigError,
+    ProxyUnavailableError,
+    TimeoutError,
+    OSError,
+)
+
+
+def failure_of(exc: BaseException) -> StepFailed:
+    """A deploy that failed, a configuration the proxy refused or a server that refuses us for good will
+    fail the same way again; anything else (unreachable, timed out, or a bug of canaryd's own) is retried
+    first, so that a passing glitch or a canaryd bug is not mistaken for a bad canary."""
+    permanent = isinstance(exc, DeployError | ProxyConfigError) or bool(getattr(exc, "permanent", False))
+    reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else f"{type(exc).__name__}: {exc}"
+    return StepFailed(reason, permanent)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTerms:
+    seconds: float
+    #: Cap of the retry backoff, seconds.
+    max_backoff: float
+
+
+async def announce(
+    bus: EventBus, scheduler: TickScheduler, metrics: Metrics, deployment_id: int, done: Committed
+) -> None:
+    """Logs and counts a write's decisions, publishes its events and status, then schedules its tick
+    (always after the commit)."""
+    record_events(metrics, done.application_id, [m for m in done.messages if m.get("type") == "event"])
+    for message in done.messages:
+        await bus.publish(deployment_id, message)
+    if done.schedule is not None:
+        await scheduler.schedule(deployment_id, *done.schedule)
+
+
+class RolloutDriver:
+    """Runs ticks: the thin loop around the decision function."""
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        outside: Outside,
+        clock: Clock,
+        bus: EventBus,
+        scheduler: TickScheduler,
+        metrics: Metrics,
+        terms: LeaseTerms,
+        owner: str,
+    ) -> None:
+        self.store, self.outside, self.clock = store, outside, clock
+        self.bus, self.scheduler, self.metrics = bus, scheduler, metrics
+        self.terms, self.owner = terms, owner
+
+    async def tick(self, deployment_id: int, token: str) -> bool:
+        """Runs the tick `token` of a deployment. False if another tick holds the lease (try again soon)."""
+        lease, now = lease_id(self.owner), self.clock.now()
+        until = now + timedelta(seconds=self.terms.seconds)
+        got = await self.store.acquire(deployment_id, token, lease, now, until)
+        if got is not Acquired.YES:
+            return got is Acquired.STALE  # a stale tick is simply done
+        try:
+            done = await self._leased(deployment_id, lease, self._run(deployment_id, lease))
+        except LeaseLost as exc:
+            log.warning("%s; another worker carries the deployment on", exc)
+            return True
+        await announce(self.bus, self.scheduler, self.metrics, deployment_id, done)
+        return True
+
+    async def _run(self, deployment_id: int, lease: str) -> Committed:
+        loaded = await self.store.load(deployment_id, self.terms.max_backoff)
+        s = loaded.snapshot
+        if loaded.due is not None:
+            self.metrics.tick_started((self.clock.now() - loaded.due).total_seconds())
+        proxy = self.outside.proxy(loaded.app, loaded.proxy_server)
+        io = Interpreter(loaded, proxy, self.outside, self.clock, self.store, lease, self.metrics)
+        plan = Plan()
+        try:
+            if s.state in ACTIVE_STATES:
+                await io.set_routes(routes(s))
+            observed = await io.observe(needs_of(s, self.clock.now()))
+            plan = decide(s, observed, self.clock.now())
+            await io.carry_out(plan.effects)
+        except EXPECTED_FAILURES as exc:
+            log.warning("deployment %s: %s", deployment_id, exc)
+            self.metrics.step_failed()
+            plan = self._failed(plan, decide(s, failure_of(exc), self.clock.now()))
+        except Exception as exc:  # a bug: record it and keep the deployment moving
+            log.exception("tick of deployment %s failed", deployment_id)
+            self.metrics.tick_error()
+            plan = self._failed(plan, decide(s, failure_of(exc), self.clock.now()))
+        facts = replace(
+            plan.facts,
+            events=(*io.events, *plan.facts.events),
+            log_offset=io.log_offset if io.log_offset is not None else plan.facts.log_offset,
+        )
+        done = await self.store.commit(
+            deployment_id, lease, loaded.state_version, facts, plan.change, io.proxy_facts(), self.clock.now()
+        )
+        return replace(done, messages=[*io.published, *done.messages])
+
+    @staticmethod
+    def _failed(attempted: Plan, failure: Plan) -> Plan:
+        """Keeps what was learned before the failure, drops the decision, adds the failure's plan."""
+        learned, failed = attempted.facts, failure.facts
+        facts = Facts(
+            learned.stage_canary,
+            learned.stage_stable,
+            learned.baseline,
+            learned.log_offset,
+            learned.health_failures,
+            learned.metrics_snapshot,
+            failed.attempts,
+            (*learned.events, *failed.events),
+        )
+        return Plan(facts=facts, change=failure.change)
+
+    async def _leased(self, deployment_id: int, lease: str, work: Coroutine[Any, Any, T]) -> T:
+        """Runs `work` while renewing the lease; stops it before another worker may take the lease over."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(deployment_id, lease, task, lost))
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if lost.is_set():
+                raise LeaseLost(f"deployment {deployment_id}: lease {lease} could not be renewed") from None
+            raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _heartbeat(
+        self, deployment_id: int, lease: str, task: asyncio.Future[Any], lost: asyncio.Event
+    ) -> None:
+        """Renews the lease every third of its length (real time). When it is taken over, or cannot be
+        renewed for two thirds of its length, the tick is stopped: it can no longer be sure it is alone."""
+        loop = asyncio.get_running_loop()
+        seconds = self.terms.seconds
+        renewed = loop.time()
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                held: bool | None = await self.store.renew(
+                    deployment_id, lease, self.clock.now() + timedelta(seconds=seconds)
+                )
+            except (OperationalError, DBAPIError, OSError) as exc:
+                log.warning("deployment %s: cannot renew the lease: %s", deployment_id, exc)
+                held = None
+            if held:
+                renewed = loop.time()
+                continue
+            if held is False or loop.time() - renewed > seconds * 2 / 3:
+                log.warning("deployment %s: lease %s lost; stopping the tick", deployment_id, lease)
+                lost.set()
+                task.cancel()
+                return
+
+
+__all__ = ["EXPECTED_FAILURES", "LeaseTerms", "RolloutDriver", "announce", "failure_of"]

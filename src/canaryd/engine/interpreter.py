@@ -1,0 +1,211 @@
+"""Carries out a plan's effects for one tick, over the `Proxy` and `Transport` protocols, and gathers what
+a decision needs to observe. Decides nothing: every choice was made in domain/rollout.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaryd.domain.commands import render_command
+from canaryd.domain.plan import (
+    UNKNOWN_VERSION,
+    DeployServer,
+    Effect,
+    Event,
+    EventKind,
+    HealthReading,
+    MarkTrafficStart,
+    Needs,
+    Observed,
+    SetRoutes,
+    SourceSample,
+    TrafficSample,
+)
+from canaryd.domain.routing import canary_share
+from canaryd.domain.types import Backend, Cohort, CohortStats
+from canaryd.engine.ports import Clock, Outside
+from canaryd.engine.proxies import backends_json, push_routes
+from canaryd.engine.store import Loaded, ProxyFacts, RolloutStore
+from canaryd.metrics.prometheus import CohortQuery, MetricSourceError
+from canaryd.observability import Metrics
+from canaryd.proxies.base import Proxy, RouteTable
+
+log = logging.getLogger(__name__)
+
+#: How often a deployed server's health endpoint is tried while its health gate waits.
+HEALTH_GATE_POLL_SECONDS = 0.5
+#: A probe run on a server before anything is changed on it: reaching it must not cost its place.
+REACH_PROBE = "true"
+
+
+class DeployError(Exception):
+    """A deploy or stop command failed, or the instance never became healthy. Not retried blindly."""
+
+
+@dataclass
+class Interpreter:
+    """One tick's I/O: what it changed at the proxy, the events it learned, the messages to publish."""
+
+    loaded: Loaded
+    proxy: Proxy
+    outside: Outside
+    clock: Clock
+    store: RolloutStore
+    lease: str
+    metrics: Metrics
+    applied: list[Any] = field(default_factory=list)
+    generation: int = 0
+    checked: bool = False
+    events: list[Event] = field(default_factory=list)
+    published: list[dict[str, Any]] = field(default_factory=list)
+    log_offset: int | None = None
+    _live: tuple[Any, float] | None = None  # (when, ms) of the last route change
+
+    def __post_init__(self) -> None:
+        self.applied, self.generation = list(self.loaded.applied), self.loaded.generation
+
+    async def carry_out(self, effects: tuple[Effect, ...]) -> None:
+        for effect in effects:
+            if isinstance(effect, SetRoutes):
+                await self.set_routes(effect.backends)
+            elif isinstance(effect, DeployServer):
+                await self.deploy(effect)
+            elif isinstance(effect, MarkTrafficStart):
+                self.log_offset = await self.proxy.traffic_offset()
+
+    async def set_routes(self, backends: tuple[Backend, ...]) -> None:
+        """Makes the proxy serve `backends`, proven live; when it already does, checks that once a tick."""
+        app = self.loaded.app
+        if backends_json(backends) == self.applied:
+            if self.checked or await self.proxy.check(
+                RouteTable(app.id, app.name, backends, self.generation)
+            ):
+                self.checked = True
+                return
+            # Restarted, reloaded from other files, or its runtime weights lost: say so and re-assert.
+            why = f"the proxy no longer served generation {self.generation}"
+            self.events.append(Event(EventKind.PROXY_REASSERTED, (why,)))
+        applied = await push_routes(self.proxy, app, backends, self.generation + 1)
+        self.checked = True
+        self.metrics.proxy_applied(str(app.proxy.get("kind", "unknown")), applied.live_ms / 1000)
+        self.generation, self.applied = applied.generation, applied.backends
+        self._live = (self.clock.now(), applied.live_ms)
+
+    async def deploy(self, effect: DeployServer) -> None:
+        """Stop and deploy commands on a drained server, then its health gate. The server is reached first,
+        so one that cannot be reached keeps its known version (and its place once the rollback needs it)."""
+        snapshot, server = self.loaded.snapshot, self.loaded.servers[effect.server_id]
+        transport = self.outside.transport(server)
+        timeout = float(snapshot.config.deploy_timeout)
+        await transport.run(REACH_PROBE, timeout=timeout)
+        await self._mark(effect.server_id, UNKNOWN_VERSION, None)
+        values = {
+            "app": self.loaded.app.name,
+            "version": effect.version,
+            "host": server.host,
+            "port": str(snapshot.port),
+            "server": server.name,
+        }
+        for what, template in (
+            ("stop", self.loaded.app.stop_command),
+            ("deploy", self.loaded.app.deploy_command),
+        ):
+            if not template:
+                continue
+            result = await transport.run(render_command(template, values), timeout=timeout)
+            if not result.ok:
+                raise DeployError(
+                    f"{what} command on {server.name} exited {result.exit_status}: {result.tail()}"
+                )
+        await self._health_gate(server.name, server.host, timeout)
+        await self._mark(effect.server_id, effect.version, effect.event)
+
+    async def _health_gate(self, name: str, host: str, timeout: float) -> None:
+        app = self.loaded.app
+        deadline = self.clock.monotonic() + timeout
+        while True:
+            check = await self.outside.health(host, app.port, app.health_path)
+            if check.ok:
+                return
+            if self.clock.monotonic() > deadline:
+                raise DeployError(
+                    f"{name} did not pass its health check within {timeout:g} s: {check.detail}"
+                )
+            await self.clock.sleep(HEALTH_GATE_POLL_SECONDS)
+
+    async def _mark(self, server_id: int, version: str, event: Event | None) -> None:
+        self.published += await self.store.mark_version(
+            self.loaded.snapshot.deployment_id, self.lease, server_id, version, event, self.clock.now()
+        )
+
+    def proxy_facts(self) -> ProxyFacts:
+        backends = [Backend(**b) for b in self.applied]
+        live_at, live_ms = self._live if self._live else (None, None)
+        return ProxyFacts(self.applied, self.generation, canary_share(backends), live_at, live_ms)
+
+    # --- observing ------------------------------------------------------------------------------------
+
+    async def observe(self, needs: Needs) -> Observed:
+        """What `needs` asks for, gathered concurrently."""
+        loads, health, traffic, source = await asyncio.gather(
+            self._host_loads(needs), self._health(needs), self._traffic(needs), self._source(needs)
+        )
+        return Observed(host_loads=loads, health=health, traffic=traffic, source=source)
+
+    async def _host_loads(self, needs: Needs) -> dict[int, Any]:
+        servers = self.loaded.servers
+        loads = await asyncio.gather(*(self.outside.host_load(servers[sid]) for sid in needs.host_loads))
+        return dict(zip(needs.host_loads, loads, strict=True))
+
+    async def _health(self, needs: Needs) -> dict[int, HealthReading]:
+        app, servers = self.loaded.app, self.loaded.servers
+        checks = await asyncio.gather(
+            *(self.outside.health(servers[sid].host, app.port, app.health_path) for sid in needs.health)
+        )
+        return {sid: HealthReading(c.ok, c.detail) for sid, c in zip(needs.health, checks, strict=True)}
+
+    async def _traffic(self, needs: Needs) -> TrafficSample | None:
+        if not needs.traffic:
+            return None
+        s = self.loaded.snapshot
+        host_port = {f"{srv.host}:{s.port}": srv.id for srv in s.servers}
+        canaries = set(s.canary_ids)
+
+        def cohort_of(address: str) -> Any:
+            sid = host_port.get(address)
+            if sid is None:
+                return None
+            return "canary" if sid in canaries else "stable"
+
+        # Lines still in the log from before this stage's split (an operator's promote to the next stage, the
+        # backlog of the previous tick) must not count for it.
+        since = s.stage_started_at.timestamp() if s.stage_started_at else None
+        reading = await self.proxy.read_traffic(s.log_offset, cohort_of, since)
+        cohorts = reading.cohorts
+        return TrafficSample(
+            cohorts.get("canary", CohortStats()), cohorts.get("stable", CohortStats()), reading.next_offset
+        )
+
+    async def _source(self, needs: Needs) -> SourceSample | None:
+        if needs.source_skipped is not None:
+            return SourceSample(skipped=needs.source_skipped)
+        s = self.loaded.snapshot
+        if needs.source_window is None or s.config.prometheus is None:
+            return None
+        canaries = set(s.canary_ids)
+
+        def cohort(name: Cohort, version: str) -> CohortQuery:
+            ids = [srv for srv in s.servers if (srv.id in canaries) == (name == "canary")]
+            return CohortQuery(name, tuple(f"{srv.host}:{s.port}" for srv in ids), version)
+
+        queries = [cohort("canary", s.version), cohort("stable", s.previous_version)]
+        try:
+            read = await self.outside.source(s.config.prometheus, queries, needs.source_window)
+        except MetricSourceError as exc:
+            return SourceSample(error=str(exc), window_s=needs.source_window)
+        return SourceSample(read["canary"], read["stable"], window_s=needs.source_window)
+
+
+__all__ = ["DeployError", "Interpreter"]

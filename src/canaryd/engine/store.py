@@ -1,0 +1,359 @@
+"""The rollout's database side: the snapshot a decision is made on, the lease a tick holds, and the one
+write that records a plan (used by ticks and operators alike).
+
+Leases are fenced: a tick takes the lease with an id of its own, renews it while it works, and every write
+it makes checks that the lease is still its own. A tick that lost its lease (it was presumed dead and
+another worker took over) writes nothing more.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from canaryd.db.engine import unit_of_work
+from canaryd.db.models import Application, Deployment, DeploymentEvent, Server
+from canaryd.db.repositories import (
+    ApplicationRepository,
+    DeploymentRepository,
+    EventRepository,
+    ServerRepository,
+)
+from canaryd.domain.config import CanaryConfig, ProxySpec
+from canaryd.domain.judge import Evidence
+from canaryd.domain.lifecycle import Lifecycle
+from canaryd.domain.plan import Change, Event, Facts, ServerRef, Snapshot, Trigger
+from canaryd.domain.types import CohortStats, State
+from canaryd.engine.locks import DeploymentLocks
+from canaryd.engine.views import deployment_status, event_view
+
+STATUS_OF = {
+    State.PENDING: "pending",
+    State.COMPLETED: "completed",
+    State.ROLLED_BACK: "rolled_back",
+    State.FAILED: "failed",
+}
+
+
+def status_of(state: State) -> str:
+    """The coarse `status` field: pending, in_progress or the terminal state."""
+    return STATUS_OF.get(state, "in_progress")
+
+
+def new_token(deployment_id: int) -> str:
+    """A fresh tick token (also the arq job id): never reused, so a stale tick knows it is stale."""
+    return f"tick:{deployment_id}:{uuid.uuid4().hex}"
+
+
+class LeaseLost(Exception):  # noqa: N818 - says what happened
+    """Another worker holds the deployment now; this tick must not write anything more."""
+
+
+class Acquired(Enum):
+    YES = "yes"
+    BUSY = "busy"  # another tick holds a live lease: try again soon
+    STALE = "stale"  # the token is no longer the deployment's scheduled tick: nothing to do
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A deployment's snapshot and the rows the engine needs beside it."""
+
+    snapshot: Snapshot
+    app: Application
+    proxy_server: Server
+    servers: dict[int, Server]
+    state_version: int
+    applied: list[Any]
+    generation: int
+    #: When this tick was due (for the tick-lag figure).
+    due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyFacts:
+    """What the proxy serves after this tick: the backends proven live and their generation."""
+
+    applied: list[Any]
+    generation: int
+    canary_share: float
+    #: When the last change went live, and how long it took (None: no change this tick).
+    live_at: datetime | None = None
+    live_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What to tell the world after a write: events and status to publish, the tick to schedule."""
+
+    messages: list[dict[str, Any]]
+    status: dict[str, Any]
+    application_id: int
+    schedule: tuple[str, datetime] | None
+    state: State
+    decided: bool  # False when an operator had changed the deployment meanwhile
+
+
+def snapshot_of(
+    dep: Deployment, app: Application, servers: dict[int, Server], max_backoff: float
+) -> Snapshot:
+    """The decision's view of a deployment's rows."""
+    spec = ProxySpec.model_validate(app.proxy)
+    stats = dep.stage_stats
+    return Snapshot(
+        deployment_id=dep.id,
+        application_id=app.id,
+        state=State(dep.canary_status),
+        paused_from=State(dep.paused_from) if dep.paused_from else None,
+        version=dep.version,
+        previous_version=dep.previous_version,
+        config=CanaryConfig.model_validate(dep.canary_config, context={"min_stage_duration": 1}),
+        servers=tuple(ServerRef(sid, servers[sid].name, servers[sid].host) for sid in app.server_ids),
+        port=app.port,
+        weight_limit=spec.weight_limit,
+        canary_ids=tuple(int(i) for i in dep.canary_server_ids),
+        versions={int(k): str(v) for k, v in dep.server_versions.items()},
+        stage_index=dep.current_canary_stage,
+        stage_started_at=dep.canary_stage_started_at,
+        stage_canary=CohortStats.from_json(stats.get("canary")),
+        stage_stable=CohortStats.from_json(stats.get("stable")),
+        baseline=CohortStats.from_json(dep.baseline_stats),
+        log_offset=dep.log_offset,
+        health_failures=dep.consecutive_health_failures,
+        attempts=dep.attempts,
+        evidence=Evidence.from_json(dep.canary_metrics_snapshot.get("judge_state")),
+        reasons=tuple(str(r) for r in dep.reasons),
+        max_backoff=max_backoff,
+    )
+
+
+def fire(dep: Deployment, trigger: Trigger, now: datetime) -> State:
+    """Fires `trigger` on the row's lifecycle and writes the result back (state, status, finish)."""
+    lifecycle = Lifecycle(State(dep.canary_status), State(dep.paused_from) if dep.paused_from else None)
+    state = lifecycle.fire(trigger.value)
+    dep.canary_status = state.value
+    dep.paused_from = lifecycle.paused_from.value if lifecycle.paused_from else None
+    dep.status = status_of(state)
+    dep.attempts = 0
+    if state in (State.COMPLETED, State.ROLLED_BACK):
+        dep.active_application_id = None
+        dep.finished_at = now
+    return state
+
+
+def record_facts(dep: Deployment, facts: Facts) -> None:
+    """Writes what was learned (always, whoever changed the deployment meanwhile)."""
+    if facts.stage_canary is not None and facts.stage_stable is not None:
+        dep.stage_stats = {"canary": facts.stage_canary.to_json(), "stable": facts.stage_stable.to_json()}
+    if facts.baseline is not None:
+        dep.baseline_stats = facts.baseline.to_json()
+    if facts.log_offset is not None:
+        dep.log_offset = facts.log_offset
+    if facts.health_failures is not None:
+        dep.consecutive_health_failures = facts.health_failures
+    if facts.metrics_snapshot is not None:
+        dep.canary_metrics_snapshot = dict(facts.metrics_snapshot)
+    if facts.attempts is not None:
+        dep.attempts = facts.attempts
+
+
+def record_change(
+    dep: Deployment, app: Application, change: Change, now: datetime, live_at: datetime | None
+) -> tuple[str, datetime] | None:
+    """Writes what was decided; returns the tick to schedule (None: none)."""
+    if change.trigger is not None:
+        fire(dep, change.trigger, now)
+    if change.stage is not None:
+        dep.current_canary_stage = change.stage.index
+        dep.canary_stage_started_at = change.stage.at or live_at or now
+        if not change.stage.keep_traffic:
+            dep.stage_stats = {}
+    if change.canary_ids is not None:
+        canaries = list(change.canary_ids)
+        dep.canary_server_ids = canaries
+        dep.stable_server_ids = [sid for sid in app.server_ids if sid not in canaries]
+    if change.reasons is not None:
+        dep.reasons = list(change.reasons)
+    if change.application_version is not None:
+        app.current_version = change.application_version
+    if change.trigger is not None or change.stage is not None:
+        dep.state_version += 1
+    if change.next_tick_in is None:
+        dep.tick_token, dep.next_tick_at = None, None
+        return None
+    dep.tick_token = new_token(dep.id)
+    dep.next_tick_at = now + timedelta(seconds=change.next_tick_in)
+    return dep.tick_token, dep.next_tick_at
+
+
+def event_row(deployment_id: int, event: Event, at: datetime, proxy: ProxyFacts | None) -> DeploymentEvent:
+    metrics = dict(event.metrics)
+    if event.proxy_figures and proxy is not None and proxy.live_ms is not None:
+        metrics["proxy"] = {"generation": proxy.generation, "live_ms": proxy.live_ms}
+    return DeploymentEvent(
+        deployment_id=deployment_id,
+        at=at,
+        kind=event.kind.value,
+        from_state=event.from_state.value if event.from_state else None,
+        to_state=event.to_state.value if event.to_state else None,
+        stage=event.stage,
+        traffic_percentage=event.traffic_percentage,
+        metrics=metrics,
+        reasons=list(event.reasons),
+        actor=event.actor,
+    )
+
+
+class RolloutStore:
+    """Deployments as the engine reads and writes them, each write one short, locked transaction."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], locks: DeploymentLocks) -> None:
+        self.sessions = sessions
+        self.locks = locks
+
+    async def acquire(
+        self, deployment_id: int, token: str, lease: str, now: datetime, until: datetime
+    ) -> Acquired:
+        async with unit_of_work(self.sessions) as session:
+            repo = DeploymentRepository(session)
+            if await repo.acquire_lease(deployment_id, token, lease, now, until):
+                return Acquired.YES
+            dep = await repo.get(deployment_id)
+            return Acquired.STALE if dep is None or dep.tick_token != token else Acquired.BUSY
+
+    async def renew(self, deployment_id: int, lease: str, until: datetime) -> bool:
+        async with unit_of_work(self.sessions) as session:
+            return await DeploymentRepository(session).renew_lease(deployment_id, lease, until)
+
+    async def load(self, deployment_id: int, max_backoff: float) -> Loaded:
+        async with self.sessions() as session:
+            dep = await DeploymentRepository(session).get(deployment_id)
+            assert dep is not None
+            app = await ApplicationRepository(session).get(dep.application_id)
+            assert app is not None
+            spec = ProxySpec.model_validate(app.proxy)
+            servers = await ServerRepository(session).many([*app.server_ids, spec.server_id])
+        return Loaded(
+            snapshot_of(dep, app, servers, max_backoff),
+            app,
+            servers[spec.server_id],
+            {sid: servers[sid] for sid in app.server_ids},
+            dep.state_version,
+            list(app.proxy_applied),
+            app.proxy_generation,
+            dep.next_tick_at,
+        )
+
+    async def mark_version(
+        self, deployment_id: int, lease: str, server_id: int, version: str, event: Event | None, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Records at once which version a server runs (or that it is being changed), with its event."""
+        async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
+            dep = await self._fenced(session, deployment_id, lease)
+            dep.server_versions = {**dep.server_versions, str(server_id): version}
+            if event is None:
+                return []
+            row = await EventRepository(session).append(event_row(deployment_id, event, now, None))
+            return [{"type": "event", **event_view(row)}]
+
+    async def commit(
+        self,
+        deployment_id: int,
+        lease: str,
+        seen_state_version: int,
+        facts: Facts,
+        change: Change,
+        proxy: ProxyFacts | None,
+        now: datetime,
+    ) -> Committed:
+        """Records a tick's plan: facts always, the change only if nobody changed the deployment meanwhile;
+        releases the lease."""
+        async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
+            dep = await self._fenced(session, deployment_id, lease)
+            app = await ApplicationRepository(session).get(dep.application_id)
+            assert app is not None
+            record_facts(dep, facts)
+            if proxy is not None:
+                app.proxy_applied, app.proxy_generation = proxy.applied, proxy.generation
+                dep.canary_traffic_percentage = proxy.canary_share
+            events, schedule = list(facts.events), None
+            decided = dep.state_version == seen_state_version
+            if decided:
+                schedule = record_change(dep, app, change, now, proxy.live_at if proxy else None)
+                events += change.events
+            dep.lease_owner, dep.lease_until = None, None
+            dep.updated_at = now
+            messages, status = await self._finish(session, dep, events, now, proxy)
+        return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), decided)
+
+    async def operate(
+        self, deployment_id: int, decide: Callable[[Snapshot], Change], now: datetime
+    ) -> Committed | None:
+        """Applies an operator's plan under the deployment's lock: `decide(snapshot)` returns the Change
+        (or raises to refuse). None when the deployment does not exist."""
+        async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
+            dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
+            if dep is None:
+                return None
+            app = await ApplicationRepository(session).get(dep.application_id)
+            assert app is not None
+            servers = await ServerRepository(session).many(app.server_ids)
+            change: Change = decide(snapshot_of(dep, app, servers, 0.0))
+            schedule = record_change(dep, app, change, now, None)
+            dep.updated_at = now
+            messages, status = await self._finish(session, dep, list(change.events), now, None)
+        return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), True)
+
+    async def _fenced(self, session: AsyncSession, deployment_id: int, lease: str) -> Deployment:
+        dep = await DeploymentRepository(session).get(deployment_id, for_update=True)
+        if dep is None or dep.lease_owner != lease:
+            raise LeaseLost(f"deployment {deployment_id}: the lease {lease} is no longer held")
+        return dep
+
+    async def _finish(
+        self,
+        session: AsyncSession,
+        dep: Deployment,
+        events: list[Event],
+        now: datetime,
+        proxy: ProxyFacts | None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Appends the events; returns them and the new status as messages to publish, and the status."""
+        messages: list[dict[str, Any]] = []
+        repo = EventRepository(session)
+        for event in events:
+            row = await repo.append(event_row(dep.id, event, now, proxy))
+            messages.append({"type": "event", **event_view(row)})
+        servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
+        status = deployment_status(dep, servers)
+        messages.append({"type": "status", **status})
+        return messages, status
+
+
+def lease_id(owner: str) -> str:
+    """A lease id of its own for one tick, naming the process that holds it."""
+    return f"{owner[:60]}:{uuid.uuid4().hex[:12]}"
+
+
+__all__ = [
+    "Acquired",
+    "Committed",
+    "LeaseLost",
+    "Loaded",
+    "ProxyFacts",
+    "RolloutStore",
+    "event_row",
+    "fire",
+    "lease_id",
+    "new_token",
+    "record_change",
+    "record_facts",
+    "snapshot_of",
+    "status_of",
+]

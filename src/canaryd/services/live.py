@@ -1,0 +1,150 @@
+"""A deployment's live stream, as the WebSocket sends it: the status, then every event in `seq` order with no
+gap and no duplicate, then a final status once the deployment has finished.
+
+The event bus (in-process, or Redis pub/sub between replicas and workers) delivers at most once and in no
+guaranteed order across publishers; the database holds every event with its `seq` (1, 2, 3, … per
+deployment, allocated under the deployment's lock and published only after commit). So:
+
+1. subscribe to the bus first, then read the status and the backlog (`seq > after_seq`) from the database:
+   an event committed in between is in the backlog, on the bus, or both — never in neither;
+2. pass on an event only if its seq is the next one; drop one already sent (a duplicate, or the live copy of
+   a backlog event); when an event arrives past a gap, read the missing ones from the database first (they
+   are committed: seq N+1 is allocated only after seq N's transaction committed);
+3. when nothing arrives for `idle_poll` seconds, read the database anyway, so a message the bus lost (Redis
+   restarted, a subscriber fell behind) costs at most that long;
+4. after an event or status that reaches a terminal state, read the final status from the database, send
+   it, and end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from canaryd.db.repositories import EventRepository
+from canaryd.runtime import Runtime
+from canaryd.services import deployments
+
+log = logging.getLogger(__name__)
+TERMINAL = frozenset({"completed", "rolled_back", "failed"})
+_PAGE = 1000
+
+
+class EventOrder:
+    """Which events to send, in order: the bookkeeping of steps 2 and 3, without I/O."""
+
+    def __init__(self, last_sent: int) -> None:
+        self.last_sent = last_sent
+
+    def fresh(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events that continue the sequence without a gap, in order; the rest are dropped."""
+        out = []
+        for event in sorted(events, key=lambda e: int(e["seq"])):
+            if int(event["seq"]) == self.last_sent + 1:
+                out.append(event)
+                self.last_sent += 1
+        return out
+
+    def gap_before(self, seq: int) -> bool:
+        return seq > self.last_sent + 1
+
+
+async def _events_after(
+    rt: Runtime, deployment_id: int, after: int, upto: int | None = None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with rt.sessions() as session:
+        while True:
+            page = await deployments.list_events(session, deployment_id, after, _PAGE)
+            out += [{"type": "event", **e} for e in page if upto is None or e["seq"] <= upto]
+            if len(page) < _PAGE or (upto is not None and page[-1]["seq"] >= upto):
+                return out
+            after = page[-1]["seq"]
+
+
+async def last_seq(rt: Runtime, deployment_id: int) -> int:
+    async with rt.sessions() as session:
+        return await EventRepository(session).last_seq(deployment_id)
+
+
+def _finished(message: dict[str, Any]) -> bool:
+    if message.get("type") == "event":
+        return message.get("to_state") in TERMINAL
+    return message.get("canary_status") in TERMINAL
+
+
+async def follow(
+    rt: Runtime, deployment_id: int, after_seq: int | None, idle_poll: float = 5.0
+) -> AsyncGenerator[dict[str, Any]]:
+    """Messages for one WebSocket client; raises NotFound for an unknown deployment before yielding."""
+    async with contextlib.AsyncExitStack() as stack:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        try:
+            messages: AsyncIterator[dict[str, Any]] | None = await stack.enter_async_context(
+                rt.bus.subscribe(deployment_id)
+            )
+        except (ConnectionError, OSError, RedisError) as exc:
+            # Without the bus the stream still works, from the database alone (every `idle_poll` seconds).
+            log.warning(
+                "event bus unavailable for deployment %s (%s): polling the database", deployment_id, exc
+            )
+            messages = None
+
+        async def pump() -> None:
+            if messages is None:
+                return
+            async for message in messages:
+                inbox.put_nowait(message)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            async with rt.sessions() as session:
+                status = await deployments.get_status(session, deployment_id)
+            order = EventOrder(after_seq if after_seq is not None else await last_seq(rt, deployment_id))
+            last_status_at = status.get("updated_at") or ""
+            yield {"type": "status", **status}
+            backlog = order.fresh(await _events_after(rt, deployment_id, order.last_sent))
+            for event in backlog:
+                yield event
+            finished = _finished(status) or any(_finished(e) for e in backlog)
+            while not finished:
+                try:
+                    message = await asyncio.wait_for(inbox.get(), idle_poll)
+                except TimeoutError:
+                    caught_up = order.fresh(await _events_after(rt, deployment_id, order.last_sent))
+                    for event in caught_up:
+                        yield event
+                    finished = any(_finished(e) for e in caught_up)
+                    continue
+                if message.get("deployment_id", message.get("id")) != deployment_id:
+                    continue  # not this deployment's (a misrouted message must not end or corrupt the stream)
+                if message.get("type") == "event":
+                    seq = int(message["seq"])
+                    batch = [message]
+                    if order.gap_before(seq):
+                        batch = await _events_after(rt, deployment_id, order.last_sent, upto=seq)
+                    for event in order.fresh(batch):
+                        yield event
+                        finished = finished or _finished(event)
+                elif (
+                    message.get("type") == "status" and str(message.get("updated_at") or "") >= last_status_at
+                ):
+                    # Statuses carry no seq; an older one (from a slower publisher) is not sent after a newer.
+                    last_status_at = str(message.get("updated_at") or "")
+                    yield message
+                    finished = _finished(message)
+            # The final word comes from the database, after every event of the end was sent.
+            async with rt.sessions() as session:
+                final = await deployments.get_status(session, deployment_id)
+            for event in order.fresh(await _events_after(rt, deployment_id, order.last_sent)):
+                yield event
+            yield {"type": "status", "final": True, **final}
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pumping

@@ -1,0 +1,232 @@
+"""In-memory doubles of canaryd's own protocols (Proxy, Transport, Outside, Clock, TickScheduler), for the
+engine's fast tests. They stand in for nothing a real-part test covers: tests/e2e, tests/proxies and
+tests/reliability drive the real nginx, HAProxy, sshd and sample apps.
+
+A `Fleet` simulates servers and versions deterministically: the proxy splits a fixed request rate by its
+weights, and each version answers with its `Behaviour` (error rate, latency, health).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from canaryd.db.models import Application, Server
+from canaryd.domain.config import PrometheusSource
+from canaryd.domain.types import Cohort, CohortStats, HostLoad
+from canaryd.metrics.health import HealthResult
+from canaryd.metrics.prometheus import CohortQuery, MetricSourceError
+from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
+from canaryd.transports.base import CommandResult, TransportError
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Crash(BaseException):
+    """Raised by a double to stop a tick dead, as SIGKILL would: nothing after it runs, nothing commits."""
+
+
+class FakeClock:
+    """Virtual time. `sleep` advances it (only the deploy health gate sleeps on it)."""
+
+    def __init__(self, start: datetime = EPOCH) -> None:
+        self.at = start
+
+    def now(self) -> datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return (self.at - EPOCH).total_seconds()
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+@dataclass
+class Behaviour:
+    """How a version answers."""
+
+    error_rate: float = 0.0
+    latency_ms: float = 5.0
+    healthy: bool = True
+    deploy_fails: bool = False
+
+
+@dataclass
+class Fleet:
+    """Every simulated server (by host), what it runs, and what goes wrong."""
+
+    clock: FakeClock
+    versions: dict[str, str]
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    requests_per_second: float = 20.0
+    #: Hosts that refuse connections (transient), and hosts whose SSH host key is refused (permanent).
+    unreachable: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
+    #: Health answers that fail regardless of version (flapping is done by changing this set).
+    unhealthy_hosts: set[str] = field(default_factory=set)
+    proxy_refuses: bool = False
+    proxy_down: bool = False
+    source_fails: bool = False
+    #: Every effect as it reached the world: ("routes", backends) or ("deploy", host, version).
+    log: list[tuple[object, ...]] = field(default_factory=list)
+    #: Called before each effect; raise Crash from it to kill the tick there.
+    before_effect: Callable[[str], None] = lambda _: None
+
+    def behaviour(self, host: str) -> Behaviour:
+        return self.behaviours.get(self.versions[host], Behaviour())
+
+
+class MemoryProxy:
+    """A proxy that serves what it was given, and counts requests split by weight at a fixed rate."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.serving: RouteTable | None = None
+        self.offset = 0
+        self.read_at = fleet.clock.now()
+
+    async def apply(self, table: RouteTable) -> None:
+        self.fleet.before_effect("routes")
+        if self.fleet.proxy_down:
+            raise ProxyUnavailableError("proxy: connection refused")
+        if self.fleet.proxy_refuses:
+            raise ProxyConfigError("proxy: configuration refused by its test")
+        self._count()  # requests so far were routed by the old table
+        self.serving = table
+        self.fleet.log.append(("routes", tuple((b.server_id, b.weight, b.cohort) for b in table.backends)))
+
+    async def verify(self, table: RouteTable) -> bool:
+        return self.serving is not None and self.serving.generation == table.generation
+
+    async def check(self, table: RouteTable) -> bool:
+        return await self.verify(table)
+
+    async def traffic_offset(self) -> int:
+        self._count()
+        return self.offset
+
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
+    ) -> TrafficReading:
+        cohorts: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
+        for address, requests in self._count().items():
+            cohort = cohort_of(address)
+            if cohort is None:
+                continue
+            host = address.rsplit(":", 1)[0]
+            behaviour = self.fleet.behaviour(host)
+            errors = round(requests * behaviour.error_rate)
+            for i in range(requests):
+                cohorts[cohort].record(500 if i < errors else 200, behaviour.latency_ms)
+        return TrafficReading(cohorts, self.offset)
+
+    def _count(self) -> dict[str, int]:
+        """Requests since the last count, split by the table being served (largest remainder)."""
+        now = self.fleet.clock.now()
+        total = int(self.fleet.requests_per_second * (now - self.read_at).total_seconds())
+        self.read_at = now
+        if self.serving is None or total <= 0:
+            return {}
+        backends = self.serving.backends
+        weight = sum(b.weight for b in backends)
+        shares = [total * b.weight / weight for b in backends]
+        counts = [int(x) for x in shares]
+        for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
+            counts[i] += 1
+        self.offset += total
+        return {f"{b.host}:{b.port}": n for b, n in zip(backends, counts, strict=True) if n}
+
+
+class MemoryTransport:
+    """A server reached by command: `deploy HOST VERSION` installs VERSION; `true` answers."""
+
+    def __init__(self, fleet: Fleet, host: str) -> None:
+        self.fleet, self.host = fleet, host
+
+    async def run(self, command: str, timeout: float) -> CommandResult:
+        if self.host in self.fleet.refused:
+            raise TransportError(f"ssh {self.host}: host key verification failed", permanent=True)
+        if self.host in self.fleet.unreachable:
+            raise TransportError(f"ssh {self.host}: cannot connect: connection refused")
+        words = shlex.split(command)
+        if words == ["true"]:
+            return CommandResult(0, "", "")
+        self.fleet.before_effect("deploy")
+        _, host, version = words
+        if self.fleet.behaviours.get(version, Behaviour()).deploy_fails:
+            return CommandResult(1, "", f"cannot install {version}")
+        self.fleet.versions[host] = version
+        self.fleet.log.append(("deploy", host, version))
+        return CommandResult(0, "", "")
+
+    async def read_file(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def file_size(self, path: str) -> int | None:
+        raise NotImplementedError
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def rename(self, src: str, dst: str) -> None:
+        raise NotImplementedError
+
+    async def remove(self, path: str) -> None:
+        raise NotImplementedError
+
+    async def unix_request(self, path: str, payload: bytes, timeout: float) -> bytes:
+        raise NotImplementedError
+
+
+class MemoryOutside:
+    """The `Outside` port over a `Fleet`: one proxy, a transport per server, health and loads."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.memory_proxy = MemoryProxy(fleet)
+
+    def proxy(self, app: Application, proxy_server: Server) -> MemoryProxy:
+        return self.memory_proxy
+
+    def transport(self, server: Server) -> MemoryTransport:
+        return MemoryTransport(self.fleet, server.host)
+
+    async def health(self, host: str, port: int, path: str) -> HealthResult:
+        ok = self.fleet.behaviour(host).healthy and host not in self.fleet.unhealthy_hosts
+        return HealthResult(ok, 200 if ok else 503, "ok" if ok else "HTTP 503", 1.0)
+
+    async def host_load(self, server: Server) -> HostLoad:
+        return HostLoad(10.0, 20.0)
+
+    async def source(
+        self, source: PrometheusSource, cohorts: Sequence[CohortQuery], window_s: int
+    ) -> dict[Cohort, CohortStats]:
+        if self.fleet.source_fails:
+            raise MetricSourceError("prometheus: connection refused")
+        return {q.cohort: CohortStats() for q in cohorts}
+
+
+@dataclass
+class RecordingScheduler:
+    """Ticks scheduled, in the order asked; the harness runs the due ones."""
+
+    jobs: list[tuple[int, str, datetime]] = field(default_factory=list)
+
+    async def schedule(self, deployment_id: int, token: str, at: datetime) -> None:
+        self.jobs.append((deployment_id, token, at))
+
+    def pop_next(self) -> tuple[int, str, datetime] | None:
+        if not self.jobs:
+            return None
+        job = min(self.jobs, key=lambda j: j[2])
+        self.jobs.remove(job)
+        return job
+
+    async def close(self) -> None:
+        self.jobs.clear()
