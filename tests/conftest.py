@@ -20,6 +20,7 @@ from canaryd.db.migrate import upgrade
 pytest_plugins = [
     "tests.fixtures.nginx",
     "tests.fixtures.haproxy",
+    "tests.fixtures.traefik",
     "tests.fixtures.apps",
     "tests.fixtures.sshd",
     "tests.fixtures.stack",

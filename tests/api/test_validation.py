@@ -230,11 +230,16 @@ async def test_refused_proxy_configuration_changes_nothing(stack: Stack) -> None
     before = (await s.api.get("/applications")).json()
     missing_dir = f"{s.nginx.dir}/no-such-dir"
     bad_main = f"{s.nginx.dir}/no-such-nginx.conf"
+    # Its own file (one application's file is never another's: that is refused before nginx is asked).
+    other = f"{Path(s.nginx.config_path).parent}/other.conf"
     refusals = [
         # canaryd's own rendering, refused by the real `nginx -t`: the access log cannot be opened.
-        (proxy_with(s, access_log=f"{missing_dir}/access.log"), "no-such-dir/access.log"),
+        (proxy_with(s, config_path=other, access_log=f"{missing_dir}/access.log"), "no-such-dir/access.log"),
         # A test command that fails.
-        (proxy_with(s, test_command=f"{s.nginx.binary} -c {bad_main} -t"), "no-such-nginx.conf"),
+        (
+            proxy_with(s, config_path=other, test_command=f"{s.nginx.binary} -c {bad_main} -t"),
+            "no-such-nginx.conf",
+        ),
     ]
     for proxy, nginx_says in refusals:
         r = await s.api.post("/applications", json=app_body(s, proxy=proxy))

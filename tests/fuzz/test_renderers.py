@@ -374,7 +374,7 @@ def test_haproxy_renderer_never_emits_injected_syntax(
     assert all(ln.startswith("# ") for ln in lines[:2]) and not any("\r" in ln for ln in lines)
     servers = [ln.split("#", 1)[0].split() for ln in lines if ln.startswith("    server ")]
     assert servers == [
-        ["server", f"s{b.server_id}", expected_address(b.host, b.port), "weight", str(b.weight), "check"]
+        ["server", f"s{b.server_id}", expected_address(b.host, b.port), "weight", str(b.weight)]
         for b in sorted(table.backends, key=lambda b: b.server_id)
     ]
     if listen is not None:

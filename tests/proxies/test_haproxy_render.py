@@ -51,13 +51,13 @@ def server_lines(text: str) -> list[str]:
 
 
 def test_backend_has_one_weighted_server_per_backend() -> None:
-    """Every route-table server becomes `server s<id> host:port weight N check` in canaryd_app_<id>."""
+    """Every route-table server becomes `server s<id> host:port weight N` in canaryd_app_<id>."""
     text = render_haproxy(table(CANARY, *STABLE), spec())
     assert "backend canaryd_app_7" in text
     assert "    balance roundrobin" in text
     assert server_lines(text) == [
-        "server s1 127.0.0.2:9000 weight 4 check",
-        *(f"server s{i} 127.0.0.{i + 1}:9000 weight 3 check" for i in range(2, 6)),
+        "server s1 127.0.0.2:9000 weight 4",
+        *(f"server s{i} 127.0.0.{i + 1}:9000 weight 3" for i in range(2, 6)),
     ]
     assert "generation 3" in text
 
@@ -105,22 +105,22 @@ def test_weight_zero_and_retained_servers_stay_declared() -> None:
     drained = Backend(1, "127.0.0.2", 9000, 0, "canary")
     text = render_haproxy(table(drained, STABLE[0]), spec(), retained={9: ("127.0.0.10", 9000)})
     assert server_lines(text) == [
-        "server s1 127.0.0.2:9000 weight 0 check",
-        "server s2 127.0.0.3:9000 weight 3 check",
-        "server s9 127.0.0.10:9000 weight 0 check",
+        "server s1 127.0.0.2:9000 weight 0",
+        "server s2 127.0.0.3:9000 weight 3",
+        "server s9 127.0.0.10:9000 weight 0",
     ]
 
 
 def test_retained_server_with_a_taken_address_is_dropped() -> None:
     """A retained server whose address now belongs to a table server is not declared twice."""
     text = render_haproxy(table(CANARY), spec(), retained={5: ("127.0.0.2", 9000), 1: ("127.0.0.99", 1)})
-    assert server_lines(text) == ["server s1 127.0.0.2:9000 weight 4 check"]
+    assert server_lines(text) == ["server s1 127.0.0.2:9000 weight 4"]
 
 
 def test_ipv6_servers_in_brackets() -> None:
     """IPv6 servers are written in brackets."""
     text = render_haproxy(table(Backend(1, "::1", 9000, 1, "stable")), spec())
-    assert server_lines(text) == ["server s1 [::1]:9000 weight 1 check"]
+    assert server_lines(text) == ["server s1 [::1]:9000 weight 1"]
 
 
 @pytest.mark.parametrize(
@@ -275,9 +275,9 @@ def test_sticky_renders_cookie_persistence_that_skips_weight_zero_servers() -> N
     text = render_haproxy(table(drained, STABLE[0]), spec(sticky=True), retained={9: ("127.0.0.10", 9000)})
     assert "    cookie canaryd_7 insert indirect nocache httponly attr SameSite=Lax\n" in text
     assert server_lines(text) == [
-        "server s1 127.0.0.2:9000 weight 0 cookie s1 check",
-        "server s2 127.0.0.3:9000 weight 3 cookie s2 check",
-        "server s9 127.0.0.10:9000 weight 0 cookie s9 check",
+        "server s1 127.0.0.2:9000 weight 0 cookie s1",
+        "server s2 127.0.0.3:9000 weight 3 cookie s2",
+        "server s9 127.0.0.10:9000 weight 0 cookie s9",
     ]
     for sid in (1, 2, 9):
         assert (
@@ -292,7 +292,7 @@ def test_sticky_renders_cookie_persistence_that_skips_weight_zero_servers() -> N
 
 def test_force_header_renders_cohort_backends_and_a_fallback() -> None:
     """force_header: use_backend per cohort only while it has a usable server; the cohort backends declare
-    every server (the other cohort at weight 0, health from the weighted backend via `track`)."""
+    every server (the other cohort at weight 0)."""
     text = render_haproxy(table(CANARY, STABLE[0]), spec(force_header="X-Canary"))
     assert (
         "    use_backend canaryd_app_7_canary if { req.hdr(X-Canary) -i always } "
@@ -305,7 +305,8 @@ def test_force_header_renders_cohort_backends_and_a_fallback() -> None:
         "canaryd_app_7_canary": {"s1": 4, "s2": 0},
         "canaryd_app_7_stable": {"s1": 0, "s2": 3},
     }
-    assert "    server s2 127.0.0.3:9000 weight 0 track canaryd_app_7/s2" in text
+    assert "    server s2 127.0.0.3:9000 weight 0  # stable server 2" in text
+    assert " check" not in text and " track " not in text  # no HAProxy health checks: canaryd checks
     assert all_expected_weights(table(CANARY, STABLE[0]), [1, 2, 9], spec(force_header="X-Canary")) == {
         "canaryd_app_7": {"s1": 4, "s2": 3, "s9": 0},
         "canaryd_app_7_canary": {"s1": 4, "s2": 0, "s9": 0},

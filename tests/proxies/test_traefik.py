@@ -1,35 +1,23 @@
-"""The Traefik adapter.
+"""The Traefik adapter's pure parts: every configuration it renders checked against Traefik v3's published
+JSON Schema (a copy in tests/proxies/traefik_recorded/, from SchemaStore), the structural check, the parsing of
+Traefik's API and metrics formats, and the file write path through the local and SSH transports.
 
-Traefik cannot run here: no Traefik binary can be installed on these machines. So, plainly:
-* every configuration canaryd generates is validated against Traefik v3's published JSON Schema for
-  file-provider dynamic configuration (a copy in tests/proxies/traefik_recorded/, from SchemaStore);
-* the API and metrics clients are tested against responses written by hand in Traefik's documented formats
-  (tests/proxies/traefik_recorded/README.md says where each format comes from), served by
-  `httpx.MockTransport` — constructed from the docs, not captured from a live Traefik;
-* the HTTP-provider test stands a small *simulated* Traefik (a poller plus the read-only API shape) in for
-  the real one. What is real: the local and sshd transports, the files on disk, canaryd's API and database.
+Everything a live Traefik can show (loading, splitting, forcing, stickiness, metrics, both providers,
+restarts) is tested against the real binary in test_traefik_live.py; the recorded responses remain for
+the cases a live run cannot produce on purpose (a disabled service, Traefik's default bucket layout).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import jsonschema
 import pytest
-import uvicorn
 import yaml
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from tests.fixtures.nginx import free_port
-from tests.fixtures.stack import make_stack
 
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.pool import PoolServer, desired_backends
@@ -44,6 +32,7 @@ from canaryd.proxies.traefik import (
     expected_weights,
     loaded_weights,
     render_traefik,
+    serves,
     service_counters,
     to_cohort_stats,
 )
@@ -155,12 +144,12 @@ def test_sticky_cookie_and_forced_routes() -> None:
     routers = http["routers"]
     assert routers["canaryd-app-7"] == {"rule": "Host(`shop.example.com`)", "service": "canaryd-app-7"}
     canary = routers["canaryd-app-7-force-canary"]
-    assert canary["rule"] == "(Host(`shop.example.com`)) && Header(`X-Canary`, `always`)"
+    assert canary["rule"] == "(Host(`shop.example.com`)) && HeaderRegexp(`X-Canary`, `(?i)^always$`)"
     assert [s["name"] for s in http["services"][canary["service"]]["weighted"]["services"]] == [
         "canaryd-app-7-server-11"
     ]
     stable = routers["canaryd-app-7-force-stable"]
-    assert stable["rule"].endswith("Header(`X-Canary`, `never`)")
+    assert stable["rule"].endswith("HeaderRegexp(`X-Canary`, `(?i)^never$`)")
     assert {s["name"] for s in http["services"][stable["service"]]["weighted"]["services"]} == {
         f"canaryd-app-7-server-{i}" for i in STABLE_IDS
     }
@@ -238,17 +227,6 @@ def recorded(name: str) -> Any:
     return json.loads((RECORDED / name).read_text())
 
 
-def api_client(answers: list[tuple[int, str]], seen: list[str]) -> httpx.AsyncClient:
-    """Serves the recorded files in order (the last one forever), like a Traefik that reloads late."""
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        status, name = answers[min(len(seen) - 1, len(answers) - 1)]
-        return httpx.Response(status, json=recorded(name))
-
-    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
-
-
 def test_loaded_weights_reads_traefik_representation() -> None:
     """The API's weighted-service representation yields child → weight, with any @provider stripped."""
     assert loaded_weights(recorded("service-weighted-10pct.json")) == expected_weights(
@@ -261,36 +239,6 @@ def test_loaded_weights_reads_traefik_representation() -> None:
     assert loaded_weights({"weighted": {"services": [{"name": "a@file"}]}}) == {"a": 1}
 
 
-async def test_verify_waits_until_traefik_reports_the_new_weights(tmp_path: Path) -> None:
-    """verify polls the API through a 404 and the old weights and returns True once the new weights show."""
-    seen: list[str] = []
-    answers = [
-        (404, "service-not-found.json"),
-        (200, "service-weighted-0pct.json"),
-        (200, "service-weighted-10pct.json"),
-    ]
-    async with api_client(answers, seen) as http:
-        proxy = TraefikProxy(
-            LocalTransport(), spec(), "127.0.0.1", http, verify_timeout=5, poll_interval=0.01
-        )
-        assert await proxy.verify(table(State.MONITORING, 10.0))
-    assert len(seen) == 3
-    assert seen[0] == f"{API}/api/http/services/canaryd-app-7@file"
-
-
-async def test_verify_fails_when_the_weights_never_show() -> None:
-    """A Traefik that keeps the old weights makes verify return False after its timeout (the engine then
-    raises ProxyVerificationError after its retries)."""
-    seen: list[str] = []
-    async with api_client([(200, "service-weighted-0pct.json")], seen) as http:
-        proxy = TraefikProxy(
-            LocalTransport(), spec(), "127.0.0.1", http, verify_timeout=0.2, poll_interval=0.02
-        )
-        assert not await proxy.verify(table(State.MONITORING, 10.0))
-        assert not await proxy.check(table(State.MONITORING, 10.0))
-    assert len(seen) >= 3
-
-
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
@@ -299,24 +247,16 @@ async def test_verify_fails_when_the_weights_never_show() -> None:
         ("service-weighted-10pct.json", {"sticky": True}, False),  # sticky not loaded yet
         ("service-weighted-10pct-sticky.json", {}, False),  # sticky still loaded
         ("service-weighted-10pct-disabled.json", {}, False),  # Traefik disabled the service
+        ("service-weighted-0pct.json", {}, False),  # the old weights
     ],
 )
-async def test_check_compares_weights_stickiness_and_status(
+def test_serves_compares_weights_stickiness_and_status(
     name: str, options: dict[str, Any], expected: bool
 ) -> None:
-    """check() is True only when weights, the sticky cookie and the service status all match."""
-    async with api_client([(200, name)], []) as http:
-        proxy = TraefikProxy(LocalTransport(), spec(**options), "127.0.0.1", http)
-        assert await proxy.check(table(State.MONITORING, 10.0)) is expected
-
-
-async def test_http_provider_asks_for_the_http_service() -> None:
-    """With provider 'http' the API is asked for `canaryd-app-<id>@http`."""
-    seen: list[str] = []
-    async with api_client([(200, "service-weighted-10pct-http.json")], seen) as http:
-        proxy = TraefikProxy(LocalTransport(), spec("/var/lib/canaryd/shop.json", provider="http"), "h", http)
-        assert await proxy.check(table(State.MONITORING, 10.0))
-    assert seen == [f"{API}/api/http/services/canaryd-app-7@http"]
+    """The weighted service matches only with its weights, its sticky cookie and status `enabled`. (A
+    disabled service is hard to make a live Traefik report on purpose; the rest is also shown live in
+    test_traefik_live.py.)"""
+    assert serves(recorded(name), table(State.MONITORING, 10.0), spec(**options)) is expected
 
 
 # --- metrics -----------------------------------------------------------------------------------------------
@@ -442,137 +382,6 @@ async def test_file_provider_write_through_sshd(tmp_path: Path, ssh_pool: SshPoo
     """The same through a real sshd on loopback."""
     tmp_path.chmod(0o777)
     await _apply_and_check(ssh_pool.transport(sshd.host, sshd.port, sshd.user), tmp_path)
-
-
-# --- the HTTP provider endpoint through the real API -------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def simulated_traefik(endpoint: str, token: str) -> AsyncIterator[str]:
-    """A stand-in for Traefik (which cannot run here): polls `endpoint` with the bearer token like its HTTP
-    provider, and answers `/api/http/services/<name>@http` in the API's documented shape."""
-    loaded: dict[str, Any] = {}
-
-    async def poll() -> None:
-        async with httpx.AsyncClient() as client:
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(endpoint, headers={"Authorization": f"Bearer {token}"})
-                    if r.status_code == 200:
-                        loaded.update(r.json()["http"]["services"])
-                await asyncio.sleep(0.05)
-
-    async def service(request: Request) -> JSONResponse:
-        name, _, provider = request.path_params["name"].partition("@")
-        if provider != "http" or name not in loaded:
-            return JSONResponse({"message": f"service not found: {name}@{provider}"}, status_code=404)
-        kind = next(iter(loaded[name]))
-        body = {
-            **loaded[name],
-            "status": "enabled",
-            "name": f"{name}@http",
-            "provider": "http",
-            "type": kind.lower(),
-        }
-        return JSONResponse(body)
-
-    port = free_port()
-    app = Starlette(routes=[Route("/api/http/services/{name}", service)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    tasks = [asyncio.create_task(server.serve()), asyncio.create_task(poll())]
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        tasks[1].cancel()
-        server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def test_http_provider_endpoint_through_the_real_api(tmp_path: Path, sqlite_url: str) -> None:
-    """GET /api/v1/traefik/<id>/config on the real API: schema-valid configuration for a read token (401
-    without, 404 for an unknown app); a change applied by TraefikProxy is verified through a simulated Traefik
-    that polls that endpoint like the HTTP provider does."""
-    async with make_stack(tmp_path, sqlite_url, servers=2) as stack:
-        r = await stack.api.post("/tokens", json={"name": "traefik", "scope": "read"})
-        assert r.status_code == 201, r.text
-        auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        ids = []
-        for i, host in enumerate(stack.hosts):
-            r = await stack.api.post("/servers", json={"name": f"s{i}", "host": host, "transport": "local"})
-            ids.append(r.json()["id"])
-        r = await stack.api.post(
-            "/servers", json={"name": "traefik", "host": "127.0.0.1", "transport": "local"}
-        )
-        proxy_id = r.json()["id"]
-        published = tmp_path / "published" / "shop.json"
-        published.parent.mkdir()
-        token = auth["Authorization"].removeprefix("Bearer ")
-        # A fresh database: the application registered below gets id 1, so the simulated Traefik can poll
-        # its endpoint from the start, as a real one configured for it would.
-        app_id = 1
-        endpoint = f"{stack.base}/api/v1/traefik/{app_id}/config"
-        async with simulated_traefik(endpoint, token) as api, httpx.AsyncClient() as client:
-            proxy_spec = {
-                "kind": "traefik",
-                "server_id": proxy_id,
-                "config_path": str(published),
-                "reload_command": "true",
-                "provider": "http",
-                "api_url": api,
-                "metrics_url": f"{api}/metrics",
-                "sticky": True,
-            }
-            r = await stack.api.post(
-                "/applications",
-                json={
-                    "name": "shop",
-                    "port": stack.app_port,
-                    "server_ids": ids,
-                    "current_version": "v1",
-                    "deploy_command": "true",
-                    "proxy": proxy_spec,
-                },
-            )
-            assert r.status_code == 201, r.text
-            assert r.json()["id"] == app_id and r.json()["proxy_generation"] == 1
-            first = await client.get(endpoint, headers=auth)
-            assert first.status_code == 200, first.text
-            validate(first.json())
-            assert loaded_weights(first.json()["http"]["services"][f"canaryd-app-{app_id}"]) == {
-                f"canaryd-app-{app_id}-server-{sid}": 1 for sid in ids
-            }
-            assert (await client.get(endpoint)).status_code == 401
-            missing = await client.get(f"{stack.base}/api/v1/traefik/{app_id + 99}/config", headers=auth)
-            assert missing.status_code == 404
-
-            s = ProxySpec.model_validate(proxy_spec)
-            canary = {ids[0]}
-            split = desired_backends(
-                State.MONITORING,
-                [
-                    PoolServer(sid, h, stack.app_port, "v2" if sid in canary else "v1")
-                    for sid, h in zip(ids, stack.hosts, strict=True)
-                ],
-                frozenset(canary),
-                "v2",
-                25.0,
-                None,
-                1000,
-            )
-            change = RouteTable(app_id, "shop", split, 2)
-            proxy = TraefikProxy(
-                LocalTransport(), s, "127.0.0.1", client, verify_timeout=10, poll_interval=0.05
-            )
-            assert not await proxy.check(change)
-            await proxy.apply(change)
-            assert await proxy.verify(change)
-            served = (await client.get(endpoint, headers=auth)).json()
-            validate(served)
-            assert loaded_weights(served["http"]["services"][f"canaryd-app-{app_id}"]) == expected_weights(
-                change
-            )
 
 
 def test_cohort_stats_merge_is_what_the_engine_expects() -> None:

@@ -460,3 +460,44 @@ async def list_tokens(
 async def revoke_token(token_id: TokenId, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
     """Revokes a token (admin scope): every replica refuses it (401) from the next request on."""
     return await tokens.revoke_token(session, token_id)
+
+
+@router.delete(
+    "/applications/{application_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["applications"],
+    summary="Delete an application",
+    response_class=Response,
+    responses={
+        **errors(404, 409, e409="The application has an active deployment, or another change is under way."),
+        502: {
+            "model": ErrorOut,
+            "description": "The proxy refused; the application stays registered and served.",
+        },
+    },
+)
+async def delete_application(application_id: ApplicationId, rt: RuntimeDep, _: AdminAccess) -> Response:
+    """Takes the application out of its proxy (proven), then deletes it and its deployment history (admin)."""
+    await inventory.delete_application(rt, application_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/applications/{application_id}",
+    tags=["applications"],
+    summary="Change an application",
+    response_model=ApplicationOut,
+    responses={
+        **errors(404, 409, e409="The application has an active deployment, or another change is under way."),
+        502: {
+            "model": ErrorOut,
+            "description": "The proxy could not be reached; the previous configuration is back.",
+        },
+    },
+)
+async def update_application(
+    application_id: ApplicationId, payload: inventory.ApplicationUpdate, rt: RuntimeDep, _: AdminAccess
+) -> dict[str, Any]:
+    """Changes an application (admin scope); a new port, server list or proxy settings are proven live at the
+    proxy before they count, and put back if they cannot be."""
+    return application_view(await inventory.update_application(rt, application_id, payload))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployment, DeploymentEvent, Server
@@ -103,6 +103,12 @@ class DeploymentRepository:
             stmt = stmt.with_for_update()
         stmt = stmt.execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def delete_for_application(self, app_id: int) -> None:
+        """Deletes every deployment of the application (their events go with them: ON DELETE CASCADE)."""
+        ids = select(Deployment.id).where(Deployment.application_id == app_id)
+        await self.session.execute(delete(DeploymentEvent).where(DeploymentEvent.deployment_id.in_(ids)))
+        await self.session.execute(delete(Deployment).where(Deployment.application_id == app_id))
 
     async def active_for_application(self, app_id: int) -> Deployment | None:
         rows = await self.session.execute(

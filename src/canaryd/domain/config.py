@@ -7,7 +7,6 @@ Validation collects every problem at once (pydantic does, as long as validators 
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import re
 from typing import Annotated, Literal
@@ -25,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from canaryd.domain.addresses import HEADER_NAME, normalise_host, parse_listen
 from canaryd.domain.commands import check_template
 
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
@@ -34,9 +34,6 @@ HAPROXY_MAX_WEIGHT = 256
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
 _PATH = re.compile(r"^/[A-Za-z0-9_./@+-]{0,1023}$")
 _HEALTH_PATH = re.compile(r"^/[A-Za-z0-9_./~%?=&+-]{0,255}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -82,14 +79,10 @@ UserName = Annotated[str, _check(_USER, "user"), SchemaMax(maxLength=32)]
 
 
 def validate_host(value: str) -> str:
-    """A hostname or an IPv4/IPv6 address, nothing else."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(value):
-        raise ValueError(f"host {value[:80]!r} is not a valid hostname or IP address")
-    return value.lower()
+    """A hostname or an IPv4/IPv6 address (without brackets), nothing else."""
+    if value.startswith("["):
+        raise ValueError(f"host {value[:80]!r}: write an IPv6 address without brackets")
+    return normalise_host(value)
 
 
 Host = Annotated[str, AfterValidator(validate_host), SchemaMax(maxLength=253)]
@@ -111,12 +104,8 @@ Command = Annotated[str, AfterValidator(validate_command), SchemaMax(maxLength=2
 
 
 def validate_listen(value: str) -> str:
-    """`port`, `ipv4:port` or `[ipv6]:port`."""
-    m = re.fullmatch(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:]+\]):)?(\d{1,5})", value)
-    if not m or not 1 <= int(m.group(2)) <= 65535:
-        raise ValueError(f"listen {value[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
-    if m.group(1):
-        ipaddress.ip_address(m.group(1).strip("[]"))
+    """`port`, `ipv4:port` or `[ipv6]:port` (domain/addresses.py, the pattern every renderer uses too)."""
+    parse_listen(value)
     return value
 
 
@@ -131,9 +120,7 @@ def validate_http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(validate_http_url), SchemaMax(maxLength=2008)]
-HeaderName = Annotated[
-    str, _check(re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"), "header"), SchemaMax(maxLength=64)
-]
+HeaderName = Annotated[str, _check(HEADER_NAME, "header"), SchemaMax(maxLength=64)]
 
 _RULE_TOKEN = re.compile(
     r"\s+|&&|\|\||!|\(|\)|,|`[^`\x00-\x1f\x7f]{0,500}`"
@@ -168,6 +155,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+class ServersTransport(StrictModel):
+    """Traefik only: how Traefik talks to the application's servers (its `serversTransport`). Unset fields
+    keep Traefik's defaults (2 idle connections per host, no forwarding timeouts but a 90 s idle timeout)."""
+
+    #: Idle keep-alive connections Traefik keeps per server; -1 opens a new connection per request.
+    max_idle_conns_per_host: int | None = Field(default=None, ge=-1, le=10_000)
+    #: Seconds to wait for a connection to a server.
+    dial_timeout: float | None = Field(default=None, gt=0, le=3600)
+    #: Seconds to wait for a server's response headers once the request is written.
+    response_header_timeout: float | None = Field(default=None, gt=0, le=3600)
+    #: Seconds an idle keep-alive connection to a server stays open.
+    idle_conn_timeout: float | None = Field(default=None, gt=0, le=3600)
+
+
 class ProxySpec(StrictModel):
     """How canaryd reaches and drives the proxy in front of an application."""
 
@@ -199,6 +200,8 @@ class ProxySpec(StrictModel):
     #: owns the router (and, with force_header, the header routers); when unset, the operator's own router
     #: points at the weighted service `canaryd-app-<id>@file` (or `@http`).
     router_rule: TraefikRule | None = None
+    #: Traefik only: the servers transport of the application's services (upstream keep-alive, timeouts).
+    servers_transport: ServersTransport | None = None
 
     @property
     def weight_limit(self) -> int:
@@ -216,8 +219,8 @@ class ProxySpec(StrictModel):
     @model_validator(mode="after")
     def _traefik_settings(self) -> ProxySpec:
         if self.kind != "traefik":
-            if self.router_rule is not None:
-                raise ValueError("router_rule is a Traefik setting")
+            if self.router_rule is not None or self.servers_transport is not None:
+                raise ValueError("router_rule and servers_transport are Traefik settings")
             return self
         problems = []
         if self.api_url is None:
@@ -469,6 +472,7 @@ __all__ = [
     "PrometheusQueries",
     "PrometheusSource",
     "ProxySpec",
+    "ServersTransport",
     "UserName",
     "Version",
 ]

@@ -46,6 +46,16 @@ class Proxy(Protocol):
         """True once the proxy serves `table` (its generation), False if it still serves an older one."""
         ...
 
+    async def remove(self, app_id: int) -> None:
+        """Takes the application's configuration out of the proxy (its file deleted, the proxy tested and
+        reloaded as for apply). On any failure the previous file is put back and the error raised
+        (ProxyConfigError or ProxyUnavailableError). Removing what is not there succeeds."""
+        ...
+
+    async def verify_removed(self, app_id: int) -> bool:
+        """True once the proxy no longer serves the application (polled, like verify); False on timeout."""
+        ...
+
     async def check(self, table: RouteTable) -> bool:
         """A quick look (one request) whether the proxy still serves `table`; False makes the engine
         re-assert it (a proxy restarted from other files, runtime weights lost)."""

@@ -20,6 +20,7 @@ The rules this adapter keeps:
   stays a runtime weight change. `force_header`: backends `canaryd_app_<id>_canary` / `_stable` declare every
   server (the other cohort's at weight 0, set by the same runtime calls) and the frontend sends `always` /
   `never` there while that backend has a usable server (`nbsrv`), else the request follows the split.
+* No active health checks (`check`): see `_BACKEND_HEAD` for why a restart under load came back at 0 %.
 * `apply` renders the file and compares it with the previous one. When only weights differ, and the running
   HAProxy has exactly the declared servers (and, with `listen`, answers the frontend's marker), it sets the
   weights over the socket first (live within milliseconds: a rollback to 0 % must not wait for a test
@@ -49,7 +50,6 @@ The rules this adapter keeps:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import hashlib
@@ -62,15 +62,18 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from canaryd.domain.addresses import HEADER_NAME, format_address, parse_listen
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
-from canaryd.proxies.files import put_back, sibling_path, temp_path
-from canaryd.proxies.nginx import ParsedLog, format_address
+from canaryd.proxies.files import file_lock, install, read_optional
+from canaryd.proxies.logs import ParsedLog, SnapshotStore, cohort_lookup, log_size, no_traffic, tail
+from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
 logger = logging.getLogger(__name__)
@@ -79,9 +82,6 @@ logger = logging.getLogger(__name__)
 MARKER_PATH = "/.canaryd/haproxy"
 COMMAND_TIMEOUT = 30.0
 SOCKET_TIMEOUT = 5.0
-MAX_READ_BYTES = 32 * 1024 * 1024
-#: How many counter snapshots the traffic state file keeps (a tick that crashed may ask for an older one).
-KEEP_SNAPSHOTS = 16
 
 #: One JSON object per request. %Ta: active time of the request in ms; %Tr: time until the server's response
 #: headers in ms; %si:%sp: the server that answered ("-" when none did).
@@ -92,12 +92,10 @@ LOG_FORMAT = (
 
 _FORBIDDEN = re.compile(r"[\s;{}#'\"`$%\\\x00-\x1f\x7f]")
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5})")
 _PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
 _SERVER_LINE = re.compile(r"^\s*server\s+s(\d+)\s+(\S+)\s", re.MULTILINE)
 _WEIGHT = re.compile(r"\bweight \d+\b")
 _SERVER_WEIGHT = re.compile(r"^\s*server\s+s(\d+)\s+\S+\s+weight\s+(\d+)\b")
-_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 #: The forced-routing header's values and the cohort each forces.
 FORCED: tuple[tuple[str, Cohort], ...] = (("always", "canary"), ("never", "stable"))
 
@@ -110,20 +108,12 @@ def _reject_syntax(value: str, what: str) -> str:
 
 
 def _bind_address(listen: str) -> str:
-    """`bind` argument for a `listen` value: `port`, `ipv4:port` or `[ipv6]:port`."""
+    """`bind` argument for a `listen` value: `port`, `ipv4:port` or `[ipv6]:port` (domain/addresses.py)."""
     _reject_syntax(listen, "listen")
-    m = _LISTEN.fullmatch(listen)
-    if not m:
-        raise ValueError(f"listen {listen[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
-    port = check_int(int(m.group(2)), "listen port", 1, 65535)
-    host = m.group(1)
+    host, port = parse_listen(listen)
     if host is None:
         return f":{port}"
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise ValueError(f"listen {listen[:80]!r} has an invalid address") from None
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_path(value: str, what: str) -> str:
@@ -146,7 +136,7 @@ def cookie_name(app_id: int) -> str:
 
 def _check_header(name: str) -> str:
     _reject_syntax(name, "force_header")
-    if not _HEADER.fullmatch(name):
+    if not HEADER_NAME.fullmatch(name):
         raise ValueError(f"force_header {name[:80]!r} must be letters, digits and '-', at most 64")
     return name
 
@@ -201,7 +191,7 @@ def render_haproxy(
     seen: set[str] = set()
     for b in table.backends:
         check_int(b.server_id, "server_id", 1)
-        address = format_address(b.host, b.port)
+        address = format_address(_reject_syntax(b.host, "host"), b.port)
         check_int(b.weight, f"weight of {address}", 0, spec.weight_limit)
         if b.cohort not in ("canary", "stable"):
             raise ValueError(f"server {b.server_id} has an unknown cohort {str(b.cohort)[:20]!r}")
@@ -211,7 +201,7 @@ def render_haproxy(
         entries[b.server_id] = (address, b.weight, b.cohort, f"{b.cohort} server {b.server_id}")
     for server_id, (host, port) in (retained or {}).items():
         check_int(server_id, "server_id", 1)
-        address = format_address(host, port)
+        address = format_address(_reject_syntax(host, "host"), port)
         if server_id in entries or address in seen:
             continue
         seen.add(address)
@@ -237,17 +227,16 @@ def render_haproxy(
         lines += _sticky_lines(app_id, [sid for sid, _ in servers])
         cookie = " cookie s{sid}"
     lines += [
-        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)} check  # {comment}"
+        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)}  # {comment}"
         for sid, (address, weight, _, comment) in servers
     ]
     if spec.force_header is not None:
         for cohort in ("canary", "stable"):
             # Same servers, the other cohort's (and the retained ones) at weight 0: stage changes stay
-            # runtime weight changes. `track` shares the weighted backend's health checks.
+            # runtime weight changes.
             lines += ["", f"backend {backend_name(app_id, cohort)}", *_BACKEND_HEAD]
             lines += [
-                f"    server s{sid} {address} weight {weight if c == cohort else 0} track {main}/s{sid}"
-                f"  # {comment}"
+                f"    server s{sid} {address} weight {weight if c == cohort else 0}  # {comment}"
                 for sid, (address, weight, c, comment) in servers
             ]
     return "\n".join(lines) + "\n"
@@ -256,7 +245,11 @@ def render_haproxy(
 _BACKEND_HEAD = (
     "    mode http",
     "    balance roundrobin",
-    # A refused connection (an instance going away) is retried on another server instead of a 503.
+    # No active health checks (`check`): canaryd checks the servers itself and sets their weights. HAProxy
+    # starts every checked server at the lowest "up" health, so one check lost in the first seconds after a
+    # start or reload (a loaded machine, an instance restarting) took that server out for rise x inter
+    # (about 4 s): a restart mid-canary came back at 0 % canary. A refused connection (an instance going
+    # away) is retried on another server instead, as nginx does with `max_fails=0`.
     "    retries 3",
     "    option redispatch 1",
 )
@@ -433,9 +426,10 @@ def counter_deltas(
 ) -> dict[Cohort, CohortStats]:
     """Per-cohort stats from two counter snapshots. Latency: every new request counted at the server's
     average response time (HAProxy keeps no percentiles). Counters of a new process start from 0."""
-    cohorts: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
+    cohorts = no_traffic()
+    lookup = cohort_lookup(cohort_of)
     for addr, now in after.items():
-        cohort = _cohort(addr, cohort_of)
+        cohort = lookup(addr)
         if cohort is None:
             continue
         old = (before or {}).get(addr) if same_process else None
@@ -452,23 +446,13 @@ def counter_deltas(
     return cohorts
 
 
-def _cohort(address: str, cohort_of: Callable[[str], Cohort | None]) -> Cohort | None:
-    cohort = cohort_of(address)
-    if cohort is None and address.startswith("["):
-        host, _, port = address[1:].rpartition("]:")
-        cohort = cohort_of(f"{host}:{port}")
-    if cohort is None and not address.startswith("[") and address.count(":") > 1:
-        host, _, port = address.rpartition(":")
-        cohort = cohort_of(f"[{host}]:{port}")
-    return cohort
-
-
 def parse_log_lines(
     lines: Iterable[bytes | str], cohort_of: Callable[[str], Cohort | None], since: float | None = None
 ) -> ParsedLog:
     """Counts JSON log lines (LOG_FORMAT) per cohort. Text before the first `{` (a syslog header written by
     rsyslog's default template) is ignored."""
     result = ParsedLog()
+    lookup = cohort_lookup(cohort_of)
     for raw in lines:
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -494,7 +478,7 @@ def parse_log_lines(
             continue
         if since is not None and logged_before(entry, since):
             continue  # traffic of an earlier split
-        cohort = None if address.startswith("-") else _cohort(address, cohort_of)
+        cohort = None if address.startswith("-") else lookup(address)
         if cohort is None:
             result.unrouted += 1
             continue
@@ -503,8 +487,6 @@ def parse_log_lines(
 
 
 # --- the adapter -------------------------------------------------------------------------------------------
-
-_apply_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
 
 
 class HaproxyProxy:
@@ -536,6 +518,7 @@ class HaproxyProxy:
         #: Runtime path only: milliseconds from the start of apply until HAProxy had set the weights.
         self.live_ms: float | None = None
         self._known_app_id: int | None = None
+        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
 
     # runtime API -----------------------------------------------------------------------------------------
     async def command(self, *commands: str) -> str:
@@ -570,18 +553,14 @@ class HaproxyProxy:
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
         """Install the file; then set weights live (same servers) or reload (anything else)."""
-        key = (id(asyncio.get_running_loop()), self.spec.server_id, self.spec.config_path)
-        async with _apply_locks.setdefault(key, asyncio.Lock()):
+        async with file_lock(self.spec.server_id, self.spec.config_path):
             try:
                 await self._apply(table)
             except TransportError as exc:
                 raise ProxyUnavailableError(f"HAProxy on {self.proxy_host}: {exc}") from exc
 
     async def _apply(self, table: RouteTable) -> None:
-        path = self.spec.config_path
-        previous: bytes | None = None
-        if await self.transport.file_size(path) is not None:
-            previous = await self.transport.read_file(path)
+        previous = await read_optional(self.transport, self.spec.config_path)
         old_text = previous.decode("utf-8", errors="replace") if previous is not None else None
         retained = declared_servers(old_text) if old_text is not None else {}
         try:
@@ -627,19 +606,34 @@ class HaproxyProxy:
         """The backends of the file: the weighted one (None) and, with force_header, one per cohort."""
         return (None, "canary", "stable") if self.spec.force_header is not None else (None,)
 
-    def _temp_path(self) -> str:
-        """A file beside the live one (the rename is atomic) that HAProxy never loads (dot, not `.cfg`)."""
-        return temp_path(self.spec.config_path)
+    async def remove(self, app_id: int) -> None:
+        """Deletes the application's file, tests and reloads; the file is put back on a failure."""
+        async with file_lock(self.spec.server_id, self.spec.config_path):
+            try:
+                previous = await read_optional(self.transport, self.spec.config_path)
+                await self._install(None, previous, reload=True)
+                await self.transport.remove(self.snapshots.path)
+            except TransportError as exc:
+                raise ProxyUnavailableError(f"HAProxy on {self.proxy_host}: {exc}") from exc
+        self.last_path = "reload"
 
-    async def _install(self, text: str, previous: bytes | None, reload: bool) -> None:
-        temp = self._temp_path()
-        try:
-            await self.transport.write_file(temp, text.encode())
-        except BaseException:
-            await self.transport.remove(temp)
-            raise
-        await self.transport.rename(temp, self.spec.config_path)
-        try:
+    async def verify_removed(self, app_id: int) -> bool:
+        """True once the running HAProxy knows no backend of the application and its frontend no longer
+        answers, without a break for `settle` seconds (old and new workers overlap after a reload)."""
+
+        async def gone(_: float) -> bool:
+            for cohort in self._cohorts():
+                try:
+                    if await self.runtime_servers(app_id, cohort) is not None:
+                        return False
+                except ProxyUnavailableError:
+                    return False
+            return not await self._frontend_answers()
+
+        return await poll_until(gone, self.verify_timeout, self.poll_interval, self.settle)
+
+    async def _install(self, text: str | None, previous: bytes | None, reload: bool) -> None:
+        async def test_and_reload() -> None:
             if self.spec.test_command:
                 result = await self._run(self.spec.test_command)
                 if not result.ok:
@@ -650,28 +644,34 @@ class HaproxyProxy:
                     raise ProxyConfigError(
                         f"HAProxy reload failed (exit {result.exit_status}): {result.tail()}"
                     )
-        except BaseException:
-            await self._restore(previous)
-            raise
+
+        data = text.encode() if text is not None else None
+        await install(self.transport, self.spec.config_path, data, previous, test_and_reload)
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
-
-    async def _restore(self, previous: bytes | None) -> None:
-        await put_back(self.transport, self.spec.config_path, previous)
 
     # verify --------------------------------------------------------------------------------------------
     def marker_url(self) -> str | None:
         if self.spec.listen is None:
             return None
-        m = _LISTEN.fullmatch(self.spec.listen)
-        assert m is not None  # validated by ProxySpec
-        host = (m.group(1) or "").strip("[]")
-        if host in ("", "0.0.0.0", "::"):
+        host, port = parse_listen(self.spec.listen)
+        if host is None or host in ("0.0.0.0", "::"):
             host = self.proxy_host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{m.group(2)}{MARKER_PATH}"
+        return f"http://{host}:{port}{MARKER_PATH}"
+
+    async def _frontend_answers(self) -> bool:
+        """Whether anything answers the marker path with 200 (a frontend of the application still bound)."""
+        url = self.marker_url()
+        if url is None:
+            return False
+        try:
+            response = await self.http.get(url, headers={"Connection": "close"}, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def _frontend_live(self, app_id: int, timeout: float = 2.0) -> bool | None:
         """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""
@@ -699,26 +699,26 @@ class HaproxyProxy:
         """True once HAProxy's weights (read back over the socket) and frontend are those of `table`. After a
         reload, old and new workers overlap briefly, so that answer must hold for `settle` seconds."""
         settle = self.settle if self.last_path == "reload" else 0.0
-        deadline = time.monotonic() + self.verify_timeout
-        since: float | None = None
-        while True:
-            ok = await self._serves(table)
-            now = time.monotonic()
-            since = (since or now) if ok else None
-            if since is not None and now - since >= settle:
-                return True
-            if now + self.poll_interval > deadline:
-                return False
-            await asyncio.sleep(self.poll_interval)
+
+        async def serves_it(_: float) -> bool:
+            return await self._serves(table)
+
+        if not await poll_until(serves_it, self.verify_timeout, self.poll_interval, settle):
+            return False
+        if self.spec.access_log is None:
+            # Counters carry no timestamps: a snapshot taken now lets the stage that starts with this split
+            # count from here (read_traffic's `since`), not from the previous split's last reading.
+            try:
+                await self._snapshot(await self.snapshots.load())
+            except ProxyUnavailableError as exc:
+                logger.info("no counter snapshot at the switch: %s", exc)
+        return True
 
     async def check(self, table: RouteTable) -> bool:
         """One look: does HAProxy still route like `table` (weights, servers, frontend)?"""
         return await self._serves(table)
 
     # traffic -------------------------------------------------------------------------------------------
-    def state_path(self) -> str:
-        return sibling_path(self.spec.config_path, "traffic.json")
-
     async def _counters(self) -> tuple[int | None, dict[str, Counters]]:
         """Per-server counters summed over the weighted and (forced routing) the cohort backends."""
         app_id = await self._app_id()
@@ -752,41 +752,17 @@ class HaproxyProxy:
         self._known_app_id = int(m.group(1))
         return self._known_app_id
 
-    async def _read_state(self) -> dict[str, object]:
-        try:
-            if await self.transport.file_size(self.state_path()) is None:
-                return {}
-            data = json.loads(await self.transport.read_file(self.state_path()))
-        except (TransportError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    async def _snapshot(self, state: dict[str, object]) -> tuple[int, int | None, dict[str, Counters]]:
-        """Takes a counter snapshot, stores it under a new sequence number, returns (seq, pid, counters)."""
+    async def _snapshot(self, state: dict[str, Any]) -> tuple[int, int | None, dict[str, Counters]]:
+        """Takes a counter snapshot, stores it under a new id, returns (id, pid, counters)."""
         pid, counters = await self._counters()
-        snapshots = state.get("snapshots")
-        snaps: dict[str, object] = dict(snapshots) if isinstance(snapshots, dict) else {}
-        seq = max((int(k) for k in snaps if k.isdigit()), default=0) + 1
         servers = {a: [c.requests, c.errors, c.rtime_ms] for a, c in counters.items()}
-        snaps[str(seq)] = {"pid": pid, "servers": servers}
-        for old in sorted(int(k) for k in snaps if k.isdigit())[:-KEEP_SNAPSHOTS]:
-            snaps.pop(str(old), None)
-        temp = self._temp_path()
-        try:
-            await self.transport.write_file(temp, json.dumps({"snapshots": snaps}).encode())
-            await self.transport.rename(temp, self.state_path())
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"cannot write {self.state_path()}: {exc}") from exc
-        return seq, pid, counters
+        return await self.snapshots.add(state, {"pid": pid, "servers": servers}), pid, counters
 
     async def traffic_offset(self) -> int:
-        """With a log: its size. Without: a new counter snapshot's sequence number."""
+        """With a log: its size. Without: a new counter snapshot's id."""
         if self.spec.access_log is not None:
-            try:
-                return await self.transport.file_size(self.spec.access_log) or 0
-            except TransportError as exc:
-                raise ProxyUnavailableError(f"cannot read {self.spec.access_log}: {exc}") from exc
-        seq, _, _ = await self._snapshot(await self._read_state())
+            return await log_size(self.transport, self.spec.access_log, self.proxy_host)
+        seq, _, _ = await self._snapshot(await self.snapshots.load())
         return seq
 
     async def read_traffic(
@@ -794,47 +770,22 @@ class HaproxyProxy:
     ) -> TrafficReading:
         """Per-cohort requests since `offset` (see the module docstring for the two sources)."""
         if self.spec.access_log is not None:
-            return await self._read_log(offset, cohort_of, since)
-        state = await self._read_state()
-        snapshots = state.get("snapshots")
-        base = snapshots.get(str(offset)) if isinstance(snapshots, dict) else None
+            read = await tail(self.transport, self.spec.access_log, offset, self.proxy_host)
+            return TrafficReading(parse_log_lines(read.lines, cohort_of, since).cohorts, read.next_offset)
+        state = await self.snapshots.load()
+        base = SnapshotStore.base(state, offset, since)
         seq, pid, counters = await self._snapshot(state)
-        if not isinstance(base, dict):  # unknown offset (0, or pruned): traffic counts from now on
-            return TrafficReading({"canary": CohortStats(), "stable": CohortStats()}, seq)
-        raw = base.get("servers")
+        if base is None:  # unknown offset (0, or pruned): traffic counts from now on
+            return TrafficReading(no_traffic(), seq)
+        data = base.get("data") or {}
+        raw = data.get("servers")
         before = {
             a: Counters(int(v[0]), int(v[1]), float(v[2]))
             for a, v in (raw.items() if isinstance(raw, dict) else [])
             if isinstance(v, list) and len(v) == 3
         }
-        same = pid is not None and base.get("pid") == pid
+        same = pid is not None and data.get("pid") == pid
         return TrafficReading(counter_deltas(before, counters, same, cohort_of), seq)
-
-    async def _read_log(
-        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None
-    ) -> TrafficReading:
-        empty: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
-        path = self.spec.access_log
-        assert path is not None
-        try:
-            size = await self.transport.file_size(path)
-            if size is None:
-                return TrafficReading(empty, offset)
-            if size < offset:
-                logger.info("log %s shrank below offset %d: rotated, reading from 0", path, offset)
-                offset = 0
-            if size == offset:
-                return TrafficReading(empty, offset)
-            data = await self.transport.read_file(path, offset, min(size - offset, MAX_READ_BYTES))
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"cannot read {path} on {self.proxy_host}: {exc}") from exc
-        end = data.rfind(b"\n")
-        if end < 0:
-            if len(data) >= MAX_READ_BYTES:
-                return TrafficReading(empty, offset + len(data))
-            return TrafficReading(empty, offset)
-        parsed = parse_log_lines(data[:end].split(b"\n"), cohort_of, since)
-        return TrafficReading(parsed.cohorts, offset + end + 1)
 
 
 __all__ = [

@@ -29,42 +29,35 @@ The rules this adapter keeps:
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import httpx
 
+from canaryd.domain.addresses import HEADER_NAME, parse_listen
+from canaryd.domain.addresses import format_address as _format_address
 from canaryd.domain.config import ProxySpec
-from canaryd.domain.types import Cohort, CohortStats
+from canaryd.domain.types import Cohort
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
-from canaryd.proxies.files import put_back, temp_path
+from canaryd.proxies.files import file_lock, install, read_optional
+from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
+from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
 logger = logging.getLogger(__name__)
 
-#: Largest slice of the access log read in one call; the rest is read on the next call.
-MAX_READ_BYTES = 32 * 1024 * 1024
 #: Path of the generation probe served by the rendered server block.
 GENERATION_PATH = "/.canaryd/generation"
 COMMAND_TIMEOUT = 30.0
 
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
 _PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
-_LISTEN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5})")
 _FORBIDDEN = re.compile(r"[\s;{}#'\"`$\\\x00-\x1f\x7f]")
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _ADDR_SEPARATORS = re.compile(r"\s*,\s*|\s+:\s+")
-_HEADER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 # Fields of the JSON access log line. nginx escapes values itself (escape=json).
 _LOG_FIELDS = (
@@ -88,14 +81,7 @@ def _reject_syntax(value: str, what: str) -> str:
 def format_address(host: str, port: int) -> str:
     """`host:port` as nginx writes it in `$upstream_addr` (IPv6 in brackets). Raises ValueError if unsafe."""
     _reject_syntax(host, "host")
-    check_int(port, "port", 1, 65535)
-    try:
-        ip = ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"host {host[:80]!r} is not a hostname or an IP address") from None
-        return f"{host.lower()}:{port}"
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    return _format_address(host, port)
 
 
 def _check_path(value: str, what: str) -> str:
@@ -106,19 +92,9 @@ def _check_path(value: str, what: str) -> str:
 
 
 def _parse_listen(value: str) -> tuple[str | None, int]:
-    """(host or None, port) of a `listen` value: `port`, `ipv4:port` or `[ipv6]:port`."""
+    """(host or None, port) of a `listen` value (domain/addresses.py)."""
     _reject_syntax(value, "listen")
-    m = _LISTEN.fullmatch(value)
-    if not m:
-        raise ValueError(f"listen {value[:80]!r} must be 'port', 'ipv4:port' or '[ipv6]:port'")
-    port = check_int(int(m.group(2)), "listen port", 1, 65535)
-    host = m.group(1)
-    if host is not None:
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            raise ValueError(f"listen {value[:80]!r} has an invalid address") from None
-    return host, port
+    return parse_listen(value)
 
 
 def _upstream(name: str, servers: list[str], spec: ProxySpec) -> list[str]:
@@ -132,7 +108,7 @@ def _upstream(name: str, servers: list[str], spec: ProxySpec) -> list[str]:
 
 def _header_variable(name: str) -> str:
     """`$http_x_canary` for `X-Canary`. Raises ValueError for anything but letters, digits and '-'."""
-    if not _HEADER.fullmatch(name):
+    if not HEADER_NAME.fullmatch(name):
         raise ValueError(f"force_header {name[:80]!r} must be letters, digits and '-', at most 64")
     return "$http_" + name.lower().replace("-", "_")
 
@@ -285,17 +261,6 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
 # --- access log parsing (pure) ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class ParsedLog:
-    """What a batch of access-log lines said: per-cohort stats, plus lines that could not be used."""
-
-    cohorts: dict[Cohort, CohortStats] = field(
-        default_factory=lambda: {"canary": CohortStats(), "stable": CohortStats()}
-    )
-    malformed: int = 0  # not JSON, or fields missing / not numbers
-    unrouted: int = 0  # no upstream, or an upstream that belongs to neither cohort
-
-
 def last_upstream(upstream_addr: str) -> str | None:
     """The server that answered: the last entry of `$upstream_addr` ("a, b" on retries, "x : y" across
     internal redirects); None when nginx used no upstream."""
@@ -313,16 +278,7 @@ def parse_access_log_lines(
     `cohort_of` is asked with the address as nginx wrote it (see `format_address`: IPv6 in brackets); for an
     IPv6 address it is asked again without brackets (`::1:8080`) if the first answer is None."""
     result = ParsedLog()
-    cohorts: dict[str, Cohort | None] = {}
-
-    def lookup(address: str) -> Cohort | None:
-        if address not in cohorts:
-            cohort = cohort_of(address)
-            if cohort is None and address.startswith("["):  # also accept "::1:8080" for "[::1]:8080"
-                host, _, port = address[1:].rpartition("]:")
-                cohort = cohort_of(f"{host}:{port}")
-            cohorts[address] = cohort
-        return cohorts[address]
+    lookup = cohort_lookup(cohort_of)
 
     for raw in lines:
         try:
@@ -376,10 +332,6 @@ def failed_attempts(upstream_addr: str, upstream_status: object) -> list[str]:
 
 # --- the adapter -------------------------------------------------------------------------------------------
 
-#: One apply at a time per proxy file within a process (and event loop); across processes the engine's
-#: per-deployment lock keeps applies apart, and each apply writes its own temp file.
-_apply_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
-
 
 class NginxProxy:
     """The Proxy protocol for nginx, reached through `transport` on the proxy's server (`proxy_host`)."""
@@ -411,50 +363,38 @@ class NginxProxy:
             text = render_nginx(table, self.spec)
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render nginx configuration: {exc}") from exc
-        key = (id(asyncio.get_running_loop()), self.spec.server_id, self.spec.config_path)
-        lock = _apply_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with file_lock(self.spec.server_id, self.spec.config_path):
             try:
                 await self._install(text)
             except TransportError as exc:
                 raise ProxyUnavailableError(f"nginx on {self.proxy_host}: {exc}") from exc
         self._loaded_generation = table.generation
 
-    def _temp_path(self) -> str:
-        """A file beside the live one (so the rename is atomic) that `include *.conf` never matches."""
-        return temp_path(self.spec.config_path)
+    async def remove(self, app_id: int) -> None:
+        """Deletes the application's include file, tests and reloads; the file is put back on a failure."""
+        async with file_lock(self.spec.server_id, self.spec.config_path):
+            try:
+                await self._install(None)
+            except TransportError as exc:
+                raise ProxyUnavailableError(f"nginx on {self.proxy_host}: {exc}") from exc
+        self._loaded_generation = None
 
-    async def _install(self, text: str) -> None:
-        path = self.spec.config_path
-        previous: bytes | None = None
-        if await self.transport.file_size(path) is not None:
-            previous = await self.transport.read_file(path)
-        temp = self._temp_path()
-        try:
-            await self.transport.write_file(temp, text.encode())
-        except BaseException:
-            await self.transport.remove(temp)
-            raise
-        await self.transport.rename(temp, path)
-        try:
-            if self.spec.test_command:
-                result = await self._run(self.spec.test_command)
-                if not result.ok:
-                    raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
-            result = await self._run(self.spec.reload_command)
+    async def _install(self, text: str | None) -> None:
+        previous = await read_optional(self.transport, self.spec.config_path)
+        data = text.encode() if text is not None else None
+        await install(self.transport, self.spec.config_path, data, previous, self._test_and_reload)
+
+    async def _test_and_reload(self) -> None:
+        if self.spec.test_command:
+            result = await self._run(self.spec.test_command)
             if not result.ok:
-                raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
-        except BaseException:
-            # Whatever went wrong (a refused test, a failed reload, a lost connection, a cancellation), the
-            # file that did not make it through test and reload must not stay in place.
-            await self._restore(previous)
-            raise
+                raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+        result = await self._run(self.spec.reload_command)
+        if not result.ok:
+            raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
-
-    async def _restore(self, previous: bytes | None) -> None:
-        await put_back(self.transport, self.spec.config_path, previous)
 
     # verify --------------------------------------------------------------------------------------------
     def generation_url(self) -> str | None:
@@ -484,29 +424,37 @@ class NginxProxy:
         if url is None:
             return self._loaded_generation == table.generation
         expected = f"{table.generation}\n"
-        deadline = time.monotonic() + self.verify_timeout
-        new_since: float | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            current = False
+
+        async def serves_it(remaining: float) -> bool:
             try:
                 # Connection: close, so that no pooled keep-alive connection to an old worker is reused.
                 response = await self.http.get(
                     url, headers={"Connection": "close"}, timeout=max(0.05, min(1.0, remaining))
                 )
-                current = response.status_code == 200 and response.text == expected
             except httpx.HTTPError as exc:
                 logger.debug("generation probe %s failed: %s", url, exc)
-            now = time.monotonic()
-            if not current:
-                new_since = None
-            elif new_since is None:
-                new_since = now
-            if new_since is not None and now - new_since >= self.settle:
-                return True
-            if now + self.poll_interval > deadline:
                 return False
-            await asyncio.sleep(self.poll_interval)
+            return response.status_code == 200 and response.text == expected
+
+        return await poll_until(serves_it, self.verify_timeout, self.poll_interval, self.settle)
+
+    async def verify_removed(self, app_id: int) -> bool:
+        """True once new connections no longer reach the application's server block (its generation probe
+        is refused or answers anything but a generation), without a break for `settle` seconds."""
+        url = self.generation_url()
+        if url is None:
+            return self._loaded_generation is None
+
+        async def gone(remaining: float) -> bool:
+            try:
+                response = await self.http.get(
+                    url, headers={"Connection": "close"}, timeout=max(0.05, min(1.0, remaining))
+                )
+            except httpx.HTTPError:
+                return True
+            return not (response.status_code == 200 and response.text.strip().isdigit())
+
+        return await poll_until(gone, self.verify_timeout, self.poll_interval, self.settle)
 
     async def check(self, table: RouteTable) -> bool:
         """One cheap probe: does nginx still serve `table`'s generation? (Run on every tick, to notice a
@@ -525,12 +473,7 @@ class NginxProxy:
         """Where the access log ends now: traffic before this point belongs to nobody's stage."""
         if self.spec.access_log is None:
             return 0
-        try:
-            return await self.transport.file_size(self.spec.access_log) or 0
-        except TransportError as exc:
-            raise ProxyUnavailableError(
-                f"cannot read {self.spec.access_log} on {self.proxy_host}: {exc}"
-            ) from exc
+        return await log_size(self.transport, self.spec.access_log, self.proxy_host)
 
     async def read_traffic(
         self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
@@ -538,34 +481,16 @@ class NginxProxy:
         """Per-cohort requests logged since `offset`. Only complete lines are consumed; a log smaller than
         `offset` was rotated and is read from its start; a missing log reads as no traffic. `cohort_of` gets
         addresses as nginx writes them (`host:port`, IPv6 in brackets, hostnames already resolved)."""
-        empty: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
         path = self.spec.access_log
         if path is None:
-            return TrafficReading(empty, offset)
-        try:
-            size = await self.transport.file_size(path)
-            if size is None:
-                return TrafficReading(empty, offset)
-            if size < offset:
-                logger.info("access log %s shrank below offset %d: rotated, reading from 0", path, offset)
-                offset = 0
-            if size == offset:
-                return TrafficReading(empty, offset)
-            data = await self.transport.read_file(path, offset, min(size - offset, MAX_READ_BYTES))
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"cannot read {path} on {self.proxy_host}: {exc}") from exc
-        end = data.rfind(b"\n")
-        if end < 0:
-            if len(data) >= MAX_READ_BYTES:  # one absurd line filling the whole window: skip it
-                logger.warning("skipping %d bytes of %s without a line end", len(data), path)
-                return TrafficReading(empty, offset + len(data))
-            return TrafficReading(empty, offset)
-        parsed = parse_access_log_lines(data[:end].split(b"\n"), cohort_of, since)
+            return TrafficReading(ParsedLog().cohorts, offset)
+        read = await tail(self.transport, path, offset, self.proxy_host)
+        parsed = parse_access_log_lines(read.lines, cohort_of, since)
         if parsed.malformed or parsed.unrouted:
             logger.debug(
                 "%s: skipped %d malformed and %d unrouted lines", path, parsed.malformed, parsed.unrouted
             )
-        return TrafficReading(parsed.cohorts, offset + end + 1)
+        return TrafficReading(parsed.cohorts, read.next_offset)
 
 
 __all__ = [

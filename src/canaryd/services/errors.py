@@ -33,3 +33,9 @@ class Invalid(ServiceError):  # noqa: N818
 
 def problem(loc: list[str | int], msg: str, kind: str = "value_error") -> dict[str, Any]:
     return {"loc": loc, "msg": msg, "type": kind}
+
+
+class ProxyFailed(ServiceError):  # noqa: N818
+    """502: the proxy refused or could not be reached; what it served before is what it serves now."""
+
+    status_code = 502

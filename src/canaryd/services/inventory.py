@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.engine import unit_of_work
-from canaryd.db.models import Application, Server
+from canaryd.db.models import Application, ApplicationServer, Server
 from canaryd.db.repositories import ApplicationRepository, DeploymentRepository, ServerRepository
+from canaryd.domain.config import Command, HealthPath, Name, ProxySpec, StrictModel
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import State
-from canaryd.engine.proxies import make_proxy, push_routes
+from canaryd.engine.proxies import backends_json, make_proxy
 from canaryd.engine.views import deployment_status
-from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
+from canaryd.proxies.base import Proxy, ProxyConfigError, RouteTable
+from canaryd.proxies.switch import PROXY_ERRORS, NotServedError, restore, switch
+from canaryd.proxies.traefik import table_from_applied
 from canaryd.runtime import Runtime
-from canaryd.services.errors import Conflict, Invalid, NotFound, problem
+from canaryd.services.errors import Conflict, Invalid, NotFound, ProxyFailed, problem
 from canaryd.services.schemas import ApplicationCreate, ServerCreate
-from canaryd.transports.base import TransportError
+
+logger = logging.getLogger(__name__)
 
 
 async def create_server(session: AsyncSession, payload: ServerCreate) -> Server:
@@ -59,18 +65,27 @@ async def create_application(rt: Runtime, payload: ApplicationCreate) -> Applica
         State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
     )
     proxy = make_proxy(app, proxy_server, rt.transports, rt.http)
+    table = RouteTable(app.id, app.name, tuple(backends), 1)
     try:
-        applied = await push_routes(proxy, app, backends, 1)
-    except (ProxyConfigError, ProxyUnavailableError, TransportError) as exc:
-        async with unit_of_work(rt.sessions) as session:
-            await ApplicationRepository(session).delete(app.id)
-        verb = "refused" if isinstance(exc, ProxyConfigError) else "could not apply"
-        raise Invalid([problem(["body", "proxy"], f"the proxy {verb} the configuration: {exc}")]) from exc
+        await switch(proxy, table, last=None)  # on failure the proxy no longer has the application
+    except BaseException as exc:
+        # Also when cancelled (the client went away, the server stops): the registration did not finish.
+        await asyncio.shield(_forget(rt, app.id))
+        if isinstance(exc, PROXY_ERRORS):
+            verb = "refused" if isinstance(exc, ProxyConfigError) else "could not apply"
+            problems = [problem(["body", "proxy"], f"the proxy {verb} the configuration: {exc}")]
+            raise Invalid(problems) from exc
+        raise
     async with unit_of_work(rt.sessions) as session:
         stored = await ApplicationRepository(session).get(app.id)
         assert stored is not None
-        stored.proxy_generation, stored.proxy_applied = applied.generation, applied.backends
+        stored.proxy_generation, stored.proxy_applied = table.generation, backends_json(backends)
     return stored
+
+
+async def _forget(rt: Runtime, app_id: int) -> None:
+    async with unit_of_work(rt.sessions) as session:
+        await ApplicationRepository(session).delete(app_id)
 
 
 async def _insert_application(
@@ -89,6 +104,7 @@ async def _insert_application(
         problems.append(
             problem(["body", "proxy", "server_id"], f"server {payload.proxy.server_id} does not exist")
         )
+    problems += await _config_path_taken(apps, payload.proxy, None)
     if problems:
         raise Invalid(problems)
     app = Application(
@@ -117,6 +133,212 @@ async def get_application(session: AsyncSession, app_id: int) -> Application:
 
 async def list_applications(session: AsyncSession, limit: int, offset: int) -> Sequence[Application]:
     return await ApplicationRepository(session).list(limit, offset)
+
+
+async def _config_path_taken(
+    apps: ApplicationRepository, spec: ProxySpec, except_id: int | None
+) -> list[dict[str, Any]]:
+    """A problem when another application already owns this file on this proxy server: registering would
+    overwrite its configuration."""
+    offset = 0
+    while page := await apps.list(500, offset):
+        for other in page:
+            theirs = ProxySpec.model_validate(other.proxy)
+            if other.id != except_id and (theirs.server_id, theirs.config_path) == (
+                spec.server_id,
+                spec.config_path,
+            ):
+                msg = f"application {other.name!r} already owns {spec.config_path} on server {spec.server_id}"
+                return [problem(["body", "proxy", "config_path"], msg)]
+        offset += 500
+    return []
+
+
+# --- changing and deleting an application -----------------------------------------------------------------
+
+
+class ApplicationUpdate(StrictModel):
+    """Fields of an application that may change while no deployment is active (all optional). A change of
+    `port`, `server_ids` or `proxy` re-renders the proxy configuration."""
+
+    name: Name | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    health_path: HealthPath | None = None
+    server_ids: list[int] | None = Field(default=None, min_length=1, max_length=1000)
+    deploy_command: Command | None = None
+    stop_command: Command | None = None
+    proxy: ProxySpec | None = None
+
+    @field_validator("server_ids")
+    @classmethod
+    def _unique(cls, ids: list[int] | None) -> list[int] | None:
+        if ids is not None and len(set(ids)) != len(ids):
+            raise ValueError("server_ids must not repeat a server")
+        return ids
+
+
+async def _reserve(rt: Runtime, app_id: int) -> tuple[Application, int]:
+    """Locks the application for a change: 404 if unknown, 409 while a deployment is active or another change
+    is under way. Marks it as being changed (generation 0: no deployment can start) and returns it with the
+    generation it had."""
+    async with unit_of_work(rt.sessions) as session:
+        app = await ApplicationRepository(session).get(app_id, for_update=True)
+        if app is None:
+            raise NotFound(f"application {app_id} not found")
+        if app.proxy_generation == 0:
+            raise Conflict(f"application {app_id} is being registered or changed; try again")
+        active = await DeploymentRepository(session).active_for_application(app_id)
+        if active is not None:
+            raise Conflict(
+                f"application {app_id} has an active deployment ({active.id}, {active.canary_status}); "
+                "wait for it to finish or roll it back"
+            )
+        generation, app.proxy_generation = app.proxy_generation, 0
+    return app, generation
+
+
+async def _release(rt: Runtime, app_id: int, generation: int) -> None:
+    """Ends a change that did not happen: the application gets back the generation it had."""
+    async with unit_of_work(rt.sessions) as session:
+        app = await ApplicationRepository(session).get(app_id)
+        if app is not None:
+            app.proxy_generation = generation
+
+
+async def _proxy_of(rt: Runtime, app: Application) -> Proxy:
+    async with rt.sessions() as session:
+        server = await ServerRepository(session).get(ProxySpec.model_validate(app.proxy).server_id)
+    if server is None:
+        raise ProxyFailed(f"the proxy server of application {app.id} no longer exists")
+    return make_proxy(app, server, rt.transports, rt.http)
+
+
+def _last_table(app: Application, generation: int) -> RouteTable:
+    """The table last proven live: what the database records, at the generation it records."""
+    return table_from_applied(app.id, app.name, list(app.proxy_applied), generation)
+
+
+async def delete_application(rt: Runtime, app_id: int) -> None:
+    """Takes the application out of its proxy, proves the proxy no longer serves it, then deletes it and its
+    deployment history. If the proxy refuses, the application stays registered and served as before (502)."""
+    app, generation = await _reserve(rt, app_id)
+    try:
+        proxy = await _proxy_of(rt, app)
+        try:
+            await proxy.remove(app.id)
+            if not await proxy.verify_removed(app.id):
+                raise NotServedError("the proxy still serves the application after its removal")
+        except PROXY_ERRORS as exc:
+            await restore(proxy, app.id, _last_table(app, generation))
+            raise ProxyFailed(f"application {app_id} was not removed from its proxy: {exc}") from exc
+    except BaseException:
+        await asyncio.shield(_release(rt, app_id, generation))
+        raise
+    async with unit_of_work(rt.sessions) as session:
+        await DeploymentRepository(session).delete_for_application(app_id)
+        await ApplicationRepository(session).delete(app_id)
+
+
+async def update_application(rt: Runtime, app_id: int, payload: ApplicationUpdate) -> Application:
+    """Changes an application. When routing fields change, the new configuration is applied and proven live
+    before the database records it; if any step fails, the previous configuration is put back (and proven)
+    and nothing is recorded (422 for a refused configuration, 502 for an unreachable proxy)."""
+    app, generation = await _reserve(rt, app_id)
+    applied: list[dict[str, object]] | None = None
+    try:
+        async with rt.sessions() as session:
+            changes, pool = await _check_update(session, app, payload)
+        routing = {"port", "server_ids", "proxy"} & set(changes)
+        if routing:
+            applied = await _apply_update(rt, app, changes, pool, generation)
+    except BaseException:
+        await asyncio.shield(_release(rt, app_id, generation))
+        raise
+    async with unit_of_work(rt.sessions) as session:
+        stored = await ApplicationRepository(session).get(app_id)
+        assert stored is not None
+        for field, value in changes.items():
+            if field == "server_ids":
+                stored.server_links = [ApplicationServer(server_id=sid) for sid in value]
+            else:
+                setattr(stored, field, value)
+        stored.proxy_generation = generation + 1 if applied is not None else generation
+        if applied is not None:
+            stored.proxy_applied = applied
+    async with rt.sessions() as session:
+        fresh = await ApplicationRepository(session).get(app_id)
+    assert fresh is not None
+    return fresh
+
+
+async def _check_update(
+    session: AsyncSession, app: Application, payload: ApplicationUpdate
+) -> tuple[dict[str, Any], list[PoolServer]]:
+    """The fields that change (proxy as a dict) and the server pool after the change; 422/409 listing
+    every problem."""
+    changes: dict[str, Any] = {
+        field: value
+        for field, value in payload.model_dump(exclude_unset=True).items()
+        if value is not None or field == "stop_command"
+    }
+    if "proxy" in changes:
+        changes["proxy"] = payload.proxy.model_dump() if payload.proxy is not None else app.proxy
+    changes = {k: v for k, v in changes.items() if v != getattr(app, k)}
+    apps, servers = ApplicationRepository(session), ServerRepository(session)
+    if "name" in changes and await apps.by_name(changes["name"]):
+        raise Conflict(f"an application named {changes['name']!r} already exists")
+    spec = ProxySpec.model_validate(changes.get("proxy", app.proxy))
+    server_ids = changes.get("server_ids", app.server_ids)
+    known = await servers.many([*server_ids, spec.server_id])
+    problems = [
+        problem(["body", "server_ids", i], f"server {sid} does not exist")
+        for i, sid in enumerate(server_ids)
+        if sid not in known
+    ]
+    if spec.server_id not in known:
+        problems.append(problem(["body", "proxy", "server_id"], f"server {spec.server_id} does not exist"))
+    if "proxy" in changes:
+        problems += await _config_path_taken(apps, spec, app.id)
+    if problems:
+        raise Invalid(problems)
+    port = changes.get("port", app.port)
+    pool = [PoolServer(sid, known[sid].host, port, app.current_version) for sid in server_ids]
+    return changes, pool
+
+
+async def _apply_update(
+    rt: Runtime, app: Application, changes: dict[str, Any], pool: list[PoolServer], generation: int
+) -> list[dict[str, object]]:
+    """Applies and proves the new configuration (returns its backends); on failure puts the old one back
+    and raises."""
+    old_spec = ProxySpec.model_validate(app.proxy)
+    new_spec = ProxySpec.model_validate(changes.get("proxy", app.proxy))
+    old_proxy = await _proxy_of(rt, app)
+    changed = Application(id=app.id, name=changes.get("name", app.name), proxy=new_spec.model_dump())
+    new_proxy = await _proxy_of(rt, changed)
+    moved = (old_spec.server_id, old_spec.config_path) != (new_spec.server_id, new_spec.config_path)
+    backends = desired_backends(
+        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, new_spec.weight_limit
+    )
+    last = _last_table(app, generation)
+    table = RouteTable(app.id, changed.name, tuple(backends), generation + 1)
+    try:
+        await switch(new_proxy, table, last=None if moved else last)
+        if moved:
+            try:
+                await old_proxy.remove(app.id)
+                if not await old_proxy.verify_removed(app.id):
+                    raise NotServedError("the old proxy still serves the application")
+            except PROXY_ERRORS:
+                await restore(new_proxy, app.id, None)
+                await restore(old_proxy, app.id, last)
+                raise
+    except PROXY_ERRORS as exc:
+        message = f"the proxy did not take the new configuration, the previous one is back: {exc}"
+        if isinstance(exc, ProxyConfigError):
+            raise Invalid([problem(["body", "proxy"], message)]) from exc
+        raise ProxyFailed(message) from exc
+    return backends_json(backends)
 
 
 # --- lifecycle of servers (ops) and the deployments list ---------------------------------------------
