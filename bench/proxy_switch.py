@@ -8,7 +8,7 @@ Starts a real nginx and a real HAProxy (the same layouts as the tests: tests/fix
 tests/fixtures/haproxy.py) and five sample-app instances (1 canary at v2, 4 stable at v1) on 127.0.x.y.
 Each round moves the split to the next of 10, 25, 50, 75 %.
 
-* canaryd: `domain.pool.desired_backends` (the decision's weights) then `engine.proxies.push_routes`, the
+* canaryd: `domain.pool.desired_backends` (the decision's weights) then `proxies.switch.switch`, the
   very call the engine makes (apply + verify; it returns once the proxy is proven to serve the new table).
 * bare nginx: the rendered file is written beforehand (not timed); then `nginx -s reload` and a poll of the
   generation probe every 10 ms, on fresh connections, until the new generation answers once.
@@ -41,9 +41,9 @@ from tests.fixtures.nginx import NginxInstance, start_nginx
 from canaryd.db.models import Application
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, State
-from canaryd.engine.proxies import push_routes
 from canaryd.proxies.base import Proxy, RouteTable
 from canaryd.proxies.nginx import GENERATION_PATH, NginxProxy, render_nginx
+from canaryd.proxies.switch import switch
 from canaryd.transports.local import LocalTransport
 
 STAGES = (10.0, 25.0, 50.0, 75.0)
@@ -84,7 +84,7 @@ class Decider:
 async def canaryd_path(
     proxy: Proxy, decider: Decider, rounds: int, generation: int, live: list[float] | None = None
 ) -> list[float]:
-    """Decision → push_routes returned (new weights proven live), per round. With `live`, also collects
+    """Decision → switch returned (new weights proven live), per round. With `live`, also collects
     decision → weights set (the HAProxy adapter's `live_ms`, before it installs and tests the file)."""
     app = Application(id=1, name="bench")
     out = []
@@ -93,7 +93,7 @@ async def canaryd_path(
         t0 = time.perf_counter()
         backends = decider.next()
         decided = time.perf_counter()
-        await push_routes(proxy, app, backends, generation)
+        await switch(proxy, RouteTable(app.id, app.name, tuple(backends), generation), None)
         out.append((time.perf_counter() - t0) * 1000)
         live_ms = getattr(proxy, "live_ms", None)
         if live is not None and live_ms is not None:
@@ -149,7 +149,7 @@ async def bench_nginx(apps: list[AppInstance], rounds: int) -> list[Figures]:
     finally:
         nginx.cleanup()
     return [
-        Figures("nginx   canaryd: decision -> push_routes (apply + verify)", ours),
+        Figures("nginx   canaryd: decision -> switch (apply + verify)", ours),
         Figures("nginx   bare: nginx -s reload -> new generation answers", theirs),
         Figures("nginx   nginx -t alone (canaryd runs it before each reload)", tests),
     ]
@@ -173,7 +173,7 @@ async def bench_haproxy(apps: list[AppInstance], rounds: int) -> list[Figures] |
             decider = Decider(apps, proxy.spec.weight_limit)
             app = Application(id=1, name="bench")
             # The first table declares every server (a reload); every later change is a runtime weight change.
-            await push_routes(proxy, app, decider.next(), 1)
+            await switch(proxy, RouteTable(app.id, app.name, tuple(decider.next()), 1), None)
             live: list[float] = []
             ours = await canaryd_path(proxy, decider, rounds, generation=1, live=live)
             if proxy.last_path != "runtime" or len(live) != rounds:
@@ -200,7 +200,7 @@ async def bench_haproxy(apps: list[AppInstance], rounds: int) -> list[Figures] |
     finally:
         haproxy.cleanup()
     return [
-        Figures("HAProxy canaryd: decision -> push_routes (socket, file, test, read-back)", ours),
+        Figures("HAProxy canaryd: decision -> switch (socket, file, test, read-back)", ours),
         Figures("HAProxy bare: one admin-socket call with the set weight commands", theirs),
         Figures("HAProxy canaryd: decision -> weights set (live_ms, within the above)", live),
     ]

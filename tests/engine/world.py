@@ -107,6 +107,12 @@ class MemoryProxy:
     async def check(self, table: RouteTable) -> bool:
         return await self.verify(table)
 
+    async def remove(self, app_id: int) -> None:
+        self.serving = None
+
+    async def verify_removed(self, app_id: int) -> bool:
+        return self.serving is None
+
     async def traffic_offset(self) -> int:
         self._count()
         return self.offset

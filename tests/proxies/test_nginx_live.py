@@ -141,7 +141,9 @@ async def test_verify_catches_a_reload_nginx_refused(
     nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
 ) -> None:
     """A reload that passes -t but that the master cannot carry out (port taken) is caught by verify()."""
-    proxy = NginxProxy(LocalTransport(), nginx_instance.spec(), "127.0.0.1", http, verify_timeout=0.5)
+    # The default verify timeout where verify must succeed (a loaded machine answers late); 0.5 s where it
+    # must fail, so that the test does not wait out the default.
+    proxy = NginxProxy(LocalTransport(), nginx_instance.spec(), "127.0.0.1", http)
     await proxy.apply(fleet.table(generation=1))
     # Another listener holds the port the new configuration wants: `nginx -t` passes, the reload does not.
     taken = fleet.canary

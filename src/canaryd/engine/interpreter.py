@@ -26,11 +26,12 @@ from canaryd.domain.plan import (
 from canaryd.domain.routing import canary_share
 from canaryd.domain.types import Backend, Cohort, CohortStats
 from canaryd.engine.ports import Clock, Outside
-from canaryd.engine.proxies import backends_json, push_routes
+from canaryd.engine.proxies import backends_json
 from canaryd.engine.store import Loaded, ProxyFacts, RolloutStore
 from canaryd.metrics.prometheus import CohortQuery, MetricSourceError
 from canaryd.observability import Metrics
 from canaryd.proxies.base import Proxy, RouteTable
+from canaryd.proxies.switch import switch
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,14 @@ class Interpreter:
             # Restarted, reloaded from other files, or its runtime weights lost: say so and re-assert.
             why = f"the proxy no longer served generation {self.generation}"
             self.events.append(Event(EventKind.PROXY_REASSERTED, (why,)))
-        applied = await push_routes(self.proxy, app, backends, self.generation + 1)
+        # Proven live, or the last table proven live is put back before the error is raised.
+        last = RouteTable(app.id, app.name, tuple(Backend(**b) for b in self.applied), self.generation)
+        table = RouteTable(app.id, app.name, backends, self.generation + 1)
+        live_ms = await switch(self.proxy, table, last if self.applied else None)
         self.checked = True
-        self.metrics.proxy_applied(str(app.proxy.get("kind", "unknown")), applied.live_ms / 1000)
-        self.generation, self.applied = applied.generation, applied.backends
-        self._live = (self.clock.now(), applied.live_ms)
+        self.metrics.proxy_applied(str(app.proxy.get("kind", "unknown")), live_ms / 1000)
+        self.generation, self.applied = table.generation, backends_json(backends)
+        self._live = (self.clock.now(), live_ms)
 
     async def deploy(self, effect: DeployServer) -> None:
         """Stop and deploy commands on a drained server, then its health gate. The server is reached first,
