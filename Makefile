@@ -26,7 +26,7 @@ lint: setup ## ruff check, ruff format --check, mypy, import layers, dead code
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 	$(VENV)/lint-imports
-	$(VENV)/vulture src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60
+	$(VENV)/vulture src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60 --exclude src/canaryd/migrations
 
 format: setup ## Fix what ruff can fix and format the code
 	$(VENV)/ruff check --fix .

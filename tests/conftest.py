@@ -90,6 +90,8 @@ def redis_url() -> str:
     """A Redis database for one test (flushed first)."""
     if not redis_ready():
         pytest.fail("Redis is not answering on 127.0.0.1:6379 (scripts/test.sh starts it)", pytrace=False)
-    db = 1 + (os.getpid() % 14)
+    # One database per pytest-xdist worker (gw0, gw1, …), so that no worker flushes another's queue.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    db = 1 + (int(worker) if worker.isdigit() else os.getpid()) % 14
     subprocess.run(["redis-cli", "-n", str(db), "FLUSHDB"], check=True, capture_output=True)
     return f"redis://127.0.0.1:6379/{db}"

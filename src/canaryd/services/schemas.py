@@ -76,15 +76,6 @@ class ApplicationCreate(StrictModel):
             raise ValueError("server_ids must not repeat a server")
         return ids
 
-    @field_validator("proxy")
-    @classmethod
-    def _supported(cls, proxy: ProxySpec) -> ProxySpec:
-        if proxy.kind not in ("nginx", "haproxy", "traefik"):
-            raise ValueError(
-                f"proxy kind {proxy.kind!r} is not supported; use 'nginx', 'haproxy' or 'traefik'"
-            )
-        return proxy
-
 
 class DeploymentCreate(StrictModel):
     version: Version
