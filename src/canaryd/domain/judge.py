@@ -172,6 +172,65 @@ def _latency(
     return MetricVerdict("latency_p95", Outcome.FAIL if worse else Outcome.PASS, reason, figures)
 
 
+def _threshold_waiting(
+    canary: CohortStats, stable: CohortStats, baseline: CohortStats, comparison: CohortStats, need: int
+) -> list[str]:
+    """What the traffic checks are still waiting for: each side short of `need` requests."""
+    waiting: list[str] = []
+    if canary.requests < need:
+        waiting.append(f"canary has {canary.requests} of the {need} requests needed")
+    if comparison.requests < need:
+        waiting.append(
+            f"stable has {stable.requests} of the {need} requests needed "
+            f"(and {baseline.requests} over the whole deployment)"
+        )
+    return waiting
+
+
+def _threshold_metrics(
+    canary: CohortStats,
+    comparison: CohortStats,
+    label: str,
+    health: MetricVerdict,
+    waiting: list[str],
+    config: CanaryConfig,
+) -> list[MetricVerdict]:
+    """The threshold judge's metric verdicts: health, then error rate and p95 (inconclusive while waiting)."""
+    if waiting:
+        why = "; ".join(waiting)
+        return [
+            health,
+            MetricVerdict(
+                "error_rate", Outcome.INCONCLUSIVE, f"error_rate: {why}", {"canary_requests": canary.requests}
+            ),
+            MetricVerdict(
+                "latency_p95",
+                Outcome.INCONCLUSIVE,
+                f"latency_p95: {why}",
+                {"canary_requests": canary.requests},
+            ),
+        ]
+    return [
+        health,
+        _error_rate(canary, comparison, label, config.error_rate_threshold),
+        _latency(canary, comparison, label, config.latency_threshold, config.latency_min_difference_ms),
+    ]
+
+
+def _threshold_outcome(
+    metrics: list[MetricVerdict], waiting: list[str], canary: CohortStats, comparison: CohortStats, label: str
+) -> tuple[Outcome, tuple[str, ...]]:
+    """The threshold judge's overall outcome and reasons: any failure fails, then waiting, then pass."""
+    failed = [m.reason for m in metrics if m.outcome is Outcome.FAIL]
+    if failed:
+        return Outcome.FAIL, tuple(failed)
+    if waiting:
+        return Outcome.INCONCLUSIVE, tuple(waiting)
+    if any(m.outcome is Outcome.INCONCLUSIVE for m in metrics):
+        return Outcome.INCONCLUSIVE, tuple(m.reason for m in metrics if m.outcome is Outcome.INCONCLUSIVE)
+    return Outcome.PASS, (_summary(canary, comparison, label),)
+
+
 def judge_threshold(
     canary: CohortStats,
     stable: CohortStats,
@@ -185,49 +244,9 @@ def judge_threshold(
     use_stable = stable.requests >= need
     comparison = stable if use_stable else baseline
     label = "stable" if use_stable else "stable baseline"
-
-    waiting: list[str] = []
-    if canary.requests < need:
-        waiting.append(f"canary has {canary.requests} of the {need} requests needed")
-    if comparison.requests < need:
-        waiting.append(
-            f"stable has {stable.requests} of the {need} requests needed "
-            f"(and {baseline.requests} over the whole deployment)"
-        )
-
-    metrics: list[MetricVerdict]
-    if waiting:
-        why = "; ".join(waiting)
-        metrics = [
-            health,
-            MetricVerdict(
-                "error_rate", Outcome.INCONCLUSIVE, f"error_rate: {why}", {"canary_requests": canary.requests}
-            ),
-            MetricVerdict(
-                "latency_p95",
-                Outcome.INCONCLUSIVE,
-                f"latency_p95: {why}",
-                {"canary_requests": canary.requests},
-            ),
-        ]
-    else:
-        metrics = [
-            health,
-            _error_rate(canary, comparison, label, config.error_rate_threshold),
-            _latency(canary, comparison, label, config.latency_threshold, config.latency_min_difference_ms),
-        ]
-
-    failed = [m.reason for m in metrics if m.outcome is Outcome.FAIL]
-    if failed:
-        outcome, reasons = Outcome.FAIL, tuple(failed)
-    elif waiting:
-        outcome, reasons = Outcome.INCONCLUSIVE, tuple(waiting)
-    elif any(m.outcome is Outcome.INCONCLUSIVE for m in metrics):
-        outcome = Outcome.INCONCLUSIVE
-        reasons = tuple(m.reason for m in metrics if m.outcome is Outcome.INCONCLUSIVE)
-    else:
-        outcome = Outcome.PASS
-        reasons = (_summary(canary, comparison, label),)
+    waiting = _threshold_waiting(canary, stable, baseline, comparison, need)
+    metrics = _threshold_metrics(canary, comparison, label, health, waiting, config)
+    outcome, reasons = _threshold_outcome(metrics, waiting, canary, comparison, label)
     return Verdict(outcome, tuple(metrics), reasons, "stable" if use_stable else "baseline")
 
 
@@ -754,35 +773,35 @@ def _end_p_value(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -
     return upper_tail(stream.end_offset, stream.end_null, observed)
 
 
-def _compare(
-    metric: str,
-    what: str,
-    stage: Tally,
-    evidence: Evidence,
-    margin: float,
-    alphas: tuple[float, float],
-    config: CanaryConfig,
-    extra: Figures,
-    latency: tuple[CohortStats, CohortStats, float] | None = None,
-) -> tuple[MetricVerdict, Stream]:
-    """The bucketed sequential comparison of one metric, plus the stage-end look; its verdict and state."""
-    alpha, end_alpha = alphas
+def _open_stream(metric: str, evidence: Evidence) -> Stream:
+    """The metric's stream so far, or a fresh one carrying the e-value of evidence written before buckets."""
     stream = evidence.streams.get(metric)
     if stream is None:  # first check, or evidence written before time buckets: carry its e-value
         carried = evidence.carried.get(metric, 0.0)
         stream = Stream(log_lr=(carried,) * len(RATIOS), stage_start=carried)
-    elapsed = (stream.stage_checks + 1) * config.health_check_interval
-    end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
-    stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
-    if end_look:
-        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
-    log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
-    log_e = log_mixture(log_lr)
-    threshold = math.log(1 / alpha)
-    total = evidence.prior.get(metric, Tally()) + _compared(stage)
-    worse = "stable" if margin == 1 else f"{margin:g} × stable"
-    null_mean = sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
-    figures: Figures = {
+    return stream
+
+
+def _null_mean(stream: Stream) -> float:
+    """The mean of the stage-end look's null distribution of counted canary events."""
+    return sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
+
+
+def _compare_figures(
+    what: str,
+    stage: Tally,
+    stream: Stream,
+    bucket: _Bucket,
+    margin: float,
+    alphas: tuple[float, float],
+    log_e: float,
+    total: Tally,
+    config: CanaryConfig,
+    extra: Figures,
+) -> Figures:
+    """The figures a comparison's verdict reports: counts, e-values, buckets, the stage-end look, power."""
+    alpha, end_alpha = alphas
+    return {
         **extra,
         "canary_requests": stage.canary_requests,
         f"canary_{what}": stage.canary_events,
@@ -800,7 +819,7 @@ def _compare(
         "overdispersion_stable": round(bucket.r_stable, 5),
         "design_effect": round(bucket.design_effect, 3),
         "stage_end_counted": stream.end_counted,
-        "stage_end_expected": round(null_mean, 3),
+        "stage_end_expected": round(_null_mean(stream), 3),
         "stage_end_p_value": None if stream.end_p is None else round(stream.end_p, 6),
         "stage_end_alpha": round(end_alpha, 6),
         "rollout_canary_requests": total.canary_requests,
@@ -809,34 +828,69 @@ def _compare(
         "pass_rules_out_pp": config.detect_min_increase,
         "pass_power": config.power,
     }
-    counts = (
+
+
+def _counts_text(what: str, stage: Tally) -> str:
+    """This stage's canary and stable counts, as reasons quote them."""
+    return (
         f"canary {what} {_rate(stage.canary_events, stage.canary_requests)} vs stable "
         f"{_rate(stage.stable_events, stage.stable_requests)}"
     )
+
+
+def _failure_reason(
+    metric: str,
+    what: str,
+    stage: Tally,
+    stream: Stream,
+    bucket: _Bucket,
+    margin: float,
+    alphas: tuple[float, float],
+    log_e: float,
+    end_look: bool,
+    config: CanaryConfig,
+) -> str | None:
+    """Why the canary is shown worse (the e-value at 1/α, or the stage-end look rejecting), else None."""
+    alpha, end_alpha = alphas
+    counts = _counts_text(what, stage)
+    worse = "stable" if margin == 1 else f"{margin:g} × stable"
     dispersion = (
         f"{stream.buckets} buckets of {config.bucket_seconds} s, {stream.capped} at the cap, "
         f"over-dispersion {bucket.r_canary:.3f}/{bucket.r_stable:.3f}"
     )
-    if log_e >= threshold:
-        reason = (
+    if log_e >= math.log(1 / alpha):
+        return (
             f"{metric}: {counts}; e={_e(log_e)} ≥ {1 / alpha:g} ({dispersion}): "
             f"the canary is worse than {worse}"
         )
-        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stream
     if end_look and stream.end_p is not None and stream.end_p <= end_alpha:
-        reason = (
+        return (
             f"{metric}: {counts}; at the stage's end {stream.end_counted} canary {what} counted "
-            f"against {null_mean:.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
+            f"against {_null_mean(stream):.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
             f"the canary is worse than {worse}"
         )
-        return MetricVerdict(metric, Outcome.FAIL, reason, figures), stream
+    return None
 
-    if total.stable_requests == 0 or total.canary_requests == 0:
-        missing = "stable" if total.stable_requests == 0 else "canary"
-        reason = f"{metric}: no {missing} traffic to compare with yet"
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
 
-    # The regression a pass must have been able to catch, at the stable rate seen so far.
+@dataclass(frozen=True)
+class _Detectable:
+    """The regression a pass must have been able to catch, and the canary requests needed to catch it."""
+
+    p_alt: float
+    ratio_wins: bool
+    need: int | None
+
+
+def _detectable(
+    stream: Stream,
+    bucket: _Bucket,
+    stage: Tally,
+    total: Tally,
+    margin: float,
+    alpha: float,
+    config: CanaryConfig,
+) -> _Detectable:
+    """The smallest regression a pass rules out, at the stable rate so far, and the requests it needs."""
     rho = total.canary_requests / (total.canary_requests + total.stable_requests)
     p_s = total.stable_events / total.stable_requests
     by_ratio = config.detect_ratio * p_s
@@ -844,7 +898,6 @@ def _compare(
     p_alt = min(max(by_ratio, by_points), 1.0)
     theta1 = rho * p_alt / (rho * p_alt + (1 - rho) * p_s)
     lam = events_needed_mixture(null_share(rho, margin), theta1, alpha, config.power)
-    size = _detect_text(config, by_ratio >= by_points, what)
     if lam is None:
         need: int | None = None
     else:
@@ -852,28 +905,83 @@ def _compare(
         phi = _typical_design_effect(stream, bucket, stage, margin)
         per_request = rho * p_alt + (1 - rho) * p_s  # events per request, were the canary that bad
         need = math.ceil(rho * lam * phi / per_request)
+    return _Detectable(p_alt, by_ratio >= by_points, need)
+
+
+def _pass_or_wait(
+    metric: str,
+    what: str,
+    stage: Tally,
+    stream: Stream,
+    bucket: _Bucket,
+    total: Tally,
+    margin: float,
+    alpha: float,
+    log_e: float,
+    config: CanaryConfig,
+    figures: Figures,
+) -> tuple[Outcome, str]:
+    """A comparison not shown worse: pass only with enough traffic to have caught the regression, else wait."""
+    counts = _counts_text(what, stage)
+    if total.stable_requests == 0 or total.canary_requests == 0:
+        missing = "stable" if total.stable_requests == 0 else "canary"
+        return Outcome.INCONCLUSIVE, f"{metric}: no {missing} traffic to compare with yet"
+    detect = _detectable(stream, bucket, stage, total, margin, alpha, config)
+    size = _detect_text(config, detect.ratio_wins, what)
+    need = detect.need
     figures["canary_requests_needed"] = need
     if need is None:
-        reason = f"{metric}: {counts}; {size} cannot be shown with margin {margin:g} at this share of traffic"
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
+        return (
+            Outcome.INCONCLUSIVE,
+            f"{metric}: {counts}; {size} cannot be shown with margin {margin:g} at this share of traffic",
+        )
     if total.canary_requests < need:
-        reason = (
+        return Outcome.INCONCLUSIVE, (
             f"{metric}: canary has {total.canary_requests} of the ~{need} requests needed to rule out "
             f"{size} ({counts}; e={_e(log_e)})"
         )
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
-    if total.canary_events >= p_alt * total.canary_requests:
+    if total.canary_events >= detect.p_alt * total.canary_requests:
         # The exposure would have caught this size; the counts are at or beyond it but (capped, tempered)
         # not shown yet: never a pass.
-        reason = (
+        return Outcome.INCONCLUSIVE, (
             f"{metric}: {counts}; the canary looks at least {size} but it is not shown yet (e={_e(log_e)})"
         )
-        return MetricVerdict(metric, Outcome.INCONCLUSIVE, reason, figures), stream
-    reason = (
+    return Outcome.PASS, (
         f"{metric}: {counts}; enough traffic to have caught {size} with power {config.power:g} "
         f"(e={_e(log_e)}); a canary less worse than that may pass"
     )
-    return MetricVerdict(metric, Outcome.PASS, reason, figures), stream
+
+
+def _compare(
+    metric: str,
+    what: str,
+    stage: Tally,
+    evidence: Evidence,
+    margin: float,
+    alphas: tuple[float, float],
+    config: CanaryConfig,
+    extra: Figures,
+    latency: tuple[CohortStats, CohortStats, float] | None = None,
+) -> tuple[MetricVerdict, Stream]:
+    """The bucketed sequential comparison of one metric, plus the stage-end look; its verdict and state."""
+    alpha, end_alpha = alphas
+    stream = _open_stream(metric, evidence)
+    elapsed = (stream.stage_checks + 1) * config.health_check_interval
+    end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
+    stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
+    if end_look:
+        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
+    log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
+    log_e = log_mixture(log_lr)
+    total = evidence.prior.get(metric, Tally()) + _compared(stage)
+    figures = _compare_figures(what, stage, stream, bucket, margin, alphas, log_e, total, config, extra)
+    failure = _failure_reason(metric, what, stage, stream, bucket, margin, alphas, log_e, end_look, config)
+    if failure is not None:
+        return MetricVerdict(metric, Outcome.FAIL, failure, figures), stream
+    outcome, reason = _pass_or_wait(
+        metric, what, stage, stream, bucket, total, margin, alpha, log_e, config, figures
+    )
+    return MetricVerdict(metric, outcome, reason, figures), stream
 
 
 def _stage_log_e(stream: Stream) -> float:
@@ -908,10 +1016,8 @@ def _host(
     return MetricVerdict(metric, Outcome.FAIL if failing else Outcome.PASS, text, figures)
 
 
-def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
-    """Judges one check with guards, the always-valid count tests and the host comparisons."""
-    evidence = obs.evidence.at_stage(obs.stage)
-    alpha = alpha_shares(config)
+def _guards(obs: Observation, config: CanaryConfig, alpha: Mapping[str, float]) -> list[MetricVerdict]:
+    """The guards outside the comparisons: health, no data, and the configured SLO ceilings."""
     k = config.sequential_k
     canary, stable = obs.canary, obs.stable
     metrics: list[MetricVerdict] = [
@@ -933,28 +1039,47 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
         metrics.append(
             _ceiling("latency_slo", "slow", above, canary.requests, 1 - q, limit, alpha["latency_slo"], k)
         )
+    return metrics
 
-    current: dict[str, float] = {}
-    latest: dict[str, Tally] = {}
-    streams: dict[str, Stream] = dict(evidence.streams)
-    end_alpha = stage_end_alpha_shares(config)
+
+def _error_comparison(
+    obs: Observation,
+    evidence: Evidence,
+    config: CanaryConfig,
+    alpha: Mapping[str, float],
+    end_alpha: Mapping[str, float],
+) -> tuple[MetricVerdict, Stream, Tally]:
+    """The error-rate comparison: its verdict, its stream, and the error counts it judged."""
+    canary, stable = obs.canary, obs.stable
     errors = Tally(canary.requests, canary.errors, stable.requests, stable.errors)
-    verdict, streams["error_rate"] = _compare(
+    verdict, stream = _compare(
         "error_rate", "errors", errors, evidence, config.error_rate_margin,
         (alpha["error_rate"], end_alpha["error_rate"]), config,
         {"canary_error_rate": canary.error_rate, "stable_error_rate": stable.error_rate},
     )  # fmt: skip
-    current["error_rate"] = _stage_log_e(streams["error_rate"])
-    latest["error_rate"] = errors
-    metrics.append(verdict)
+    return verdict, stream, errors
 
+
+def _latency_tail_ms(obs: Observation, config: CanaryConfig) -> float | None:
+    """The slow-request threshold: `latency_tail_ms`, else baseline p95 plus the minimum difference."""
     base_p95 = obs.baseline.quantile_ms(0.95)
     if config.latency_tail_ms is not None:
-        threshold_ms: float | None = config.latency_tail_ms
-    elif base_p95 is not None:
-        threshold_ms = base_p95 + config.latency_min_difference_ms
-    else:
-        threshold_ms = None
+        return config.latency_tail_ms
+    if base_p95 is not None:
+        return base_p95 + config.latency_min_difference_ms
+    return None
+
+
+def _latency_comparison(
+    obs: Observation,
+    evidence: Evidence,
+    config: CanaryConfig,
+    alpha: Mapping[str, float],
+    end_alpha: Mapping[str, float],
+) -> tuple[MetricVerdict, tuple[Stream, Tally] | None]:
+    """The latency-tail comparison: its verdict and, when a threshold is known, its stream and counts."""
+    canary, stable = obs.canary, obs.stable
+    threshold_ms = _latency_tail_ms(obs, config)
     latency_figures: Figures = {
         "threshold_ms": None if threshold_ms is None else round(threshold_ms, 3),
         "canary_p50_ms": canary.quantile_ms(0.5),
@@ -964,23 +1089,25 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
     }
     if threshold_ms is None:
         reason = "latency_tail: no stable latency data yet to set the threshold"
-        metrics.append(MetricVerdict("latency_tail", Outcome.INCONCLUSIVE, reason, latency_figures))
-    else:
-        slow = Tally(
-            canary.requests,
-            canary.slower_than(threshold_ms),
-            stable.requests,
-            stable.slower_than(threshold_ms),
-        )
-        verdict, streams["latency_tail"] = _compare(
-            "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
-            (alpha["latency_tail"], end_alpha["latency_tail"]), config, latency_figures,
-            (canary, stable, threshold_ms),
-        )  # fmt: skip
-        current["latency_tail"] = _stage_log_e(streams["latency_tail"])
-        latest["latency_tail"] = slow
-        metrics.append(verdict)
+        return MetricVerdict("latency_tail", Outcome.INCONCLUSIVE, reason, latency_figures), None
+    slow = Tally(
+        canary.requests,
+        canary.slower_than(threshold_ms),
+        stable.requests,
+        stable.slower_than(threshold_ms),
+    )
+    verdict, stream = _compare(
+        "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
+        (alpha["latency_tail"], end_alpha["latency_tail"]), config, latency_figures,
+        (canary, stable, threshold_ms),
+    )  # fmt: skip
+    return verdict, (stream, slow)
 
+
+def _host_verdicts(
+    obs: Observation, evidence: Evidence, config: CanaryConfig
+) -> tuple[list[MetricVerdict], int, int, int]:
+    """The cpu and memory verdicts, with the stage's host checks and cpu/memory worse counts so far."""
     host_checks, cpu_worse, memory_worse = evidence.host_checks, evidence.cpu_worse, evidence.memory_worse
     readings = [
         ("cpu", config.cpu_tolerance, [h.cpu_percent for h in obs.canary_load], [h.cpu_percent for h in obs.stable_load]),
@@ -988,6 +1115,7 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
     ]  # fmt: skip
     if any(tol is not None for _, tol, _, _ in readings) and (obs.canary_load or obs.stable_load):
         host_checks += 1
+    metrics: list[MetricVerdict] = []
     for metric, tolerance, c_values, s_values in readings:
         if tolerance is None:
             continue
@@ -999,7 +1127,34 @@ def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
         else:
             memory_worse += bad
             metrics.append(_host(metric, c, s, tolerance, memory_worse, host_checks))
+    return metrics, host_checks, cpu_worse, memory_worse
 
+
+def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
+    """Judges one check with guards, the always-valid count tests and the host comparisons."""
+    evidence = obs.evidence.at_stage(obs.stage)
+    alpha = alpha_shares(config)
+    metrics = _guards(obs, config, alpha)
+
+    current: dict[str, float] = {}
+    latest: dict[str, Tally] = {}
+    streams: dict[str, Stream] = dict(evidence.streams)
+    end_alpha = stage_end_alpha_shares(config)
+    verdict, streams["error_rate"], latest["error_rate"] = _error_comparison(
+        obs, evidence, config, alpha, end_alpha
+    )
+    current["error_rate"] = _stage_log_e(streams["error_rate"])
+    metrics.append(verdict)
+
+    verdict, latency_state = _latency_comparison(obs, evidence, config, alpha, end_alpha)
+    if latency_state is not None:
+        streams["latency_tail"], slow = latency_state
+        current["latency_tail"] = _stage_log_e(streams["latency_tail"])
+        latest["latency_tail"] = slow
+    metrics.append(verdict)
+
+    host_metrics, host_checks, cpu_worse, memory_worse = _host_verdicts(obs, evidence, config)
+    metrics.extend(host_metrics)
     new_evidence = replace(
         evidence,
         current=current,
