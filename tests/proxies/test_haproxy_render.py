@@ -10,7 +10,7 @@ from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Backend, Cohort, bucket_of
 from canaryd.proxies.base import RouteTable
 from canaryd.proxies.haproxy import (
-    Counters,
+    HaproxyCounters,
     all_expected_weights,
     counter_deltas,
     declared_servers,
@@ -226,8 +226,11 @@ def cohort_of(address: str) -> Cohort | None:
 def test_show_stat_counters_and_deltas() -> None:
     """`show stat` rows of the backend's servers become per-cohort deltas at the servers' average latency."""
     after = parse_show_stat(STAT, "canaryd_app_7")
-    assert after == {"127.0.0.2:9000": Counters(40, 4, 12.0), "127.0.0.3:9000": Counters(100, 0, 3.0)}
-    before = {"127.0.0.2:9000": Counters(30, 1, 10.0), "127.0.0.3:9000": Counters(60, 0, 3.0)}
+    assert after == {
+        "127.0.0.2:9000": HaproxyCounters(40, 4, 12.0),
+        "127.0.0.3:9000": HaproxyCounters(100, 0, 3.0),
+    }
+    before = {"127.0.0.2:9000": HaproxyCounters(30, 1, 10.0), "127.0.0.3:9000": HaproxyCounters(60, 0, 3.0)}
     got = counter_deltas(before, after, True, cohort_of)
     assert (got["canary"].requests, got["canary"].errors) == (10, 3)
     assert got["canary"].latency_buckets == {bucket_of(12.0): 10}
@@ -236,7 +239,7 @@ def test_show_stat_counters_and_deltas() -> None:
     fresh = counter_deltas(before, after, False, cohort_of)
     assert (fresh["canary"].requests, fresh["stable"].requests) == (40, 100)
     # Counters below the snapshot mean a restart that the pid did not reveal: count from 0 too.
-    reset = counter_deltas({"127.0.0.2:9000": Counters(400, 0, 1.0)}, after, True, cohort_of)
+    reset = counter_deltas({"127.0.0.2:9000": HaproxyCounters(400, 0, 1.0)}, after, True, cohort_of)
     assert reset["canary"].requests == 40
 
 

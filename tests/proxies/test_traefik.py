@@ -24,7 +24,7 @@ from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, Cohort, CohortStats, State, bucket_of
 from canaryd.proxies.base import ProxyConfigError, RouteTable
 from canaryd.proxies.traefik import (
-    Counters,
+    TraefikCounters,
     TraefikProxy,
     check_dynamic_config,
     counters_delta,
@@ -277,7 +277,7 @@ def test_service_counters_sum_codes_and_ignore_other_services() -> None:
 
 def test_histogram_becomes_upper_edge_latency_buckets() -> None:
     """Each request lands at its Traefik bucket's upper edge; +Inf lands just above the last finite edge."""
-    delta = Counters(10, 0, {"0.1": 5, "0.3": 8, "1.2": 8, "5": 9, "+Inf": 10})
+    delta = TraefikCounters(10, 0, {"0.1": 5, "0.3": 8, "1.2": 8, "5": 9, "+Inf": 10})
     stats = to_cohort_stats(delta)
     assert stats.latency_buckets == {
         bucket_of(100.0): 5,
@@ -290,9 +290,13 @@ def test_histogram_becomes_upper_edge_latency_buckets() -> None:
 
 def test_counter_reset_counts_from_zero() -> None:
     """A counter lower than the snapshot (Traefik restarted) is taken whole."""
-    before = Counters(500, 5, {"+Inf": 500})
-    assert counters_delta(Counters(40, 1, {"+Inf": 40}), before) == Counters(40, 1, {"+Inf": 40})
-    assert counters_delta(Counters(540, 6, {"+Inf": 540}), before) == Counters(40, 1, {"+Inf": 40})
+    before = TraefikCounters(500, 5, {"+Inf": 500})
+    assert counters_delta(TraefikCounters(40, 1, {"+Inf": 40}), before) == TraefikCounters(
+        40, 1, {"+Inf": 40}
+    )
+    assert counters_delta(TraefikCounters(540, 6, {"+Inf": 540}), before) == TraefikCounters(
+        40, 1, {"+Inf": 40}
+    )
 
 
 def metrics_client(scrapes: list[str]) -> httpx.AsyncClient:
@@ -387,6 +391,6 @@ async def test_file_provider_write_through_sshd(tmp_path: Path, ssh_pool: SshPoo
 def test_cohort_stats_merge_is_what_the_engine_expects() -> None:
     """to_cohort_stats returns plain CohortStats that merge with access-log readings."""
     merged = CohortStats(1, 0, {bucket_of(50.0): 1}).merge(
-        to_cohort_stats(Counters(2, 1, {"0.1": 2, "+Inf": 2}))
+        to_cohort_stats(TraefikCounters(2, 1, {"0.1": 2, "+Inf": 2}))
     )
     assert (merged.requests, merged.errors, sum(merged.latency_buckets.values())) == (3, 1, 3)

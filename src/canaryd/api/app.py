@@ -100,6 +100,14 @@ def create_app(settings: Settings) -> FastAPI:
     ui.mount(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
+    _add_error_handlers(app, settings)
+    _add_operations_routes(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """Service errors, validation problems and database trouble as JSON answers."""
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         detail: Any = _clean(exc.problems) if isinstance(exc, Invalid) else exc.message
@@ -133,6 +141,10 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+
+def _add_operations_routes(app: FastAPI) -> None:
+    """/healthz, /metrics and the middleware that times every request (no token needed)."""
 
     @app.get(
         "/healthz",
@@ -177,5 +189,3 @@ def create_app(settings: Settings) -> FastAPI:
                 request.method, template, response.status_code, time.perf_counter() - started
             )
         return response
-
-    return app

@@ -384,24 +384,24 @@ def _same_host(resolved: str, host: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Counters:
+class HaproxyCounters:
     requests: int
     errors: int
     rtime_ms: float
 
 
-def parse_show_stat(text: str, backend: str) -> dict[str, Counters]:
+def parse_show_stat(text: str, backend: str) -> dict[str, HaproxyCounters]:
     """Per-server counters (keyed by the server's `host:port`) of `backend` from `show stat` CSV."""
     text = text.lstrip()
     if text.startswith("# "):
         text = text[2:]
-    out: dict[str, Counters] = {}
+    out: dict[str, HaproxyCounters] = {}
     for row in csv.DictReader(io.StringIO(text)):
         if row.get("pxname") != backend or row.get("svname") in (None, "FRONTEND", "BACKEND"):
             continue
         addr = row.get("addr") or ""
         try:
-            out[addr] = Counters(
+            out[addr] = HaproxyCounters(
                 int(row.get("stot") or 0), int(row.get("hrsp_5xx") or 0), float(row.get("rtime") or 0)
             )
         except ValueError:
@@ -419,8 +419,8 @@ def parse_show_info_pid(text: str) -> int | None:
 
 
 def counter_deltas(
-    before: Mapping[str, Counters] | None,
-    after: Mapping[str, Counters],
+    before: Mapping[str, HaproxyCounters] | None,
+    after: Mapping[str, HaproxyCounters],
     same_process: bool,
     cohort_of: Callable[[str], Cohort | None],
 ) -> dict[Cohort, CohortStats]:
@@ -486,6 +486,81 @@ def parse_log_lines(
     return result
 
 
+# --- the admin socket --------------------------------------------------------------------------------------
+
+
+def merge_counters(a: HaproxyCounters, b: HaproxyCounters) -> HaproxyCounters:
+    """One server's counters from two backends: requests and errors summed, response times averaged."""
+    requests = a.requests + b.requests
+    rtime = (a.rtime_ms * a.requests + b.rtime_ms * b.requests) / requests if requests else 0.0
+    return HaproxyCounters(requests, a.errors + b.errors, rtime)
+
+
+def stored_counters(data: Mapping[str, Any]) -> dict[str, HaproxyCounters]:
+    """The per-server counters of a stored snapshot (`[requests, errors, rtime_ms]` per address)."""
+    raw = data.get("servers")
+    return {
+        a: HaproxyCounters(int(v[0]), int(v[1]), float(v[2]))
+        for a, v in (raw.items() if isinstance(raw, dict) else [])
+        if isinstance(v, list) and len(v) == 3
+    }
+
+
+class RuntimeApi:
+    """HAProxy's admin socket (`runtime_socket`) on the proxy's server: commands, servers state, weights and
+    counters, each call one connection."""
+
+    def __init__(self, transport: Transport, socket: str, proxy_host: str) -> None:
+        self.transport = transport
+        self.socket = socket
+        self.proxy_host = proxy_host
+
+    async def command(self, *commands: str) -> str:
+        """Runs commands on the admin socket in one connection; returns HAProxy's answer."""
+        for c in commands:
+            if any(ch in c for ch in ";\n\r\x00"):
+                raise ValueError(f"unsafe runtime command {c[:80]!r}")
+        payload = (";".join(commands) + "\n").encode()
+        try:
+            answer = await self.transport.unix_request(self.socket, payload, SOCKET_TIMEOUT)
+        except TransportError as exc:
+            raise ProxyUnavailableError(f"HAProxy admin socket on {self.proxy_host}: {exc}") from exc
+        return answer.decode("utf-8", errors="replace")
+
+    async def servers(self, app_id: int, cohort: Cohort | None = None) -> dict[str, RuntimeServer] | None:
+        return parse_servers_state(await self.command(f"show servers state {backend_name(app_id, cohort)}"))
+
+    async def set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> None:
+        """Sets backend -> server -> weight in one admin-socket connection."""
+        answer = await self.command(
+            *(
+                f"set weight {backend}/{n} {w}"
+                for backend, servers in sorted(weights.items())
+                for n, w in sorted(servers.items())
+            )
+        )
+        if answer.strip():
+            raise ProxyUnavailableError(f"HAProxy refused a weight change: {answer.strip()[:300]}")
+
+    async def counters(self, backends: Iterable[str]) -> tuple[int | None, dict[str, HaproxyCounters]]:
+        """HAProxy's process id and the per-server counters summed over `backends`."""
+        info = await self.command("show info")
+        total: dict[str, HaproxyCounters] = {}
+        for backend in backends:
+            for addr, c in parse_show_stat(await self.command(f"show stat {backend} 4 -1"), backend).items():
+                old = total.get(addr)
+                total[addr] = c if old is None else merge_counters(old, c)
+        return parse_show_info_pid(info), total
+
+
+async def get_marker(http: httpx.AsyncClient, url: str, timeout: float) -> httpx.Response | None:
+    """GET the frontend's marker path on a fresh connection; None when nothing answers."""
+    try:
+        return await http.get(url, headers={"Connection": "close"}, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
 # --- the adapter -------------------------------------------------------------------------------------------
 
 
@@ -508,6 +583,7 @@ class HaproxyProxy:
         self.transport = transport
         self.spec = spec
         self.socket: str = spec.runtime_socket
+        self.runtime = RuntimeApi(transport, spec.runtime_socket, proxy_host)
         self.proxy_host = proxy_host
         self.http = http
         self.verify_timeout = verify_timeout
@@ -520,35 +596,9 @@ class HaproxyProxy:
         self._known_app_id: int | None = None
         self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
 
-    # runtime API -----------------------------------------------------------------------------------------
     async def command(self, *commands: str) -> str:
-        """Runs commands on the admin socket in one connection; returns HAProxy's answer."""
-        for c in commands:
-            if any(ch in c for ch in ";\n\r\x00"):
-                raise ValueError(f"unsafe runtime command {c[:80]!r}")
-        payload = (";".join(commands) + "\n").encode()
-        try:
-            answer = await self.transport.unix_request(self.socket, payload, SOCKET_TIMEOUT)
-        except TransportError as exc:
-            raise ProxyUnavailableError(f"HAProxy admin socket on {self.proxy_host}: {exc}") from exc
-        return answer.decode("utf-8", errors="replace")
-
-    async def runtime_servers(
-        self, app_id: int, cohort: Cohort | None = None
-    ) -> dict[str, RuntimeServer] | None:
-        return parse_servers_state(await self.command(f"show servers state {backend_name(app_id, cohort)}"))
-
-    async def _set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> None:
-        """Sets backend -> server -> weight in one admin-socket connection."""
-        answer = await self.command(
-            *(
-                f"set weight {backend}/{n} {w}"
-                for backend, servers in sorted(weights.items())
-                for n, w in sorted(servers.items())
-            )
-        )
-        if answer.strip():
-            raise ProxyUnavailableError(f"HAProxy refused a weight change: {answer.strip()[:300]}")
+        """Runs commands on the admin socket in one connection (RuntimeApi.command)."""
+        return await self.runtime.command(*commands)
 
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
@@ -579,7 +629,7 @@ class HaproxyProxy:
             self.last_path, self.live_ms = "reload", None
             return
         # Weights first: live at once (a rollback to 0 % must not wait for the test command).
-        await self._set_weights(all_expected_weights(table, declared, self.spec))
+        await self.runtime.set_weights(all_expected_weights(table, declared, self.spec))
         self.live_ms = (time.perf_counter() - started) * 1000
         self.last_path = "runtime"
         try:
@@ -587,14 +637,14 @@ class HaproxyProxy:
         except BaseException:
             # The previous file stays, so the previous weights must too (a restart would bring them back).
             with contextlib.suppress(ProxyUnavailableError):
-                await self._set_weights(declared_weights(old_text))
+                await self.runtime.set_weights(declared_weights(old_text))
             raise
 
     async def _running_as_rendered(self, app_id: int, declared: set[int]) -> bool:
         """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend)."""
         for cohort in self._cohorts():
             try:
-                servers = await self.runtime_servers(app_id, cohort)
+                servers = await self.runtime.servers(app_id, cohort)
             except ProxyUnavailableError as exc:
                 logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
                 return False
@@ -624,7 +674,7 @@ class HaproxyProxy:
         async def gone(_: float) -> bool:
             for cohort in self._cohorts():
                 try:
-                    if await self.runtime_servers(app_id, cohort) is not None:
+                    if await self.runtime.servers(app_id, cohort) is not None:
                         return False
                 except ProxyUnavailableError:
                     return False
@@ -665,29 +715,23 @@ class HaproxyProxy:
     async def _frontend_answers(self) -> bool:
         """Whether anything answers the marker path with 200 (a frontend of the application still bound)."""
         url = self.marker_url()
-        if url is None:
-            return False
-        try:
-            response = await self.http.get(url, headers={"Connection": "close"}, timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        response = None if url is None else await get_marker(self.http, url, 2.0)
+        return response is not None and response.status_code == 200
 
     async def _frontend_live(self, app_id: int, timeout: float = 2.0) -> bool | None:
         """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""
         url = self.marker_url()
         if url is None:
             return None
-        try:
-            response = await self.http.get(url, headers={"Connection": "close"}, timeout=timeout)
-        except httpx.HTTPError:
+        response = await get_marker(self.http, url, timeout)
+        if response is None:
             return False
         return response.status_code == 200 and response.text == frontend_fingerprint(app_id, self.spec)
 
     async def _serves(self, table: RouteTable) -> bool:
         for cohort in self._cohorts():
             try:
-                servers = await self.runtime_servers(table.app_id, cohort)
+                servers = await self.runtime.servers(table.app_id, cohort)
             except ProxyUnavailableError as exc:
                 logger.debug("HAProxy check failed: %s", exc)
                 return False
@@ -719,25 +763,6 @@ class HaproxyProxy:
         return await self._serves(table)
 
     # traffic -------------------------------------------------------------------------------------------
-    async def _counters(self) -> tuple[int | None, dict[str, Counters]]:
-        """Per-server counters summed over the weighted and (forced routing) the cohort backends."""
-        app_id = await self._app_id()
-        info = await self.command("show info")
-        total: dict[str, Counters] = {}
-        for cohort in self._cohorts():
-            backend = backend_name(app_id, cohort)
-            for addr, c in parse_show_stat(await self.command(f"show stat {backend} 4 -1"), backend).items():
-                old = total.get(addr)
-                if old is None:
-                    total[addr] = c
-                    continue
-                requests = old.requests + c.requests
-                rtime = (
-                    (old.rtime_ms * old.requests + c.rtime_ms * c.requests) / requests if requests else 0.0
-                )
-                total[addr] = Counters(requests, old.errors + c.errors, rtime)
-        return parse_show_info_pid(info), total
-
     async def _app_id(self) -> int:
         """The application id, from the backend name in the file canaryd wrote (read_traffic gets no table)."""
         if self._known_app_id is not None:
@@ -752,9 +777,10 @@ class HaproxyProxy:
         self._known_app_id = int(m.group(1))
         return self._known_app_id
 
-    async def _snapshot(self, state: dict[str, Any]) -> tuple[int, int | None, dict[str, Counters]]:
+    async def _snapshot(self, state: dict[str, Any]) -> tuple[int, int | None, dict[str, HaproxyCounters]]:
         """Takes a counter snapshot, stores it under a new id, returns (id, pid, counters)."""
-        pid, counters = await self._counters()
+        app_id = await self._app_id()
+        pid, counters = await self.runtime.counters(backend_name(app_id, c) for c in self._cohorts())
         servers = {a: [c.requests, c.errors, c.rtime_ms] for a, c in counters.items()}
         return await self.snapshots.add(state, {"pid": pid, "servers": servers}), pid, counters
 
@@ -778,20 +804,16 @@ class HaproxyProxy:
         if base is None:  # unknown offset (0, or pruned): traffic counts from now on
             return TrafficReading(no_traffic(), seq)
         data = base.get("data") or {}
-        raw = data.get("servers")
-        before = {
-            a: Counters(int(v[0]), int(v[1]), float(v[2]))
-            for a, v in (raw.items() if isinstance(raw, dict) else [])
-            if isinstance(v, list) and len(v) == 3
-        }
         same = pid is not None and data.get("pid") == pid
-        return TrafficReading(counter_deltas(before, counters, same, cohort_of), seq)
+        return TrafficReading(counter_deltas(stored_counters(data), counters, same, cohort_of), seq)
 
 
 __all__ = [
     "LOG_FORMAT",
     "MARKER_PATH",
+    "HaproxyCounters",
     "HaproxyProxy",
+    "RuntimeApi",
     "all_expected_weights",
     "cookie_name",
     "counter_deltas",

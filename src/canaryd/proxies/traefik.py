@@ -361,7 +361,7 @@ def parse_prometheus_text(text: str) -> Iterator[Sample]:
 
 
 @dataclass(slots=True)
-class Counters:
+class TraefikCounters:
     """Cumulative counters of one Traefik service: requests, 5xx answers, latency histogram by `le`."""
 
     requests: float = 0.0
@@ -372,7 +372,7 @@ class Counters:
         return {"requests": self.requests, "errors": self.errors, "buckets": self.buckets}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Counters:
+    def from_json(cls, data: dict[str, Any]) -> TraefikCounters:
         return cls(
             float(data["requests"]),
             float(data["errors"]),
@@ -380,9 +380,9 @@ class Counters:
         )
 
 
-def service_counters(text: str, app_id: int) -> dict[str, Counters]:
+def service_counters(text: str, app_id: int) -> dict[str, TraefikCounters]:
     """Per server service of `app_id` (name without `@provider`), summed over code, method and protocol."""
-    out: dict[str, Counters] = {}
+    out: dict[str, TraefikCounters] = {}
     for s in parse_prometheus_text(text):
         if s.name not in (
             "traefik_service_requests_total",
@@ -393,7 +393,7 @@ def service_counters(text: str, app_id: int) -> dict[str, Counters]:
         m = _SERVER_SERVICE.fullmatch(name)
         if m is None or int(m.group(1)) != app_id or not math.isfinite(s.value) or s.value < 0:
             continue
-        c = out.setdefault(name, Counters())
+        c = out.setdefault(name, TraefikCounters())
         if s.name == "traefik_service_requests_total":
             c.requests += s.value
             if s.labels.get("code", "").startswith("5"):
@@ -410,7 +410,7 @@ def _le(key: str) -> float:
         return math.inf
 
 
-def counters_delta(now: Counters, before: Counters | None) -> Counters:
+def counters_delta(now: TraefikCounters, before: TraefikCounters | None) -> TraefikCounters:
     """What happened between two readings; a counter that went down was reset (Traefik restarted)."""
     if before is None or now.requests < before.requests:
         return now
@@ -418,10 +418,10 @@ def counters_delta(now: Counters, before: Counters | None) -> Counters:
     for le, n in now.buckets.items():
         prev = before.buckets.get(le, 0.0)
         buckets[le] = n if n < prev else n - prev
-    return Counters(now.requests - before.requests, max(0.0, now.errors - before.errors), buckets)
+    return TraefikCounters(now.requests - before.requests, max(0.0, now.errors - before.errors), buckets)
 
 
-def to_cohort_stats(delta: Counters) -> CohortStats:
+def to_cohort_stats(delta: TraefikCounters) -> CohortStats:
     """Counts plus a latency histogram whose requests sit at their Traefik bucket's upper edge; requests
     above the largest finite bucket are placed one canaryd bucket above it (a lower bound)."""
     stats = CohortStats(round(delta.requests), round(delta.errors))
@@ -567,7 +567,7 @@ class TraefikProxy:
         return await self._loaded(table, 2.0)
 
     # read_traffic --------------------------------------------------------------------------------------
-    async def _scrape(self, app_id: int) -> dict[str, Counters]:
+    async def _scrape(self, app_id: int) -> dict[str, TraefikCounters]:
         assert self.spec.metrics_url is not None
         try:
             response = await self.http.get(self.spec.metrics_url, timeout=5.0)
@@ -601,7 +601,7 @@ class TraefikProxy:
             raise ProxyUnavailableError(f"{self.spec.config_path} names no canaryd server service")
         return app_id, out
 
-    async def _take_snapshot(self) -> tuple[int, dict[str, Any], dict[str, Counters], dict[str, str]]:
+    async def _take_snapshot(self) -> tuple[int, dict[str, Any], dict[str, TraefikCounters], dict[str, str]]:
         """A new counter snapshot; returns (its id, the state before it, the counters, service → address)."""
         app_id, addresses = await self._published()
         state = await self.snapshots.load()
@@ -631,7 +631,7 @@ class TraefikProxy:
             logger.warning("no Traefik counter snapshot %d in %s: starting anew", offset, self.snapshots.path)
             return TrafficReading(cohorts, snapshot_id)
         raw = (base.get("data") or {}).get("counters") or {}
-        before = {k: Counters.from_json(v) for k, v in raw.items()}
+        before = {k: TraefikCounters.from_json(v) for k, v in raw.items()}
         lookup = cohort_lookup(cohort_of)
         for name, counters in now.items():
             address = known.get(name)
