@@ -619,6 +619,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "ProxySpec": {
         "kind": ("The proxy in front of the application.", "one of the listed values"),
+        "servers_transport": (
+            "Traefik only: settings of the connections to the servers (a validated serversTransport block, e.g. keep-alive and timeouts).",
+            "object",
+        ),
         "server_id": (
             "The registered server the proxy runs on (commands and files go over its transport).",
             "server id",

@@ -574,8 +574,16 @@ def _no_data(canary: CohortStats, stable: CohortStats, share: float | None, alph
         "stable_requests": stable.requests,
         "share": share,
     }
-    if share is None or not 0 < share < 1 or canary.requests > 0 or stable.requests == 0:
+    if canary.requests > 0:
         return MetricVerdict("no_data", Outcome.PASS, "no_data: the canary is receiving traffic", figures)
+    if stable.requests == 0:
+        # Nothing reached either cohort: say so rather than "receiving traffic"; the comparisons wait.
+        why = "no_data: no request reached canary or stable yet; the judge needs traffic through the proxy"
+        return MetricVerdict("no_data", Outcome.PASS, why, figures)
+    if share is None or not 0 < share < 1:
+        return MetricVerdict(
+            "no_data", Outcome.PASS, "no_data: no canary traffic expected at this share", figures
+        )
     expected = stable.requests * share / (1 - share)
     figures["expected_canary_requests"] = round(expected, 1)
     # With a share s, P(no canary request among these) = (1 - s)^n; a guard must (almost) never fire on a
