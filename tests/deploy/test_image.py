@@ -120,7 +120,7 @@ async def test_migrate_serve_and_a_canary_in_the_container(image: str, volume: s
     """migrate, then serve (default command) with the data volume, on a port that is not the default 8080; the
     health check follows it; /docs answers; a healthy canary completes through the containerised canaryd."""
     migrated = podman("run", "--rm", *run_limits(), "-v", f"{volume}:/var/lib/canaryd", image, "migrate")
-    assert "latest schema" in migrated.stdout
+    assert "created the schema" in migrated.stdout, migrated.stdout
     mountpoint = Path(podman("volume", "inspect", volume, "--format", "{{.Mountpoint}}").stdout.strip())
     database = mountpoint / "canaryd.db"
     assert database.is_file() and database.stat().st_uid == 10001, "the default SQLite file is in the volume"

@@ -80,7 +80,7 @@ def test_canaryd_migrate_from_a_wheel_install(tmp_path: Path) -> None:
         cwd=work,
         env={**clean_env, "CANARYD_DATABASE_URL": f"sqlite+aiosqlite:///{db}"},
     )
-    assert "latest schema" in out.stdout
+    assert "created the schema" in out.stdout, out.stdout
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
