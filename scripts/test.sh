@@ -101,7 +101,7 @@ run_step "dead code: vulture" "$BIN/vulture" src/canaryd tests bench tools/vultu
 # cores cut the wall time without starving anyone; PYTEST_WORKERS=0 runs them one by one.
 pytest_step() {
   local rc=0
-  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-4}" "$@" || rc=$?
+  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-4}" --dist worksteal "$@" || rc=$?
   if ((rc == 5)); then
     echo "error: pytest collected no tests" >&2
   fi
