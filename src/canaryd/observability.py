@@ -16,18 +16,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from canaryd.domain.types import State
+
 #: Every lifecycle state, so a state with no deployment reads 0 instead of vanishing from /metrics.
-DEPLOYMENT_STATES = (
-    "pending",
-    "deploying",
-    "monitoring",
-    "paused",
-    "promoting",
-    "completed",
-    "rolling_back",
-    "rolled_back",
-    "failed",
-)
+DEPLOYMENT_STATES = tuple(state.value for state in State)
 #: The fixed set of rollback reasons (a label with free text would make one time series per message).
 ROLLBACK_REASONS = (
     "operator",

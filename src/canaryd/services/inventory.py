@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError
@@ -409,18 +409,8 @@ async def _refuse_while_active(
             )
 
 
-#: States a deployments list may be filtered by.
-DeploymentState = Literal[
-    "pending",
-    "deploying",
-    "monitoring",
-    "paused",
-    "promoting",
-    "completed",
-    "rolling_back",
-    "rolled_back",
-    "failed",
-]
+#: States a deployments list may be filtered by (every lifecycle state).
+DeploymentState = State
 
 
 async def page_deployments(
