@@ -25,7 +25,6 @@ async def spec_stack(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Stack]:
         redis_url=None,
         bootstrap_token=TOKEN,
         min_stage_duration=60,
-        reconcile_interval=2.0,
     )
     assert settings.min_stage_duration == 60
     nginx = start_nginx()

@@ -31,7 +31,6 @@ def canaryd_env(data_dir: Path, **extra: str) -> dict[str, str]:
         CANARYD_DATA_DIR=str(data_dir),
         CANARYD_BOOTSTRAP_TOKEN=TOKEN,
         CANARYD_MIN_STAGE_DURATION="1",
-        CANARYD_RECONCILE_INTERVAL="2",
     )
     env.update(extra)
     return env
