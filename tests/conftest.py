@@ -29,7 +29,8 @@ pytest_plugins = [
 
 PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
-REDIS = ("127.0.0.1", 6379)
+#: Developers running several suites at once give each its own redis-server with CANARYD_TEST_REDIS_PORT.
+REDIS = ("127.0.0.1", int(os.environ.get("CANARYD_TEST_REDIS_PORT", "6379")))
 
 
 def _pg_ready() -> bool:
@@ -93,5 +94,7 @@ def redis_url() -> str:
     # One database per pytest-xdist worker (gw0, gw1, …), so that no worker flushes another's queue.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     db = 1 + (int(worker) if worker.isdigit() else os.getpid()) % 14
-    subprocess.run(["redis-cli", "-n", str(db), "FLUSHDB"], check=True, capture_output=True)
-    return f"redis://127.0.0.1:6379/{db}"
+    subprocess.run(
+        ["redis-cli", "-p", str(REDIS[1]), "-n", str(db), "FLUSHDB"], check=True, capture_output=True
+    )
+    return f"redis://127.0.0.1:{REDIS[1]}/{db}"

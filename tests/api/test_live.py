@@ -157,12 +157,13 @@ async def test_gaps_are_filled_and_duplicates_dropped(embedded_stack: Stack) -> 
 async def test_redis_channels_are_per_database() -> None:
     """Pub/sub channels are global to a Redis server: buses on databases 1 and 2 do not hear each other."""
     from redis.asyncio import Redis
+    from tests.conftest import REDIS
 
     from canaryd.engine.bus import RedisBus
 
     one, two = (
-        RedisBus(Redis.from_url("redis://127.0.0.1:6379/1")),
-        RedisBus(Redis.from_url("redis://127.0.0.1:6379/2")),
+        RedisBus(Redis.from_url(f"redis://127.0.0.1:{REDIS[1]}/1")),
+        RedisBus(Redis.from_url(f"redis://127.0.0.1:{REDIS[1]}/2")),
     )
     try:
         async with one.subscribe(1) as heard_by_one, two.subscribe(1) as heard_by_two:
