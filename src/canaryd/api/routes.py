@@ -81,6 +81,7 @@ def application_view(app: Application) -> dict[str, Any]:
         "stop_command": app.stop_command,
         "proxy": app.proxy,
         "proxy_generation": app.proxy_generation,
+        "deployment_defaults": app.deployment_defaults,
         "created_at": app.created_at.isoformat(),
     }
 

@@ -15,6 +15,7 @@ from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, ApplicationServer, Server
 from canaryd.db.repositories import ApplicationRepository, DeploymentRepository, ServerRepository
 from canaryd.domain.config import Command, HealthPath, Name, ProxySpec, StrictModel
+from canaryd.domain.defaults import CanaryConfigOverrides, defaults_problems, set_fields
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import State
 from canaryd.engine.proxies import backends_json, make_proxy
@@ -24,7 +25,7 @@ from canaryd.proxies.switch import PROXY_ERRORS, NotServedError, restore, switch
 from canaryd.proxies.traefik import table_from_applied
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, ProxyFailed, problem
-from canaryd.services.schemas import ApplicationCreate, ServerCreate
+from canaryd.services.schemas import DEFAULTS_DOC, ApplicationCreate, ServerCreate
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ async def create_application(rt: Runtime, payload: ApplicationCreate) -> Applica
     back) its previous configuration.
     """
     async with unit_of_work(rt.sessions) as session:
-        app, proxy_server, pool = await _insert_application(session, payload)
+        app, proxy_server, pool = await _insert_application(session, payload, rt.settings.min_stage_duration)
     backends = desired_backends(
         State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
     )
@@ -89,7 +90,7 @@ async def _forget(rt: Runtime, app_id: int) -> None:
 
 
 async def _insert_application(
-    session: AsyncSession, payload: ApplicationCreate
+    session: AsyncSession, payload: ApplicationCreate, floor: int
 ) -> tuple[Application, Server, list[PoolServer]]:
     apps, servers = ApplicationRepository(session), ServerRepository(session)
     if await apps.by_name(payload.name):
@@ -105,6 +106,8 @@ async def _insert_application(
             problem(["body", "proxy", "server_id"], f"server {payload.proxy.server_id} does not exist")
         )
     problems += await _config_path_taken(apps, payload.proxy, None)
+    defaults = set_fields(payload.deployment_defaults)
+    problems += [problem(list(p.loc), p.msg) for p in defaults_problems(defaults, floor)]
     if problems:
         raise Invalid(problems)
     app = Application(
@@ -115,6 +118,7 @@ async def _insert_application(
         deploy_command=payload.deploy_command,
         stop_command=payload.stop_command,
         proxy=payload.proxy.model_dump(),
+        deployment_defaults=defaults,
     )
     try:
         await apps.add(app, payload.server_ids)
@@ -159,7 +163,9 @@ async def _config_path_taken(
 
 class ApplicationUpdate(StrictModel):
     """Fields of an application that may change while no deployment is active (all optional). A change of
-    `port`, `server_ids` or `proxy` re-renders the proxy configuration."""
+    `port`, `server_ids` or `proxy` re-renders the proxy configuration. `deployment_defaults` replaces the
+    application's defaults whole (`{}` clears them); alone, it may change while a deployment is active (a
+    deployment keeps the settings it started with)."""
 
     name: Name | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -168,6 +174,7 @@ class ApplicationUpdate(StrictModel):
     deploy_command: Command | None = None
     stop_command: Command | None = None
     proxy: ProxySpec | None = None
+    deployment_defaults: CanaryConfigOverrides | None = Field(default=None, description=DEFAULTS_DOC)
 
     @field_validator("server_ids")
     @classmethod
@@ -243,11 +250,13 @@ async def update_application(rt: Runtime, app_id: int, payload: ApplicationUpdat
     """Changes an application. When routing fields change, the new configuration is applied and proven live
     before the database records it; if any step fails, the previous configuration is put back (and proven)
     and nothing is recorded (422 for a refused configuration, 502 for an unreachable proxy)."""
+    if payload.model_fields_set == {"deployment_defaults"} and payload.deployment_defaults is not None:
+        return await _set_defaults(rt, app_id, set_fields(payload.deployment_defaults))
     app, generation = await _reserve(rt, app_id)
     applied: list[dict[str, object]] | None = None
     try:
         async with rt.sessions() as session:
-            changes, pool = await _check_update(session, app, payload)
+            changes, pool = await _check_update(session, app, payload, rt.settings.min_stage_duration)
         routing = {"port", "server_ids", "proxy"} & set(changes)
         if routing:
             applied = await _apply_update(rt, app, changes, pool, generation)
@@ -271,8 +280,25 @@ async def update_application(rt: Runtime, app_id: int, payload: ApplicationUpdat
     return fresh
 
 
+async def _set_defaults(rt: Runtime, app_id: int, defaults: dict[str, Any]) -> Application:
+    """Replaces an application's deployment defaults (422 listing every problem); deployments already
+    created keep the settings they started with."""
+    problems = defaults_problems(defaults, rt.settings.min_stage_duration)
+    if problems:
+        raise Invalid([problem(list(p.loc), p.msg) for p in problems])
+    async with unit_of_work(rt.sessions) as session:
+        app = await ApplicationRepository(session).get(app_id, for_update=True)
+        if app is None:
+            raise NotFound(f"application {app_id} not found")
+        app.deployment_defaults = defaults
+    async with rt.sessions() as session:
+        fresh = await ApplicationRepository(session).get(app_id)
+    assert fresh is not None
+    return fresh
+
+
 async def _check_update(
-    session: AsyncSession, app: Application, payload: ApplicationUpdate
+    session: AsyncSession, app: Application, payload: ApplicationUpdate, floor: int
 ) -> tuple[dict[str, Any], list[PoolServer]]:
     """The fields that change (proxy as a dict) and the server pool after the change; 422/409 listing
     every problem."""
@@ -283,6 +309,8 @@ async def _check_update(
     }
     if "proxy" in changes:
         changes["proxy"] = payload.proxy.model_dump() if payload.proxy is not None else app.proxy
+    if payload.deployment_defaults is not None:
+        changes["deployment_defaults"] = set_fields(payload.deployment_defaults)
     changes = {k: v for k, v in changes.items() if v != getattr(app, k)}
     apps, servers = ApplicationRepository(session), ServerRepository(session)
     if "name" in changes and await apps.by_name(changes["name"]):
@@ -299,6 +327,9 @@ async def _check_update(
         problems.append(problem(["body", "proxy", "server_id"], f"server {spec.server_id} does not exist"))
     if "proxy" in changes:
         problems += await _config_path_taken(apps, spec, app.id)
+    if "deployment_defaults" in changes:
+        found = defaults_problems(changes["deployment_defaults"], floor)
+        problems += [problem(list(p.loc), p.msg) for p in found]
     if problems:
         raise Invalid(problems)
     port = changes.get("port", app.port)
