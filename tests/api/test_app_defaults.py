@@ -107,6 +107,13 @@ async def test_defaults_at_registration_and_the_deprecated_dry_run(stack: Stack)
         r.text
     )
 
+    body["port"] = s.app_port
+    body["proxy"] |= {"config_path": f"{Path(s.nginx.config_path).parent}/shop2.conf", "listen": None}
+    body["deployment_defaults"] = {"stages": [50, 100], "stage_duration": 30}
+    r = await s.api.post("/applications", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["deployment_defaults"] == {"stages": [50, 100], "stage_duration": 30}
+
     r = await s.api.patch(f"/applications/{app['id']}", json={"deployment_defaults": {"dry_run": True}})
     assert r.status_code == 200 and r.json()["deployment_defaults"] == {"analysis": "observe"}, r.text
     r = await s.deploy("v2", {"dry_run": False, "analysis": "observe"})
