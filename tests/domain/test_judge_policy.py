@@ -1,4 +1,4 @@
-"""What an inconclusive or failing verdict leads to under the policy: extension, then pause/rollback/proceed; dry run."""
+"""What an inconclusive or failing verdict leads to under the policy: extension, then pause/rollback/proceed; observe-only analysis."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ With a `Policy` (the engine always passes one; without it an inconclusive stage 
   `inconclusive_action` decides: "pause" (ask a person), "rollback", or "proceed" (advance to the next
   stage). "proceed" never promotes and never enters a 100 % stage (which compares nothing) without
   evidence: before such a stage it waits FULL_STAGE_PATIENCE timeouts, then pauses; after the last, it pauses.
-- `observe_only` (`analysis: observe`, formerly `dry_run`): the verdict is recorded, never acted on. Stages advance on time as if every check passed and
-  the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
+- `observe_only` (`analysis: observe`, formerly `dry_run`): the verdict is recorded, never acted on. Stages
+  advance on time as if every check passed and the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
   would have done, and the reasons say it in words.
 """
 
