@@ -95,6 +95,8 @@ class Application(Base):
     proxy_generation: Mapped[int] = mapped_column(Integer, default=0)
     #: The backends last pushed and verified: the engine skips a reload when nothing changed.
     proxy_applied: Mapped[list[Any]] = mapped_column(default=list)
+    #: Default deployment settings: any subset of CanaryConfig (domain/defaults.py).
+    deployment_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     server_links: Mapped[list[ApplicationServer]] = relationship(
@@ -123,6 +125,9 @@ class Deployment(Base):
     previous_version: Mapped[str] = mapped_column(String(128))
     strategy: Mapped[str] = mapped_column(String(16), default="canary")
     canary_config: Mapped[dict[str, Any]] = mapped_column()
+    #: Where each setting of canary_config came from ("deployment", "application"; others: the default);
+    #: None for deployments created before application defaults existed.
+    config_sources: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16))
     canary_status: Mapped[str] = mapped_column(String(32), index=True)
     paused_from: Mapped[str | None] = mapped_column(String(32), default=None)

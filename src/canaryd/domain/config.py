@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -296,8 +298,21 @@ class PrometheusSource(StrictModel):
     min_window: int = Field(default=15, ge=1, le=3600)
 
 
+def _deprecated_in_schema(schema: dict[str, Any]) -> None:
+    """Shows `dry_run` in the JSON schema as the deprecated name of `analysis` (it is not a field)."""
+    schema.setdefault("properties", {})["dry_run"] = {
+        "type": "boolean",
+        "deprecated": True,
+        "title": "Dry Run",
+        "description": "Deprecated name of analysis: true means `observe`, false `enforce`. Unit: boolean. "
+        "Default: null.",
+    }
+
+
 class CanaryConfig(StrictModel):
     """Canary settings of one deployment. Defaults are the spec's."""
+
+    model_config = ConfigDict(json_schema_extra=_deprecated_in_schema)
 
     stages: list[float] = Field(default_factory=lambda: list(DEFAULT_STAGES))
     stage_duration: int = 300
@@ -368,8 +383,10 @@ class CanaryConfig(StrictModel):
     #: pauses), "pause" asks a person, "rollback" gives up on the canary.
     inconclusive_timeout: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
     inconclusive_action: Literal["pause", "rollback", "proceed"] = "proceed"
-    #: Record verdicts, never act on them: stages advance on time, nothing is rolled back.
-    dry_run: bool = False
+    #: "enforce": the judge's verdicts act (hold, roll back). "observe": they are recorded with what they
+    #: would have done, never acted on: stages advance on time and the new version is promoted to every
+    #: server. `dry_run` is the deprecated name (true = "observe"), read by `_deprecated_names`.
+    analysis: Literal["enforce", "observe"] = "enforce"
     #: Where traffic figures come from: the proxy's own log/counters, or Prometheus.
     metrics_source: Literal["proxy", "prometheus"] = "proxy"
     prometheus: PrometheusSource | None = None
@@ -382,6 +399,40 @@ class CanaryConfig(StrictModel):
     #: Seconds a stage waits for approval before `approval_timeout_action`; None waits indefinitely.
     approval_timeout: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
     approval_timeout_action: Literal["stay", "rollback"] = "stay"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _deprecated_names(cls, data: Any, handler: ModelWrapValidatorHandler[CanaryConfig]) -> CanaryConfig:
+        """`dry_run` (a bool) is read as `analysis` ("observe" when true); the model remembers it was used."""
+        used = isinstance(data, dict) and "dry_run" in data
+        if used:
+            data = dict(data)
+            dry_run = data.pop("dry_run")
+            if isinstance(dry_run, bool):
+                meant = "observe" if dry_run else "enforce"
+                if data.setdefault("analysis", meant) != meant:
+                    raise ValueError(
+                        f"dry_run (the deprecated name of analysis) says {meant!r} but analysis says "
+                        f"{data['analysis']!r}: give only analysis"
+                    )
+            else:
+                data["analysis"] = dry_run  # reported as a problem of analysis
+        config = handler(data)
+        if used:
+            config._deprecated = ("dry_run",)
+        return config
+
+    _deprecated: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def deprecated_names(self) -> tuple[str, ...]:
+        """Deprecated setting names this configuration was given (read as their new names)."""
+        return self._deprecated
+
+    @property
+    def observe_only(self) -> bool:
+        """The judge's verdicts are recorded, never acted on (`analysis: observe`)."""
+        return self.analysis == "observe"
 
     @field_validator("stages")
     @classmethod
@@ -587,9 +638,9 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "What a stage still inconclusive after inconclusive_timeout does: `proceed` (never into promotion or a 100 % stage), `pause` or `rollback`.",
             "one of the listed values",
         ),
-        "dry_run": (
-            "Record verdicts, never act on them: stages advance on time, nothing is rolled back.",
-            "boolean",
+        "analysis": (
+            "`enforce`: the judge's verdicts act (hold a stage, roll back). `observe`: verdicts are recorded with what they would have done, never acted on: stages advance on their clock and the new version is promoted to every server. `dry_run: true` is the deprecated name of `observe`.",
+            "one of the listed values",
         ),
         "metrics_source": (
             "Where traffic figures come from: `proxy` (its log or counters) or `prometheus`.",

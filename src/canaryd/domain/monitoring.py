@@ -70,7 +70,7 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
     if s.state is State.WAITING_FOR_APPROVAL:
         decision = _while_waiting(s, decision, now)
     if decision.would is not None:
-        figures["dry_run"] = {"would": decision.would.value}
+        figures["observe"] = {"would": decision.would.value}
     facts = Facts(
         stage_canary=canary,
         stage_stable=stable,
@@ -86,7 +86,7 @@ def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:
     config = s.config
     if (
         judged.source_action in (SourceFailureAction.PAUSE, SourceFailureAction.ROLLBACK)
-        and not config.dry_run
+        and not config.observe_only
     ):
         action = Action.PAUSE if judged.source_action is SourceFailureAction.PAUSE else Action.ROLLBACK
         return Decision(action, now, judged.source_reasons)
@@ -100,7 +100,7 @@ def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:
     )
     timeout = config.inconclusive_timeout
     policy = Policy(
-        config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.dry_run
+        config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.observe_only
     )
     return decide(clock, judged.verdict, now, policy)
 

@@ -67,6 +67,11 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "server_versions": {str(k): str(v) for k, v in (dep.server_versions or {}).items()},
         "metrics": dep.canary_metrics_snapshot,
         "config": config,
+        "config_sources": (
+            None
+            if dep.config_sources is None
+            else {k: str(dep.config_sources.get(k, "default")) for k in config}
+        ),
         "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
         "next_stage_at": _iso(next_stage_at),
         "can_promote": lifecycle.can("promote"),
