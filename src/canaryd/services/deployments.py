@@ -20,6 +20,7 @@ from canaryd.db.repositories import (
     EventRepository,
     ServerRepository,
 )
+from canaryd.domain.checks import redacted
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.plan import (
@@ -93,7 +94,7 @@ async def create_deployment(
             EventKind.DEPLOYMENT_CREATED,
             (f"{dep.previous_version} → {dep.version}",),
             to_state=State.PENDING,
-            metrics={"config": dep.canary_config},
+            metrics={"config": redacted(dep.canary_config)},
             actor=actor,
         )
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
