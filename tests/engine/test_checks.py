@@ -43,7 +43,9 @@ async def test_pre_stage_check_holds_on_503_then_proceeds_on_200(db_url: str) ->
         dep = await h.status(dep_id)
         assert dep.canary_status == "monitoring" and dep.current_canary_stage == 0
         assert dep.canary_traffic_percentage == 10.0
-        assert dep.reasons[0] == "before stage 2 (25 %): check gate refused: HTTP 503: load test still running"
+        assert (
+            dep.reasons[0] == "before stage 2 (25 %): check gate refused: HTTP 503: load test still running"
+        )
         assert "try 1 of 4" in dep.reasons[1], dep.reasons
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons
@@ -55,7 +57,9 @@ async def test_pre_stage_check_holds_on_503_then_proceeds_on_200(db_url: str) ->
         assert kinds[:4] == ["check_failed", "check_failed", "check_passed", "stage_advanced"], kinds
         first = gate[0]
         body = json.dumps(
-            {k: v for k, v in first.items() if k not in ("headers", "at")}, sort_keys=True, separators=(",", ":")
+            {k: v for k, v in first.items() if k not in ("headers", "at")},
+            sort_keys=True,
+            separators=(",", ":"),
         ).encode()
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert first["headers"][SIGNATURE_HEADER] == expected
@@ -97,7 +101,9 @@ async def test_pause_and_ignore_failure_actions(db_url: str) -> None:
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons
         assert len(calls(h, "pre_stage")) == 3  # i once (ignored), p refused, p passed after the resume
-        ignored = [e for e in await h.events(dep_id) if e.kind == "check_failed" and e.metrics["check"] == "i"]
+        ignored = [
+            e for e in await h.events(dep_id) if e.kind == "check_failed" and e.metrics["check"] == "i"
+        ]
         assert ignored[0].metrics["error"] == "connection refused"
 
 
