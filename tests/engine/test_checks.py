@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from canaryd.engine.checks import SIGNATURE_HEADER
+from canaryd.observability import rollback_reason
 
 from .harness import Harness, harness
 from .world import Behaviour, Crash
@@ -81,6 +82,10 @@ async def test_rollback_failure_action(db_url: str) -> None:
         assert "rolling back (failure_action rollback, after 2 tries)" in dep.reasons[1]
         assert len(calls(h, "pre_stage")) == 2
         assert set(h.fleet.versions.values()) == {"v1"}
+        started = next(e for e in await h.events(dep_id) if e.kind == "rollback_started")
+        assert (
+            rollback_reason({"actor": started.actor, "metrics": started.metrics}) == "check"
+        )  # /metrics label
         h.restore_order_ok("v2")
 
 
