@@ -219,3 +219,20 @@ async def test_crash_after_a_passed_check_then_a_fresh_tick(db_url: str) -> None
         events = await h.events(dep_id)
         assert [e.kind for e in events].count("check_passed") == 1  # the killed tick recorded nothing
         assert [e.stage for e in events if e.kind == "stage_advanced"] == [1, 2, 3, 4]
+
+
+async def test_pre_stage_check_comes_before_the_approval(db_url: str) -> None:
+    """At a stage that also waits for a person, its pre_stage check is called first; the approval then
+    starts the stage without calling it again, and its during_stage check runs at the stage's first tick."""
+    async with harness(db_url) as h:
+        h.fleet.check_answers["gate"] = [(503, "not yet"), (200, "ok")]
+        checks = [check("gate", "pre_stage", stages=[50]), check("load", "during_stage", stages=[50])]
+        dep_id = await h.deploy("v2", approve_before=[50], checks=checks)
+        dep = await h.run(dep_id, until={"waiting_for_approval", "completed", "rolled_back"})
+        assert dep.canary_status == "waiting_for_approval" and dep.current_canary_stage == 1
+        assert len(calls(h, "pre_stage")) == 2 and not calls(h, "during_stage")
+        await h.act(dep_id, "promote", to="next")
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "completed", dep.reasons
+        assert len(calls(h, "pre_stage")) == 2
+        assert [c["stage"] for c in calls(h, "during_stage")] == [3]
