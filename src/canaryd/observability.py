@@ -32,6 +32,7 @@ ROLLBACK_REASONS = (
     "metric_source",
     "inconclusive",
     "step_failed",
+    "check",
     "other",
 )
 #: Libraries whose INFO lines drown the decisions (1,229 httpx lines in 15 minutes of one rollout).
@@ -176,6 +177,8 @@ def rollback_reason(event: Mapping[str, Any]) -> str:
     if actor.startswith("token:") or actor == "operator":
         return "operator"
     metrics = event.get("metrics") or {}
+    if isinstance(metrics, dict) and metrics.get("check"):  # a webhook check's failure_action
+        return "check"
     verdict = metrics.get("verdict") if isinstance(metrics, dict) else None
     if isinstance(verdict, dict):
         for item in verdict.get("metrics") or []:

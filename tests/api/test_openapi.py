@@ -75,7 +75,13 @@ def test_every_setting_has_a_description_unit_and_default(spec: dict[str, Any]) 
     schemas = spec["components"]["schemas"]
     missing = [
         f"{model}.{name}"
-        for model in ("CanaryConfigOverrides", "ProxySpec", "PrometheusSource", "PrometheusQueries")
+        for model in (
+            "CanaryConfigOverrides",
+            "CheckSpec",
+            "ProxySpec",
+            "PrometheusSource",
+            "PrometheusQueries",
+        )
         for name, field in schemas[model]["properties"].items()
         if not re.search(r"\. Unit: .+\. Default: .+\.$", field.get("description", ""))
     ]

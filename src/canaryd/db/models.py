@@ -145,6 +145,8 @@ class Deployment(Base):
     log_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     consecutive_health_failures: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Webhook checks' progress (domain/plan.py CheckProgress): refusals at the current gate, etc.
+    check_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reasons: Mapped[list[Any]] = mapped_column(default=list)
     #: Bumped by every change of state or stage; a tick only acts if it is unchanged since it looked.
     state_version: Mapped[int] = mapped_column(Integer, default=0)

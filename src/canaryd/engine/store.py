@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -28,7 +28,7 @@ from canaryd.db.repositories import (
 from canaryd.domain.config import CanaryConfig, ProxySpec
 from canaryd.domain.judge import Evidence
 from canaryd.domain.lifecycle import Lifecycle
-from canaryd.domain.plan import Change, Event, Facts, ServerRef, Snapshot, Trigger
+from canaryd.domain.plan import Change, CheckProgress, Event, Facts, ServerRef, Snapshot, Trigger
 from canaryd.domain.types import CohortStats, State
 from canaryd.engine.locks import DeploymentLocks
 from canaryd.engine.views import deployment_status, event_view
@@ -74,6 +74,8 @@ class Loaded:
     generation: int
     #: When this tick was due (for the tick-lag figure).
     due: datetime | None
+    #: The status object as the API shows it (what webhook checks are sent); empty without checks.
+    status: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ def snapshot_of(
         evidence=Evidence.from_json(dep.canary_metrics_snapshot.get("judge_state")),
         reasons=tuple(str(r) for r in dep.reasons),
         max_backoff=max_backoff,
+        checks=CheckProgress.from_json(dep.check_state),
     )
 
 
@@ -161,6 +164,8 @@ def record_facts(dep: Deployment, facts: Facts) -> None:
         dep.canary_metrics_snapshot = dict(facts.metrics_snapshot)
     if facts.attempts is not None:
         dep.attempts = facts.attempts
+    if facts.checks is not None:
+        dep.check_state = facts.checks.to_json()
 
 
 def record_change(
@@ -239,6 +244,7 @@ class RolloutStore:
             assert app is not None
             spec = ProxySpec.model_validate(app.proxy)
             servers = await ServerRepository(session).many([*app.server_ids, spec.server_id])
+            status = deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
         return Loaded(
             snapshot_of(dep, app, servers, max_backoff),
             app,
@@ -248,6 +254,7 @@ class RolloutStore:
             list(app.proxy_applied),
             app.proxy_generation,
             dep.next_tick_at,
+            status,
         )
 
     async def mark_version(

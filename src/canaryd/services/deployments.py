@@ -21,6 +21,7 @@ from canaryd.db.repositories import (
     EventRepository,
     ServerRepository,
 )
+from canaryd.domain.checks import redacted
 from canaryd.domain.config import CanaryConfig, ProxySpec
 from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
 from canaryd.domain.lifecycle import IllegalTransition
@@ -98,7 +99,7 @@ async def create_deployment(
             EventKind.DEPLOYMENT_CREATED,
             (f"{dep.previous_version} → {dep.version}", *settings.notes),
             to_state=State.PENDING,
-            metrics={"config": dep.canary_config, "config_sources": dep.config_sources},
+            metrics={"config": redacted(dep.canary_config), "config_sources": dep.config_sources},
             actor=actor,
         )
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
