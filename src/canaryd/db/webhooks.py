@@ -118,7 +118,7 @@ class DeliveryRepository:
             .order_by(WebhookDelivery.id)
             .execution_options(populate_existing=True)
         )
-        return [(d, w) for d, w in rows.tuples().all()]
+        return [(d, w) for d, w in rows.all()]
 
     async def finish(self, delivery_id: int, owner: str, **values: object) -> bool:
         """Records an attempt's outcome and releases the lease, if `owner` still holds it (a worker whose
