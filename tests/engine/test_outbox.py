@@ -15,7 +15,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tests.fixtures.receiver import Receiver, receiver, valid_signature
 
 from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
 from canaryd.db.models import Application, Deployment, DeploymentEvent, Webhook, WebhookDelivery
@@ -25,6 +24,7 @@ from canaryd.domain.notifications import body
 from canaryd.engine.outbox import DeliveryTerms, Outbox, enqueue
 from canaryd.engine.ports import SystemClock
 from canaryd.observability import Metrics
+from tests.fixtures.receiver import Receiver, receiver, valid_signature
 
 SECRET = "outbox-test-secret-0123456789"
 #: Short waits so a test's retries take tenths of a second.
@@ -212,7 +212,7 @@ async def test_a_dead_workers_delivery_is_sent_again_after_its_lease(
             await asyncio.sleep(0.8)
             assert r.requests == [], "the dead worker's lease holds the whole queue"
             got = await r.wait_for(2, timeout=10)
-    assert [g.key for g in got][0] == dead_key
+    assert got[0].key == dead_key
     assert kinds_of(r) == SUBSCRIBED
 
 
