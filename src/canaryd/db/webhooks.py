@@ -139,9 +139,3 @@ class DeliveryRepository:
             )
         )
         return int(getattr(result, "rowcount", 0) or 0)
-
-    async def pending_count(self) -> int:
-        rows = await self.session.execute(
-            select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.status == PENDING)
-        )
-        return int(rows.scalar_one())
