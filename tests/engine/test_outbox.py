@@ -290,3 +290,25 @@ async def test_slack_body_is_an_incoming_webhook_message(
     message = json.loads(got[1].body)
     assert "rolled back" in message["text"] and "v1 runs on every server" in message["text"]
     assert message["blocks"][0]["type"] == "section"
+
+
+async def test_events_of_one_commit_keep_their_order(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Many events written in one transaction (as a tick's commit writes several) get delivery ids in event
+    order for each subscription: the order the outbox sends them in."""
+    await subscribe(sessions, "http://127.0.0.1:9/a", ["*"])
+    await subscribe(sessions, "http://127.0.0.1:9/b", ["stage_advanced", "completed"])
+    dep_id = await record(sessions, ["deployment_created"])
+    async with unit_of_work(sessions) as s:
+        dep = await s.get(Deployment, dep_id)
+        assert dep is not None
+        repo = EventRepository(s)
+        rows = [
+            await repo.append(DeploymentEvent(deployment_id=dep_id, kind="stage_advanced", stage=i))
+            for i in range(40)
+        ]
+        rows.append(await repo.append(DeploymentEvent(deployment_id=dep_id, kind="completed")))
+        assert await enqueue(s, dep, rows) == 82
+    by_hook: dict[int, list[int]] = {}
+    for d in await deliveries(sessions):
+        by_hook.setdefault(d.webhook_id, []).append(d.event_seq)
+    assert by_hook[1] == list(range(1, 43)) and by_hook[2] == list(range(2, 43))

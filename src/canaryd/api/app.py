@@ -48,7 +48,7 @@ Canary deployments for applications on ordinary servers behind nginx, HAProxy or
 **Authorize** with an API token (`canaryd token create --name me --scope operate`, or the bootstrap token):
 click *Authorize*, paste the token (without `Bearer`), then *Try it out* on any route. Scopes nest:
 `read` (GET, WebSocket) ⊂ `deploy` (start deployments) ⊂ `operate` (promote, roll back, pause, resume) ⊂
-`admin` (servers, applications, tokens).
+`admin` (servers, applications, tokens, webhooks).
 
 Errors are `{{"detail": "a sentence"}}`, or for 422 `{{"detail": [{{"loc": [...], "msg": "...", "type": "..."}}]}}`
 listing every problem at once; nothing is half-applied. Request bodies larger than {max_body} bytes

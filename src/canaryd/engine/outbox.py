@@ -50,6 +50,8 @@ PRUNE_EVERY_SECONDS = 3600.0
 async def enqueue(session: AsyncSession, dep: Deployment, rows: Sequence[DeploymentEvent]) -> int:
     """Inserts a delivery for every subscription of each event's kind, in the caller's transaction and in
     event order; returns how many. `rows` must be flushed (they need their id and seq)."""
+    if not rows:
+        return 0
     hooks = await WebhookRepository(session).all()
     wanted = [(row, hook) for row in rows for hook in hooks if subscribed(hook.events, row.kind)]
     if not wanted:
@@ -57,22 +59,26 @@ async def enqueue(session: AsyncSession, dep: Deployment, rows: Sequence[Deploym
     app = await session.get(Application, dep.application_id)
     application = {"id": dep.application_id, "name": app.name if app is not None else ""}
     status = deployment_status(dep, {})
-    repo = DeliveryRepository(session)
+    deliveries = []
     for row, hook in wanted:
         key = str(uuid.uuid4())
-        delivery = WebhookDelivery(
-            webhook_id=hook.id,
-            key=key,
-            event_kind=row.kind,
-            deployment_id=dep.id,
-            event_seq=row.seq,
-            payload=payload(key, event_view(row), application, status),
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=row.at,
-            created_at=row.at,
+        deliveries.append(
+            WebhookDelivery(
+                webhook_id=hook.id,
+                key=key,
+                event_kind=row.kind,
+                deployment_id=dep.id,
+                event_seq=row.seq,
+                payload=payload(key, event_view(row), application, status),
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=row.at,
+                created_at=row.at,
+            )
         )
-        await repo.add_all([delivery])  # one at a time: ids follow event order
+    # One flush: SQLAlchemy inserts them in this order (on PostgreSQL its multi-row INSERT is sorted by
+    # parameter order), so ids follow event order, which the delivery order relies on.
+    await DeliveryRepository(session).add_all(deliveries)
     return len(wanted)
 
 
