@@ -94,6 +94,9 @@ class DeliveryRepository:
             select(WebhookDelivery.id)
             .where(
                 WebhookDelivery.id.in_(heads),
+                # Checked again on the row itself: PostgreSQL re-evaluates these conditions (not the
+                # subquery) on a row another worker changed meanwhile, so a just-finished head is not re-sent.
+                WebhookDelivery.status == PENDING,
                 WebhookDelivery.next_attempt_at <= now,
                 or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
             )
