@@ -48,6 +48,7 @@ async def test_worker_killed_mid_delivery_loses_no_notification(
                 assert time.monotonic() < deadline, "no delivery was attempted"
                 await asyncio.sleep(0.02)
             c.kill("worker0")
+            killed_at = time.monotonic()
             in_flight = hook.requests[-1].key
             assert hook.delivered() == [], "nothing was acknowledged before the kill"
             hook.release.set()
@@ -55,6 +56,9 @@ async def test_worker_killed_mid_delivery_loses_no_notification(
             history = [e for e in (await api.get(f"/deployments/{dep_id}/events")).json()]
             expected = [(e["seq"], e["kind"]) for e in history if e["kind"] != "health_check"]
             got = await hook.wait_for(len(expected), timeout=40)
+            print(
+                f"\n{len(expected)} deliveries acknowledged {time.monotonic() - killed_at:.1f} s after the kill"
+            )
             page = (await api.get(f"/webhooks/{hook_id}/deliveries", params={"limit": 200})).json()
     assert [(g.json["event"]["seq"], g.json["event"]["kind"]) for g in got] == expected
     assert {"deployment_created", "rollback_started", "rolled_back"} <= {k for _, k in expected}
