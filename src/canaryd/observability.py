@@ -124,6 +124,19 @@ class Metrics:
             buckets=_API_BUCKETS,
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "canaryd_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), retried (will be tried again), failed "
+            "(its last attempt failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "canaryd_webhook_delivery_seconds",
+            "Time from an event to its webhook delivery being acknowledged (2xx).",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
 
     # --- what the engine and the services call ------------------------------------------------------
     def tick_started(self, lag_s: float) -> None:
@@ -150,6 +163,11 @@ class Metrics:
 
     def verdict(self, judge: str, outcome: str) -> None:
         self.verdicts.labels(judge=judge, outcome=outcome).inc()
+
+    def webhook_delivery(self, outcome: str, since_event_s: float) -> None:
+        self.webhook_deliveries.labels(outcome=outcome).inc()
+        if outcome == "delivered":
+            self.webhook_latency.observe(max(0.0, since_event_s))
 
     def api_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.api_requests.labels(method=method, route=route, status=str(status)).observe(seconds)

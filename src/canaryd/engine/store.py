@@ -31,6 +31,7 @@ from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.plan import Change, CheckProgress, Event, Facts, ServerRef, Snapshot, Trigger
 from canaryd.domain.types import CohortStats, State
 from canaryd.engine.locks import DeploymentLocks
+from canaryd.engine.outbox import enqueue
 from canaryd.engine.views import deployment_status, event_view
 
 STATUS_OF = {
@@ -267,6 +268,7 @@ class RolloutStore:
             if event is None:
                 return []
             row = await EventRepository(session).append(event_row(deployment_id, event, now, None))
+            await enqueue(session, dep, [row])  # webhook deliveries commit with their event
             return [{"type": "event", **event_view(row)}]
 
     async def commit(
@@ -334,9 +336,9 @@ class RolloutStore:
         """Appends the events; returns them and the new status as messages to publish, and the status."""
         messages: list[dict[str, Any]] = []
         repo = EventRepository(session)
-        for event in events:
-            row = await repo.append(event_row(dep.id, event, now, proxy))
-            messages.append({"type": "event", **event_view(row)})
+        rows = [await repo.append(event_row(dep.id, event, now, proxy)) for event in events]
+        messages += [{"type": "event", **event_view(row)} for row in rows]
+        await enqueue(session, dep, rows)  # webhook deliveries commit with their events
         servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
         status = deployment_status(dep, servers)
         messages.append({"type": "status", **status})

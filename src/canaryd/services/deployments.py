@@ -39,6 +39,7 @@ from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
+from canaryd.engine.outbox import enqueue
 from canaryd.engine.store import event_row, new_token
 from canaryd.engine.views import deployment_status, event_view
 from canaryd.observability import record_events
@@ -103,6 +104,7 @@ async def create_deployment(
             actor=actor,
         )
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
+        await enqueue(session, dep, [row])  # webhook deliveries commit with their event
         status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
         event, token = event_view(row), dep.tick_token
     record_events(rt.metrics, app_id, [event])
