@@ -29,6 +29,7 @@ The rules this adapter keeps:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteT
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
 from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
+from canaryd.proxies.nginx_workers import WORKER_HEADER, snapshot, still_accepting
 from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
@@ -245,6 +247,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
             f"    location = {GENERATION_PATH} {{",
             "        access_log off;",
             "        default_type text/plain;",
+            f"        add_header {WORKER_HEADER} $pid always;",
             f'        return 200 "{generation}\\n";',
             "    }",
             "    location / {",
@@ -346,6 +349,7 @@ class NginxProxy:
         verify_timeout: float = 3.0,
         poll_interval: float = 0.01,
         settle: float = 0.15,
+        observe_workers: bool = True,
     ) -> None:
         self.transport = transport
         self.spec = spec
@@ -354,7 +358,10 @@ class NginxProxy:
         self.verify_timeout = verify_timeout
         self.poll_interval = poll_interval
         self.settle = settle
+        self.observe_workers = observe_workers
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
+        #: (master pid, workers accepting) just before this object's last reload; None: not known.
+        self._before_reload: tuple[int, frozenset[int]] | None = None
 
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
@@ -385,10 +392,20 @@ class NginxProxy:
         await install(self.transport, self.spec.config_path, data, previous, self._test_and_reload)
 
     async def _test_and_reload(self) -> None:
-        if self.spec.test_command:
-            result = await self._run(self.spec.test_command)
-            if not result.ok:
-                raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+        """Test, then reload. Beside the test, the workers accepting now are noted (nginx_workers.py):
+        `verify` waits until they stopped accepting."""
+        self._before_reload = None
+        url = self.generation_url() if self.observe_workers else None
+        workers = asyncio.ensure_future(snapshot(self.http, url, self.transport)) if url else None
+        try:
+            if self.spec.test_command:
+                result = await self._run(self.spec.test_command)
+                if not result.ok:
+                    raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+            self._before_reload = await workers if workers is not None else None
+        finally:
+            if workers is not None and not workers.done():
+                workers.cancel()
         result = await self._run(self.spec.reload_command)
         if not result.ok:
             raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
@@ -410,12 +427,15 @@ class NginxProxy:
         return f"http://{host}:{port}{GENERATION_PATH}"
 
     async def verify(self, table: RouteTable) -> bool:
-        """True once nginx answers `/.canaryd/generation` with `table.generation` without a break for
-        `settle` seconds (polled every `poll_interval`, giving up after `verify_timeout`).
+        """True once nginx answers `/.canaryd/generation` with `table.generation` (on a fresh connection)
+        and every worker that accepted connections before this object's reload has stopped accepting
+        (nginx_workers.py; polled every `poll_interval`, giving up after `verify_timeout`).
 
         One answer is not enough: after a reload nginx's master lets the old workers go on accepting
         connections for another 100 ms (`ngx_msleep(100)` while it starts the new ones), so new connections
-        are split between old and new weights until then. Each probe uses a fresh connection.
+        are split between old and new weights until then. When the workers could not be observed (no /proc,
+        another pid namespace, `observe_workers` off, no reload by this object), the new generation must
+        instead answer without a break for `settle` seconds.
 
         Without `listen` nginx cannot be asked: then this only says whether this object's last apply of that
         generation passed the test and the reload command — weaker, since `nginx -s reload` exits 0 even
@@ -436,7 +456,15 @@ class NginxProxy:
                 return False
             return response.status_code == 200 and response.text == expected
 
-        return await poll_until(serves_it, self.verify_timeout, self.poll_interval, self.settle)
+        before = self._before_reload
+        if before is None:
+            return await poll_until(serves_it, self.verify_timeout, self.poll_interval, self.settle)
+        master, old = before
+
+        async def live(remaining: float) -> bool:
+            return await serves_it(remaining) and not await still_accepting(self.transport, master, old)
+
+        return await poll_until(live, self.verify_timeout, self.poll_interval)
 
     async def verify_removed(self, app_id: int) -> bool:
         """True once new connections no longer reach the application's server block (its generation probe
