@@ -53,7 +53,6 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root, for tests.fixtures
 
-STATE_50 = 50.0
 
 # --- the client process -------------------------------------------------------------------------------------
 
@@ -196,6 +195,12 @@ async def trial(rig: Rig, client: Client, label: str, result: Figures) -> None:
     after = [r for r in records if r[0] >= t0]
     result.errors += sum(v not in ("v1", "v2") for _, _, v in records)
     last = max((s for s, _, v in after if v == "v2"), default=t0)
+    if os.environ.get("REACTION_DEBUG"):
+        print(
+            label,
+            [round((s - t0) * 1000, 1) for s, _, v in after if v == "v2"],
+            [round((e - t0) * 1000, 1) for s, e, v in after if v == "v2"],
+        )
     result.reaction.append((last - t0) * 1000)
     if proven_at is not None:
         result.proven.append((proven_at - t0) * 1000)

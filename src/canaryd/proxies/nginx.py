@@ -21,9 +21,12 @@ The rules this adapter keeps:
   in the same directory whose name does not match `*.conf`, is renamed over the live file, tested, and on a
   failed test or reload the previous bytes are put back (or the file removed if there was none).
 * `verify` asks nginx itself: the server block answers `/.canaryd/generation` with the generation it was
-  rendered for, so 200s with the new number (and no old one, for longer than nginx's 100 ms hand-over from
-  old to new workers) prove the new configuration serves new connections. A reload that nginx refused (its
-  master keeps the old configuration and `nginx -s reload` still exits 0) shows up here.
+  rendered for (and the answering worker's pid in `X-Canaryd-Worker`). The new number on a fresh connection,
+  and every worker that accepted connections before the reload exited or shutting down (nginx_workers.py,
+  read in /proc), prove that every new connection gets the new configuration. Without that view of /proc,
+  the new number must answer without a break for longer than nginx's 100 ms hand-over from old to new
+  workers. A reload that nginx refused (its master keeps the old configuration and `nginx -s reload` still
+  exits 0) shows up here.
 * `read_traffic` tails the JSON access log from an offset, consuming only complete lines.
 """
 
