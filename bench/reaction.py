@@ -234,7 +234,8 @@ def report(name: str, trials: int, results: list[Figures]) -> None:
     bare = results[0]
     for r in results[1:]:
         added = statistics.median(r.reaction) - statistics.median(bare.reaction)
-        print(f"  canaryd adds, p50 of reaction: {added:+6.1f} ms  ({r.label})")
+        who = "this bare path" if r.label.startswith("bare") else "canaryd"
+        print(f"  {who} adds, p50 of reaction: {added:+6.1f} ms over {bare.label.split(':')[0]} ({r.label})")
     sys.stdout.flush()
 
 
@@ -330,6 +331,14 @@ def nginx_rigs(world: World) -> list[Rig]:
         async def bare_run() -> None:
             await bare()
 
+        async def tested_run() -> None:
+            p = await asyncio.create_subprocess_exec(
+                nginx.binary, "-c", nginx.main_conf, "-t", stderr=asyncio.subprocess.DEVNULL
+            )
+            if await p.wait() != 0:
+                raise RuntimeError("nginx -t failed")
+            await bare()
+
         rigs.append(
             Rig(
                 f"nginx {nginx_version()}, {tname} transport",
@@ -337,6 +346,7 @@ def nginx_rigs(world: World) -> list[Rig]:
                 switcher(shared, lambda proxy=proxy: proxy(True), "monitoring", 50.0),
                 {
                     "bare: nginx -s reload (file in place)": PathSpec(prepare, bare_run),  # type: ignore[arg-type]
+                    "bare: nginx -t, then nginx -s reload": PathSpec(prepare, tested_run),  # type: ignore[arg-type]
                     "canaryd before: switch, fixed 150 ms settle": PathSpec(
                         None, switcher(shared, lambda proxy=proxy: proxy(False), "rolling_back", 0.0)
                     ),

@@ -390,28 +390,32 @@ class NginxProxy:
         self._loaded_generation = None
 
     async def _install(self, text: str | None) -> None:
-        previous = await read_optional(self.transport, self.spec.config_path)
-        data = text.encode() if text is not None else None
-        await install(self.transport, self.spec.config_path, data, previous, self._test_and_reload)
-
-    async def _test_and_reload(self) -> None:
-        """Test, then reload. Beside the test, the workers accepting now are noted (nginx_workers.py):
-        `verify` waits until they stopped accepting."""
+        """Under the file lock: note the workers accepting now (nginx_workers.py; `verify` waits until they
+        stopped accepting) while the file is read, written and tested, then reload."""
         self._before_reload = None
         url = self.generation_url() if self.observe_workers else None
         workers = asyncio.ensure_future(snapshot(self.http, url, self.transport)) if url else None
-        try:
+
+        async def test_and_reload() -> None:
             if self.spec.test_command:
                 result = await self._run(self.spec.test_command)
                 if not result.ok:
                     raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
-            self._before_reload = await workers if workers is not None else None
+            # Taken before the reload, or not at all; and never waited for: when it is not ready by the
+            # end of the test, verify falls back to the settle time rather than delay the reload.
+            if workers is not None and workers.done() and not workers.cancelled():
+                self._before_reload = workers.result()
+            result = await self._run(self.spec.reload_command)
+            if not result.ok:
+                raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
+
+        try:
+            previous = await read_optional(self.transport, self.spec.config_path)
+            data = text.encode() if text is not None else None
+            await install(self.transport, self.spec.config_path, data, previous, test_and_reload)
         finally:
             if workers is not None and not workers.done():
                 workers.cancel()
-        result = await self._run(self.spec.reload_command)
-        if not result.ok:
-            raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)

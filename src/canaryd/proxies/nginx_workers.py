@@ -14,7 +14,9 @@ How the workers are found: the generation probe's answer names the worker that s
 step is checked (the master's title, the worker among its children), so a proxy in another pid namespace
 than the transport (nginx in a container, SSH to its host) or a system without /proc yields None, and the
 caller falls back to holding the new generation's answers for a settle time. /proc is read through the
-transport: on a remote proxy server over the pooled SSH connection's SFTP channel, concurrently.
+transport: on a remote proxy server over the pooled SSH connection's SFTP channel, concurrently. The
+snapshot is taken while the file is written and tested and is never waited for: when it is not ready when
+the test has passed, the reload goes ahead and the settle time is the proof.
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ async def snapshot(
         master = int(stat.rsplit(b")", 1)[1].split()[1]) if stat is not None else None
     except (IndexError, ValueError):
         return None
-    if master is None or not (await _proc(transport, f"/proc/{master}/cmdline") or b"").startswith(
-        _MASTER_TITLE
-    ):
+    if master is None:
         return None
-    workers = await accepting_workers(transport, master)
-    if workers is None or worker not in workers:
+    title, workers = await asyncio.gather(
+        _proc(transport, f"/proc/{master}/cmdline"), accepting_workers(transport, master)
+    )
+    if not (title or b"").startswith(_MASTER_TITLE) or workers is None or worker not in workers:
         return None
     return master, workers
 
