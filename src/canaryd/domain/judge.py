@@ -688,19 +688,11 @@ def _bucket(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -
     return _Bucket(capped, any(v > cap for v in raw), canary_sums, stable_sums, r_c, r_s, phi)
 
 
-def _counted_caps(sums: tuple[float, ...], nc: int, ns: int, events: int, kappa: float) -> list[int]:
-    """For y = 0..events stable events in a bucket: the most canary events the stage-end look counts.
-
-    `sums` are the look's sums before this bucket (counted canary events, canary requests, stable events,
-    stable requests over the rollout)."""
-    c_events, c_requests, s_events, s_requests = sums
-    p_canary = c_events / c_requests if c_requests else 0.0
-    caps = []
-    for y in range(events + 1):
-        p_stable = (s_events + y) / (s_requests + ns) if s_requests + ns else 0.0
-        mu = nc * max(p_canary, p_stable)
-        caps.append(max(1, math.ceil(mu + kappa * math.sqrt(mu))))
-    return caps
+def _cap(nc: int, p_canary: float, p_stable: float, kappa: float) -> int:
+    """The most canary events the stage-end look counts in a bucket of `nc` canary requests: `kappa`
+    standard deviations above what its requests would give at the higher of the two rates (at least 1)."""
+    mu = nc * max(p_canary, p_stable)
+    return max(1, math.ceil(mu + kappa * math.sqrt(mu)))
 
 
 def _trimmed_stable_rate(buckets: tuple[tuple[int, int, int, int], ...], fallback: float) -> float:
@@ -728,21 +720,21 @@ def _replay(stream: Stream, margin: float, kappa: float, with_null: bool) -> _Re
     """Replays the stage's buckets: each one's capped canary count and its null distribution (a capped
     binomial given the bucket's events); their convolution only when `with_null`.
 
-    Two passes: the first caps each bucket from the rates counted before it (so a burst counts like one
-    or two ordinary events and cannot raise its own cap); the second caps every bucket from the rates the
-    first pass counted over the whole rollout so far — a steady regression raises the caps of the stage's
-    early buckets too, a lone burst barely moves them."""
+    Two passes. The first caps each bucket from the canary's rate counted before it (so a burst counts
+    like one or two ordinary events and cannot raise its own cap); the second caps every bucket from the
+    rate the first pass counted over the rollout so far, so a steady regression raises the caps of the
+    stage's early buckets too while a lone burst barely moves them. Stable's rate is its stage rate
+    without its own worst buckets (`_trimmed_stable_rate`)."""
     sums = stream.counted
-    for nc, x, ns, y in stream.bucket_counts:
-        caps = _counted_caps(sums, nc, ns, x + y, kappa)
-        sums = (sums[0] + min(x, caps[y]), sums[1] + nc, sums[2] + y, sums[3] + ns)
-    p_canary = sums[0] / sums[1] if sums[1] else 0.0
     p_stable = _trimmed_stable_rate(stream.bucket_counts, sums[2] / sums[3] if sums[3] else 0.0)
+    for nc, x, ns, y in stream.bucket_counts:
+        cap = _cap(nc, sums[0] / sums[1] if sums[1] else 0.0, p_stable, kappa)
+        sums = (sums[0] + min(x, cap), sums[1] + nc, sums[2] + y, sums[3] + ns)
+    p_canary = sums[0] / sums[1] if sums[1] else 0.0
     counted, expected = 0, 0.0
     null: tuple[int, list[float]] = (0, [1.0])
     for nc, x, ns, y in stream.bucket_counts:
-        mu = nc * max(p_canary, p_stable)
-        caps = [max(1, math.ceil(mu + kappa * math.sqrt(mu)))] * (x + y + 1)
+        caps = [_cap(nc, p_canary, p_stable, kappa)] * (x + y + 1)
         offset, dist = counted_distribution(x + y, null_share(nc / (nc + ns), margin), caps)
         expected += sum((offset + i) * q for i, q in enumerate(dist))
         if with_null:
