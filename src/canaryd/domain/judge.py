@@ -326,19 +326,38 @@ def _bucket_counts(raw: object) -> tuple[tuple[int, int, int, int], ...]:
     return tuple((raw[i], raw[i + 1], raw[i + 2], raw[i + 3]) for i in range(0, len(raw), 4))
 
 
+def _dense(hist: Histogram) -> list[int]:
+    """A histogram as [first bucket, its count, the next bucket's count, ...] (compact JSON)."""
+    if not hist:
+        return []
+    first, last = min(hist), max(hist)
+    return [first, *(hist.get(b, 0) for b in range(first, last + 1))]
+
+
+def _hist(raw: object) -> dict[int, int]:
+    """A histogram from its dense form, or from [[bucket, count], ...] pairs (evidence written before)."""
+    if not isinstance(raw, list) or not raw:
+        return {}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        return {raw[0] + i: n for i, n in enumerate(raw[1:]) if n > 0}
+    ok = [p for p in raw if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)]
+    return {b: n for b, n in ok}
+
+
 def _hists(raw: object) -> tuple[Histogram, Histogram]:
     if not isinstance(raw, list) or len(raw) != 2:
         return ({}, {})
-    out: list[dict[int, int]] = []
-    for h in raw:
-        pairs = h if isinstance(h, list) else []
-        ok = [p for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)]
-        out.append({b: n for b, n in ok})
-    return out[0], out[1]
+    return _hist(raw[0]), _hist(raw[1])
 
 
 def _minus(hist: Histogram, base: Histogram) -> dict[int, int]:
     return {b: n - base.get(b, 0) for b, n in hist.items() if n - base.get(b, 0) > 0}
+
+
+#: The latency base histograms are kept from this fraction of the threshold up: a bucket is counted at
+#: the threshold of the check that closes it, which moves little within a bucket (it follows stable's p95
+#: over the whole deployment); were it to drop further, the requests between would count as slow.
+TAIL_KEPT = 0.8
 
 
 def _tails(hists: tuple[Histogram, Histogram], floor_ms: float) -> tuple[Histogram, Histogram]:
@@ -385,9 +404,9 @@ class Stream:
     #: all the stage-end look and the gross-failure rule need, and the evidence a person can check.
     bucket_counts: tuple[tuple[int, int, int, int], ...] = ()
     end_p: float | None = None  # the stage-end look's p-value, once it happened
-    #: latency only: both cohorts' histograms at the last bucket boundary, from half the threshold up (a
-    #: bucket's slow requests are counted on its own histogram against the threshold of the check that
-    #: closes it; the part below half the threshold cannot matter and is not kept).
+    #: latency only: both cohorts' histograms at the last bucket boundary, from TAIL_KEPT × the threshold
+    #: up (a bucket's slow requests are counted on its own histogram against the threshold of the check
+    #: that closes it; the part far below the threshold cannot matter and is not kept).
     base_hists: tuple[Histogram, Histogram] = ({}, {})
 
     def to_json(self) -> dict[str, object]:
@@ -405,7 +424,7 @@ class Stream:
             "counted": [_num(v) for v in self.counted],
             "bucket_counts": [v for b in self.bucket_counts for v in b],
             "end_p": self.end_p,
-            "base_hists": [sorted(h.items()) for h in self.base_hists],
+            "base_hists": [_dense(h) for h in self.base_hists],
         }
 
     @classmethod
@@ -794,7 +813,7 @@ def _advance(
         capped=stream.capped + bucket.capped,
         canary_sums=bucket.canary_sums,
         stable_sums=bucket.stable_sums,
-        base_hists=_tails(hists, latency[2] / 2 if latency else 0.0),
+        base_hists=_tails(hists, latency[2] * TAIL_KEPT if latency else 0.0),
     )
     if delta.canary_requests > 0 and delta.stable_requests > 0:
         counts = (delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events)
