@@ -832,17 +832,14 @@ def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin
     )  # fmt: skip
 
 
-def _end_p_value(look: _Replay, phi: float, mid: bool) -> float:
-    """The stage-end look's p-value, P(counted ≥ observed) under the null, or with `mid` its mid-p
-    (P(counted > observed) + P(counted = observed) / 2: it spends the level the discrete exact test leaves
-    unused at low counts); the excess over the null's mean shrunk by √(design effect) when the cohorts' own
-    buckets show over-dispersion."""
+def _end_p_value(look: _Replay, phi: float) -> float:
+    """The stage-end look's p-value: P(counted ≥ observed) under the null, the excess over the null's
+    mean shrunk by √(design effect) when the cohorts' own buckets show over-dispersion."""
     offset, dist = look.null
     observed = look.counted
     if observed > look.expected and phi > 1:
         observed = math.ceil(look.expected + (observed - look.expected) / math.sqrt(phi))
-    at = dist[observed - offset] if 0 <= observed - offset < len(dist) else 0.0
-    return max(0.0, upper_tail(offset, dist, observed) - (at / 2 if mid else 0.0))
+    return upper_tail(offset, dist, observed)
 
 
 def _open_stream(metric: str, evidence: Evidence) -> Stream:
@@ -1092,7 +1089,7 @@ def _compare(
     look = _replay(stream, margin, config.burst_allowance, with_null=end_look)
     if end_look:
         phi = _typical_design_effect(stream, bucket, stage, margin)
-        stream = replace(stream, end_p=_end_p_value(look, phi, mid=latency is None))
+        stream = replace(stream, end_p=_end_p_value(look, phi))
     log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
     log_e = log_mixture(log_lr)
     total = evidence.prior.get(metric, Tally()) + _compared(stage)
