@@ -1102,7 +1102,19 @@ def _compare(
     if failure is not None:
         return MetricVerdict(metric, Outcome.FAIL, failure, figures), stream
     outcome, reason = _pass_or_wait(
-        metric, what, stage, stream, bucket, total, margin, alpha, log_e, config, figures
+        # A pass is used at the stage's end, after its look: the exposure counts that look's level too
+        # (conservatively, as if it were the always-valid test's; one fixed look is stronger).
+        metric,
+        what,
+        stage,
+        stream,
+        bucket,
+        total,
+        margin,
+        alpha + end_alpha,
+        log_e,
+        config,
+        figures,
     )
     return MetricVerdict(metric, outcome, reason, figures), stream
 
