@@ -114,7 +114,8 @@ def worker_process(out: Path) -> None:
         try:
             await worker.async_run()
         except asyncio.CancelledError:
-            await worker.close()
+            with contextlib.suppress(asyncio.CancelledError):  # arq cancels jobs in flight on the way out
+                await worker.close()
 
     asyncio.run(run())
 
@@ -141,7 +142,16 @@ async def bulk_insert(dsn: str, n: int, servers: int, history: int, t0: datetime
     try:
         proxy_id = n * servers + 1
         srv_rows = [
-            (i, f"s{i}", f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}", "local", 22, "root", "{}", now)
+            (
+                i,
+                f"s{i}",
+                f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}",
+                "local",
+                22,
+                "root",
+                "{}",
+                now,
+            )
             for i in range(1, n * servers + 1)
         ]
         srv_rows.append((proxy_id, "proxy", "127.0.0.1", "local", 22, "root", "{}", now))
@@ -261,6 +271,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def backend_pids(database: str) -> list[int]:
+    """PostgreSQL's backend processes serving `database` (their process title names it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if f" {database} ".encode() in (proc / "cmdline").read_bytes().replace(b"\0", b" "):
+                    pids.append(int(proc.name))
+    return pids
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -300,7 +321,9 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
             out.with_suffix(".ready").unlink(missing_ok=True)
             procs.append(
                 subprocess.Popen(
-                    [*nice, PY, str(Path(__file__).resolve()), "--worker-process", str(out)], env=env
+                    [*nice, PY, str(Path(__file__).resolve()), "--worker-process", str(out)],
+                    env=env,
+                    stderr=out.with_suffix(".log").open("w"),
                 )
             )
         deadline = time.monotonic() + 60
@@ -318,9 +341,13 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
             print(f"[{label}] warning: setup finished {late:.1f} s after the first tick was due", flush=True)
         time.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds()))
         cpu0 = [cpu_seconds(p.pid) for p in procs]
-        time.sleep(args.duration)
+        time.sleep(min(5.0, args.duration / 4))  # the workers' connection pools have grown by now
+        backends = backend_pids(name)
+        pg0 = sum(cpu_seconds(pid) for pid in backends)
+        time.sleep(args.duration - min(5.0, args.duration / 4))
         end = datetime.now(UTC)
         cpu1 = [cpu_seconds(p.pid) for p in procs]
+        pg1 = sum(cpu_seconds(pid) for pid in backends)
         left = asyncio.run(backlog(dsn, end))
         time.sleep(2.5)  # the workers' last lags reach their files
     finally:
@@ -343,6 +370,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
             all_ticks += len(noted)
     ticks = len(lags)
     lags += left
+    pg_window = args.duration - min(5.0, args.duration / 4)
     worker_cpu = sum(b - a for a, b in zip(cpu0[1:], cpu1[1:], strict=True))
     return {
         "label": label,
@@ -357,6 +385,9 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         "max_lag_ms": max(lags, default=float("nan")) * 1000,
         "worker_cpu_ms_per_tick": worker_cpu * 1000 / ticks if ticks else float("nan"),
         "worker_cpu_share": worker_cpu / args.duration,
+        "pg_cpu_ms_per_tick": (pg1 - pg0) * 1000 / (ticks * pg_window / args.duration)
+        if ticks
+        else float("nan"),
         "api_cpu_s": cpu1[0] - cpu0[0],
         "sql_per_tick": statements / all_ticks if all_ticks else float("nan"),
         "setup_s": setup_s,
@@ -371,13 +402,17 @@ def source_tree(rev: str) -> Path:
     path = Path(f"/tmp/canaryd-scale-rev-{commit}")
     if not path.exists():
         path.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], check=True, capture_output=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "src"], check=True, capture_output=True
+        )
         subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
     return path / "src"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deployments", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds measured")
     parser.add_argument("--workers", type=int, default=1)
@@ -406,7 +441,7 @@ def main() -> None:
         runs.append(run_once(args, source_tree(args.compare), args.compare.replace("/", "_")))
     runs.append(run_once(args, ROOT / "src", "this"))
     keys = ["ticks", "not_started", "ticks_per_s", "p50_lag_ms", "p99_lag_ms", "max_lag_ms",
-            "worker_cpu_ms_per_tick", "worker_cpu_share", "sql_per_tick", "api_cpu_s", "setup_s"]  # fmt: skip
+            "worker_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "api_cpu_s", "setup_s"]  # fmt: skip
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in keys:
         print(f"{key:24}" + "".join(f"{r[key]:>14.1f}" for r in runs))
