@@ -260,6 +260,22 @@ async def backlog(dsn: str, end: datetime) -> list[float]:
     return [(end - r["next_tick_at"]).total_seconds() for r in rows]
 
 
+async def json_sizes(dsn: str) -> tuple[float, float]:
+    """Mean size in bytes of a deployment's metrics snapshot and of an event's metrics, as stored."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        snapshot = await conn.fetchval("SELECT avg(length(canary_metrics_snapshot::text)) FROM deployments")
+        event = await conn.fetchval(
+            "SELECT avg(length(metrics::text)) FROM deployment_events WHERE kind = 'health_check' AND id > "
+            "(SELECT coalesce(max(id), 0) - 1000 FROM deployment_events)"
+        )
+    finally:
+        await conn.close()
+    return float(snapshot or 0), float(event or 0)
+
+
 # --- one run ---------------------------------------------------------------------------------------------
 
 
@@ -349,6 +365,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         cpu1 = [cpu_seconds(p.pid) for p in procs]
         pg1 = sum(cpu_seconds(pid) for pid in backends)
         left = asyncio.run(backlog(dsn, end))
+        snapshot_bytes, event_bytes = asyncio.run(json_sizes(dsn))
         time.sleep(2.5)  # the workers' last lags reach their files
     finally:
         for p in procs:
@@ -389,6 +406,8 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         if ticks
         else float("nan"),
         "api_cpu_s": cpu1[0] - cpu0[0],
+        "snapshot_json_bytes": snapshot_bytes,
+        "event_json_bytes": event_bytes,
         "sql_per_tick": statements / all_ticks if all_ticks else float("nan"),
         "setup_s": setup_s,
     }
@@ -441,7 +460,7 @@ def main() -> None:
         runs.append(run_once(args, source_tree(args.compare), args.compare.replace("/", "_")))
     runs.append(run_once(args, ROOT / "src", "this"))
     keys = ["ticks", "not_started", "ticks_per_s", "p50_lag_ms", "p99_lag_ms", "max_lag_ms",
-            "worker_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "api_cpu_s", "setup_s"]  # fmt: skip
+            "worker_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in keys:
         print(f"{key:24}" + "".join(f"{r[key]:>14.1f}" for r in runs))
