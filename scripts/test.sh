@@ -109,9 +109,29 @@ pytest_step() {
 }
 run_step "tests: pytest -q $*" pytest_step "$@"
 
+# The two modes share nothing (own ports, loopback addresses, database and Redis database) and spend most of
+# their time waiting for stages, so they run side by side; each one's output is shown whole, in order.
+smoke_both() {
+  local dir rc=0 embedded production
+  dir=$(mktemp -d)
+  "$BIN/python" "$SMOKE" >"$dir/embedded" 2>&1 &
+  embedded=$!
+  "$BIN/python" "$SMOKE" --production >"$dir/production" 2>&1 &
+  production=$!
+  wait "$embedded" || rc=1
+  header "contract smoke test: embedded mode"
+  cat "$dir/embedded"
+  if ((rc != 0)); then failed+=("contract smoke test: embedded mode"); fi
+  rc=0
+  wait "$production" || rc=1
+  header "contract smoke test: production mode"
+  cat "$dir/production"
+  if ((rc != 0)); then failed+=("contract smoke test: production mode"); fi
+  rm -rf "$dir"
+}
+
 if [[ -f $SMOKE ]]; then
-  run_step "contract smoke test: embedded mode" "$BIN/python" "$SMOKE"
-  run_step "contract smoke test: production mode" "$BIN/python" "$SMOKE" --production
+  smoke_both
 else
   header "contract smoke tests: skipped ($SMOKE not found)"
 fi

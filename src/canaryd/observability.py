@@ -32,6 +32,7 @@ ROLLBACK_REASONS = (
     "metric_source",
     "inconclusive",
     "step_failed",
+    "check",
     "other",
 )
 #: Libraries whose INFO lines drown the decisions (1,229 httpx lines in 15 minutes of one rollout).
@@ -123,6 +124,19 @@ class Metrics:
             buckets=_API_BUCKETS,
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "canaryd_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), retried (will be tried again), failed "
+            "(its last attempt failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "canaryd_webhook_delivery_seconds",
+            "Time from an event to its webhook delivery being acknowledged (2xx).",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
 
     # --- what the engine and the services call ------------------------------------------------------
     def tick_started(self, lag_s: float) -> None:
@@ -150,6 +164,11 @@ class Metrics:
     def verdict(self, judge: str, outcome: str) -> None:
         self.verdicts.labels(judge=judge, outcome=outcome).inc()
 
+    def webhook_delivery(self, outcome: str, since_event_s: float) -> None:
+        self.webhook_deliveries.labels(outcome=outcome).inc()
+        if outcome == "delivered":
+            self.webhook_latency.observe(max(0.0, since_event_s))
+
     def api_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.api_requests.labels(method=method, route=route, status=str(status)).observe(seconds)
 
@@ -176,6 +195,8 @@ def rollback_reason(event: Mapping[str, Any]) -> str:
     if actor.startswith("token:") or actor == "operator":
         return "operator"
     metrics = event.get("metrics") or {}
+    if isinstance(metrics, dict) and metrics.get("check"):  # a webhook check's failure_action
+        return "check"
     verdict = metrics.get("verdict") if isinstance(metrics, dict) else None
     if isinstance(verdict, dict):
         for item in verdict.get("metrics") or []:

@@ -19,6 +19,7 @@ from canaryd.db.engine import make_engine, make_sessionmaker
 from canaryd.engine.bus import EventBus, LocalBus, RedisBus
 from canaryd.engine.driver import LeaseTerms, RolloutDriver
 from canaryd.engine.locks import DeploymentLocks
+from canaryd.engine.outbox import DeliveryTerms, Outbox
 from canaryd.engine.ports import Clock, RealOutside, SystemClock
 from canaryd.engine.reconcile import reconcile
 from canaryd.engine.scheduler import ArqScheduler, LocalScheduler, TickScheduler
@@ -74,6 +75,19 @@ class Runtime:
             except Exception:
                 log.exception("reconcile failed; trying again in %s s", interval)
             await asyncio.sleep(interval)
+
+    def outbox(self) -> Outbox:
+        """The webhook delivery loop over this process's clients (docs/notifications.md)."""
+        s = self.settings
+        terms = DeliveryTerms(
+            s.webhook_timeout,
+            s.webhook_max_attempts,
+            s.webhook_backoff,
+            s.webhook_backoff_max,
+            s.webhook_poll_interval,
+            s.webhook_retention_days,
+        )
+        return Outbox(self.sessions, self.http, self.clock, self.metrics, terms, self.owner)
 
     def driver(self) -> RolloutDriver:
         """The rollout driver over this process's clients."""

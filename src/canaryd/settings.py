@@ -57,6 +57,19 @@ class Settings(BaseSettings):
     #: engine figures in production mode, where workers run the ticks).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"
+    # --- notifications (docs/notifications.md) -------------------------------------------------------------
+    #: Longest one delivery attempt may take in all (connect, send, answer), in seconds.
+    webhook_timeout: float = Field(default=5.0, gt=0, le=120)
+    #: Attempts of one delivery before it is marked failed (the first one included).
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    #: Wait after the first failed attempt; doubled after each further one (2, 4, 8, … s).
+    webhook_backoff: float = Field(default=2.0, gt=0)
+    #: Longest wait between two attempts (12 attempts with the defaults span about 37 minutes).
+    webhook_backoff_max: float = Field(default=600.0, gt=0)
+    #: How often each worker (or the embedded server) looks for deliveries that are due.
+    webhook_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    #: Delivered and failed deliveries are deleted this many days after they finished.
+    webhook_retention_days: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

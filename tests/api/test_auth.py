@@ -61,6 +61,11 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("DELETE", f"{API}/servers/{{server_id}}"): "admin",
     ("GET", f"{API}/tokens"): "admin",
     ("DELETE", f"{API}/tokens/{{token_id}}"): "admin",
+    ("POST", f"{API}/webhooks"): "admin",
+    ("GET", f"{API}/webhooks"): "admin",
+    ("GET", f"{API}/webhooks/{{webhook_id}}"): "admin",
+    ("DELETE", f"{API}/webhooks/{{webhook_id}}"): "admin",
+    ("GET", f"{API}/webhooks/{{webhook_id}}/deliveries"): "admin",
 }
 
 

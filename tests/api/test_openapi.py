@@ -75,12 +75,18 @@ def test_every_setting_has_a_description_unit_and_default(spec: dict[str, Any]) 
     schemas = spec["components"]["schemas"]
     missing = [
         f"{model}.{name}"
-        for model in ("CanaryConfig", "ProxySpec", "PrometheusSource", "PrometheusQueries")
+        for model in (
+            "CanaryConfigOverrides",
+            "CheckSpec",
+            "ProxySpec",
+            "PrometheusSource",
+            "PrometheusQueries",
+        )
         for name, field in schemas[model]["properties"].items()
         if not re.search(r"\. Unit: .+\. Default: .+\.$", field.get("description", ""))
     ]
     assert not missing, f"undocumented settings: {missing}"
-    stage = schemas["CanaryConfig"]["properties"]["stage_duration"]["description"]
+    stage = schemas["CanaryConfigOverrides"]["properties"]["stage_duration"]["description"]
     assert "Unit: seconds. Default: 300." in stage
 
 

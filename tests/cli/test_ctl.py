@@ -421,3 +421,32 @@ def test_watch_reconnects_with_after_seq_and_shows_each_event_once(server: FakeS
     assert result.stdout.count("health_check") == 1, result.stdout
     assert result.stdout.count("promoted") == 1
     assert result.stdout.splitlines()[-1] == "deployment 42 completed"
+
+
+def test_app_update_sends_the_defaults_file_and_prints_them(
+    run: Any, server: FakeServer, tmp_path: Any
+) -> None:
+    """`app update ID --defaults-file` PATCHes deployment_defaults with the file's object; mistakes exit 2."""
+    defaults = {"stages": [10, 100], "stage_duration": 120}
+    (tmp_path / "d.json").write_text(json.dumps(defaults))
+    answer = {
+        "id": 7,
+        "name": "shop",
+        "current_version": "v1",
+        "server_ids": [1],
+        "deployment_defaults": defaults,
+    }
+    server.on("PATCH", "/applications/7", httpx.Response(200, json=answer))
+    result = run("app", "update", "7", "--defaults-file", str(tmp_path / "d.json"))
+    assert result.exit_code == 0, result.output
+    assert server.bodies() == [{"deployment_defaults": defaults}]
+    assert "  stage_duration: 120" in result.stdout.splitlines()
+    (tmp_path / "bad.json").write_text("[1]")
+    for args in (
+        ["--defaults-file", str(tmp_path / "nope.json")],
+        ["--defaults-file", str(tmp_path / "bad.json")],
+        [],
+    ):
+        result = run("app", "update", "7", *args)
+        assert result.exit_code == 2, (args, result.output)
+    assert len(server.requests) == 1, "nothing sent for a usage error"

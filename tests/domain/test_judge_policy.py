@@ -1,4 +1,4 @@
-"""What an inconclusive or failing verdict leads to under the policy: extension, then pause/rollback/proceed; dry run."""
+"""What an inconclusive or failing verdict leads to under the policy: extension, then pause/rollback/proceed; observe-only analysis."""
 
 from __future__ import annotations
 
@@ -70,17 +70,17 @@ def test_failure_still_rolls_back_at_once() -> None:
 @pytest.mark.parametrize(
     ("verdict", "now", "index", "action", "would", "reason"),
     [
-        (FAIL, 1, 0, Action.HOLD, Action.ROLLBACK, "dry run: would roll back: error_rate: canary errors 18/60"),
-        (FAIL, 300, 0, Action.ADVANCE, Action.ROLLBACK, "dry run: would roll back: error_rate"),
-        (WAIT, 300, 0, Action.ADVANCE, Action.HOLD, "dry run: cannot tell yet: error_rate: canary has 37"),
-        (WAIT, 300, 2, Action.PROMOTE, Action.HOLD, "dry run: cannot tell yet"),
+        (FAIL, 1, 0, Action.HOLD, Action.ROLLBACK, "observe only: would roll back: error_rate: canary errors 18/60"),
+        (FAIL, 300, 0, Action.ADVANCE, Action.ROLLBACK, "observe only: would roll back: error_rate"),
+        (WAIT, 300, 0, Action.ADVANCE, Action.HOLD, "observe only: cannot tell yet: error_rate: canary has 37"),
+        (WAIT, 300, 2, Action.PROMOTE, Action.HOLD, "observe only: cannot tell yet"),
         (PASS, 300, 1, Action.ADVANCE, None, "error_rate: enough traffic"),
     ],
 )  # fmt: skip
-def test_dry_run_records_but_never_acts(
+def test_observe_only_records_but_never_acts(
     verdict: Verdict, now: float, index: int, action: Action, would: Action | None, reason: str
 ) -> None:
-    """Dry run: stages advance on time as if passed, never roll back; what the judge would do is recorded."""
-    decision = decide(clock(index), verdict, at(now), Policy(dry_run=True))
+    """analysis: observe: stages advance on time as if passed, never roll back; what the judge would do is recorded."""
+    decision = decide(clock(index), verdict, at(now), Policy(observe_only=True))
     assert decision.action is action and decision.would is would
     assert any(r.startswith(reason) for r in decision.reasons), decision.reasons

@@ -79,11 +79,18 @@ SCENARIOS = [
         max_ticks=400,
     ),
     Scenario(
-        "dry run: a bad canary completes",
+        "analysis observe: a bad canary completes",
+        {"v2": Behaviour(error_rate=0.3)},
+        config={"analysis": "observe"},
+        ends="completed",
+        reason="analysis: observe",
+    ),
+    Scenario(
+        "dry_run, the deprecated name of analysis observe: a bad canary completes",
         {"v2": Behaviour(error_rate=0.3)},
         config={"dry_run": True},
         ends="completed",
-        reason="dry run",
+        reason="analysis: observe",
     ),
     Scenario(
         "source outage: pause",

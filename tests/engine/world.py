@@ -8,6 +8,7 @@ weights, and each version answers with its `Behaviour` (error rate, latency, hea
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from canaryd.db.models import Application, Server
 from canaryd.domain.config import PrometheusSource
 from canaryd.domain.types import Cohort, CohortStats, HostLoad
+from canaryd.engine.checks import CheckAnswer, CheckRequest
 from canaryd.metrics.health import HealthResult
 from canaryd.metrics.prometheus import CohortQuery, MetricSourceError
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
@@ -73,6 +75,11 @@ class Fleet:
     proxy_refuses: bool = False
     proxy_down: bool = False
     source_fails: bool = False
+    #: Scripted answers of webhook checks by name, (status, body) in order; the last one repeats; status 0:
+    #: no answer. Unscripted checks answer (200, "ok").
+    check_answers: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: Every check call: its JSON body, with "headers" and "at" (virtual time) added.
+    check_calls: list[dict[str, object]] = field(default_factory=list)
     #: Every effect as it reached the world: ("routes", backends) or ("deploy", host, version).
     log: list[tuple[object, ...]] = field(default_factory=list)
     #: Called before each effect; raise Crash from it to kill the tick there.
@@ -216,6 +223,18 @@ class MemoryOutside:
         if self.fleet.source_fails:
             raise MetricSourceError("prometheus: connection refused")
         return {q.cohort: CohortStats() for q in cohorts}
+
+    async def call_check(self, request: CheckRequest) -> CheckAnswer:
+        self.fleet.before_effect("check")
+        payload = json.loads(request.body)
+        self.fleet.check_calls.append(
+            {**payload, "headers": dict(request.headers), "at": self.fleet.clock.now()}
+        )
+        script = self.fleet.check_answers.get(payload["check"], [])
+        status, body = (script.pop(0) if len(script) > 1 else script[0]) if script else (200, "ok")
+        if not status:
+            return CheckAnswer(None, error="connection refused", ms=1.0)
+        return CheckAnswer(status, body.encode(), ms=1.0)
 
 
 @dataclass

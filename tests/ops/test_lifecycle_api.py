@@ -21,8 +21,6 @@ async def test_server_update_and_delete_with_conflicts(embedded_stack: Stack) ->
     r = await s.api.patch(f"/servers/{used}", json={"name": "web-renamed", "labels": {"rack": "b2"}})
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "web-renamed" and r.json()["labels"] == {"rack": "b2"}
-    r = await s.api.patch(f"/servers/{used}", json={"host": "127.0.0.99"})
-    assert r.status_code == 409 and "shop" in r.json()["detail"], r.text
     r = await s.api.delete(f"/servers/{used}")
     assert r.status_code == 409 and "shop" in r.json()["detail"], r.text
 
@@ -30,6 +28,9 @@ async def test_server_update_and_delete_with_conflicts(embedded_stack: Stack) ->
     await s.wait(dep["id"], until={"monitoring"})
     r = await s.api.patch(f"/servers/{used}", json={"labels": {}})
     assert r.status_code == 409 and f"deployment {dep['id']}" in r.json()["detail"], r.text
+    r = await s.api.patch(f"/servers/{used}", json={"host": "127.0.0.99"})
+    assert r.status_code == 409 and f"deployment {dep['id']}" in r.json()["detail"], r.text
+    assert (await s.api.get(f"/servers/{used}")).json()["host"] == s.hosts[0]
     r = await s.api.post(f"/deployments/{dep['id']}/rollback")
     assert r.status_code == 202
     await s.wait(dep["id"])

@@ -17,6 +17,7 @@ import pytest
 from canaryd.domain.types import Backend, Cohort
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.proxies.nginx import NginxProxy, render_nginx
+from canaryd.proxies.nginx_workers import accepting_workers, snapshot
 from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport
 
@@ -135,6 +136,25 @@ async def test_verify_tells_new_from_old(
     await proxy.apply(fleet.table(generation=5))
     assert await proxy.verify(fleet.table(generation=5))
     assert not await proxy.verify(fleet.table(generation=6))
+
+
+async def test_verify_waits_until_old_workers_stop_accepting(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """After a reload, verify() returns only once every worker that accepted before it has exited or is
+    shutting down (nginx's master lets them accept for 100 ms more), found through the probe and /proc."""
+    transport = LocalTransport()
+    await make_proxy(nginx_instance, http).apply(fleet.table(generation=1))
+    url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
+    before = await snapshot(http, url, transport)
+    assert before is not None and before[0] == nginx_instance.master_pid() and before[1]
+    proxy = make_proxy(nginx_instance, http)
+    table = fleet.table(generation=2, canary_weight=0, stable_weight=1)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    still = await accepting_workers(transport, before[0])
+    assert still is not None and still and not still & before[1]
+    assert canary_share(await send(nginx_instance, 40), "v2") == 0.0
 
 
 async def test_verify_catches_a_reload_nginx_refused(

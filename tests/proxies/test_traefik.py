@@ -336,7 +336,7 @@ async def test_read_traffic_reports_deltas_per_cohort(tmp_path: Path) -> None:
     assert stable.slower_than(1200.0) == 9
     assert first.next_offset > offset and again.next_offset > first.next_offset
     assert again.cohorts["canary"].to_json() == canary.to_json()
-    state = json.loads((tmp_path / ".shop.yml.canaryd-traffic.json").read_text())
+    state = json.loads((tmp_path / ".canaryd" / ".shop.yml.canaryd-traffic.json").read_text())
     assert state["addresses"]["canaryd-app-7-server-11"] == "127.0.0.11:8080"
 
 

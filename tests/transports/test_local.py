@@ -35,6 +35,14 @@ async def _wait_dead(pid: int, within: float = 5.0) -> bool:
     return False
 
 
+def _children() -> set[int]:
+    """This process's child processes."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
+
+
 @pytest.fixture
 def local() -> LocalTransport:
     """A LocalTransport."""
@@ -113,6 +121,31 @@ async def test_cancelled_run_kills_command(local: LocalTransport, tmp_path: Path
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert await _wait_dead(int(pidfile.read_text()))
+
+
+async def test_run_cancelled_while_the_shell_starts_kills_its_children(
+    local: LocalTransport, tmp_path: Path
+) -> None:
+    """A cancel that lands while asyncio is still connecting the new shell's pipes (a loaded machine, a lost
+    lease) kills the command's children too: asyncio alone would kill the shell and then wait for the
+    orphaned child that still holds the pipes."""
+    pidfile = tmp_path / "child.pid"
+    command = f"sleep 60 & echo $! > {shlex.quote(str(pidfile))}; wait"
+    before = _children()
+    task = asyncio.create_task(local.run(command, timeout=60))
+    for _ in range(100):  # one loop step at a time, until the shell is forked
+        await asyncio.sleep(0)
+        if _children() - before:
+            break
+    # The shell's pipes are connected by later loop steps: block the loop while it starts its child.
+    deadline = time.monotonic() + 5
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert pidfile.exists(), "the shell did not start its child"
     assert await _wait_dead(int(pidfile.read_text()))
 
 

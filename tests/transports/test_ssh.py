@@ -62,6 +62,17 @@ async def test_run_returns_output_and_status(ssh: SshTransport) -> None:
     assert (result.exit_status, result.stdout) == (0, "0\ndone\n")
 
 
+async def test_commands_share_a_shell_not_its_state(ssh: SshTransport) -> None:
+    """Commands go to one long-lived shell (one process group), yet each runs in its own /bin/sh -c:
+    a cd or a variable does not reach the next command; output without a final newline comes back exact."""
+    first = await ssh.run("ps -o pgid= -p $$; cd /tmp; X=1; printf out; printf err >&2", timeout=10)
+    second = await ssh.run("ps -o pgid= -p $$; pwd; echo ${X:-unset}", timeout=10)
+    pgid, out = first.stdout.split("\n", 1)
+    assert (out, first.stderr) == ("out", "err")
+    assert second.stdout.split("\n")[0] == pgid
+    assert second.stdout.split("\n")[1:] == ["/root", "unset", ""]
+
+
 async def test_run_uses_posix_sh(ssh: SshTransport) -> None:
     """Commands run under /bin/sh, whatever the login shell, like the local transport."""
     result = await ssh.run('readlink -f /proc/$$/exe; printf "%s" "$0"', timeout=10)

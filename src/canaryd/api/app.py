@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from canaryd import __version__
-from canaryd.api import routes, traefik_provider, ui, ws
+from canaryd.api import routes, traefik_provider, ui, webhooks, ws
 from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.engine.scheduler import LocalScheduler
@@ -48,7 +48,7 @@ Canary deployments for applications on ordinary servers behind nginx, HAProxy or
 **Authorize** with an API token (`canaryd token create --name me --scope operate`, or the bootstrap token):
 click *Authorize*, paste the token (without `Bearer`), then *Try it out* on any route. Scopes nest:
 `read` (GET, WebSocket) ⊂ `deploy` (start deployments) ⊂ `operate` (promote, roll back, pause, resume) ⊂
-`admin` (servers, applications, tokens).
+`admin` (servers, applications, tokens, webhooks).
 
 Errors are `{{"detail": "a sentence"}}`, or for 422 `{{"detail": [{{"loc": [...], "msg": "...", "type": "..."}}]}}`
 listing every problem at once; nothing is half-applied. Request bodies larger than {max_body} bytes
@@ -62,6 +62,7 @@ TAGS = [
     {"name": "applications", "description": "Applications, their servers and the proxy in front of them."},
     {"name": "servers", "description": "Hosts that applications and proxies run on."},
     {"name": "tokens", "description": "API tokens (admin scope)."},
+    {"name": "webhooks", "description": "Notification subscriptions and their deliveries (admin scope)."},
     {"name": "operations", "description": "Health and metrics, without a token."},
     {"name": "traefik", "description": "Traefik's HTTP provider endpoint."},
 ]
@@ -72,18 +73,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(settings, "embedded" if settings.embedded else "api") as rt:
             app.state.runtime = rt
-            background: asyncio.Task[None] | None = None
+            background: list[asyncio.Task[None]] = []
             if isinstance(rt.scheduler, LocalScheduler):
                 rt.scheduler.bind(rt.driver().tick)
                 await rt.reconcile(grace_seconds=0)  # resume what a previous process left
-                background = asyncio.create_task(rt.reconcile_forever())
+                background.append(asyncio.create_task(rt.reconcile_forever()))
+                background.append(asyncio.create_task(rt.outbox().run_forever()))  # webhook deliveries
             try:
                 yield
             finally:
-                if background is not None:
-                    background.cancel()
+                for task in background:
+                    task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
-                        await background
+                        await task
 
     app = FastAPI(
         title="canaryd",
@@ -95,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_tags=TAGS,
     )
     app.include_router(routes.router)
+    app.include_router(webhooks.router)
     app.include_router(ws.router)
     app.include_router(traefik_provider.router)
     ui.mount(app)

@@ -81,6 +81,7 @@ def application_view(app: Application) -> dict[str, Any]:
         "stop_command": app.stop_command,
         "proxy": app.proxy,
         "proxy_generation": app.proxy_generation,
+        "deployment_defaults": app.deployment_defaults,
         "created_at": app.created_at.isoformat(),
     }
 
@@ -411,18 +412,28 @@ async def create_token(payload: TokenCreate, session: SessionDep, _: AdminAccess
     tags=["servers"],
     summary="Change a server",
     response_model=ServerOut,
-    responses=errors(
-        404, 409, e409="An application using the server is being deployed, or the host is in use."
-    ),
+    responses={
+        **errors(
+            404,
+            409,
+            e409="An application using the server has an active deployment, or is being changed.",
+            e422="The request is invalid, or a proxy refused the configuration with the new host; nothing "
+            "was changed and every proxy is back at its previous configuration.",
+        ),
+        502: {
+            "model": ErrorOut,
+            "description": "A proxy could not be reached; every proxy is back at its previous configuration.",
+        },
+    },
 )
 async def update_server(
-    server_id: ServerId, patch: ServerPatch, session: SessionDep, _: AdminAccess
+    server_id: ServerId, patch: ServerPatch, rt: RuntimeDep, _: AdminAccess
 ) -> dict[str, Any]:
     """Changes fields of a server (name, host, transport, ssh_port, ssh_user, labels; admin scope), validated
-    as on creation. 409 while a deployment of an application using it is active, or for `host` while used."""
-    return server_view(
-        await inventory.update_server(session, server_id, patch.model_dump(exclude_unset=True))
-    )
+    as on creation. 409 while a deployment of an application using it is active. A new `host` is pushed to
+    the proxy of every application using the server, each proven live, before it counts; if any proxy fails,
+    every one is put back and nothing changes."""
+    return server_view(await inventory.update_server(rt, server_id, patch.model_dump(exclude_unset=True)))
 
 
 @router.delete(

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -812,6 +813,81 @@ def list_line(what: str, r: JSONObject) -> str:
         f"{fmt(g('version')):<12} {phase(r):<12} stage {fmt(g('current_stage'))}/{fmt(g('total_stages'))}  "
         f"canary {pct(g('current_traffic_percentage'))}  {fmt(g('created_at'))}"
     )
+
+
+apps = typer.Typer(help="Show an application, or set its default deployment settings.", no_args_is_help=True)
+app.add_typer(apps, name="app")
+
+
+def read_defaults(path: str) -> JSONObject:
+    """The JSON object in a file ('-': standard input)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CtlError([f"error: --defaults-file: {exc.strerror or exc}: {path}"], EXIT_USAGE) from None
+    try:
+        loaded = json.loads(text)
+    except ValueError as exc:
+        raise CtlError([f"error: --defaults-file {path} is not valid JSON: {exc}"], EXIT_USAGE) from None
+    if not isinstance(loaded, dict):
+        raise CtlError([f"error: --defaults-file {path} must hold a JSON object"], EXIT_USAGE)
+    return loaded
+
+
+def application_lines(a: JSONObject) -> list[str]:
+    g = a.get
+    defaults = g("deployment_defaults") or {}
+    lines = [
+        f"application {fmt(g('name'))} (id {fmt(g('id'))}) at {fmt(g('current_version'))}, "
+        f"servers {fmt(g('server_ids'))}",
+        "deployment defaults:"
+        + ("" if defaults else " none (every deployment uses its own or the built-in)"),
+    ]
+    lines += [f"  {key}: {json.dumps(defaults[key])}" for key in sorted(defaults)]
+    return lines
+
+
+@apps.command("show")
+def app_show(ctx: typer.Context, app_ref: AppRef, as_json: JsonFlag = False) -> None:
+    """Show an application and its default deployment settings."""
+    with session_client(ctx) as (client, _):
+        result = _expect_object(call(client, "GET", f"/applications/{resolve_application(client, app_ref)}"))
+    if wants_json(ctx, as_json):
+        echo_json(result)
+    else:
+        typer.echo("\n".join(application_lines(result)))
+
+
+@apps.command("update")
+def app_update(
+    ctx: typer.Context,
+    app_ref: AppRef,
+    defaults_file: Annotated[
+        str | None,
+        typer.Option(
+            "--defaults-file",
+            help="JSON object of default deployment settings (any deployment config fields; '-' reads "
+            "standard input). Replaces the application's defaults whole; deployments override them.",
+        ),
+    ] = None,
+    clear_defaults: Annotated[
+        bool, typer.Option("--clear-defaults", help="Remove the application's default settings.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change an application's default deployment settings (deployments already started keep theirs)."""
+    if (defaults_file is None) == (not clear_defaults):
+        typer.echo("error: give --defaults-file or --clear-defaults", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    with session_client(ctx) as (client, _):
+        defaults = read_defaults(defaults_file) if defaults_file is not None else {}
+        app_id = resolve_application(client, app_ref)
+        body = {"deployment_defaults": defaults}
+        result = _expect_object(call(client, "PATCH", f"/applications/{app_id}", json=body))
+    if wants_json(ctx, as_json):
+        echo_json(result)
+    else:
+        typer.echo("\n".join(application_lines(result)))
 
 
 @app.command()

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -95,6 +96,8 @@ class Application(Base):
     proxy_generation: Mapped[int] = mapped_column(Integer, default=0)
     #: The backends last pushed and verified: the engine skips a reload when nothing changed.
     proxy_applied: Mapped[list[Any]] = mapped_column(default=list)
+    #: Default deployment settings: any subset of CanaryConfig (domain/defaults.py).
+    deployment_defaults: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     server_links: Mapped[list[ApplicationServer]] = relationship(
@@ -123,6 +126,9 @@ class Deployment(Base):
     previous_version: Mapped[str] = mapped_column(String(128))
     strategy: Mapped[str] = mapped_column(String(16), default="canary")
     canary_config: Mapped[dict[str, Any]] = mapped_column()
+    #: Where each setting of canary_config came from ("deployment", "application"; others: the default);
+    #: None for deployments created before application defaults existed.
+    config_sources: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16))
     canary_status: Mapped[str] = mapped_column(String(32), index=True)
     paused_from: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -140,6 +146,8 @@ class Deployment(Base):
     log_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     consecutive_health_failures: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Webhook checks' progress (domain/plan.py CheckProgress): refusals at the current gate, etc.
+    check_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reasons: Mapped[list[Any]] = mapped_column(default=list)
     #: Bumped by every change of state or stage; a tick only acts if it is unchanged since it looked.
     state_version: Mapped[int] = mapped_column(Integer, default=0)
@@ -184,3 +192,54 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     #: After this instant the token is refused (None: never expires).
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Webhook(Base):
+    """A notification subscription: deployment events of the listed kinds are POSTed to `url`."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    #: Event kinds (domain/notifications.py SUBSCRIBABLE), or ["*"] for all of them.
+    events: Mapped[list[Any]] = mapped_column()
+    #: Needed to sign each body, so stored as given; never returned by the API nor logged.
+    secret: Mapped[str | None] = mapped_column(String(256), default=None)
+    format: Mapped[str] = mapped_column(String(16), default="json")
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per (subscription, event), inserted in the transaction that records the event.
+
+    `payload` is what the subscriber gets (rendered in its format at each attempt, always to the same bytes);
+    `key` is the idempotency key sent as `X-Canaryd-Delivery`, the same at every attempt. A delivery is
+    pending until a 2xx answer (delivered) or its last attempt (failed); only the oldest pending delivery of a
+    subscription is ever sent, so a subscriber gets its events in order.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(36), unique=True)
+    event_kind: Mapped[str] = mapped_column(String(40))
+    deployment_id: Mapped[int] = mapped_column(Integer)
+    event_seq: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_queue", "status", "webhook_id", "id"),
+        Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -296,8 +298,89 @@ class PrometheusSource(StrictModel):
     min_window: int = Field(default=15, ge=1, le=3600)
 
 
+def _deprecated_in_schema(schema: dict[str, Any]) -> None:
+    """Shows `dry_run` in the JSON schema as the deprecated name of `analysis` (it is not a field)."""
+    schema.setdefault("properties", {})["dry_run"] = {
+        "type": "boolean",
+        "deprecated": True,
+        "title": "Dry Run",
+        "description": "Deprecated name of analysis: true means `observe`, false `enforce`. Unit: boolean. "
+        "Default: null.",
+    }
+
+
+#: Where a webhook check is called (docs/gates.md). Gates block what follows until every check answers 2xx.
+CheckPoint = Literal["pre_deploy", "pre_stage", "during_stage", "pre_promote", "post_rollback"]
+#: Points whose checks gate what follows (a refusal holds, then `failure_action`).
+GATE_POINTS = frozenset({"pre_deploy", "pre_stage", "pre_promote"})
+#: What a status shows instead of a check's secret; refused as a secret, so a copied config cannot sign with it.
+REDACTED = "[redacted]"
+#: Longest a check called within one tick (during_stage, post_rollback) may take with all its tries, seconds.
+MAX_IN_TICK_SECONDS = 60.0
+
+
+class CheckSpec(StrictModel):
+    """A webhook canaryd calls at a named point of the rollout (docs/gates.md)."""
+
+    name: Name
+    point: CheckPoint
+    url: HttpUrl
+    #: Seconds one call may take (connect, send, answer); bounded, as a gate's call holds the tick.
+    timeout: float = Field(default=10.0, gt=0, le=30)
+    #: Gates: refusals tried again at the next check interval before `failure_action` applies.
+    #: during_stage and post_rollback: further tries at once, one second apart.
+    retries: int = Field(default=3, ge=0, le=100)
+    #: Gates: seconds after the first refusal after which `failure_action` applies, even with retries left.
+    retry_timeout: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    #: What a check still refusing after its retries does; None: hold at a gate, ignore elsewhere.
+    failure_action: Literal["hold", "rollback", "pause", "ignore"] | None = None
+    #: pre_stage and during_stage only: the stage percentages it applies to; None: every stage.
+    stages: list[float] | None = Field(default=None, max_length=50)
+    #: Signs the body: header X-Canaryd-Signature: sha256=<hex HMAC-SHA256(secret, body)>. Never shown.
+    secret: str | None = Field(default=None, min_length=8, max_length=256)
+
+    @property
+    def gates(self) -> bool:
+        return self.point in GATE_POINTS
+
+    @property
+    def action(self) -> str:
+        """The failure action in effect."""
+        if self.failure_action is not None:
+            return self.failure_action
+        return "hold" if self.gates else "ignore"
+
+    @model_validator(mode="after")
+    def _fits_its_point(self) -> CheckSpec:
+        problems = []
+        if self.stages is not None and self.point not in ("pre_stage", "during_stage"):
+            problems.append(f"check {self.name}: stages applies to pre_stage and during_stage checks only")
+        if self.point == "post_rollback" and self.action != "ignore":
+            problems.append(
+                f"check {self.name}: a post_rollback check can only be ignored when it fails "
+                "(failure_action ignore): the rollback is over"
+            )
+        if self.point == "during_stage" and self.action == "hold":
+            problems.append(
+                f"check {self.name}: a during_stage check cannot hold (its stage has started); "
+                "use ignore, pause or rollback"
+            )
+        if not self.gates and self.timeout * (self.retries + 1) + self.retries > MAX_IN_TICK_SECONDS:
+            problems.append(
+                f"check {self.name}: a {self.point} check is tried within one tick: timeout × (retries + 1) "
+                f"plus a second between tries must be at most {MAX_IN_TICK_SECONDS:g} s"
+            )
+        if self.secret is not None and (self.secret == REDACTED or not self.secret.isprintable()):
+            problems.append(f"check {self.name}: secret must be printable text other than {REDACTED!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class CanaryConfig(StrictModel):
     """Canary settings of one deployment. Defaults are the spec's."""
+
+    model_config = ConfigDict(json_schema_extra=_deprecated_in_schema)
 
     stages: list[float] = Field(default_factory=lambda: list(DEFAULT_STAGES))
     stage_duration: int = 300
@@ -368,8 +451,10 @@ class CanaryConfig(StrictModel):
     #: pauses), "pause" asks a person, "rollback" gives up on the canary.
     inconclusive_timeout: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
     inconclusive_action: Literal["pause", "rollback", "proceed"] = "proceed"
-    #: Record verdicts, never act on them: stages advance on time, nothing is rolled back.
-    dry_run: bool = False
+    #: "enforce": the judge's verdicts act (hold, roll back). "observe": they are recorded with what they
+    #: would have done, never acted on: stages advance on time and the new version is promoted to every
+    #: server. `dry_run` is the deprecated name (true = "observe"), read by `_deprecated_names`.
+    analysis: Literal["enforce", "observe"] = "enforce"
     #: Where traffic figures come from: the proxy's own log/counters, or Prometheus.
     metrics_source: Literal["proxy", "prometheus"] = "proxy"
     prometheus: PrometheusSource | None = None
@@ -382,6 +467,42 @@ class CanaryConfig(StrictModel):
     #: Seconds a stage waits for approval before `approval_timeout_action`; None waits indefinitely.
     approval_timeout: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
     approval_timeout_action: Literal["stay", "rollback"] = "stay"
+    #: Webhook checks at named points of the rollout (docs/gates.md).
+    checks: list[CheckSpec] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _deprecated_names(cls, data: Any, handler: ModelWrapValidatorHandler[CanaryConfig]) -> CanaryConfig:
+        """`dry_run` (a bool) is read as `analysis` ("observe" when true); the model remembers it was used."""
+        used = isinstance(data, dict) and "dry_run" in data
+        if used:
+            data = dict(data)
+            dry_run = data.pop("dry_run")
+            if isinstance(dry_run, bool):
+                meant = "observe" if dry_run else "enforce"
+                if data.setdefault("analysis", meant) != meant:
+                    raise ValueError(
+                        f"dry_run (the deprecated name of analysis) says {meant!r} but analysis says "
+                        f"{data['analysis']!r}: give only analysis"
+                    )
+            else:
+                data["analysis"] = dry_run  # reported as a problem of analysis
+        config = handler(data)
+        if used:
+            config._deprecated = ("dry_run",)
+        return config
+
+    _deprecated: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def deprecated_names(self) -> tuple[str, ...]:
+        """Deprecated setting names this configuration was given (read as their new names)."""
+        return self._deprecated
+
+    @property
+    def observe_only(self) -> bool:
+        """The judge's verdicts are recorded, never acted on (`analysis: observe`)."""
+        return self.analysis == "observe"
 
     @field_validator("stages")
     @classmethod
@@ -454,6 +575,23 @@ class CanaryConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _checks_fit_the_plan(self) -> CanaryConfig:
+        problems = []
+        names = [c.name for c in self.checks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            problems.append(f"check names must be unique; repeated: {', '.join(repeated)}")
+        for check in self.checks:
+            unknown = [f"{p:g}" for p in check.stages or () if p not in self.stages]
+            if unknown:
+                problems.append(
+                    f"check {check.name}: stages names {', '.join(unknown)}, which is not a stage"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _interval_fits_stage(self) -> CanaryConfig:
         if self.health_check_interval > self.stage_duration:
             raise ValueError("health_check_interval must not be longer than stage_duration")
@@ -461,8 +599,11 @@ class CanaryConfig(StrictModel):
 
 
 __all__ = [
+    "GATE_POINTS",
     "PROMQL_PLACEHOLDERS",
+    "REDACTED",
     "CanaryConfig",
+    "CheckSpec",
     "Command",
     "FilePath",
     "HealthPath",
@@ -587,9 +728,9 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "What a stage still inconclusive after inconclusive_timeout does: `proceed` (never into promotion or a 100 % stage), `pause` or `rollback`.",
             "one of the listed values",
         ),
-        "dry_run": (
-            "Record verdicts, never act on them: stages advance on time, nothing is rolled back.",
-            "boolean",
+        "analysis": (
+            "`enforce`: the judge's verdicts act (hold a stage, roll back). `observe`: verdicts are recorded with what they would have done, never acted on: stages advance on their clock and the new version is promoted to every server. `dry_run: true` is the deprecated name of `observe`.",
+            "one of the listed values",
         ),
         "metrics_source": (
             "Where traffic figures come from: `proxy` (its log or counters) or `prometheus`.",
@@ -615,6 +756,42 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         "approval_timeout_action": (
             "What an approval that did not come in time does: `stay` (keep waiting) or `rollback`.",
             "one of the listed values",
+        ),
+        "checks": (
+            "Webhook checks called at named points (pre_deploy, pre_stage, during_stage, pre_promote, post_rollback); see CheckSpec and docs/gates.md.",
+            "list of objects, at most 20",
+        ),
+    },
+    "CheckSpec": {
+        "name": ("The check's name, unique in the deployment; shown in reasons and events.", "name"),
+        "point": (
+            "When it is called: `pre_deploy` (before the first canary server is deployed), `pre_stage` (before each stage starts), `during_stage` (once when each stage has started), `pre_promote` (before promotion), `post_rollback` (after a rollback). pre_deploy, pre_stage and pre_promote are gates: canaryd goes on only after a 2xx answer.",
+            "one of the listed values",
+        ),
+        "url": (
+            "Where canaryd POSTs the check's JSON body (the deployment's status, the point and the stage).",
+            "http(s) URL",
+        ),
+        "timeout": ("How long one call may take before it counts as refused; at most 30.", "seconds"),
+        "retries": (
+            "Gates: refusals tried again at the next check interval before failure_action applies. during_stage and post_rollback: further tries at once, a second apart.",
+            "tries",
+        ),
+        "retry_timeout": (
+            "Gates: time after the first refusal after which failure_action applies even with retries left; null = only retries count.",
+            "seconds",
+        ),
+        "failure_action": (
+            "What a check still refusing after its retries does: `hold` (keep holding, try again each check interval), `pause`, `rollback` or `ignore` (go on); null = hold at gates, ignore for during_stage and post_rollback.",
+            "one of the listed values",
+        ),
+        "stages": (
+            "pre_stage and during_stage only: the stage percentages the check applies to; null = every stage.",
+            "percent of requests",
+        ),
+        "secret": (
+            "When set, each call carries X-Canaryd-Signature: sha256=<hex HMAC-SHA256(secret, body)>. Write-only: statuses and events show [redacted].",
+            "text, 8 to 256 characters",
         ),
     },
     "ProxySpec": {
@@ -692,6 +869,7 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
 def _document_fields() -> None:
     models: dict[str, type[BaseModel]] = {
         "CanaryConfig": CanaryConfig,
+        "CheckSpec": CheckSpec,
         "ProxySpec": ProxySpec,
         "PrometheusSource": PrometheusSource,
         "PrometheusQueries": PrometheusQueries,
@@ -716,6 +894,7 @@ def _document_fields() -> None:
                 field.json_schema_extra = {"maxItems": 50}  # enforced by CanaryConfig._stages
         model.model_rebuild(force=True)
     PrometheusSource.model_rebuild(force=True)
+    CheckSpec.model_rebuild(force=True)
     CanaryConfig.model_rebuild(force=True)
 
 

@@ -12,8 +12,8 @@ With a `Policy` (the engine always passes one; without it an inconclusive stage 
   `inconclusive_action` decides: "pause" (ask a person), "rollback", or "proceed" (advance to the next
   stage). "proceed" never promotes and never enters a 100 % stage (which compares nothing) without
   evidence: before such a stage it waits FULL_STAGE_PATIENCE timeouts, then pauses; after the last, it pauses.
-- `dry_run`: the verdict is recorded, never acted on. Stages advance on time as if every check passed and
-  the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
+- `observe_only` (`analysis: observe`, formerly `dry_run`): the verdict is recorded, never acted on. Stages
+  advance on time as if every check passed and the last one promotes; nothing is rolled back, paused or held. `Decision.would` says what the judge
   would have done, and the reasons say it in words.
 """
 
@@ -69,7 +69,7 @@ class Policy:
 
     inconclusive_timeout: int = 300  # seconds past the stage's duration
     inconclusive_action: Literal["pause", "rollback", "proceed"] = "proceed"
-    dry_run: bool = False
+    observe_only: bool = False  # analysis: observe
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ class Decision:
     next_check_at: datetime
     reasons: tuple[str, ...]
     next_stage_index: int | None = None
-    would: Action | None = None  # dry run: what the judge would have done instead
+    would: Action | None = None  # observe only: what the judge would have done instead
 
 
 def stage_ends_at(clock: StageClock) -> datetime:
@@ -94,8 +94,8 @@ def decide(clock: StageClock, verdict: Verdict, now: datetime, policy: Policy | 
         raise ValueError(f"stage index {clock.stage_index} is outside the plan of {len(clock.stages)} stages")
     if clock.health_check_interval < 1:
         raise ValueError("health_check_interval must be at least 1 second")
-    if policy is not None and policy.dry_run:
-        return _dry_run(clock, verdict, now)
+    if policy is not None and policy.observe_only:
+        return _observe_only(clock, verdict, now)
     interval = timedelta(seconds=clock.health_check_interval)
     ends = stage_ends_at(clock)
     here = clock.label()
@@ -148,21 +148,24 @@ def _advance(clock: StageClock, now: datetime, head: tuple[str, ...], reasons: t
     return Decision(Action.ADVANCE, now + interval, (first, *head[1:], *reasons), nxt)
 
 
-def _dry_run(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
+def _observe_only(clock: StageClock, verdict: Verdict, now: datetime) -> Decision:
     """Acts as if every check passed; records what the judge would have done."""
     would = {Outcome.FAIL: Action.ROLLBACK, Outcome.INCONCLUSIVE: Action.HOLD}.get(verdict.outcome)
     words = {Action.ROLLBACK: "would roll back", Action.HOLD: "cannot tell yet"}
-    notes = tuple(f"dry run: {words[would]}: {r}" for r in verdict.reasons) if would else verdict.reasons
+    notes = tuple(f"observe only: {words[would]}: {r}" for r in verdict.reasons) if would else verdict.reasons
     ends = stage_ends_at(clock)
     if now < ends:
         elapsed = max(0, int((now - clock.stage_started_at).total_seconds()))
         progress = f"{clock.label()}: {elapsed} of {clock.stage_duration} s elapsed"
         interval = timedelta(seconds=clock.health_check_interval)
         return Decision(Action.HOLD, min(now + interval, ends), (progress, *notes), would=would)
-    decision = _advance(clock, now, (f"{clock.label()} ran its time (dry run)",), notes)
+    decision = _advance(clock, now, (f"{clock.label()} ran its time (analysis: observe)",), notes)
     if clock.is_last:
         decision = Decision(
-            Action.PROMOTE, now, (f"last {clock.label()} ran its time (dry run)", *notes), would=would
+            Action.PROMOTE,
+            now,
+            (f"last {clock.label()} ran its time (analysis: observe)", *notes),
+            would=would,
         )
     return Decision(
         decision.action, decision.next_check_at, decision.reasons, decision.next_stage_index, would

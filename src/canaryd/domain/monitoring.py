@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from canaryd.domain import checks
 from canaryd.domain.changes import transition
 from canaryd.domain.decide import Action, Decision, Policy, StageClock, decide
 from canaryd.domain.judge import Evidence, Observation, Outcome, Verdict, judge_for
@@ -70,7 +71,7 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
     if s.state is State.WAITING_FOR_APPROVAL:
         decision = _while_waiting(s, decision, now)
     if decision.would is not None:
-        figures["dry_run"] = {"would": decision.would.value}
+        figures["observe"] = {"would": decision.would.value}
     facts = Facts(
         stage_canary=canary,
         stage_stable=stable,
@@ -79,14 +80,14 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
         health_failures=failures,
         metrics_snapshot=figures,
     )
-    return _act(s, decision, facts, figures, now)
+    return checks.during(s, _act(s, decision, facts, figures, now))
 
 
 def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:
     config = s.config
     if (
         judged.source_action in (SourceFailureAction.PAUSE, SourceFailureAction.ROLLBACK)
-        and not config.dry_run
+        and not config.observe_only
     ):
         action = Action.PAUSE if judged.source_action is SourceFailureAction.PAUSE else Action.ROLLBACK
         return Decision(action, now, judged.source_reasons)
@@ -100,7 +101,7 @@ def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:
     )
     timeout = config.inconclusive_timeout
     policy = Policy(
-        config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.dry_run
+        config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.observe_only
     )
     return decide(clock, judged.verdict, now, policy)
 
@@ -116,8 +117,9 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
         assert decision.next_stage_index is not None
         nxt = decision.next_stage_index
         stages = s.config.stages
-        if stages[nxt] in s.config.approve_before:
-            return Plan(facts=facts, change=_await_approval(s, nxt, reasons, figures, now))
+        if stages[nxt] in s.config.approve_before:  # its checks first, then a person
+            plan = Plan(facts=facts, change=_await_approval(s, nxt, reasons, figures, now))
+            return checks.gated(s, "pre_stage", nxt, plan)
         backends = routes(s, State.MONITORING, stages[nxt])
         note = f"stage {nxt + 1} of {len(stages)}: {stages[nxt]:g} %"
         event = Event(
@@ -134,12 +136,13 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
             stage=StageStart(nxt, None),
             reasons=reasons,
             events=(event,),
-            next_tick_in=s.config.health_check_interval,
+            next_tick_in=0.0 if checks.starts_with_checks(s, nxt) else s.config.health_check_interval,
         )
-        return Plan((SetRoutes(backends),), facts, change)
+        return checks.gated(s, "pre_stage", nxt, Plan((SetRoutes(backends),), facts, change))
     if decision.action is Action.PROMOTE:
         why = reasons or ("all stages passed",)
-        return Plan(facts=facts, change=transition(s, Trigger.PROMOTE, EventKind.PROMOTED, why, figures))
+        promote = transition(s, Trigger.PROMOTE, EventKind.PROMOTED, why, figures)
+        return checks.gated(s, "pre_promote", None, Plan(facts=facts, change=promote))
     if decision.action is Action.PAUSE:
         return Plan(facts=facts, change=transition(s, Trigger.PAUSE, EventKind.PAUSED, reasons, figures))
     change = transition(s, Trigger.ROLLBACK, EventKind.ROLLBACK_STARTED, reasons, figures)

@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from canaryd.domain.config import CanaryConfig
+from canaryd.domain.config import CanaryConfig, CheckSpec
 from canaryd.domain.judge import Evidence
 from canaryd.domain.types import Backend, CohortStats, HostLoad, State
 
@@ -75,6 +75,8 @@ class EventKind(StrEnum):
     FAILED = "failed"
     STEP_FAILED = "step_failed"
     PROXY_REASSERTED = "proxy_reasserted"
+    CHECK_PASSED = "check_passed"
+    CHECK_FAILED = "check_failed"
 
 
 class SourceFailureAction(StrEnum):
@@ -84,6 +86,44 @@ class SourceFailureAction(StrEnum):
     PAUSE = "pause"
     ROLLBACK = "rollback"
     PROXY = "proxy"  # judge on the proxy's own figures instead
+
+
+@dataclass(frozen=True, slots=True)
+class CheckProgress:
+    """Where the deployment's webhook checks are (domain/checks.py): the refusals of the check holding
+    `gate` (tries, since when), the checks waived there (failure_action ignore), and how many stages have had
+    their during_stage checks called."""
+
+    gate: str | None = None
+    check: str | None = None
+    tries: int = 0
+    since: datetime | None = None
+    waived: tuple[str, ...] = ()
+    during_fired: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "check": self.check,
+            "tries": self.tries,
+            "since": self.since.isoformat() if self.since else None,
+            "waived": list(self.waived),
+            "during_fired": self.during_fired,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> CheckProgress:
+        if not data:
+            return cls()
+        since = data.get("since")
+        return cls(
+            data.get("gate"),
+            data.get("check"),
+            int(data.get("tries", 0)),
+            datetime.fromisoformat(since) if since else None,
+            tuple(str(n) for n in data.get("waived", ())),
+            int(data.get("during_fired", 0)),
+        )
 
 
 # --- the snapshot --------------------------------------------------------------------------------------
@@ -127,6 +167,7 @@ class Snapshot:
     reasons: tuple[str, ...] = ()
     #: Cap of the retry backoff in seconds (a setting).
     max_backoff: float = 60.0
+    checks: CheckProgress = field(default_factory=CheckProgress)
 
     def server(self, server_id: int) -> ServerRef:
         return next(s for s in self.servers if s.id == server_id)
@@ -209,7 +250,17 @@ class StepFailed:
     permanent: bool
 
 
-Signal = Observed | OperatorRequest | StepFailed
+@dataclass(frozen=True, slots=True)
+class CheckRefused:
+    """A webhook check did not answer 2xx (or not in time) at `gate`; `reason` says what it answered."""
+
+    check: CheckSpec
+    gate: str
+    label: str
+    reason: str
+
+
+Signal = Observed | OperatorRequest | StepFailed | CheckRefused
 
 
 class ActionRefused(Exception):  # noqa: N818 - says what happened, like IllegalTransition
@@ -259,7 +310,20 @@ class MarkTrafficStart:
     """Remember where the proxy's traffic record ends now: the new stage counts from here."""
 
 
-Effect = SetRoutes | DeployServer | MarkTrafficStart
+@dataclass(frozen=True, slots=True)
+class CallCheck:
+    """POST the deployment's status to a webhook check. `blocking`: a refusal stops the plan here and comes
+    back as `CheckRefused`; otherwise it is only recorded. `label` says where, in words ("before stage 2")."""
+
+    check: CheckSpec
+    gate: str
+    label: str
+    stage: int | None
+    percentage: float | None
+    blocking: bool
+
+
+Effect = SetRoutes | DeployServer | MarkTrafficStart | CallCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +338,7 @@ class Facts:
     metrics_snapshot: Mapping[str, Any] | None = None
     attempts: int | None = None
     events: tuple[Event, ...] = ()
+    checks: CheckProgress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +376,10 @@ class Plan:
 __all__ = [
     "UNKNOWN_VERSION",
     "ActionRefused",
+    "CallCheck",
     "Change",
+    "CheckProgress",
+    "CheckRefused",
     "DeployServer",
     "Effect",
     "Event",

@@ -30,12 +30,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from canaryd.domain import checks
 from canaryd.domain.changes import transition
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.monitoring import monitor
 from canaryd.domain.plan import (
     ActionRefused,
     Change,
+    CheckRefused,
     DeployServer,
     Event,
     EventKind,
@@ -104,6 +106,8 @@ def decide(s: Snapshot, signal: Signal, now: datetime) -> Plan:
         return _operator(s, signal, now)
     if isinstance(signal, StepFailed):
         return _step_failed(s, signal)
+    if isinstance(signal, CheckRefused):
+        return checks.refused(s, signal, now)
     handler = _HANDLERS.get(s.state)
     if handler is None:  # finished: nothing to do, schedule nothing
         return Plan(change=Change(next_tick_in=None))
@@ -132,7 +136,9 @@ def _pending(s: Snapshot, o: Observed, now: datetime) -> Plan:
 def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
     todo = [sid for sid in s.canary_ids if s.version_of(sid) != s.version]
     if todo:
-        return Plan(effects=(_deploy(s, todo[0], s.version, EventKind.SERVER_DEPLOYED),))
+        plan = Plan(effects=(_deploy(s, todo[0], s.version, EventKind.SERVER_DEPLOYED),))
+        untouched = all(s.version_of(sid) == s.previous_version for sid in s.canary_ids)
+        return checks.gated(s, "pre_deploy", None, plan) if untouched else plan
     stages = s.config.stages
     first = routes(s, State.MONITORING, stages[0])
     ready = transition(
@@ -140,7 +146,7 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         Trigger.CANARY_READY,
         EventKind.CANARY_DEPLOYED,
         (f"{len(s.canary_ids)} canary server(s) healthy",),
-        next_tick_in=s.config.health_check_interval,
+        next_tick_in=0.0 if checks.starts_with_checks(s, 0) else s.config.health_check_interval,
     )
     stage_event = Event(
         EventKind.STAGE_ADVANCED,
@@ -152,7 +158,8 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         proxy_figures=True,
     )
     change = replace(ready, stage=StageStart(0, None), events=(*ready.events, stage_event))
-    return Plan((SetRoutes(first), MarkTrafficStart()), Facts(health_failures=0), change)
+    plan = Plan((SetRoutes(first), MarkTrafficStart()), Facts(health_failures=0), change)
+    return checks.gated(s, "pre_stage", 0, plan)
 
 
 def _paused(s: Snapshot, o: Observed, now: datetime) -> Plan:
@@ -174,7 +181,8 @@ def _rolling_back(s: Snapshot, o: Observed, now: datetime) -> Plan:
         effects = _replace_server(s, todo[0], s.previous_version, EventKind.SERVER_RESTORED)
         return Plan(effects, Facts(attempts=0))
     why = s.reasons or ("rolled back",)
-    return Plan(change=transition(s, Trigger.FINISH_ROLLBACK, EventKind.ROLLED_BACK, why, next_tick_in=None))
+    finish = transition(s, Trigger.FINISH_ROLLBACK, EventKind.ROLLED_BACK, why, next_tick_in=None)
+    return checks.after_rollback(s, Plan(change=finish))
 
 
 def _deploy(s: Snapshot, server_id: int, version: str, kind: EventKind) -> DeployServer:

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from canaryd.domain.lifecycle import ACTIVE_STATES
-from canaryd.domain.plan import Facts, Plan, StepFailed
+from canaryd.domain.plan import Plan, StepFailed
 from canaryd.domain.rollout import decide, needs_of
 from canaryd.domain.routing import routes
 from canaryd.engine.bus import EventBus
+from canaryd.engine.checks import CheckRefusedError
 from canaryd.engine.interpreter import DeployError, Interpreter
 from canaryd.engine.ports import Clock, Outside
 from canaryd.engine.scheduler import TickScheduler
@@ -119,6 +120,8 @@ class RolloutDriver:
             observed = await io.observe(needs_of(s, self.clock.now()))
             plan = decide(s, observed, self.clock.now())
             await io.carry_out(plan.effects)
+        except CheckRefusedError as exc:  # a webhook check held the gate: not a failed step
+            plan = self._failed(plan, decide(s, exc.signal, self.clock.now()))
         except EXPECTED_FAILURES as exc:
             log.warning("deployment %s: %s", deployment_id, exc)
             self.metrics.step_failed()
@@ -148,15 +151,11 @@ class RolloutDriver:
     def _failed(attempted: Plan, failure: Plan) -> Plan:
         """Keeps what was learned before the failure, drops the decision, adds the failure's plan."""
         learned, failed = attempted.facts, failure.facts
-        facts = Facts(
-            learned.stage_canary,
-            learned.stage_stable,
-            learned.baseline,
-            learned.log_offset,
-            learned.health_failures,
-            learned.metrics_snapshot,
-            failed.attempts,
-            (*learned.events, *failed.events),
+        facts = replace(
+            learned,
+            attempts=failed.attempts,
+            events=(*learned.events, *failed.events),
+            checks=failed.checks if failed.checks is not None else learned.checks,
         )
         return Plan(facts=facts, change=failure.change)
 

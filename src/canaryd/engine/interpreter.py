@@ -11,6 +11,8 @@ from typing import Any
 from canaryd.domain.commands import render_command
 from canaryd.domain.plan import (
     UNKNOWN_VERSION,
+    CallCheck,
+    CheckRefused,
     DeployServer,
     Effect,
     Event,
@@ -25,6 +27,7 @@ from canaryd.domain.plan import (
 )
 from canaryd.domain.routing import canary_share
 from canaryd.domain.types import Backend, Cohort, CohortStats
+from canaryd.engine.checks import RETRY_PAUSE_SECONDS, CheckRefusedError, outcome_event, request_for
 from canaryd.engine.ports import Clock, Outside
 from canaryd.engine.proxies import backends_json
 from canaryd.engine.store import Loaded, ProxyFacts, RolloutStore
@@ -75,6 +78,31 @@ class Interpreter:
                 await self.deploy(effect)
             elif isinstance(effect, MarkTrafficStart):
                 self.log_offset = await self.proxy.traffic_offset()
+            elif isinstance(effect, CallCheck):
+                await self.call_check(effect)
+
+    async def call_check(self, effect: CallCheck) -> None:
+        """Calls a webhook check and records the outcome as an event. A gate's check is tried once (its
+        retries are later ticks'); the others up to retries + 1 times now. A blocking refusal raises
+        CheckRefusedError, so that nothing after it in the plan happens."""
+        check = effect.check
+        request = request_for(effect, self.loaded.status)
+        tries = 1 if check.gates else check.retries + 1
+        for n in range(1, tries + 1):
+            answer = await self.outside.call_check(request)
+            if answer.ok or n == tries:
+                break
+            await self.clock.sleep(RETRY_PAUSE_SECONDS)
+        self.events.append(outcome_event(effect, answer, n))
+        log.info(
+            "deployment %s: %s check %s %s",
+            self.loaded.snapshot.deployment_id,
+            check.point,
+            check.name,
+            "passed" if answer.ok else f"refused: {answer.reason()}",
+        )
+        if not answer.ok and effect.blocking:
+            raise CheckRefusedError(CheckRefused(check, effect.gate, effect.label, answer.reason()))
 
     async def set_routes(self, backends: tuple[Backend, ...]) -> None:
         """Makes the proxy serve `backends`, proven live; when it already does, checks that once a tick."""

@@ -14,6 +14,7 @@ import httpx
 from canaryd.db.models import Application, Server
 from canaryd.domain.config import PrometheusSource
 from canaryd.domain.types import Cohort, CohortStats, HostLoad
+from canaryd.engine.checks import CheckAnswer, CheckRequest, post_check
 from canaryd.engine.proxies import make_proxy
 from canaryd.metrics.health import HealthResult, check_health
 from canaryd.metrics.host import read_host_load
@@ -48,7 +49,7 @@ class SystemClock:
 
 
 class Outside(Protocol):
-    """Proxies, servers, health endpoints and metric sources."""
+    """Proxies, servers, health endpoints, metric sources and webhook checks."""
 
     def proxy(self, app: Application, proxy_server: Server) -> Proxy: ...
 
@@ -62,6 +63,10 @@ class Outside(Protocol):
         self, source: PrometheusSource, cohorts: Sequence[CohortQuery], window_s: int
     ) -> dict[Cohort, CohortStats]:
         """Raises MetricSourceError when the source cannot answer."""
+        ...
+
+    async def call_check(self, request: CheckRequest) -> CheckAnswer:
+        """POSTs a webhook check; a failure to answer is an answer (status None), never an exception."""
         ...
 
 
@@ -92,6 +97,9 @@ class RealOutside:
         self, source: PrometheusSource, cohorts: Sequence[CohortQuery], window_s: int
     ) -> dict[Cohort, CohortStats]:
         return await PrometheusReader(self.http, source).read(cohorts, window_s)
+
+    async def call_check(self, request: CheckRequest) -> CheckAnswer:
+        return await post_check(self.http, request)
 
 
 __all__ = ["Clock", "Outside", "RealOutside", "SystemClock"]

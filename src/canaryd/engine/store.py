@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -28,9 +28,10 @@ from canaryd.db.repositories import (
 from canaryd.domain.config import CanaryConfig, ProxySpec
 from canaryd.domain.judge import Evidence
 from canaryd.domain.lifecycle import Lifecycle
-from canaryd.domain.plan import Change, Event, Facts, ServerRef, Snapshot, Trigger
+from canaryd.domain.plan import Change, CheckProgress, Event, Facts, ServerRef, Snapshot, Trigger
 from canaryd.domain.types import CohortStats, State
 from canaryd.engine.locks import DeploymentLocks
+from canaryd.engine.outbox import enqueue
 from canaryd.engine.views import deployment_status, event_view
 
 STATUS_OF = {
@@ -75,6 +76,8 @@ class Loaded:
     generation: int
     #: When this tick was due (for the tick-lag figure).
     due: datetime | None
+    #: The status object as the API shows it (what webhook checks are sent); empty without checks.
+    status: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,7 @@ def snapshot_of(
         evidence=Evidence.from_json(dep.canary_metrics_snapshot.get("judge_state")),
         reasons=tuple(str(r) for r in dep.reasons),
         max_backoff=max_backoff,
+        checks=CheckProgress.from_json(dep.check_state),
     )
 
 
@@ -162,6 +166,8 @@ def record_facts(dep: Deployment, facts: Facts) -> None:
         dep.canary_metrics_snapshot = dict(facts.metrics_snapshot)
     if facts.attempts is not None:
         dep.attempts = facts.attempts
+    if facts.checks is not None:
+        dep.check_state = facts.checks.to_json()
 
 
 def touches_application(proxy: ProxyFacts | None, change: Change | None) -> bool:
@@ -244,6 +250,7 @@ class RolloutStore:
             dep, app = found
             spec = ProxySpec.model_validate(app.proxy)
             servers = await ServerRepository(session).many([*app.server_ids, spec.server_id])
+            status = deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
         return Loaded(
             snapshot_of(dep, app, servers, max_backoff),
             app,
@@ -253,6 +260,7 @@ class RolloutStore:
             list(app.proxy_applied),
             app.proxy_generation,
             dep.next_tick_at,
+            status,
         )
 
     async def renew(self, deployment_id: int, lease: str, until: datetime) -> bool:
@@ -269,6 +277,7 @@ class RolloutStore:
             if event is None:
                 return []
             row = await EventRepository(session).append(event_row(deployment_id, event, now, None))
+            await enqueue(session, dep, [row])  # webhook deliveries commit with their event
             return [{"type": "event", **event_view(row)}]
 
     async def commit(
@@ -343,9 +352,9 @@ class RolloutStore:
         """Appends the events; returns them and the new status as messages to publish, and the status."""
         messages: list[dict[str, Any]] = []
         repo = EventRepository(session)
-        for event in events:
-            row = await repo.append(event_row(dep.id, event, now, proxy))
-            messages.append({"type": "event", **event_view(row)})
+        rows = [await repo.append(event_row(dep.id, event, now, proxy)) for event in events]
+        messages += [{"type": "event", **event_view(row)} for row in rows]
+        await enqueue(session, dep, rows)  # webhook deliveries commit with their events
         ids = [int(sid) for sid in (*dep.canary_server_ids, *dep.stable_server_ids)]
         if known is not None and all(sid in known for sid in ids):
             servers = known

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from canaryd.db.models import Deployment, DeploymentEvent, Server
+from canaryd.domain.checks import redacted
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.types import State
 
@@ -66,7 +67,12 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "stable_servers": _server_refs(dep.stable_server_ids, servers),
         "server_versions": {str(k): str(v) for k, v in (dep.server_versions or {}).items()},
         "metrics": dep.canary_metrics_snapshot,
-        "config": config,
+        "config": redacted(config),
+        "config_sources": (
+            None
+            if dep.config_sources is None
+            else {k: str(dep.config_sources.get(k, "default")) for k in config}
+        ),
         "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
         "next_stage_at": _iso(next_stage_at),
         "can_promote": lifecycle.can("promote"),

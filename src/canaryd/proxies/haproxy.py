@@ -50,6 +50,7 @@ The rules this adapter keeps:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import hashlib
@@ -641,16 +642,23 @@ class HaproxyProxy:
             raise
 
     async def _running_as_rendered(self, app_id: int, declared: set[int]) -> bool:
-        """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend)."""
-        for cohort in self._cohorts():
-            try:
-                servers = await self.runtime.servers(app_id, cohort)
-            except ProxyUnavailableError as exc:
-                logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
-                return False
-            if servers is None or set(servers) != {f"s{sid}" for sid in declared}:
-                return False
-        return await self._frontend_live(app_id) is not False
+        """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend).
+        The admin-socket questions and the frontend's marker are asked at once: this is on the way to a
+        rollback's weights."""
+        frontend = asyncio.ensure_future(self._frontend_live(app_id))
+        try:
+            states = await asyncio.gather(*(self.runtime.servers(app_id, c) for c in self._cohorts()))
+        except ProxyUnavailableError as exc:
+            logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
+            frontend.cancel()
+            return False
+        except BaseException:
+            frontend.cancel()
+            raise
+        if any(servers is None or set(servers) != {f"s{sid}" for sid in declared} for servers in states):
+            frontend.cancel()
+            return False
+        return await frontend is not False
 
     def _cohorts(self) -> tuple[Cohort | None, ...]:
         """The backends of the file: the weighted one (None) and, with force_header, one per cohort."""

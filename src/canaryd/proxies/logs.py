@@ -101,9 +101,12 @@ class SnapshotStore:
     instead of at an older offset: counters carry no timestamps, so this is how traffic routed by the
     previous split is kept out of the new stage."""
 
-    def __init__(self, transport: Transport, config_path: str, where: str) -> None:
+    def __init__(
+        self, transport: Transport, config_path: str, where: str, work_dir: str | None = None
+    ) -> None:
         self.transport = transport
-        self.path = sibling_path(config_path, "traffic.json")
+        self.path = sibling_path(config_path, "traffic.json", work_dir)
+        self.work_dir = work_dir
         self.where = where
 
     async def load(self) -> dict[str, Any]:
@@ -129,7 +132,9 @@ class SnapshotStore:
             {"id": new_id, "at": time.time() if at is None else at, "data": data},
         ]
         try:
-            await write_atomically(self.transport, self.path, json.dumps(state, sort_keys=True).encode())
+            await write_atomically(
+                self.transport, self.path, json.dumps(state, sort_keys=True).encode(), self.work_dir
+            )
         except TransportError as exc:
             raise ProxyUnavailableError(f"cannot write {self.path} on {self.where}: {exc}") from exc
         return new_id

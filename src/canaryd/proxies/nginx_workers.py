@@ -1,0 +1,92 @@
+"""Which nginx worker processes still accept new connections, read from the proxy server's /proc.
+
+Why: after `nginx -s reload` the master starts new workers with the new configuration, sleeps 100 ms
+(`ngx_msleep(100)` in ngx_master_process_cycle) and only then tells the old workers to shut down. Until an
+old worker has that signal it keeps accepting connections and serves them with the *old* upstream weights,
+so the first answer from a new worker proves nothing about the next connection. An old worker that got it
+renames itself `nginx: worker process is shutting down` and, in the same step and before it returns to its
+event loop, closes its listening sockets (ngx_worker_process_cycle); then it finishes what it has in flight
+and exits. So once every worker that was accepting before the reload has either exited or carries that title,
+every new connection is served by the new configuration. That is what "live" means for nginx.
+
+How the workers are found: the generation probe's answer names the worker that served it
+(`X-Canaryd-Worker: $pid`); its parent in /proc is the master, whose children are all the workers. Every
+step is checked (the master's title, the worker among its children), so a proxy in another pid namespace
+than the transport (nginx in a container, SSH to its host) or a system without /proc yields None, and the
+caller falls back to holding the new generation's answers for a settle time. /proc is read through the
+transport: on a remote proxy server over the pooled SSH connection's SFTP channel, concurrently. The
+snapshot is taken while the file is written and tested and is never waited for: when it is not ready when
+the test has passed, the reload goes ahead and the settle time is the proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from canaryd.transports.base import Transport, TransportError
+
+#: The response header of the generation probe naming the nginx worker process that answered.
+WORKER_HEADER = "X-Canaryd-Worker"
+_WORKER_TITLE = b"nginx: worker process"
+_MASTER_TITLE = b"nginx: master process"
+_SHUTTING_DOWN = b"is shutting down"
+_PROC_LIMIT = 4096
+
+
+async def _proc(transport: Transport, path: str) -> bytes | None:
+    """A /proc file's bytes, or None when it cannot be read (gone, not Linux, no permission)."""
+    try:
+        return await transport.read_file(path, 0, _PROC_LIMIT)
+    except TransportError:
+        return None
+
+
+def _accepting(title: bytes | None) -> bool:
+    return title is not None and title.startswith(_WORKER_TITLE) and _SHUTTING_DOWN not in title
+
+
+async def accepting_workers(transport: Transport, master: int) -> frozenset[int] | None:
+    """The master's children that are nginx workers not shutting down; None when its children cannot be
+    listed (the master is gone, or the kernel has no /proc/PID/task/TID/children)."""
+    children = await _proc(transport, f"/proc/{master}/task/{master}/children")
+    if children is None:
+        return None
+    try:
+        pids = [int(p) for p in children.split()]
+    except ValueError:
+        return None
+    titles = await asyncio.gather(*(_proc(transport, f"/proc/{p}/cmdline") for p in pids))
+    return frozenset(p for p, title in zip(pids, titles, strict=True) if _accepting(title))
+
+
+async def snapshot(
+    http: httpx.AsyncClient, url: str, transport: Transport
+) -> tuple[int, frozenset[int]] | None:
+    """(master pid, workers accepting now), found from the worker that answers `url` (the generation probe);
+    None when that chain cannot be followed and checked (see the module's docstring)."""
+    try:
+        response = await http.get(url, headers={"Connection": "close"}, timeout=1.0)
+        worker = int(response.headers[WORKER_HEADER])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    stat = await _proc(transport, f"/proc/{worker}/stat")
+    try:
+        master = int(stat.rsplit(b")", 1)[1].split()[1]) if stat is not None else None
+    except (IndexError, ValueError):
+        return None
+    if master is None:
+        return None
+    title, workers = await asyncio.gather(
+        _proc(transport, f"/proc/{master}/cmdline"), accepting_workers(transport, master)
+    )
+    if not (title or b"").startswith(_MASTER_TITLE) or workers is None or worker not in workers:
+        return None
+    return master, workers
+
+
+async def still_accepting(transport: Transport, master: int, old: frozenset[int]) -> bool:
+    """Whether any of the `old` workers may still accept a connection. Unreadable counts as yes."""
+    now = await accepting_workers(transport, master)
+    return now is None or bool(now & old)
