@@ -180,6 +180,42 @@ async def test_redis_channels_are_per_database() -> None:
         await two.close()
 
 
+async def test_redis_bus_shares_one_subscription_per_deployment() -> None:
+    """Subscribers of one deployment in one process share one Redis subscription: each hears every message,
+    one leaving does not cut the others off, a later subscriber is subscribed afresh, and all of them hold
+    only one pub/sub connection."""
+    from redis.asyncio import Redis
+    from tests.conftest import REDIS
+
+    from canaryd.engine.bus import RedisBus
+
+    db = 3
+    bus, probe = (
+        RedisBus(Redis.from_url(f"redis://127.0.0.1:{REDIS[1]}/{db}")),
+        Redis.from_url(f"redis://127.0.0.1:{REDIS[1]}/{db}"),
+    )
+    channel = f"canaryd:db{db}:deployment:5"
+
+    async def hear(stream: Any) -> Any:
+        return await asyncio.wait_for(anext(aiter(stream)), 5)
+
+    try:
+        async with bus.subscribe(5) as first:
+            async with bus.subscribe(5) as second, bus.subscribe(5) as third:
+                assert (await probe.pubsub_numsub(channel))[0][1] == 1
+                await bus.publish(5, {"seq": 1})
+                assert [await hear(s) for s in (first, second, third)] == [{"seq": 1}] * 3
+            await bus.publish(5, {"seq": 2})
+            assert await hear(first) == {"seq": 2}
+        assert (await probe.pubsub_numsub(channel))[0][1] == 0
+        async with bus.subscribe(5) as again:
+            await bus.publish(5, {"seq": 3})
+            assert await hear(again) == {"seq": 3}
+    finally:
+        await bus.close()
+        await probe.aclose()
+
+
 async def test_websocket_refusals_have_codes(embedded_stack: Stack) -> None:
     """Refusals are accepted, then closed with 4401 (token), 4404 (deployment), 4422 (after_seq); a client
     message over the body limit closes with 1009."""

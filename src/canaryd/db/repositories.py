@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployment, DeploymentEvent, Server
@@ -103,6 +103,17 @@ class DeploymentRepository:
             stmt = stmt.with_for_update()
         stmt = stmt.execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def with_application(self, deployment_id: int) -> tuple[Deployment, Application] | None:
+        """A deployment and its application, read in one query."""
+        stmt = (
+            select(Deployment, Application)
+            .join(Application, Application.id == Deployment.application_id)
+            .where(Deployment.id == deployment_id)
+            .execution_options(populate_existing=True)
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        return None if row is None else (row[0], row[1])
 
     async def delete_for_application(self, app_id: int) -> None:
         """Deletes every deployment of the application (their events go with them: ON DELETE CASCADE)."""
@@ -203,14 +214,20 @@ class EventRepository:
         self.session = session
 
     async def append(self, event: DeploymentEvent) -> DeploymentEvent:
-        """Adds `event` with the next sequence number. Callers hold the deployment's lock."""
-        last = await self.session.execute(
-            select(func.max(DeploymentEvent.seq)).where(DeploymentEvent.deployment_id == event.deployment_id)
+        """Adds `event` with the next sequence number, computed inside the INSERT (one round trip; the
+        (deployment_id, seq) index answers it at any history length). Callers hold the deployment's lock."""
+        next_seq = (
+            select(func.coalesce(func.max(DeploymentEvent.seq), 0) + 1)
+            .where(DeploymentEvent.deployment_id == event.deployment_id)
+            .scalar_subquery()
         )
-        event.seq = (last.scalar_one() or 0) + 1
-        self.session.add(event)
-        await self.session.flush()
-        return event
+        values = {
+            column.key: getattr(event, column.key)
+            for column in DeploymentEvent.__table__.columns
+            if column.key not in ("id", "seq") and getattr(event, column.key) is not None
+        }
+        stmt = insert(DeploymentEvent).values(**values, seq=next_seq).returning(DeploymentEvent)
+        return (await self.session.scalars(stmt)).one()
 
     async def last_seq(self, deployment_id: int) -> int:
         """The seq of the deployment's latest event (0 when it has none)."""

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 
@@ -59,7 +60,14 @@ class LocalBus:
 
 
 class RedisBus:
-    """Redis pub/sub, so a subscriber on any API replica sees events published by any worker."""
+    """Redis pub/sub, so a subscriber on any API replica sees events published by any worker.
+
+    A process holds one pub/sub connection, subscribed once to each deployment that has local subscribers;
+    one reader task decodes each message once and hands it to every local subscriber's queue. (A connection
+    per WebSocket made Redis send, and this process read and decode, every message once per subscriber: 500
+    subscribers of one deployment took seconds to all hear an event.) When the connection is lost, every
+    local stream ends with ConnectionError (the live view falls back to reading the database) and the next
+    subscription opens a new connection."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -67,6 +75,12 @@ class RedisBus:
         # installations (or two test runs) on databases 1 and 2 of one server would hear each other's
         # deployment 1. The database number keeps them apart, as it does for everything else they store.
         self._db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._queues: dict[str, set[asyncio.Queue[dict[str, Any] | Exception]]] = {}
+        #: Channels whose SUBSCRIBE was sent, resolved when Redis confirms it.
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._guard = asyncio.Lock()
 
     def _channel(self, deployment_id: int) -> str:
         return f"canaryd:db{self._db}:deployment:{deployment_id}"
@@ -76,29 +90,99 @@ class RedisBus:
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self._channel(deployment_id))
-        # subscribe() only sends the command: wait until Redis confirms it, so that anything published after
-        # this returns is delivered (the WebSocket reads the database's backlog after subscribing).
-        while True:
-            confirmation = await pubsub.get_message(timeout=10.0)
-            if confirmation is None:
-                raise ConnectionError("Redis did not confirm the subscription within 10 s")
-            if confirmation.get("type") == "subscribe":
-                break
+        """Returns once Redis confirmed the subscription, so that anything published after this returns is
+        delivered (the WebSocket reads the database's backlog after subscribing)."""
+        channel = self._channel(deployment_id)
+        queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+        await self._join(channel, queue)
 
         async def messages() -> AsyncIterator[dict[str, Any]]:
             while True:
-                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
-                if raw is not None and raw.get("type") == "message":
-                    yield json.loads(raw["data"])
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
 
         try:
             yield messages()
         finally:
-            with contextlib.suppress(RedisError, ConnectionError, OSError):  # Redis may be gone by now
-                await pubsub.unsubscribe()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._leave(channel, queue)
+
+    async def _join(self, channel: str, queue: asyncio.Queue[dict[str, Any] | Exception]) -> None:
+        async with self._guard:
+            confirmed = self._pending.get(channel)
+            if confirmed is None and channel not in self._queues:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub()
+                confirmed = asyncio.get_running_loop().create_future()
+                self._pending[channel] = confirmed
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    del self._pending[channel]
+                    raise
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.create_task(self._read(self._pubsub))
+        if confirmed is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(confirmed), 10.0)
+            except TimeoutError:
+                raise ConnectionError("Redis did not confirm the subscription within 10 s") from None
+        self._queues.setdefault(channel, set()).add(queue)
+
+    async def _leave(self, channel: str, queue: asyncio.Queue[dict[str, Any] | Exception]) -> None:
+        async with self._guard:  # an UNSUBSCRIBE never overtakes a later SUBSCRIBE of the same channel
+            queues = self._queues.get(channel)
+            if queues is None:
+                return
+            queues.discard(queue)
+            if not queues and channel not in self._pending:
+                del self._queues[channel]
+                if self._pubsub is not None:
+                    with contextlib.suppress(RedisError, ConnectionError, OSError):  # Redis may be gone
+                        await self._pubsub.unsubscribe(channel)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Hands every message to the local subscribers of its channel; on a lost connection, ends them all."""
+        try:
+            while True:
+                raw = await pubsub.get_message(timeout=30.0)
+                if raw is None:
+                    continue
+                channel = (
+                    raw["channel"].decode() if isinstance(raw["channel"], bytes) else str(raw["channel"])
+                )
+                if raw["type"] == "subscribe":
+                    confirmed = self._pending.pop(channel, None)
+                    if confirmed is not None and not confirmed.done():
+                        confirmed.set_result(None)
+                elif raw["type"] == "message":
+                    message = json.loads(raw["data"])
+                    for queue in self._queues.get(channel, ()):
+                        queue.put_nowait(message)
+        except (RedisError, ConnectionError, OSError) as exc:
+            self._lost(pubsub, exc)
+            with contextlib.suppress(RedisError, ConnectionError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _lost(self, pubsub: PubSub, exc: Exception) -> None:
+        if self._pubsub is pubsub:
+            self._pubsub = None
+        for confirmed in self._pending.values():
+            if not confirmed.done():
+                confirmed.set_exception(ConnectionError(f"lost Redis: {exc}"))
+        for queues in self._queues.values():
+            for queue in queues:
+                queue.put_nowait(ConnectionError(f"lost Redis: {exc}"))
+        self._pending.clear()
+        self._queues.clear()
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, ConnectionError, OSError):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, ConnectionError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()

@@ -26,7 +26,7 @@ from canaryd.engine.checks import CheckRefusedError
 from canaryd.engine.interpreter import DeployError, Interpreter
 from canaryd.engine.ports import Clock, Outside
 from canaryd.engine.scheduler import TickScheduler
-from canaryd.engine.store import Acquired, Committed, LeaseLost, RolloutStore, lease_id
+from canaryd.engine.store import Acquired, Committed, LeaseLost, Loaded, RolloutStore, lease_id
 from canaryd.observability import Metrics, record_events
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
 from canaryd.transports.base import TransportError
@@ -96,19 +96,18 @@ class RolloutDriver:
         """Runs the tick `token` of a deployment. False if another tick holds the lease (try again soon)."""
         lease, now = lease_id(self.owner), self.clock.now()
         until = now + timedelta(seconds=self.terms.seconds)
-        got = await self.store.acquire(deployment_id, token, lease, now, until)
-        if got is not Acquired.YES:
+        got = await self.store.take(deployment_id, token, lease, now, until, self.terms.max_backoff)
+        if isinstance(got, Acquired):
             return got is Acquired.STALE  # a stale tick is simply done
         try:
-            done = await self._leased(deployment_id, lease, self._run(deployment_id, lease))
+            done = await self._leased(deployment_id, lease, self._run(deployment_id, lease, got))
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
         await announce(self.bus, self.scheduler, self.metrics, deployment_id, done)
         return True
 
-    async def _run(self, deployment_id: int, lease: str) -> Committed:
-        loaded = await self.store.load(deployment_id, self.terms.max_backoff)
+    async def _run(self, deployment_id: int, lease: str, loaded: Loaded) -> Committed:
         s = loaded.snapshot
         if loaded.due is not None:
             self.metrics.tick_started((self.clock.now() - loaded.due).total_seconds())
@@ -137,7 +136,14 @@ class RolloutDriver:
             log_offset=io.log_offset if io.log_offset is not None else plan.facts.log_offset,
         )
         done = await self.store.commit(
-            deployment_id, lease, loaded.state_version, facts, plan.change, io.proxy_facts(), self.clock.now()
+            deployment_id,
+            lease,
+            loaded.state_version,
+            facts,
+            plan.change,
+            io.proxy_facts(),
+            self.clock.now(),
+            loaded.servers,
         )
         return replace(done, messages=[*io.published, *done.messages])
 

@@ -57,7 +57,8 @@ class LeaseLost(Exception):  # noqa: N818 - says what happened
 
 
 class Acquired(Enum):
-    YES = "yes"
+    """Why a tick did not get its deployment (see RolloutStore.take)."""
+
     BUSY = "busy"  # another tick holds a live lease: try again soon
     STALE = "stale"  # the token is no longer the deployment's scheduled tick: nothing to do
 
@@ -169,10 +170,19 @@ def record_facts(dep: Deployment, facts: Facts) -> None:
         dep.check_state = facts.checks.to_json()
 
 
+def touches_application(proxy: ProxyFacts | None, change: Change | None) -> bool:
+    """Whether a tick's write changes its application's row: routes pushed this tick (live_at is set only
+    then), canary servers chosen or the application's version finished."""
+    pushed = proxy is not None and proxy.live_at is not None
+    changed = change is not None and (change.canary_ids is not None or change.application_version is not None)
+    return pushed or changed
+
+
 def record_change(
-    dep: Deployment, app: Application, change: Change, now: datetime, live_at: datetime | None
+    dep: Deployment, app: Application | None, change: Change, now: datetime, live_at: datetime | None
 ) -> tuple[str, datetime] | None:
-    """Writes what was decided; returns the tick to schedule (None: none)."""
+    """Writes what was decided; returns the tick to schedule (None: none). `app` may be None only when the
+    change does not touch it (see touches_application)."""
     if change.trigger is not None:
         fire(dep, change.trigger, now)
     if change.stage is not None:
@@ -181,12 +191,14 @@ def record_change(
         if not change.stage.keep_traffic:
             dep.stage_stats = {}
     if change.canary_ids is not None:
+        assert app is not None
         canaries = list(change.canary_ids)
         dep.canary_server_ids = canaries
         dep.stable_server_ids = [sid for sid in app.server_ids if sid not in canaries]
     if change.reasons is not None:
         dep.reasons = list(change.reasons)
     if change.application_version is not None:
+        assert app is not None
         app.current_version = change.application_version
     if change.trigger is not None or change.stage is not None:
         dep.state_version += 1
@@ -223,26 +235,19 @@ class RolloutStore:
         self.sessions = sessions
         self.locks = locks
 
-    async def acquire(
-        self, deployment_id: int, token: str, lease: str, now: datetime, until: datetime
-    ) -> Acquired:
+    async def take(
+        self, deployment_id: int, token: str, lease: str, now: datetime, until: datetime, max_backoff: float
+    ) -> Loaded | Acquired:
+        """Takes the tick's lease and loads the deployment in one transaction: its snapshot when the lease is
+        ours, else BUSY (another tick holds a live lease) or STALE (the token is no longer scheduled)."""
         async with unit_of_work(self.sessions) as session:
-            repo = DeploymentRepository(session)
-            if await repo.acquire_lease(deployment_id, token, lease, now, until):
-                return Acquired.YES
-            dep = await repo.get(deployment_id)
-            return Acquired.STALE if dep is None or dep.tick_token != token else Acquired.BUSY
-
-    async def renew(self, deployment_id: int, lease: str, until: datetime) -> bool:
-        async with unit_of_work(self.sessions) as session:
-            return await DeploymentRepository(session).renew_lease(deployment_id, lease, until)
-
-    async def load(self, deployment_id: int, max_backoff: float) -> Loaded:
-        async with self.sessions() as session:
-            dep = await DeploymentRepository(session).get(deployment_id)
-            assert dep is not None
-            app = await ApplicationRepository(session).get(dep.application_id)
-            assert app is not None
+            deployments = DeploymentRepository(session)
+            if not await deployments.acquire_lease(deployment_id, token, lease, now, until):
+                dep = await deployments.get(deployment_id)
+                return Acquired.STALE if dep is None or dep.tick_token != token else Acquired.BUSY
+            found = await deployments.with_application(deployment_id)
+            assert found is not None
+            dep, app = found
             spec = ProxySpec.model_validate(app.proxy)
             servers = await ServerRepository(session).many([*app.server_ids, spec.server_id])
             status = deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
@@ -257,6 +262,10 @@ class RolloutStore:
             dep.next_tick_at,
             status,
         )
+
+    async def renew(self, deployment_id: int, lease: str, until: datetime) -> bool:
+        async with unit_of_work(self.sessions) as session:
+            return await DeploymentRepository(session).renew_lease(deployment_id, lease, until)
 
     async def mark_version(
         self, deployment_id: int, lease: str, server_id: int, version: str, event: Event | None, now: datetime
@@ -280,25 +289,31 @@ class RolloutStore:
         change: Change,
         proxy: ProxyFacts | None,
         now: datetime,
+        servers: dict[int, Server] | None = None,
     ) -> Committed:
         """Records a tick's plan: facts always, the change only if nobody changed the deployment meanwhile;
-        releases the lease."""
+        releases the lease. `servers` (the tick's own, when given) spares reading them again for the status.
+        The application row is read only when this tick changed it (routes pushed, canaries chosen, version
+        finished)."""
         async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
             dep = await self._fenced(session, deployment_id, lease)
-            app = await ApplicationRepository(session).get(dep.application_id)
-            assert app is not None
+            decided = dep.state_version == seen_state_version
+            app = None
+            if touches_application(proxy, change if decided else None):
+                app = await ApplicationRepository(session).get(dep.application_id)
+                assert app is not None
             record_facts(dep, facts)
             if proxy is not None:
-                app.proxy_applied, app.proxy_generation = proxy.applied, proxy.generation
+                if app is not None:
+                    app.proxy_applied, app.proxy_generation = proxy.applied, proxy.generation
                 dep.canary_traffic_percentage = proxy.canary_share
             events, schedule = list(facts.events), None
-            decided = dep.state_version == seen_state_version
             if decided:
                 schedule = record_change(dep, app, change, now, proxy.live_at if proxy else None)
                 events += change.events
             dep.lease_owner, dep.lease_until = None, None
             dep.updated_at = now
-            messages, status = await self._finish(session, dep, events, now, proxy)
+            messages, status = await self._finish(session, dep, events, now, proxy, servers)
         return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), decided)
 
     async def operate(
@@ -332,6 +347,7 @@ class RolloutStore:
         events: list[Event],
         now: datetime,
         proxy: ProxyFacts | None,
+        known: dict[int, Server] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Appends the events; returns them and the new status as messages to publish, and the status."""
         messages: list[dict[str, Any]] = []
@@ -339,7 +355,11 @@ class RolloutStore:
         rows = [await repo.append(event_row(dep.id, event, now, proxy)) for event in events]
         messages += [{"type": "event", **event_view(row)} for row in rows]
         await enqueue(session, dep, rows)  # webhook deliveries commit with their events
-        servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
+        ids = [int(sid) for sid in (*dep.canary_server_ids, *dep.stable_server_ids)]
+        if known is not None and all(sid in known for sid in ids):
+            servers = known
+        else:
+            servers = await ServerRepository(session).many(ids)
         status = deployment_status(dep, servers)
         messages.append({"type": "status", **status})
         return messages, status
@@ -365,4 +385,5 @@ __all__ = [
     "record_facts",
     "snapshot_of",
     "status_of",
+    "touches_application",
 ]
