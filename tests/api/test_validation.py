@@ -97,6 +97,13 @@ async def test_deployment_config_lists_every_problem(spec_stack: Stack) -> None:
     r = await s.deploy("v2", {"stage_duration": 60, "health_check_interval": 61})
     assert r.status_code == 422, r.text
     assert messages(r) == ["health_check_interval must not be longer than stage_duration"], r.text
+    # Every broken rule between fields at once, not the first one only.
+    r = await s.deploy(
+        "v2", {"stage_duration": 60, "health_check_interval": 61, "approve_before": [10], "stages": [10, 100]}
+    )
+    assert r.status_code == 422, r.text
+    assert "health_check_interval must not be longer than stage_duration" in " ".join(messages(r)), r.text
+    assert "approve_before names 10" in " ".join(messages(r)), r.text
     listed = await s.api.get(f"/applications/{app['id']}/deployments")
     assert listed.status_code == 200 and listed.json() == []
     # The same version as the current one is a 422 too.

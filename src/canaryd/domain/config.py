@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -558,24 +558,40 @@ class CanaryConfig(StrictModel):
             raise ValueError(f"{info.field_name} must be at least 1")
         return value
 
-    @model_validator(mode="after")
-    def _prometheus_source(self) -> CanaryConfig:
-        if self.metrics_source == "prometheus" and self.prometheus is None:
-            raise ValueError("metrics_source 'prometheus' needs the prometheus settings (url, queries)")
-        return self
+    #: Whether the rules between fields apply. A part of the settings (CanaryConfigOverrides, see
+    #: domain/defaults.py) leaves them to the merged result, as the other field may come from elsewhere.
+    checks_relations: ClassVar[bool] = True
 
     @model_validator(mode="after")
-    def _approvals_name_later_stages(self) -> CanaryConfig:
+    def _relations(self) -> CanaryConfig:
+        """The rules between fields, every broken one reported at once."""
+        if not self.checks_relations:
+            return self
+        problems = [
+            *self._prometheus_source(),
+            *self._approvals_name_later_stages(),
+            *self._checks_fit_the_plan(),
+            *self._interval_fits_stage(),
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _prometheus_source(self) -> list[str]:
+        if self.metrics_source == "prometheus" and self.prometheus is None:
+            return ["metrics_source 'prometheus' needs the prometheus settings (url, queries)"]
+        return []
+
+    def _approvals_name_later_stages(self) -> list[str]:
         unknown = [f"{p:g}" for p in self.approve_before if p not in self.stages[1:]]
         if unknown:
-            raise ValueError(
+            return [
                 f"approve_before names {', '.join(unknown)}, which is not a stage after the first; "
                 "it must list percentages of later stages"
-            )
-        return self
+            ]
+        return []
 
-    @model_validator(mode="after")
-    def _checks_fit_the_plan(self) -> CanaryConfig:
+    def _checks_fit_the_plan(self) -> list[str]:
         problems = []
         names = [c.name for c in self.checks]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -587,15 +603,12 @@ class CanaryConfig(StrictModel):
                 problems.append(
                     f"check {check.name}: stages names {', '.join(unknown)}, which is not a stage"
                 )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return problems
 
-    @model_validator(mode="after")
-    def _interval_fits_stage(self) -> CanaryConfig:
+    def _interval_fits_stage(self) -> list[str]:
         if self.health_check_interval > self.stage_duration:
-            raise ValueError("health_check_interval must not be longer than stage_duration")
-        return self
+            return ["health_check_interval must not be longer than stage_duration"]
+        return []
 
 
 __all__ = [

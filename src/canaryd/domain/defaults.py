@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,14 +35,7 @@ class CanaryConfigOverrides(CanaryConfig):
     between fields are checked once the deployment's settings are merged with the application's defaults.
     Fields left out come from the application's `deployment_defaults`, then from CanaryConfig's defaults."""
 
-
-# The cross-field rules are CanaryConfig's "after" model validators: not applied to a part. ("before" and
-# "wrap" validators normalise input, e.g. deprecated names, and stay.) This reads pydantic's decorator
-# table, so every cross-field rule added to CanaryConfig is left out here without a second list.
-_validators = CanaryConfigOverrides.__pydantic_decorators__.model_validators
-for _name in [n for n, d in _validators.items() if d.info.mode == "after"]:
-    del _validators[_name]
-CanaryConfigOverrides.model_rebuild(force=True)
+    checks_relations: ClassVar[bool] = False
 
 
 def set_fields(part: BaseModel) -> dict[str, Any]:
