@@ -6,15 +6,13 @@ per time bucket), stable error rate 1 %, latency lognormal (median 100 ms, σ 0.
 - cohorts: "1:1" (equal traffic) or "1:9" (a 10 % stage: stable gets 9 × the canary's requests); the
   rate in the table is the canary's requests per minute;
 - noise: "indep." (every request independent), "bursts" (each minute, with probability 5 %, one cohort's
-  error rate is 20 % for that minute, independently per cohort), "common" (a burst hits both cohorts) or
-  "outages" (as "bursts", but a burst fails every request of that cohort for the minute);
-- truths: A/A, errors ×2 / ×3 / +5 pp on the canary, a tail regression (5 % of canary requests +500 ms),
-  a median regression (every canary request 25 % slower) and a broken canary (every request fails; the
-  median minute shows how fast it is rolled back).
+  error rate is 20 % for that minute, independently per cohort) or "common" (a burst hits both cohorts);
+- truths: A/A, errors ×2 / ×3 / +5 pp on the canary, a tail regression (5 % of canary requests +500 ms)
+  and a median regression (every canary request 25 % slower).
 
 The judges are the very functions the engine calls on the same `CohortStats`, nothing reimplemented:
 "after" is `judge_sequential` of this tree; "before" is `judge_sequential` of git revision `--before`
-(the previous judge, with its defaults), loaded from git; "threshold" is `judge_threshold`. "fixed" is what
+(the judge as the issue found it), loaded from git; "threshold" is `judge_threshold`. "fixed" is what
 the best single look after the full stage achieves at the same alpha (0.025): Fisher's exact test,
 one-sided, on the stage's errors (or, for latency truths, on requests slower than stable's p95 + 25 ms).
 
@@ -55,8 +53,7 @@ BASE_ERROR = 0.01
 MEDIAN_MS, SIGMA = 100.0, 0.5
 BURST_PROB, BURST_ERROR = 0.05, 0.20
 ALPHA = 0.025  # the fixed-sample bound's one-sided level
-BEFORE = "99d26ac"  # the judge before the alpha-spending change (issue 16, second pass)
-BEFORE_SETTINGS = {"alpha": 0.02, "stage_end_alpha": 0.008}  # its defaults
+BEFORE = "560ea2c"  # the judge as issue 16 found it
 N_BUCKETS = 400  # latency histogram buckets simulated (0.1 ms · 1.05^400 ≈ 30 s)
 
 
@@ -81,7 +78,6 @@ TRUTHS = (
     Truth("errors +5 pp", BASE_ERROR + 0.05),
     Truth("tail: 5 % +500 ms", slow_share=0.05, slow_extra_ms=500.0),
     Truth("median: all +25 %", median_factor=1.25),
-    Truth("errors 100 %", 1.0),
 )
 
 
@@ -136,10 +132,9 @@ def error_probs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-minute error rates of canary (base = its truth) and stable (BASE_ERROR) under the noise."""
     c, s = np.full(minutes, base), np.full(minutes, BASE_ERROR)
-    if noise in ("bursts", "outages"):
-        level = BURST_ERROR if noise == "bursts" else 1.0
-        c = np.where(rng.random(minutes) < BURST_PROB, np.maximum(level, c), c)
-        s = np.where(rng.random(minutes) < BURST_PROB, level, s)
+    if noise == "bursts":
+        c = np.where(rng.random(minutes) < BURST_PROB, np.maximum(BURST_ERROR, c), c)
+        s = np.where(rng.random(minutes) < BURST_PROB, BURST_ERROR, s)
     elif noise == "common":
         hit = rng.random(minutes) < BURST_PROB
         c, s = np.where(hit, np.maximum(BURST_ERROR, c), c), np.where(hit, BURST_ERROR, s)
@@ -162,7 +157,7 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
         {"health_check_interval": 60, "stage_duration": 60 * minutes, **overrides}
     )
     threshold_config = CanaryConfig(judge="threshold")
-    before_config = config.model_copy(update=BEFORE_SETTINGS)
+    before_config = config.model_copy(update={"alpha": 0.025})  # the default the issue measured
     before = load_before(before_rev) if before_rev else None
     p_canary, p_stable = bucket_probs(cell.truth, True), bucket_probs(cell.truth, False)
     share = 1 / (1 + cell.split)
@@ -248,29 +243,20 @@ def pct(fails: list[int] | int, reps: int) -> str:
 def cells(args: argparse.Namespace) -> list[Cell]:
     rates = tuple(int(r) for r in args.rates.split(","))
     out: list[Cell] = []
-    late: list[Cell] = []  # added after the first tables: last, so the earlier cells keep their seeds
     for truth in TRUTHS:
         if args.only and args.only not in truth.name:
             continue
         for split in (1, 9):
             noises = ("indep.", "bursts", "common") if truth is AA or "×3" in truth.name else ("indep.",)
-            for noise in (*noises, "outages") if truth is AA else noises:
+            for noise in noises:
                 # Regressions at 2 req/min are not detectable in 30 minutes by any test (Fisher ≤ 5 %),
                 # nor bursty regressions at 200: those cells are left out to keep the run short.
-                chosen = (
+                for rate in (
                     rates if truth is AA else [r for r in rates if r != 2 and (noise == "indep." or r != 200)]
-                )
-                if noise == "outages" or truth.canary_error == 1.0:
-                    chosen = (
-                        [r for r in rates if r in (2, 10, 50)]
-                        if truth is not AA
-                        else [r for r in rates if r in (10, 50)]
-                    )
-                for rate in chosen:
+                ):
                     reps = args.aa_reps if truth is AA else args.reps
-                    cell = Cell(truth, split, noise, rate, max(1, reps // (10 if args.quick else 1)))
-                    (late if noise == "outages" or truth.canary_error == 1.0 else out).append(cell)
-    return out + late
+                    out.append(Cell(truth, split, noise, rate, max(1, reps // (10 if args.quick else 1))))
+    return out
 
 
 def main() -> None:

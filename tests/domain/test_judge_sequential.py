@@ -150,7 +150,7 @@ def test_missing_host_readings_do_not_block() -> None:
 def test_evidence_multiplies_across_stages() -> None:
     """A stage's e-value is carried into the next; the 100 % stage (no stable) keeps it and the exposure."""
 
-    def stage(number: int, evidence: Evidence, checks: int = 4) -> tuple[Evidence, Outcome]:
+    def stage(number: int, evidence: Evidence, checks: int = 3) -> tuple[Evidence, Outcome]:
         canary, stable = CohortStats(), CohortStats()
         outcome = Outcome.INCONCLUSIVE
         for _ in range(checks):
@@ -172,7 +172,7 @@ def test_evidence_multiplies_across_stages() -> None:
         judge(stats(900), CohortStats(), baseline=stats(600), stage=2, evidence=first), CONFIG
     )
     m = last.verdict.metric("error_rate")
-    assert m.figures["rollout_canary_requests"] == 400  # the 100 % stage compared nothing
+    assert m.figures["rollout_canary_requests"] == 300  # the 100 % stage compared nothing
     assert last.evidence.carried["error_rate"] == pytest.approx(e1)
     assert m.figures["e_value"] == pytest.approx(math.exp(e1), rel=1e-3)
 
@@ -252,8 +252,8 @@ def with_bursts(
         ("1:9, common bursts", with_bursts((50, 0), {2, 3, 4}, (50, 10)),
          with_bursts((450, 4), {2, 3, 4}, (450, 90)), 0.1, None),
         # a regression that persists is caught within minutes, equal or uneven cohorts
-        ("1:1, 30 % errors every minute", [(60, 18)] * 30, [(60, 0)] * 30, 0.5, 7),
-        ("1:9, 30 % errors every minute", [(20, 6)] * 30, [(180, 2)] * 30, 0.1, 7),
+        ("1:1, 30 % errors every minute", [(60, 18)] * 30, [(60, 0)] * 30, 0.5, 6),
+        ("1:9, 30 % errors every minute", [(20, 6)] * 30, [(180, 2)] * 30, 0.1, 6),
         ("1:1, ×5 at 200/min", [(200, 10)] * 30, [(200, 2)] * 30, 0.5, 12),
     ],
 )  # fmt: skip

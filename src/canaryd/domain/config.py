@@ -398,7 +398,7 @@ class CanaryConfig(StrictModel):
     #: "sequential": guards plus always-valid count tests (the default; see the bench in docs/judge.md);
     #: "threshold": the spec's rules above (error_rate_threshold, latency_threshold, min_requests).
     judge: Literal["sequential", "threshold"] = "sequential"
-    alpha: float = Field(default=0.005, gt=0, le=0.5)  # the always-valid tests' budget, shared by them
+    alpha: float = Field(default=0.02, gt=0, le=0.5)  # false-rollback budget, shared by the tests
     error_rate_margin: float = Field(default=1.0, ge=1, le=10)  # fail only when canary ≥ margin × stable
     latency_margin: float = Field(default=1.25, ge=1, le=10)  # absorbs a threshold set from stable data
     sequential_k: float = Field(default=3.0, gt=0, le=1000)  # prior concentration (SLO ceilings' test)
@@ -423,12 +423,12 @@ class CanaryConfig(StrictModel):
         "rollback needs evidence from several buckets, so one bad minute on one server cannot roll back.",
     )
     stage_end_alpha: float = Field(
-        default=0.0125,
+        default=0.008,
         ge=0,
         le=0.2,
         description="False-rollback rate of the one fixed-sample look at the end of each comparing stage's "
         "planned duration (shared by the comparisons like alpha; 0 turns the look off). Per stage: a rollout "
-        "with s comparing stages adds at most s × this to alpha (default 0.0125: most of a stage's budget is spent at its end, where one look is nearly as powerful as a fixed test).",
+        "with s comparing stages adds at most s × this to alpha (default 0.008).",
     )
     burst_allowance: float = Field(
         default=1.0,
@@ -678,7 +678,7 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "one of the listed values",
         ),
         "alpha": (
-            "Sequential judge: the false-rollback budget of the tests checked at every health check over the whole rollout, shared by the metrics (the stage-end look has its own, stage_end_alpha).",
+            "Sequential judge: the false-rollback budget of the whole rollout, shared by the metrics.",
             "probability",
         ),
         "bucket_seconds": (

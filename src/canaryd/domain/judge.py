@@ -61,7 +61,7 @@ from canaryd.domain.sequential import (
     null_share,
     upper_tail,
 )
-from canaryd.domain.types import CohortStats, HostLoad, bucket_of
+from canaryd.domain.types import CohortStats, HostLoad
 
 Figures = dict[str, float | int | None]
 
@@ -306,67 +306,22 @@ class Tally:
 
 
 _ZEROS5 = (0.0, 0.0, 0.0, 0.0, 0.0)
-_ZEROS4 = (0.0, 0.0, 0.0, 0.0)
 Histogram = Mapping[int, int]
-
-
-def _num(v: float) -> float | int:
-    """A whole number as an int (shorter JSON), else the float."""
-    return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
-
-
-def _bucket_counts(raw: object) -> tuple[tuple[int, int, int, int], ...]:
-    """Per-bucket counts from their flat JSON list (four integers a bucket); () if malformed."""
-    if (
-        not isinstance(raw, list)
-        or len(raw) % 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw)
-    ):
-        return ()
-    return tuple((raw[i], raw[i + 1], raw[i + 2], raw[i + 3]) for i in range(0, len(raw), 4))
-
-
-def _dense(hist: Histogram) -> list[int]:
-    """A histogram as [first bucket, its count, the next bucket's count, ...] (compact JSON)."""
-    if not hist:
-        return []
-    first, last = min(hist), max(hist)
-    return [first, *(hist.get(b, 0) for b in range(first, last + 1))]
-
-
-def _hist(raw: object) -> dict[int, int]:
-    """A histogram from its dense form, or from [[bucket, count], ...] pairs (evidence written before)."""
-    if not isinstance(raw, list) or not raw:
-        return {}
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
-        return {raw[0] + i: n for i, n in enumerate(raw[1:]) if n > 0}
-    ok = [p for p in raw if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)]
-    return {b: n for b, n in ok}
 
 
 def _hists(raw: object) -> tuple[Histogram, Histogram]:
     if not isinstance(raw, list) or len(raw) != 2:
         return ({}, {})
-    return _hist(raw[0]), _hist(raw[1])
+    out: list[dict[int, int]] = []
+    for h in raw:
+        pairs = h if isinstance(h, list) else []
+        ok = [p for p in pairs if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)]
+        out.append({b: n for b, n in ok})
+    return out[0], out[1]
 
 
 def _minus(hist: Histogram, base: Histogram) -> dict[int, int]:
     return {b: n - base.get(b, 0) for b, n in hist.items() if n - base.get(b, 0) > 0}
-
-
-#: The latency base histograms are kept from this fraction of the threshold up: a bucket is counted at
-#: the threshold of the check that closes it, which moves little within a bucket (it follows stable's p95
-#: over the whole deployment); were it to drop further, the requests between would count as slow.
-TAIL_KEPT = 0.8
-
-
-def _tails(hists: tuple[Histogram, Histogram], floor_ms: float) -> tuple[Histogram, Histogram]:
-    """The histograms' buckets from `floor_ms` up (what a threshold at or above it can count)."""
-    first = bucket_of(floor_ms) if floor_ms > 0 else 0
-    return (
-        {b: n for b, n in hists[0].items() if b >= first},
-        {b: n for b, n in hists[1].items() if b >= first},
-    )
 
 
 def _floats(raw: object, size: int | None = None) -> tuple[float, ...] | None:
@@ -384,7 +339,7 @@ class Stream:
     `log_lr` sums each closed bucket's tempered, capped log likelihood ratio per alternative over the whole
     rollout; `pending` is the open bucket's as of the last check. `base` is the stage's cumulative tally at
     the last bucket boundary (the open bucket is the difference). The sums estimate each cohort's
-    over-dispersion; `counted` and `bucket_counts` serve the stage-end look and the gross-failure rule.
+    over-dispersion; `counted` and `end_null` serve the stage-end look.
     """
 
     log_lr: tuple[float, ...] = ()
@@ -397,16 +352,18 @@ class Stream:
     capped: int = 0  # of which at bucket_max_evidence
     canary_sums: tuple[float, ...] = _ZEROS5  # Σn, Σx, Σx², Σx·n, Σn² over the rollout's buckets
     stable_sums: tuple[float, ...] = _ZEROS5
-    #: The rollout's stage-end-look sums at this stage's start: canary counted events, canary requests,
-    #: stable events, stable requests (they set the caps of later buckets).
-    counted: tuple[float, ...] = _ZEROS4
-    #: This stage's closed buckets, each (canary requests, canary events, stable requests, stable events):
-    #: all the stage-end look and the gross-failure rule need, and the evidence a person can check.
-    bucket_counts: tuple[tuple[int, int, int, int], ...] = ()
+    counted: tuple[float, ...] = (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )  # canary counted events, requests; stable events, requests
+    end_null: tuple[float, ...] = (1.0,)  # distribution of the stage's counted canary events under the null
+    end_offset: int = 0  # ... of end_offset, end_offset + 1, ...
+    end_counted: int = 0
     end_p: float | None = None  # the stage-end look's p-value, once it happened
-    #: latency only: both cohorts' histograms at the last bucket boundary, from TAIL_KEPT × the threshold
-    #: up (a bucket's slow requests are counted on its own histogram against the threshold of the check
-    #: that closes it; the part far below the threshold cannot matter and is not kept).
+    #: latency only: both cohorts' histograms at the last bucket boundary (a bucket's slow requests are
+    #: counted on its own histogram against the threshold of the check that closes it).
     base_hists: tuple[Histogram, Histogram] = ({}, {})
 
     def to_json(self) -> dict[str, object]:
@@ -419,12 +376,14 @@ class Stream:
             "stage_checks": self.stage_checks,
             "buckets": self.buckets,
             "capped": self.capped,
-            "canary_sums": [_num(v) for v in self.canary_sums],
-            "stable_sums": [_num(v) for v in self.stable_sums],
-            "counted": [_num(v) for v in self.counted],
-            "bucket_counts": [v for b in self.bucket_counts for v in b],
+            "canary_sums": list(self.canary_sums),
+            "stable_sums": list(self.stable_sums),
+            "counted": list(self.counted),
+            "end_null": [float(f"{p:.12g}") for p in self.end_null],
+            "end_offset": self.end_offset,
+            "end_counted": self.end_counted,
             "end_p": self.end_p,
-            "base_hists": [_dense(h) for h in self.base_hists],
+            "base_hists": [sorted(h.items()) for h in self.base_hists],
         }
 
     @classmethod
@@ -437,6 +396,7 @@ class Stream:
             return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
         log_lr = _floats(raw.get("log_lr"), len(RATIOS))
+        end_null = _floats(raw.get("end_null"))
         end_p = raw.get("end_p")
         stage_start = raw.get("stage_start", 0.0)
         return cls(
@@ -450,13 +410,15 @@ class Stream:
             capped=integer("capped"),
             canary_sums=_floats(raw.get("canary_sums"), 5) or _ZEROS5,
             stable_sums=_floats(raw.get("stable_sums"), 5) or _ZEROS5,
-            counted=_floats(raw.get("counted"), 4) or _ZEROS4,
-            bucket_counts=_bucket_counts(raw.get("bucket_counts")),
+            counted=_floats(raw.get("counted"), 4) or (0.0, 0.0, 0.0, 0.0),
+            end_null=end_null if end_null else (1.0,),
+            end_offset=integer("end_offset") if end_null else 0,
+            end_counted=integer("end_counted"),
             end_p=float(end_p) if isinstance(end_p, (int, float)) and not isinstance(end_p, bool) else None,
             base_hists=_hists(raw.get("base_hists")),
         )
 
-    def next_stage(self, kappa: float) -> Stream:
+    def next_stage(self) -> Stream:
         """The stream at a new stage: the open bucket folded in, stage-scoped state reset."""
         log_lr = tuple(a + b for a, b in zip(self.log_lr, self.pending, strict=False)) or self.log_lr
         return Stream(
@@ -464,7 +426,7 @@ class Stream:
             stage_start=log_mixture(log_lr) if log_lr else 0.0,
             canary_sums=self.canary_sums,
             stable_sums=self.stable_sums,
-            counted=_replay(self, 1.0, kappa, with_null=False).sums,
+            counted=self.counted,
         )
 
 
@@ -497,13 +459,12 @@ class Evidence:
     source_failures: int = 0
     streams: Mapping[str, Stream] = field(default_factory=dict)
 
-    def at_stage(self, stage: int, kappa: float = 1.0) -> Evidence:
-        """The evidence at `stage` (`kappa`: the stage-end look's `burst_allowance`)."""
+    def at_stage(self, stage: int) -> Evidence:
         if stage == self.stage:
             return self
         carried = {m: self.carried.get(m, 0.0) + self.current.get(m, 0.0) for m in COMPARED}
         prior = {m: self.prior.get(m, Tally()) + _compared(self.latest.get(m, Tally())) for m in COMPARED}
-        streams = {m: st.next_stage(kappa) for m, st in self.streams.items()}
+        streams = {m: st.next_stage() for m, st in self.streams.items()}
         return Evidence(stage, carried, prior, source_failures=self.source_failures, streams=streams)
 
     def to_json(self) -> dict[str, object]:
@@ -707,59 +668,39 @@ def _bucket(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -
     return _Bucket(capped, any(v > cap for v in raw), canary_sums, stable_sums, r_c, r_s, phi)
 
 
-def _cap(nc: int, p_canary: float, p_stable: float, kappa: float) -> int:
-    """The most canary events the stage-end look counts in a bucket of `nc` canary requests: `kappa`
-    standard deviations above what its requests would give at the higher of the two rates (at least 1)."""
-    mu = nc * max(p_canary, p_stable)
-    return max(1, math.ceil(mu + kappa * math.sqrt(mu)))
+def _counted_caps(stream: Stream, delta: Tally, kappa: float) -> list[int]:
+    """For y = 0..e stable events in the bucket: the most canary events the stage-end look counts."""
+    nc, ns = delta.canary_requests, delta.stable_requests
+    events = delta.canary_events + delta.stable_events
+    c_events, c_requests, s_events, s_requests = stream.counted
+    p_canary = c_events / c_requests if c_requests else 0.0
+    caps = []
+    for y in range(events + 1):
+        p_stable = (s_events + y) / (s_requests + ns) if s_requests + ns else 0.0
+        mu = nc * max(p_canary, p_stable)
+        caps.append(max(1, math.ceil(mu + kappa * math.sqrt(mu))))
+    return caps
 
 
-def _trimmed_stable_rate(buckets: tuple[tuple[int, int, int, int], ...], fallback: float) -> float:
-    """Stable's error rate over the stage's buckets without its worst tenth (at least one bucket): the
-    rate of its ordinary minutes, which its own bursts do not raise. `fallback` with too few buckets."""
-    if len(buckets) < MIN_BUCKETS_PER_STAGE:
-        return fallback
-    ordered = sorted(buckets, key=lambda b: b[3] / b[2])
-    kept = ordered[: len(ordered) - max(1, len(ordered) // 10)]
-    requests = sum(b[2] for b in kept)
-    return sum(b[3] for b in kept) / requests if requests else fallback
-
-
-@dataclass(frozen=True)
-class _Replay:
-    """The stage-end look over this stage's buckets: what it counted, its null mean and distribution."""
-
-    counted: int
-    expected: float
-    null: tuple[int, list[float]]  # (offset, probabilities); (0, [1.0]) when not asked for
-    sums: tuple[float, ...]  # the rollout's sums after this stage's buckets
-
-
-def _replay(stream: Stream, margin: float, kappa: float, with_null: bool) -> _Replay:
-    """Replays the stage's buckets: each one's capped canary count and its null distribution (a capped
-    binomial given the bucket's events); their convolution only when `with_null`.
-
-    Two passes. The first caps each bucket from the canary's rate counted before it (so a burst counts
-    like one or two ordinary events and cannot raise its own cap); the second caps every bucket from the
-    rate the first pass counted over the rollout so far, so a steady regression raises the caps of the
-    stage's early buckets too while a lone burst barely moves them. Stable's rate is its stage rate
-    without its own worst buckets (`_trimmed_stable_rate`)."""
-    sums = stream.counted
-    p_stable = _trimmed_stable_rate(stream.bucket_counts, sums[2] / sums[3] if sums[3] else 0.0)
-    for nc, x, ns, y in stream.bucket_counts:
-        cap = _cap(nc, sums[0] / sums[1] if sums[1] else 0.0, p_stable, kappa)
-        sums = (sums[0] + min(x, cap), sums[1] + nc, sums[2] + y, sums[3] + ns)
-    p_canary = sums[0] / sums[1] if sums[1] else 0.0
-    counted, expected = 0, 0.0
-    null: tuple[int, list[float]] = (0, [1.0])
-    for nc, x, ns, y in stream.bucket_counts:
-        caps = [_cap(nc, p_canary, p_stable, kappa)] * (x + y + 1)
-        offset, dist = counted_distribution(x + y, null_share(nc / (nc + ns), margin), caps)
-        expected += sum((offset + i) * q for i, q in enumerate(dist))
-        if with_null:
-            null = convolve(null, (offset, dist))
-        counted += min(x, caps[0])
-    return _Replay(counted, expected, null, sums)
+def _close_for_end_look(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -> Stream:
+    """Adds a closed bucket to the stage-end look: its counted canary events and their null distribution."""
+    nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
+    if nc <= 0 or ns <= 0 or x < 0 or y < 0:
+        return stream
+    caps = _counted_caps(stream, delta, config.burst_allowance)
+    counted = min(x, caps[y])
+    theta0 = null_share(nc / (nc + ns), margin)
+    offset, null = convolve(
+        (stream.end_offset, list(stream.end_null)), counted_distribution(x + y, theta0, caps)
+    )
+    c = stream.counted
+    return replace(
+        stream,
+        end_null=tuple(null),
+        end_offset=offset,
+        end_counted=stream.end_counted + counted,
+        counted=(c[0] + counted, c[1] + nc, c[2] + y, c[3] + ns),
+    )
 
 
 #: A stage holds at least this many buckets: shorter stages get shorter buckets (a stage shorter than
@@ -813,12 +754,9 @@ def _advance(
         capped=stream.capped + bucket.capped,
         canary_sums=bucket.canary_sums,
         stable_sums=bucket.stable_sums,
-        base_hists=_tails(hists, latency[2] * TAIL_KEPT if latency else 0.0),
+        base_hists=hists,
     )
-    if delta.canary_requests > 0 and delta.stable_requests > 0:
-        counts = (delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events)
-        closed = replace(closed, bucket_counts=(*closed.bucket_counts, counts))
-    return closed, bucket
+    return _close_for_end_look(closed, delta, margin, config), bucket
 
 
 def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
@@ -832,14 +770,15 @@ def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin
     )  # fmt: skip
 
 
-def _end_p_value(look: _Replay, phi: float) -> float:
+def _end_p_value(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
     """The stage-end look's p-value: P(counted ≥ observed) under the null, the excess over the null's
     mean shrunk by √(design effect) when the cohorts' own buckets show over-dispersion."""
-    offset, dist = look.null
-    observed = look.counted
-    if observed > look.expected and phi > 1:
-        observed = math.ceil(look.expected + (observed - look.expected) / math.sqrt(phi))
-    return upper_tail(offset, dist, observed)
+    mean = sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
+    phi = _typical_design_effect(stream, bucket, stage, margin)
+    observed = stream.end_counted
+    if observed > mean and phi > 1:
+        observed = math.ceil(mean + (observed - mean) / math.sqrt(phi))
+    return upper_tail(stream.end_offset, stream.end_null, observed)
 
 
 def _open_stream(metric: str, evidence: Evidence) -> Stream:
@@ -851,12 +790,16 @@ def _open_stream(metric: str, evidence: Evidence) -> Stream:
     return stream
 
 
+def _null_mean(stream: Stream) -> float:
+    """The mean of the stage-end look's null distribution of counted canary events."""
+    return sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
+
+
 def _compare_figures(
     what: str,
     stage: Tally,
     stream: Stream,
     bucket: _Bucket,
-    look: _Replay,
     margin: float,
     alphas: tuple[float, float],
     log_e: float,
@@ -883,8 +826,8 @@ def _compare_figures(
         "overdispersion_canary": round(bucket.r_canary, 5),
         "overdispersion_stable": round(bucket.r_stable, 5),
         "design_effect": round(bucket.design_effect, 3),
-        "stage_end_counted": look.counted,
-        "stage_end_expected": round(look.expected, 3),
+        "stage_end_counted": stream.end_counted,
+        "stage_end_expected": round(_null_mean(stream), 3),
         "stage_end_p_value": None if stream.end_p is None else round(stream.end_p, 6),
         "stage_end_alpha": round(end_alpha, 6),
         "rollout_canary_requests": total.canary_requests,
@@ -909,7 +852,6 @@ def _failure_reason(
     stage: Tally,
     stream: Stream,
     bucket: _Bucket,
-    look: _Replay,
     margin: float,
     alphas: tuple[float, float],
     log_e: float,
@@ -931,8 +873,8 @@ def _failure_reason(
         )
     if end_look and stream.end_p is not None and stream.end_p <= end_alpha:
         return (
-            f"{metric}: {counts}; at the stage's end {look.counted} canary {what} counted "
-            f"against {look.expected:.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
+            f"{metric}: {counts}; at the stage's end {stream.end_counted} canary {what} counted "
+            f"against {_null_mean(stream):.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
             f"the canary is worse than {worse}"
         )
     return None
@@ -1018,57 +960,6 @@ def _pass_or_wait(
     )
 
 
-#: The gross-failure rule: in each of the last GROSS_BUCKETS buckets the canary failed at least
-#: GROSS_SHARE of its requests, stable under GROSS_SHARE / GROSS_RATIO of its own, and together the
-#: canary's GROSS_MIN_EVENTS+ events make the split of those buckets' events significant at the
-#: comparison's alpha. One bad minute (a burst) is never enough; two in a row at ≥ 50 % errors on the
-#: canary alone is an obviously broken canary, rolled back at the second check instead of after the ~5
-#: buckets the capped sequential test needs.
-GROSS_BUCKETS = 2
-GROSS_SHARE = 0.5
-GROSS_RATIO = 5.0
-GROSS_MIN_EVENTS = 6
-
-
-def _last_buckets(stream: Stream, stage: Tally) -> tuple[tuple[int, int, int, int], ...]:
-    """This stage's last GROSS_BUCKETS buckets, the open one (as of this check) last if it has traffic."""
-    open_ = stage - stream.base
-    buckets = stream.bucket_counts
-    if stream.checks and min(open_.canary_requests, open_.stable_requests) > 0:
-        buckets = (
-            *buckets,
-            (open_.canary_requests, open_.canary_events, open_.stable_requests, open_.stable_events),
-        )
-    return buckets[-GROSS_BUCKETS:]
-
-
-def _gross_failure(stream: Stream, stage: Tally, margin: float, alpha: float, figures: Figures) -> str | None:
-    """The fast path for an obviously broken canary (see GROSS_SHARE); its reason, else None."""
-    last = _last_buckets(stream, stage)
-    if len(last) < GROSS_BUCKETS:
-        return None
-    for nc, x, ns, y in last:
-        if x < GROSS_SHARE * nc or y * GROSS_RATIO * nc > x * ns:
-            return None
-    events = sum(x for _, x, _, _ in last)
-    if events < GROSS_MIN_EVENTS:
-        return None
-    null: tuple[int, list[float]] = (0, [1.0])
-    for nc, x, ns, y in last:  # the exact null of the canary's share of these buckets' events
-        null = convolve(
-            null, counted_distribution(x + y, null_share(nc / (nc + ns), margin), [x + y] * (x + y + 1))
-        )
-    p = upper_tail(*null, events)
-    figures["gross_p_value"] = float(f"{p:.3g}")
-    if p > alpha:
-        return None
-    minutes = ", ".join(f"{_rate(x, nc)} vs stable {_rate(y, ns)}" for nc, x, ns, y in last)
-    return (
-        f"error_rate: gross failure: the canary failed at least {GROSS_SHARE * 100:g} % of its requests in "
-        f"each of the last {GROSS_BUCKETS} buckets ({minutes}); p={p:.2g} ≤ {alpha:g}"
-    )
-
-
 def _compare(
     metric: str,
     what: str,
@@ -1086,35 +977,17 @@ def _compare(
     elapsed = (stream.stage_checks + 1) * config.health_check_interval
     end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
     stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
-    look = _replay(stream, margin, config.burst_allowance, with_null=end_look)
     if end_look:
-        phi = _typical_design_effect(stream, bucket, stage, margin)
-        stream = replace(stream, end_p=_end_p_value(look, phi))
+        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
     log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
     log_e = log_mixture(log_lr)
     total = evidence.prior.get(metric, Tally()) + _compared(stage)
-    figures = _compare_figures(what, stage, stream, bucket, look, margin, alphas, log_e, total, config, extra)
-    failure = _failure_reason(
-        metric, what, stage, stream, bucket, look, margin, alphas, log_e, end_look, config
-    )
-    if failure is None and latency is None:
-        failure = _gross_failure(stream, stage, margin, alpha, figures)
+    figures = _compare_figures(what, stage, stream, bucket, margin, alphas, log_e, total, config, extra)
+    failure = _failure_reason(metric, what, stage, stream, bucket, margin, alphas, log_e, end_look, config)
     if failure is not None:
         return MetricVerdict(metric, Outcome.FAIL, failure, figures), stream
     outcome, reason = _pass_or_wait(
-        # A pass is used at the stage's end, after its look: the exposure counts that look's level too
-        # (conservatively, as if it were the always-valid test's; one fixed look is stronger).
-        metric,
-        what,
-        stage,
-        stream,
-        bucket,
-        total,
-        margin,
-        alpha + end_alpha,
-        log_e,
-        config,
-        figures,
+        metric, what, stage, stream, bucket, total, margin, alpha, log_e, config, figures
     )
     return MetricVerdict(metric, outcome, reason, figures), stream
 
@@ -1267,7 +1140,7 @@ def _host_verdicts(
 
 def judge_sequential(obs: Observation, config: CanaryConfig) -> Judgement:
     """Judges one check with guards, the always-valid count tests and the host comparisons."""
-    evidence = obs.evidence.at_stage(obs.stage, config.burst_allowance)
+    evidence = obs.evidence.at_stage(obs.stage)
     alpha = alpha_shares(config)
     metrics = _guards(obs, config, alpha)
 
