@@ -170,7 +170,7 @@ def check_nginx_readback(table: RouteTable, spec: ProxySpec, text: str) -> None:
     if spec.access_log:
         assert in_server[1].args == (spec.access_log, f"canaryd_{app}")
     inner = [x.name for x in d if x.context == ("server", "location")]
-    assert inner == ["access_log", "default_type", "return", "proxy_pass"] + (
+    assert inner == ["access_log", "default_type", "add_header", "return", "proxy_pass"] + (
         ["proxy_http_version", "proxy_set_header"] if spec.upstream_keepalive else []
     ) + ["proxy_set_header", "proxy_next_upstream"]
     # Comments stay comments: exactly the two header lines, each on its own line.
