@@ -89,7 +89,15 @@ async def test_observed_split_matches_each_stage(embedded_stack: Stack) -> None:
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=100).start()
     dep = (
-        await s.deploy("v2", {"stages": [10, 25, 50, 75], "stage_duration": 4, "health_check_interval": 1})
+        await s.deploy(
+            "v2",
+            {
+                "stages": [10, 25, 50, 75],
+                "stage_duration": 4,
+                "health_check_interval": 1,
+                "latency_tail_ms": 1000,
+            },
+        )
     ).json()
     await s.wait(dep["id"])
     await load.stop()

@@ -260,6 +260,15 @@ WEIGHT_STEPS = {
 }
 
 
+async def _eventually(probe: Callable[[], Awaitable[bool]], within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await probe():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 async def expect_failure(w: World, step: str, action: Awaitable[Any]) -> None:
     w.faults.armed, w.faults.fired = step, []
     with pytest.raises((ServiceError, *PROXY_ERRORS)):
@@ -306,7 +315,12 @@ async def test_a_failure_at_any_step_leaves_the_last_proven_configuration(
         for step in WEIGHT_STEPS[kind]:
             stage = RouteTable(app.id, app.name, canary, last.generation + 1)
             await expect_failure(w, step, switch(proxy, stage, last))
-            assert await proxy.check(last), step
+            if kind == "traefik":
+                # Traefik may have read the failed file and hold it for its throttle while the restored one
+                # is verified: it serves the last table again within a throttle period (docs/proxies.md).
+                assert await _eventually(lambda: proxy.check(last), within=5.0), step
+            else:
+                assert await proxy.check(last), step
             assert await serves_recorded(w, app.id), step
 
         # Deletion: still registered, still served.
