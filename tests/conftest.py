@@ -10,11 +10,13 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from canaryd.db.engine import make_engine, make_sessionmaker
 from canaryd.db.migrate import upgrade
 
 pytest_plugins = [
@@ -98,3 +100,13 @@ def redis_url() -> str:
         ["redis-cli", "-p", str(REDIS[1]), "-n", str(db), "FLUSHDB"], check=True, capture_output=True
     )
     return f"redis://127.0.0.1:{REDIS[1]}/{db}"
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on a fresh, migrated database (sqlite or postgresql)."""
+    engine = make_engine(database_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        await engine.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
+from canaryd.db.engine import make_engine, unit_of_work
 from canaryd.db.migrate import ROOT
 from canaryd.db.models import Application, Deployment, DeploymentEvent
 from canaryd.db.repositories import DeploymentRepository, EventRepository
@@ -29,16 +28,6 @@ def alembic_config(database_url: str) -> Config:
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["database_url"] = database_url
     return config
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """A session factory on a fresh, migrated database (sqlite or postgresql)."""
-    engine = make_engine(database_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 async def add_app(session: AsyncSession, name: str) -> Application:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
+from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, Deployment, DeploymentEvent, Webhook, WebhookDelivery
 from canaryd.db.repositories import EventRepository
 from canaryd.db.webhooks import DeliveryRepository
@@ -33,15 +33,6 @@ TERMS = DeliveryTerms(
 )
 ROLLOUT = ["deployment_created", "stage_advanced", "health_check", "stage_advanced", "promoted", "completed"]
 SUBSCRIBED = ["stage_advanced", "completed"]
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(database_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
