@@ -93,7 +93,7 @@ async def test_observed_split_matches_each_stage(embedded_stack: Stack) -> None:
             "v2",
             {
                 "stages": [10, 25, 50, 75],
-                "stage_duration": 4,
+                "stage_duration": 5,
                 "health_check_interval": 1,
                 "latency_tail_ms": 1000,
             },
