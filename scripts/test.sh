@@ -97,11 +97,12 @@ run_step "types: mypy" "$BIN/mypy"
 run_step "layers: lint-imports" "$BIN/lint-imports"
 run_step "dead code: vulture" "$BIN/vulture" src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60 --exclude src/canaryd/migrations
 
-# Most end-to-end tests spend their time waiting for real stages to pass, so four pytest-xdist workers on two
-# cores cut the wall time without starving anyone; PYTEST_WORKERS=0 runs them one by one.
+# Most end-to-end tests spend their time waiting for real stages to pass, so three pytest-xdist workers on two
+# cores cut the wall time; four starved the real-time tests once the suite grew past 1,200 tests (timing
+# failures in three runs of three). PYTEST_WORKERS=0 runs them one by one.
 pytest_step() {
   local rc=0
-  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-4}" --dist worksteal "$@" || rc=$?
+  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-3}" --dist worksteal "$@" || rc=$?
   if ((rc == 5)); then
     echo "error: pytest collected no tests" >&2
   fi
