@@ -32,7 +32,15 @@ from canaryd import __version__
 from canaryd.db.engine import unit_of_work
 from canaryd.db.models import Application, Deployment, DeploymentEvent, WebhookDelivery
 from canaryd.db.webhooks import DELIVERED, FAILED, PENDING, DeliveryRepository, WebhookRepository
-from canaryd.domain.notifications import Format, backoff, body, payload, signature, subscribed
+from canaryd.domain.notifications import (
+    SUBSCRIBABLE,
+    Format,
+    backoff,
+    body,
+    payload,
+    signature,
+    subscribed,
+)
 from canaryd.engine.ports import Clock
 from canaryd.engine.views import deployment_status, event_view
 from canaryd.observability import Metrics
@@ -50,8 +58,8 @@ PRUNE_EVERY_SECONDS = 3600.0
 async def enqueue(session: AsyncSession, dep: Deployment, rows: Sequence[DeploymentEvent]) -> int:
     """Inserts a delivery for every subscription of each event's kind, in the caller's transaction and in
     event order; returns how many. `rows` must be flushed (they need their id and seq)."""
-    if not rows:
-        return 0
+    if not any(row.kind in SUBSCRIBABLE for row in rows):
+        return 0  # most ticks record only a health check, which nobody can subscribe to: no read
     hooks = await WebhookRepository(session).all()
     wanted = [(row, hook) for row in rows for hook in hooks if subscribed(hook.events, row.kind)]
     if not wanted:
