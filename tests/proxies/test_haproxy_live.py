@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import statistics
 import sys
 import time
@@ -390,6 +392,40 @@ async def test_forced_routing_header(
         assert forced == (["v1"] * 10 if generation == 2 else ["v2"] * 10)  # no canary: stable, 200
     assert haproxy_instance.master_pid() == master
     assert haproxy_instance.worker_pids() == workers
+
+
+async def test_a_reload_haproxy_drops_is_sent_again(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HAProxy 2.6 drops a reload signal that arrives while it is still reloading (here: another
+    application's reload a few milliseconds earlier). The change would never go live; verify sees the previous
+    configuration, sends the reload again, and the new one is live well within its timeout."""
+    caplog.set_level(logging.INFO, "canaryd.proxies.haproxy")
+    # Without a test command, apply's reload follows the other one within the milliseconds HAProxy needs to
+    # re-execute; the same happens with one when two deployments' ticks run side by side.
+    proxy = make_proxy(haproxy_instance, http, test_command=None)
+    base = fleet.table(1, 1)
+    await proxy.apply(base)
+    assert await proxy.verify(base)
+    # The other reload comes 0 to 40 ms before apply's own (HAProxy loses the later signal in that window
+    # when it arrives after the master began to re-execute and before it is ready for signals again).
+    for attempt, delay in enumerate([0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04] * 2):
+        # One more server each time (at weight 0, nothing listens there): a new server needs a reload.
+        extra = Backend(6 + attempt, "127.0.0.1", 9 + attempt, 0, "stable")
+        table = RouteTable(1, "shop", (*base.backends, extra), 2 + attempt)
+        with open(haproxy_instance.pid_file) as f:
+            os.kill(int(f.read()), signal.SIGUSR2)  # another application's reload
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        await proxy.apply(table)
+        assert proxy.last_path == "reload"
+        assert await proxy.verify(table), f"attempt {attempt}: the change never went live"
+        if "reloading again" in caplog.text:
+            print(
+                f"\nlost reload on attempt {attempt} ({delay} s), live after {time.monotonic() - started:.2f} s"
+            )
+            break
+    assert "reloading again" in caplog.text, "HAProxy lost no reload in 14 tries: nothing was shown"
 
 
 async def test_restart_mid_canary_under_cpu_pressure(
