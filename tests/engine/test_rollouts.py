@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from .harness import harness
-from .world import Behaviour
+from .world import Behaviour, MemoryProxy
 
 
 async def test_healthy_canary_completes(db_url: str) -> None:
@@ -262,3 +262,33 @@ async def test_approval_timeout_rolls_back_when_asked_to(db_url: str) -> None:
         dep = await h.run(dep_id)
         assert dep.canary_status == "rolled_back"
         assert "no approval within 120 s" in " ".join(dep.reasons)
+
+
+async def test_the_check_interval_counts_from_each_tick_start(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitoring tick that takes 3 s (a slow proxy log, the CPU sample) does not stretch the check interval:
+    the next tick is due `health_check_interval` after the previous one began, not after it ended."""
+    async with harness(db_url) as h:
+        read_traffic = MemoryProxy.read_traffic
+
+        async def slow_read(self: MemoryProxy, *args: Any, **kwargs: Any) -> Any:
+            h.clock.advance(3.0)
+            return await read_traffic(self, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryProxy, "read_traffic", slow_read)
+        dep_id = await h.deploy("v2", health_check_interval=10)
+        gaps = []
+        while (await h.status(dep_id)).canary_status not in {"completed", "rolled_back"}:
+            job = h.scheduler.pop_next()
+            assert job is not None
+            h.scheduler.jobs.append(job)
+            started = max(job[2], h.clock.now())
+            monitoring = (await h.status(dep_id)).canary_status == "monitoring"
+            assert await h.step()
+            following = min((j[2] for j in h.scheduler.jobs), default=None)
+            if monitoring and following is not None:
+                gaps.append((following - started).total_seconds())
+        assert (await h.status(dep_id)).canary_status == "completed"
+        # Shorter gaps are the ticks placed at a stage's end; without the fix every gap would be 13 s.
+        assert len(gaps) >= 20 and max(gaps) == 10.0 and gaps.count(10.0) >= 0.75 * len(gaps), gaps

@@ -663,7 +663,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "Share of the application's servers that become canaries (at least 1, at most half).",
             "percent",
         ),
-        "health_check_interval": ("Time between checks: health endpoints, traffic, judge.", "seconds"),
+        "health_check_interval": (
+            "Time from the start of one check (health endpoints, traffic, judge) to the start of the next.",
+            "seconds",
+        ),
         "max_failed_health_checks": (
             "Consecutive failed health checks of a canary instance that roll back.",
             "checks",

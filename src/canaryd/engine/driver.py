@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -100,14 +100,14 @@ class RolloutDriver:
         if isinstance(got, Acquired):
             return got is Acquired.STALE  # a stale tick is simply done
         try:
-            done = await self._leased(deployment_id, lease, self._run(deployment_id, lease, got))
+            done = await self._leased(deployment_id, lease, self._run(deployment_id, lease, got, now))
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
         await announce(self.bus, self.scheduler, self.metrics, deployment_id, done)
         return True
 
-    async def _run(self, deployment_id: int, lease: str, loaded: Loaded) -> Committed:
+    async def _run(self, deployment_id: int, lease: str, loaded: Loaded, started: datetime) -> Committed:
         s = loaded.snapshot
         if loaded.due is not None:
             self.metrics.tick_started((self.clock.now() - loaded.due).total_seconds())
@@ -144,6 +144,7 @@ class RolloutDriver:
             io.proxy_facts(),
             self.clock.now(),
             loaded.servers,
+            started,
         )
         return replace(done, messages=[*io.published, *done.messages])
 

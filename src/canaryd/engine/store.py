@@ -179,7 +179,12 @@ def touches_application(proxy: ProxyFacts | None, change: Change | None) -> bool
 
 
 def record_change(
-    dep: Deployment, app: Application | None, change: Change, now: datetime, live_at: datetime | None
+    dep: Deployment,
+    app: Application | None,
+    change: Change,
+    now: datetime,
+    live_at: datetime | None,
+    tick_started: datetime | None = None,
 ) -> tuple[str, datetime] | None:
     """Writes what was decided; returns the tick to schedule (None: none). `app` may be None only when the
     change does not touch it (see touches_application)."""
@@ -206,7 +211,9 @@ def record_change(
         dep.tick_token, dep.next_tick_at = None, None
         return None
     dep.tick_token = new_token(dep.id)
-    dep.next_tick_at = now + timedelta(seconds=change.next_tick_in)
+    # The wait counts from the tick's start, so a tick that took 0.5 s (the CPU sample alone does) does not
+    # stretch `health_check_interval`; a tick longer than the wait is followed at once.
+    dep.next_tick_at = max(now, (tick_started or now) + timedelta(seconds=change.next_tick_in))
     return dep.tick_token, dep.next_tick_at
 
 
@@ -290,9 +297,11 @@ class RolloutStore:
         proxy: ProxyFacts | None,
         now: datetime,
         servers: dict[int, Server] | None = None,
+        tick_started: datetime | None = None,
     ) -> Committed:
         """Records a tick's plan: facts always, the change only if nobody changed the deployment meanwhile;
-        releases the lease. `servers` (the tick's own, when given) spares reading them again for the status.
+        releases the lease. `servers` (the tick's own, when given) spares reading them again for the status;
+        `tick_started` is when the tick began (the next one is due `next_tick_in` after that).
         The application row is read only when this tick changed it (routes pushed, canaries chosen, version
         finished)."""
         async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
@@ -309,7 +318,9 @@ class RolloutStore:
                 dep.canary_traffic_percentage = proxy.canary_share
             events, schedule = list(facts.events), None
             if decided:
-                schedule = record_change(dep, app, change, now, proxy.live_at if proxy else None)
+                schedule = record_change(
+                    dep, app, change, now, proxy.live_at if proxy else None, tick_started
+                )
                 events += change.events
             dep.lease_owner, dep.lease_until = None, None
             dep.updated_at = now
