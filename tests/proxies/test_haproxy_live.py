@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -287,7 +288,8 @@ async def test_traffic_from_the_json_log(
     await proxy.apply(table)
     assert await proxy.verify(table)
     offset = await proxy.traffic_offset()
-    await send(haproxy_logging, 200)
+    answers = await send(haproxy_logging, 200)
+    assert [status for status, _ in answers] == [200] * 200
     assert haproxy_logging.log_file is not None
     deadline = time.monotonic() + 15  # HAProxy's log lines reach the file late on a loaded machine
     while True:
@@ -296,8 +298,21 @@ async def test_traffic_from_the_json_log(
         if total >= 200 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
-    assert total == 200
-    assert abs(100 * reading.cohorts["canary"].requests / 200 - 25.0) <= 7.5
+    # What the file holds is the truth the reading must match: HAProxy's `log stdout` may drop a line when the
+    # machine is loaded (seen once in CI: 199 of 200), which is HAProxy's loss, not the reader's.
+    with open(haproxy_logging.log_file, "rb") as f:
+        f.seek(offset)
+        logged = [json.loads(line) for line in f.read().splitlines()]
+    by_version = {
+        "v2": sum(1 for e in logged if e["server"] == "s1"),
+        "v1": sum(1 for e in logged if e["server"] != "s1"),
+    }
+    assert (reading.cohorts["canary"].requests, reading.cohorts["stable"].requests) == (
+        by_version["v2"],
+        by_version["v1"],
+    )
+    assert len(logged) >= 198, f"HAProxy logged {len(logged)} of 200 requests"
+    assert abs(100 * reading.cohorts["canary"].requests / total - 25.0) <= 7.5
     assert sum(reading.cohorts["stable"].latency_buckets.values()) == reading.cohorts["stable"].requests
     assert reading.next_offset == os.path.getsize(haproxy_logging.log_file)
 
@@ -428,6 +443,7 @@ async def test_a_reload_haproxy_drops_is_sent_again(
     assert "reloading again" in caplog.text, "HAProxy lost no reload in 14 tries: nothing was shown"
 
 
+@pytest.mark.solo
 async def test_restart_mid_canary_under_cpu_pressure(
     haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient, app_fleet: AppFleet
 ) -> None:
