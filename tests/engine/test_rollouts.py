@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from canaryd.engine.scheduler import DatabaseUnavailableError
+
 from .harness import harness
 from .world import Behaviour, MemoryProxy
 
@@ -292,3 +294,33 @@ async def test_the_check_interval_counts_from_each_tick_start(
         assert (await h.status(dep_id)).canary_status == "completed"
         # Shorter gaps are the ticks placed at a stage's end; without the fix every gap would be 13 s.
         assert len(gaps) >= 20 and max(gaps) == 10.0 and gaps.count(10.0) >= 0.75 * len(gaps), gaps
+
+
+async def test_a_tick_the_database_cut_short_runs_again_at_once(db_url: str) -> None:
+    """The database refuses a tick's commit (its lease is taken, nothing else written): the tick raises
+    DatabaseUnavailableError, and the same tick run again takes its own lease back at once instead of waiting
+    for the lease to run out; the rollout then completes."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy("v2")
+        for _ in range(3):  # into monitoring
+            assert await h.step()
+        job = h.scheduler.pop_next()
+        assert job is not None
+        commit = h.driver.store.commit
+        refused = []
+
+        async def refuse_once(*args: Any, **kwargs: Any) -> Any:
+            if not refused:
+                refused.append(True)
+                raise ConnectionRefusedError(111, "Connect call failed")
+            return await commit(*args, **kwargs)
+
+        h.driver.store.commit = refuse_once  # type: ignore[method-assign]
+        h.clock.at = max(h.clock.at, job[2])
+        with pytest.raises(DatabaseUnavailableError, match="the database is unavailable"):
+            await h.driver.tick(dep_id, job[1])
+        assert (await h.status(dep_id)).lease_owner is not None  # the cut-short attempt still holds it
+        assert await h.driver.tick(dep_id, job[1]), "the retry found its own lease busy"
+        assert refused and h.scheduler.jobs, "the retried tick scheduled the next one"
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "completed", dep.reasons

@@ -155,13 +155,18 @@ class DeploymentRepository:
     async def acquire_lease(
         self, deployment_id: int, token: str, owner: str, now: datetime, until: datetime
     ) -> bool:
-        """Takes the tick lease if `token` is still the scheduled tick and nobody holds a live lease."""
+        """Takes the tick lease if `token` is still the scheduled tick and nobody else holds a live lease
+        (`owner` itself may: a retry of an attempt the database cut short)."""
         result = await self.session.execute(
             update(Deployment)
             .where(
                 Deployment.id == deployment_id,
                 Deployment.tick_token == token,
-                or_(Deployment.lease_until.is_(None), Deployment.lease_until < now),
+                or_(
+                    Deployment.lease_until.is_(None),
+                    Deployment.lease_until < now,
+                    Deployment.lease_owner == owner,
+                ),
             )
             .values(lease_owner=owner, lease_until=until)
             .execution_options(synchronize_session=False)

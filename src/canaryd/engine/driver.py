@@ -25,7 +25,7 @@ from canaryd.engine.bus import EventBus
 from canaryd.engine.checks import CheckRefusedError
 from canaryd.engine.interpreter import DeployError, Interpreter
 from canaryd.engine.ports import Clock, Outside
-from canaryd.engine.scheduler import TickScheduler
+from canaryd.engine.scheduler import DatabaseUnavailableError, TickScheduler
 from canaryd.engine.store import Acquired, Committed, LeaseLost, Loaded, RolloutStore, lease_id
 from canaryd.observability import Metrics, record_events
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError
@@ -34,6 +34,9 @@ from canaryd.transports.base import TransportError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Interrupted attempts remembered at most (an outage with more deployments than this waits for their leases).
+MAX_INTERRUPTED = 10_000
 
 #: Failures of the outside world, handled by retry or rollback; anything else is a bug and logged as one.
 EXPECTED_FAILURES = (
@@ -53,6 +56,10 @@ def failure_of(exc: BaseException) -> StepFailed:
     permanent = isinstance(exc, DeployError | ProxyConfigError) or bool(getattr(exc, "permanent", False))
     reason = str(exc) if isinstance(exc, EXPECTED_FAILURES) else f"{type(exc).__name__}: {exc}"
     return StepFailed(reason, permanent)
+
+
+#: What a database that does not answer raises (asyncpg's refused connection comes through unwrapped).
+DATABASE_ERRORS = (DBAPIError, ConnectionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +98,33 @@ class RolloutDriver:
         self.store, self.outside, self.clock = store, outside, clock
         self.bus, self.scheduler, self.metrics = bus, scheduler, metrics
         self.terms, self.owner = terms, owner
+        #: (deployment, token) -> the lease of an attempt the database cut short (tick() takes it again).
+        self._interrupted: dict[tuple[int, str], str] = {}
 
     async def tick(self, deployment_id: int, token: str) -> bool:
-        """Runs the tick `token` of a deployment. False if another tick holds the lease (try again soon)."""
-        lease, now = lease_id(self.owner), self.clock.now()
+        """Runs the tick `token` of a deployment. False if another tick holds the lease (try again soon).
+        Raises DatabaseUnavailableError when the database does not answer (run it again shortly)."""
+        # An attempt of this tick that the database cut short still holds its lease: taking the same lease
+        # again lets the retry start at once instead of after the lease runs out.
+        lease, now = (
+            self._interrupted.pop((deployment_id, token), None) or lease_id(self.owner),
+            self.clock.now(),
+        )
         until = now + timedelta(seconds=self.terms.seconds)
-        got = await self.store.take(deployment_id, token, lease, now, until, self.terms.max_backoff)
-        if isinstance(got, Acquired):
-            return got is Acquired.STALE  # a stale tick is simply done
         try:
+            got = await self.store.take(deployment_id, token, lease, now, until, self.terms.max_backoff)
+            if isinstance(got, Acquired):
+                return got is Acquired.STALE  # a stale tick is simply done
             done = await self._leased(deployment_id, lease, self._run(deployment_id, lease, got, now))
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
+        except DATABASE_ERRORS as exc:
+            if len(self._interrupted) < MAX_INTERRUPTED:
+                self._interrupted[deployment_id, token] = lease
+            raise DatabaseUnavailableError(
+                f"deployment {deployment_id}: the database is unavailable ({type(exc).__name__}: {exc})"
+            ) from exc
         await announce(self.bus, self.scheduler, self.metrics, deployment_id, done)
         return True
 
@@ -203,4 +224,4 @@ class RolloutDriver:
                 return
 
 
-__all__ = ["EXPECTED_FAILURES", "LeaseTerms", "RolloutDriver", "announce", "failure_of"]
+__all__ = ["DATABASE_ERRORS", "EXPECTED_FAILURES", "LeaseTerms", "RolloutDriver", "announce", "failure_of"]

@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 TickHandler = Callable[[int, str], Awaitable[bool]]
 """Runs one tick; returns False when it could not start because another tick holds the lease."""
 
+#: Seconds before a tick the database did not answer runs again (the API's Retry-After for the same cause).
+DATABASE_RETRY_SECONDS = 2.0
+
+
+class DatabaseUnavailableError(Exception):
+    """The database did not answer a tick. The scheduler runs the same tick again after
+    DATABASE_RETRY_SECONDS, so a database that is back resumes the rollout within that time instead of after
+    the reconciler's lease + interval."""
+
 
 class TickScheduler(Protocol):
     async def schedule(self, deployment_id: int, token: str, at: datetime) -> None: ...
@@ -49,7 +58,14 @@ class LocalScheduler:
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            while not await self._handler(deployment_id, token):
+            while True:
+                try:
+                    if await self._handler(deployment_id, token):
+                        return
+                except DatabaseUnavailableError as exc:
+                    log.warning("%s; trying again in %.0f s", exc, DATABASE_RETRY_SECONDS)
+                    await asyncio.sleep(DATABASE_RETRY_SECONDS)
+                    continue
                 await asyncio.sleep(self.busy_retry_seconds)
         except Exception:
             # The reconciler picks the deployment up again; a crash here must not kill the scheduler.

@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from canaryd.engine.driver import RolloutDriver
+from canaryd.engine.scheduler import DATABASE_RETRY_SECONDS, DatabaseUnavailableError
 from canaryd.runtime import open_runtime
 from canaryd.settings import Settings
 
@@ -31,8 +32,13 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 
 async def tick(ctx: dict[str, Any], deployment_id: int, token: str) -> None:
     driver: RolloutDriver = ctx["driver"]
-    if not await driver.tick(deployment_id, token):
-        raise Retry(defer=BUSY_RETRY_SECONDS)
+    try:
+        if await driver.tick(deployment_id, token):
+            return
+    except DatabaseUnavailableError as exc:
+        log.warning("%s; trying again in %.0f s", exc, DATABASE_RETRY_SECONDS)
+        raise Retry(defer=DATABASE_RETRY_SECONDS) from exc
+    raise Retry(defer=BUSY_RETRY_SECONDS)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
