@@ -61,6 +61,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._rollout_families(r)
+        self._tick_families(r)
+        self._io_families(r)
+
+    def _rollout_families(self, r: CollectorRegistry) -> None:
+        """Deployments, stages, rollbacks and verdicts."""
         self.deployments = Gauge(
             "canaryd_deployments",
             "Deployments by lifecycle state, read from the database when /metrics is scraped.",
@@ -92,6 +98,9 @@ class Metrics:
             ["judge", "outcome"],
             registry=r,
         )
+
+    def _tick_families(self, r: CollectorRegistry) -> None:
+        """The engine's ticks."""
         self.tick_lag = Histogram(
             "canaryd_tick_lag_seconds",
             "How late a tick started compared with the time it was scheduled for.",
@@ -110,6 +119,9 @@ class Metrics:
         self.reconciled = Counter(
             "canaryd_reconciled_ticks", "Overdue ticks the reconciler scheduled again.", registry=r
         )
+
+    def _io_families(self, r: CollectorRegistry) -> None:
+        """Proxies, the HTTP API and webhook deliveries."""
         self.proxy_apply = Histogram(
             "canaryd_proxy_apply_seconds",
             "Time from pushing a proxy configuration to seeing the proxy serve it, by proxy kind.",

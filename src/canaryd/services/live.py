@@ -78,70 +78,88 @@ def _finished(message: dict[str, Any]) -> bool:
     return message.get("canary_status") in TERMINAL
 
 
+class _Relay:
+    """What one client has been sent: events continue the sequence (gaps read from the database), and a status
+    is never older than the last one sent. `finished` once a terminal event or status went out."""
+
+    def __init__(self, rt: Runtime, deployment_id: int, order: EventOrder, status: dict[str, Any]) -> None:
+        self.rt, self.deployment_id, self.order = rt, deployment_id, order
+        self.last_status_at = str(status.get("updated_at") or "")
+        self.finished = _finished(status)
+
+    async def catch_up(self) -> list[dict[str, Any]]:
+        """Every committed event not sent yet (the backlog, or what the bus lost)."""
+        return self._sending(await _events_after(self.rt, self.deployment_id, self.order.last_sent))
+
+    async def relay(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """What to send for one message from the bus (nothing, or the message with any events it skipped)."""
+        if message.get("deployment_id", message.get("id")) != self.deployment_id:
+            return []  # not this deployment's (a misrouted message must not end or corrupt the stream)
+        if message.get("type") == "event":
+            seq = int(message["seq"])
+            batch = [message]
+            if self.order.gap_before(seq):
+                batch = await _events_after(self.rt, self.deployment_id, self.order.last_sent, upto=seq)
+            return self._sending(batch)
+        at = str(message.get("updated_at") or "")
+        if message.get("type") == "status" and at >= self.last_status_at:
+            # Statuses carry no seq; an older one (from a slower publisher) is not sent after a newer.
+            self.last_status_at, self.finished = at, _finished(message)
+            return [message]
+        return []
+
+    def _sending(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fresh = self.order.fresh(events)
+        self.finished = self.finished or any(_finished(e) for e in fresh)
+        return fresh
+
+
+async def _subscribe(
+    stack: contextlib.AsyncExitStack, rt: Runtime, deployment_id: int
+) -> AsyncIterator[dict[str, Any]] | None:
+    """The deployment's messages on the bus; None without a bus (the stream then polls the database)."""
+    try:
+        return await stack.enter_async_context(rt.bus.subscribe(deployment_id))
+    except (ConnectionError, OSError, RedisError) as exc:
+        log.warning("event bus unavailable for deployment %s (%s): polling the database", deployment_id, exc)
+        return None
+
+
 async def follow(
     rt: Runtime, deployment_id: int, after_seq: int | None, idle_poll: float = 5.0
 ) -> AsyncGenerator[dict[str, Any]]:
     """Messages for one WebSocket client; raises NotFound for an unknown deployment before yielding."""
     async with contextlib.AsyncExitStack() as stack:
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        try:
-            messages: AsyncIterator[dict[str, Any]] | None = await stack.enter_async_context(
-                rt.bus.subscribe(deployment_id)
-            )
-        except (ConnectionError, OSError, RedisError) as exc:
-            # Without the bus the stream still works, from the database alone (every `idle_poll` seconds).
-            log.warning(
-                "event bus unavailable for deployment %s (%s): polling the database", deployment_id, exc
-            )
-            messages = None
+        messages = await _subscribe(stack, rt, deployment_id)
 
         async def pump() -> None:
-            if messages is None:
-                return
-            async for message in messages:
-                inbox.put_nowait(message)
+            if messages is not None:
+                async for message in messages:
+                    inbox.put_nowait(message)
 
         pumping = asyncio.create_task(pump())
         try:
             async with rt.sessions() as session:
                 status = await deployments.get_status(session, deployment_id)
             order = EventOrder(after_seq if after_seq is not None else await last_seq(rt, deployment_id))
-            last_status_at = status.get("updated_at") or ""
+            relay = _Relay(rt, deployment_id, order, status)
             yield {"type": "status", **status}
-            backlog = order.fresh(await _events_after(rt, deployment_id, order.last_sent))
-            for event in backlog:
+            for event in await relay.catch_up():
                 yield event
-            finished = _finished(status) or any(_finished(e) for e in backlog)
-            while not finished:
+            while not relay.finished:
                 try:
                     message = await asyncio.wait_for(inbox.get(), idle_poll)
                 except TimeoutError:
-                    caught_up = order.fresh(await _events_after(rt, deployment_id, order.last_sent))
-                    for event in caught_up:
-                        yield event
-                    finished = any(_finished(e) for e in caught_up)
-                    continue
-                if message.get("deployment_id", message.get("id")) != deployment_id:
-                    continue  # not this deployment's (a misrouted message must not end or corrupt the stream)
-                if message.get("type") == "event":
-                    seq = int(message["seq"])
-                    batch = [message]
-                    if order.gap_before(seq):
-                        batch = await _events_after(rt, deployment_id, order.last_sent, upto=seq)
-                    for event in order.fresh(batch):
-                        yield event
-                        finished = finished or _finished(event)
-                elif (
-                    message.get("type") == "status" and str(message.get("updated_at") or "") >= last_status_at
-                ):
-                    # Statuses carry no seq; an older one (from a slower publisher) is not sent after a newer.
-                    last_status_at = str(message.get("updated_at") or "")
-                    yield message
-                    finished = _finished(message)
+                    out = await relay.catch_up()
+                else:
+                    out = await relay.relay(message)
+                for item in out:
+                    yield item
             # The final word comes from the database, after every event of the end was sent.
             async with rt.sessions() as session:
                 final = await deployments.get_status(session, deployment_id)
-            for event in order.fresh(await _events_after(rt, deployment_id, order.last_sent)):
+            for event in await relay.catch_up():
                 yield event
             yield {"type": "status", "final": True, **final}
         finally:
