@@ -97,15 +97,14 @@ run_step "types: mypy" "$BIN/mypy"
 run_step "layers: lint-imports" "$BIN/lint-imports"
 run_step "dead code: vulture" "$BIN/vulture" src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60 --exclude src/canaryd/migrations
 
-# Most end-to-end tests spend their time waiting for real stages to pass, so pytest-xdist workers beyond the
-# two cores cut the wall time. `--dist loadgroup` hands each worker the next test as it frees up, in the order
-# tests/conftest.py gives (the longest first, from tests/durations.json), and keeps an xdist_group (a module
-# with an expensive module-scoped fixture) on one worker. PYTEST_WORKERS=0 runs the tests one by one.
+# Most end-to-end tests spend their time waiting for real stages to pass, so three pytest-xdist workers on two
+# cores cut the wall time; four starved the real-time tests once the suite grew past 1,200 tests (timing
+# failures in three runs of three). PYTEST_WORKERS=0 runs them one by one.
 # Tests marked `solo` load every core on purpose (a CPU hog): they run afterwards, one at a time, so that no
 # real-time test shares the machine with them. Either run may select nothing when arguments narrow it down.
 pytest_step() {
   local rc=0 solo_rc=0
-  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-3}" --dist loadgroup --durations=15 -m "not solo" "$@" || rc=$?
+  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-3}" --dist worksteal --durations=15 -m "not solo" "$@" || rc=$?
   "$BIN/pytest" -q -n 0 -m solo "$@" || solo_rc=$?
   if ((rc == 5 && solo_rc == 5)); then
     echo "error: pytest collected no tests" >&2

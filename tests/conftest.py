@@ -6,12 +6,10 @@ Nothing here is mocked. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) m
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,40 +28,6 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.prometheus",
 ]
-
-#: Seconds each slow test took (setup + call + teardown) in a recent run: `CANARYD_STORE_DURATIONS=1 make test`
-#: rewrites it. Only the order of the run depends on it.
-DURATIONS = Path(__file__).with_name("durations.json")
-#: Tests shorter than this are left out of DURATIONS (they keep their place in the collection's order).
-DURATION_FLOOR_SECONDS = 1.0
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests first. With `--dist loadgroup` (scripts/test.sh) each worker takes the next test as it
-    frees up, so the long real-time tests start at the beginning and the short ones fill the end, instead of
-    a long one starting last and running alone."""
-    known: dict[str, float] = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    items.sort(key=lambda item: -known.get(item.nodeid, 0.0))  # stable: the others keep their order
-
-
-_measured: defaultdict[str, float] = defaultdict(float)
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if os.environ.get("CANARYD_STORE_DURATIONS") == "1":
-        _measured[report.nodeid] += report.duration
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """With CANARYD_STORE_DURATIONS=1, the controller (or a run without workers) rewrites DURATIONS; a run
-    of part of the suite keeps what it did not run."""
-    if os.environ.get("CANARYD_STORE_DURATIONS") != "1" or hasattr(session.config, "workerinput"):
-        return
-    known: dict[str, float] = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    known.update({nodeid: round(seconds, 1) for nodeid, seconds in _measured.items()})
-    slow = {k: v for k, v in sorted(known.items(), key=lambda kv: -kv[1]) if v >= DURATION_FLOOR_SECONDS}
-    DURATIONS.write_text(json.dumps(slow, indent=0) + "\n")
-
 
 PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"

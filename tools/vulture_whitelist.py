@@ -95,9 +95,6 @@ redis_url_file  # unused variable (src/canaryd/settings.py:89)
 _._secrets_from_files  # unused method (src/canaryd/settings.py:91)
 _._strong_bootstrap_token  # unused method (src/canaryd/settings.py:115)
 pytest_plugins  # unused variable (tests/conftest.py:20)
-pytest_collection_modifyitems  # unused function (tests/conftest.py): a pytest hook
-pytest_runtest_logreport  # unused function (tests/conftest.py): a pytest hook
-pytest_sessionfinish  # unused function (tests/conftest.py): a pytest hook
 pytestmark  # unused variable (tests/deploy/test_image.py:29)
 clean_environment  # unused function (tests/deploy/test_secrets.py:20)
 pytestmark  # unused variable (tests/e2e/test_nginx_routing.py:22)

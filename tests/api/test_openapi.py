@@ -12,9 +12,6 @@ import pytest
 from canaryd.api.app import create_app
 from canaryd.settings import Settings
 
-# The module-scoped fixture is built once when one worker runs the whole module.
-pytestmark = pytest.mark.xdist_group("openapi")
-
 PUBLIC = {"/healthz", "/metrics"}
 
 

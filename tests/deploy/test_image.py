@@ -26,8 +26,7 @@ from tests.fixtures.stack import APPCTL, TOKEN, LoadGenerator, Stack, loopback_h
 
 from canaryd.settings import Settings
 
-# One worker builds the image once for the whole module (`--dist loadgroup` keeps the group together).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("image")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The threshold judge decides on 10 requests a side; the sequential one (the default) needs hundreds.
 FAST = {

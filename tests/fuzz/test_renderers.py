@@ -29,9 +29,6 @@ from canaryd.domain.types import Backend
 from canaryd.proxies.base import RouteTable
 from canaryd.proxies.nginx import render_nginx
 
-# The module-scoped fixture is built once when one worker runs the whole module.
-pytestmark = pytest.mark.xdist_group("fuzz-renderers")
-
 #: Characters that carry nginx or shell syntax, mixed into otherwise plausible values so that many
 #: generated values are *almost* valid (the interesting ones).
 HOSTILE = ";{}#'\"`$\\\n\r\t &|<>()*?![]~=%,:@\x00\x7f\u2028\u00a0"
@@ -48,7 +45,6 @@ ipv6 = st.ip_addresses(v=6).map(str)
 hosts = st.one_of(
     ipv4, ipv6, st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,5}){0,2}", fullmatch=True), hostile_text
 )
-
 listens = st.one_of(
     st.integers(1, 65535).map(str),
     st.tuples(ipv4, st.integers(1, 65535)).map(lambda t: f"{t[0]}:{t[1]}"),

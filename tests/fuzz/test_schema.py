@@ -33,9 +33,6 @@ schema = schemathesis.openapi.from_dict(
     create_app(Settings(database_url="sqlite+aiosqlite:///:memory:", min_stage_duration=1)).openapi()
 ).exclude(method="POST", path="/api/v1/applications")
 
-# The module-scoped fixture is built once when one worker runs the whole module.
-pytestmark = pytest.mark.xdist_group("fuzz-schema")
-
 
 @pytest.fixture(scope="module")
 def api_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
