@@ -324,10 +324,7 @@ def serves_all(services: object, table: RouteTable, spec: ProxySpec) -> bool:
 
 def table_from_applied(app_id: int, app_name: str, applied: list[Any], generation: int) -> RouteTable:
     """The route table the database records as applied (`Application.proxy_applied`)."""
-    backends = tuple(
-        Backend(int(b["server_id"]), str(b["host"]), int(b["port"]), int(b["weight"]), b["cohort"])
-        for b in applied
-    )
+    backends = tuple(Backend.from_json(b) for b in applied)
     return RouteTable(app_id, app_name, backends, generation)
 
 
