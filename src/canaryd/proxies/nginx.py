@@ -140,7 +140,7 @@ def _rule_regex(rule: MatchRule) -> str:
 def _nginx_quoted(value: str) -> str:
     """`value` for inside nginx double quotes, whose parser reads a doubled backslash as one: every backslash
     is doubled (domain/matching.py already refused quotes and control characters)."""
-    if any(c in value for c in "\"\n\r\t") or not value.isprintable():
+    if any(c in value for c in '"\n\r\t') or not value.isprintable():
         raise ValueError(f"{value[:80]!r} cannot be quoted for nginx")
     return value.replace("\\", "\\\\")
 
@@ -219,7 +219,16 @@ def _cohort_routing(
         ]
     # A forced cohort wins over an A/B rule, which wins over the cookie: the first letter of the key decides.
     lines += ["", f'map "{"".join(keys)}" $canaryd_upstream_{app_id} {{', f"    default {weighted};"]
-    lines += [f'    "~^c" {canary_up};', f'    "~^s" {stable_up};', "}"]
+    if rules:  # up to 2 + rules letters: match on the first one
+        lines += [f'    "~^c" {canary_up};', f'    "~^s" {stable_up};']
+    else:
+        lines += [
+            f"    {first}{rest} {canary_up if first == 'c' else stable_up};"
+            for first in "cs"
+            for rest in ("", "c", "s")
+            if rest == "" or len(keys) == 2
+        ]
+    lines += ["}"]
     location = [f"        proxy_pass http://$canaryd_upstream_{app_id};"]
     if spec.sticky:
         location.append(f"        add_header Set-Cookie $canaryd_set_cookie_{app_id} always;")
@@ -249,7 +258,9 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         if b.match:  # takes only the requests its A/B rules match: no weight in the split
             if b.match != rules or b.cohort != "canary":
                 raise ValueError("A/B rules must be the same on every canary server, and on canaries only")
-            by_cohort["canary"].append(f"    server {address} max_fails=0;  # canary server {b.server_id}, A/B")
+            by_cohort["canary"].append(
+                f"    server {address} max_fails=0;  # canary server {b.server_id}, A/B"
+            )
             continue
         line = f"    server {address} weight={b.weight} max_fails=0;  # {b.cohort} server {b.server_id}"
         servers.append(line)
