@@ -10,7 +10,9 @@ import pytest
 from .harness import harness
 from .world import Behaviour
 
-AB: dict[str, Any] = {"ab": {"match": [{"header": "X-Beta", "equals": "1"}, {"cookie": "plan", "equals": "pro"}]}}
+AB: dict[str, Any] = {
+    "ab": {"match": [{"header": "X-Beta", "equals": "1"}, {"cookie": "plan", "equals": "pro"}]}
+}
 
 
 async def test_healthy_ab_test_completes(db_url: str) -> None:

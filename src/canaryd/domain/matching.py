@@ -138,16 +138,26 @@ def rule_problems(rule: MatchRule) -> list[str]:
     return problems
 
 
-def proxy_problems(rules: Sequence[MatchRule], kind: str) -> list[str]:
-    """What a proxy kind cannot do with these rules."""
+def proxy_problems(
+    rules: Sequence[MatchRule], kind: str, listen: str | None, router_rule: str | None
+) -> list[str]:
+    """What this application's proxy cannot do with these rules."""
+    found = []
+    if kind in ("nginx", "haproxy") and listen is None:
+        found.append(
+            f"an A/B test on {kind} needs the proxy's listen setting: the rules route in the server block "
+            "canaryd writes"
+        )
+    if kind == "traefik" and router_rule is None:
+        found.append("an A/B test on Traefik needs the proxy's router_rule: the rule routers extend it")
     if kind == "traefik":
-        return [
+        found += [
             f"match {i + 1}: Traefik cannot match one cookie's value by regex (it only has regexes over the "
             f"whole Cookie header); use equals for cookie {r.name!r}, or a header rule"
             for i, r in enumerate(rules)
             if r.source == "cookie" and r.op == "regex"
         ]
-    return []
+    return found
 
 
 __all__ = [

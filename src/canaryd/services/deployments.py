@@ -167,7 +167,10 @@ def _feasibility_problems(
             if "ab" in overrides
             else ["application", "deployment_defaults", "ab", "match"]
         )
-        return [problem(where, why) for why in matching.proxy_problems(config.ab.rules(), spec.kind)]
+        return [
+            problem(where, why)
+            for why in matching.proxy_problems(config.ab.rules(), spec.kind, spec.listen, spec.router_rule)
+        ]
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
 
 
