@@ -15,11 +15,12 @@ AB: dict[str, Any] = {
 }
 
 
-async def test_healthy_ab_test_completes(db_url: str) -> None:
-    """A good version serves the matching requests for the test's one stage, is judged on them, and is
-    then promoted to every server; the random split never gives the canary a share."""
+@pytest.mark.parametrize("judge", ["sequential", "threshold"])
+async def test_healthy_ab_test_completes(db_url: str, judge: str) -> None:
+    """A good version serves the matching requests for the test's one stage, is judged on them (by either
+    judge), and is then promoted to every server; the random split never gives the canary a share."""
     async with harness(db_url) as h:
-        dep_id = await h.deploy("v2", "ab", **AB)
+        dep_id = await h.deploy("v2", "ab", judge=judge, **AB)
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons
         assert dep.strategy == "ab" and dep.canary_config["stages"] == [100.0]
