@@ -665,7 +665,14 @@ class HaproxyProxy:
             or structure(old_text) != structure(text)
             or not await self._running_as_rendered(table, declared)
         ):
-            await self._install(text, previous, reload=True)
+            cut = await self._cut_first(table, old_text) if old_text is not None else None
+            try:
+                await self._install(text, previous, reload=True)
+            except BaseException:
+                if cut is not None:  # the previous file stays, so its weights must too
+                    with contextlib.suppress(ProxyUnavailableError):
+                        await self.runtime.set_weights(cut)
+                raise
             self.last_path, self.live_ms = "reload", None
             return
         # Weights first: live at once (a rollback to 0 % must not wait for the test command).
@@ -679,6 +686,33 @@ class HaproxyProxy:
             with contextlib.suppress(ProxyUnavailableError):
                 await self.runtime.set_weights(declared_weights(old_text))
             raise
+
+    async def _cut_first(self, table: RouteTable, old_text: str) -> dict[str, dict[str, int]] | None:
+        """Before a reload that gives the canary nothing (the end of an A/B test: its rules leave the
+        frontend, so the file's structure changes), takes every server the new table does not route to out
+        of every backend of the running HAProxy at once, over the admin socket: a rollback's cut must not
+        wait for the test command and the reload. It only ever lowers weights to 0, never adds traffic.
+        Returns the weights to put back if the reload fails (None when nothing was cut); best effort: a
+        socket that does not answer leaves the cut to the reload."""
+        if any(b.cohort == "canary" for b in table.backends):
+            return None
+        routed = {f"s{b.server_id}" for b in table.backends if b.weight > 0}
+        before = declared_weights(old_text)
+        cut = {
+            backend: {name: 0 for name, weight in servers.items() if weight > 0 and name not in routed}
+            for backend, servers in before.items()
+        }
+        cut = {backend: servers for backend, servers in cut.items() if servers}
+        if not cut:
+            return None
+        try:
+            await self.runtime.set_weights(cut)
+        except ProxyUnavailableError as exc:
+            logger.info("HAProxy: could not cut before the reload, the reload will: %s", exc)
+            return None
+        return {
+            backend: {name: before[backend][name] for name in servers} for backend, servers in cut.items()
+        }
 
     async def _running_as_rendered(self, table: RouteTable, declared: set[int]) -> bool:
         """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend).
