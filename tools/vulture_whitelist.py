@@ -117,3 +117,6 @@ app_update  # unused function (src/canaryd/cli/ctl.py: a typer command, called b
 _._deprecated_names  # unused method (src/canaryd/domain/config.py: a pydantic model validator)
 list_webhook_deliveries  # unused function (src/canaryd/api/webhooks.py)
 secret_set  # unused variable (src/canaryd/services/webhook_schemas.py: a response field)
+_.pytest_collection_modifyitems  # unused function (tests/conftest.py: a pytest hook)
+_.pytest_runtest_logreport  # unused function (tests/conftest.py: a pytest hook)
+_.pytest_sessionfinish  # unused function (tests/conftest.py: a pytest hook)
