@@ -450,3 +450,33 @@ def test_app_update_sends_the_defaults_file_and_prints_them(
         result = run("app", "update", "7", *args)
         assert result.exit_code == 2, (args, result.output)
     assert len(server.requests) == 1, "nothing sent for a usage error"
+
+
+def test_deploy_ab_sends_the_strategy_and_match_rules(run: Any, server: FakeServer) -> None:
+    """--match (repeatable; = for a value, ~ for a regex) sends an A/B test: strategy ab and config.ab;
+    --strategy names another strategy and canaryd judges it; a malformed rule is a usage error."""
+    server.on("POST", "/applications/7/deployments", httpx.Response(201, json=status_object("pending")))
+    result = run(
+        "deploy", "7", "v2", "--no-wait", "--stage-duration", "600",
+        "--match", "header:X-Beta=1", "--match", "cookie:plan=pro", "--match", "header:User-Agent~.*Mobi=le.*",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[0] == {
+        "version": "v2",
+        "strategy": "ab",
+        "config": {
+            "stage_duration": 600,
+            "ab": {
+                "match": [
+                    {"header": "X-Beta", "equals": "1"},
+                    {"cookie": "plan", "equals": "pro"},
+                    {"header": "User-Agent", "regex": ".*Mobi=le.*"},
+                ]
+            },
+        },
+    }
+    result = run("deploy", "7", "v3", "--no-wait", "--strategy", "rolling")
+    assert result.exit_code == 0 and server.bodies()[1]["strategy"] == "rolling", result.output
+    result = run("deploy", "7", "v3", "--no-wait", "--match", "query:x=1")
+    assert result.exit_code == 2 and "write header:NAME=VALUE" in result.stderr
+    assert len(server.requests) == 2

@@ -49,8 +49,11 @@ class Harness:
     hosts: list[str]
     ticks: int = 0
 
-    async def deploy(self, version: str, **config: Any) -> int:
-        payload = DeploymentCreate(version=version, config={**FAST, **config})
+    async def deploy(self, version: str, strategy: str = "canary", **config: Any) -> int:
+        base = FAST if strategy == "canary" else {k: v for k, v in FAST.items() if k != "stages"}
+        payload = DeploymentCreate.model_validate(
+            {"version": version, "strategy": strategy, "config": {**base, **config}}
+        )
         created = await create_deployment(self.rt, self.app_id, payload, None, "tester")
         return int(created.status["id"])
 

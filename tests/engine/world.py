@@ -67,6 +67,10 @@ class Fleet:
     versions: dict[str, str]
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     requests_per_second: float = 20.0
+    #: The share of requests that match an A/B table's rules (strategy ab); they go to its rule-bound servers.
+    matching_share: float = 0.2
+    #: For each table applied with A/B rules: (servers bound to the rules, servers in the random split).
+    rule_bound: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     #: Hosts that refuse connections (transient), and hosts whose SSH host key is refused (permanent).
     unreachable: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)
@@ -107,6 +111,9 @@ class MemoryProxy:
         self._count()  # requests so far were routed by the old table
         self.serving = table
         self.fleet.log.append(("routes", tuple((b.server_id, b.weight, b.cohort) for b in table.backends)))
+        if any(b.match for b in table.backends):
+            bound = tuple(b.server_id for b in table.backends if b.match)
+            self.fleet.rule_bound.append((bound, tuple(b.server_id for b in table.backends if not b.match)))
 
     async def verify(self, table: RouteTable) -> bool:
         return self.serving is not None and self.serving.generation == table.generation
@@ -147,8 +154,12 @@ class MemoryProxy:
         if self.serving is None or total <= 0:
             return {}
         backends = self.serving.backends
-        weight = sum(b.weight for b in backends)
-        shares = [total * b.weight / weight for b in backends]
+        bound = [b for b in backends if b.match]
+        matched = total * self.fleet.matching_share if bound else 0.0
+        weight = sum(b.weight for b in backends if not b.match)
+        shares = [
+            matched / len(bound) if b.match else (total - matched) * b.weight / weight for b in backends
+        ]
         counts = [int(x) for x in shares]
         for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
             counts[i] += 1

@@ -36,7 +36,7 @@ from tests.fixtures.traefik import start_traefik
 import canaryd.proxies.switch as switch_module
 from canaryd.db.repositories import ApplicationRepository
 from canaryd.domain.config import ProxySpec
-from canaryd.domain.types import Backend
+from canaryd.domain.types import Backend, MatchRule
 from canaryd.engine.proxies import make_proxy
 from canaryd.proxies.base import Proxy, RouteTable
 from canaryd.proxies.switch import PROXY_ERRORS, switch
@@ -339,3 +339,41 @@ async def test_a_failure_at_any_step_leaves_the_last_proven_configuration(
         assert await recorded(w, app.id) is None
         assert not os.path.exists(config_path)
         assert await serves_nothing(w, app.id, "shop")
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy", "traefik"])
+async def test_starting_or_ending_an_ab_test_never_half_applies(
+    kind: str, tmp_path: Path, sqlite_url: str, app_fleet: AppFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strategy ab: putting the A/B rules in (the canary bound to them, no weight in the split) and taking
+    them out again (a rollback's cut) fail at every step like any change: the proxy is back on the table
+    last proven live, and the clean change then goes through."""
+    async with world(tmp_path, sqlite_url, app_fleet, kind, monkeypatch) as w:
+        app = await register(w, "shop")
+        async with w.rt.sessions() as session:
+            stored = await ApplicationRepository(session).get(app.id)
+            assert stored is not None
+            proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+        last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
+        rules = (MatchRule("header", "X-Beta", "equals", "1"), MatchRule("cookie", "plan", "regex", "^pro"))
+        if kind == "traefik":
+            rules = rules[:1]
+        first = last.backends[0]
+        bound = Backend(first.server_id, first.host, first.port, 1, "canary", rules)
+        ab = RouteTable(app.id, app.name, (bound, *last.backends[1:]), last.generation + 1)
+        cut = RouteTable(app.id, app.name, last.backends[1:], last.generation + 2)
+
+        async def back_on(table: RouteTable) -> bool:
+            # Traefik may hold a failed file for one throttle period (see the stage changes above).
+            return await _eventually(lambda: proxy.check(table), within=5.0 if kind == "traefik" else 0.0)
+
+        for step in STEPS[kind]:
+            await expect_failure(w, step, switch(proxy, ab, last))
+            assert await back_on(last), step
+        await switch(proxy, ab, last)
+        assert await proxy.check(ab)
+        for step in STEPS[kind]:
+            await expect_failure(w, step, switch(proxy, cut, ab))
+            assert await back_on(ab), step
+        await switch(proxy, cut, ab)
+        assert await proxy.check(cut) and not await proxy.check(ab)

@@ -11,14 +11,14 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from canaryd.domain.split import split_weights
-from canaryd.domain.types import Backend, Cohort
+from canaryd.domain.types import Backend, Cohort, MatchRule
 from canaryd.proxies.base import ProxyConfigError, RouteTable
 from canaryd.proxies.haproxy import HaproxyProxy, parse_servers_state
 from canaryd.transports.local import LocalTransport
@@ -485,3 +485,33 @@ async def test_restart_mid_canary_under_cpu_pressure(
     )
     assert first < 1.0, seen[:20]
     assert len(seen) >= 30 and abs(share - 30.0) <= 12.0, share
+
+
+async def test_ab_rules_route_and_the_cut_does_not_wait_for_the_reload(
+    haproxy_instance: HaproxyInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """Strategy ab: matching requests (header, cookie) reach the canary and nothing else does; ending the
+    test takes the canary out over the admin socket before the file is tested and HAProxy reloaded, so with
+    a test command that takes a second, matching requests already get stable while it runs."""
+    proxy = make_proxy(haproxy_instance, http, test_command="sleep 1")
+    rules = (MatchRule("header", "X-Beta", "equals", "1"), MatchRule("cookie", "plan", "regex", "^pro"))
+    base = fleet.table(1, 1)
+    ab = RouteTable(1, "shop", (replace(base.backends[0], match=rules), *base.backends[1:]), 2)
+    await proxy.apply(ab)
+    assert await proxy.verify(ab)
+    async with httpx.AsyncClient(headers={"Connection": "close"}, timeout=5) as c:
+        assert await versions_seen(c, haproxy_instance.url, 10, **{"X-Beta": "1"}) == ["v2"] * 10
+        assert await versions_seen(c, haproxy_instance.url, 10, Cookie="a=1; plan=pro-max") == ["v2"] * 10
+        assert await versions_seen(c, haproxy_instance.url, 20, **{"X-Beta": "11"}) == ["v1"] * 20
+        assert await versions_seen(c, haproxy_instance.url, 20, Cookie="plan=free") == ["v1"] * 20
+        cut = RouteTable(1, "shop", base.backends[1:], 3)
+        started = time.monotonic()
+        applying = asyncio.create_task(proxy.apply(cut))
+        await asyncio.sleep(0.2)
+        assert not applying.done(), "the test command should still be running"
+        assert await versions_seen(c, haproxy_instance.url, 10, **{"X-Beta": "1"}) == ["v1"] * 10
+        during = time.monotonic() - started
+        await applying
+        assert await proxy.verify(cut)
+        assert await versions_seen(c, haproxy_instance.url, 10, **{"X-Beta": "1"}) == ["v1"] * 10
+    print(f"\nHAProxy A/B cut: matching requests on stable {during:.2f} s into an apply that takes over 1 s")

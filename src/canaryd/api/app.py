@@ -22,7 +22,7 @@ from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.engine.scheduler import LocalScheduler
 from canaryd.runtime import Runtime, open_runtime
-from canaryd.services.deployments import stage_floor_problems
+from canaryd.services.deployments import stage_floor_problems, strategy_body_problems
 from canaryd.services.errors import Invalid, ServiceError
 from canaryd.services.schemas import HealthOut
 from canaryd.settings import Settings
@@ -122,6 +122,7 @@ def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
         if request.method == "POST" and request.url.path.endswith("/deployments"):
             # The service checks the floor once the body parses; list it with the other problems too.
             problems += stage_floor_problems(exc.body, settings.min_stage_duration)
+            problems += strategy_body_problems(exc.body)
         return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(DataError)

@@ -604,10 +604,29 @@ def parse_stages(text: str) -> list[int | float]:
     return stages
 
 
+def parse_match(text: str) -> JSONObject:
+    """'header:X-Beta=1' → {"header": "X-Beta", "equals": "1"}; 'cookie:plan~^pro' → {"cookie": "plan",
+    "regex": "^pro"}. A name never holds '=' or '~' (canaryd refuses them), so the first one splits."""
+    source, _, rest = text.partition(":")
+    cut = min((i for i in (rest.find("="), rest.find("~")) if i >= 0), default=-1)
+    if source not in ("header", "cookie") or cut <= 0:
+        raise CtlError(
+            [f"error: --match {text!r}: write header:NAME=VALUE, cookie:NAME=VALUE, or ~REGEX for =VALUE"],
+            EXIT_USAGE,
+        )
+    return {source: rest[:cut], "equals" if rest[cut] == "=" else "regex": rest[cut + 1 :]}
+
+
 def deployment_body(
-    version: str, stages: str | None, stage_duration: int | None, config_json: str | None
+    version: str,
+    stages: str | None,
+    stage_duration: int | None,
+    config_json: str | None,
+    strategy: str | None = None,
+    match: list[str] | None = None,
 ) -> JSONObject:
-    """The POST body: --config-json, overridden by --stages and --stage-duration."""
+    """The POST body: --config-json, overridden by --stages, --stage-duration and --match (which implies
+    --strategy ab unless another strategy is named; canaryd refuses a mismatch)."""
     config: JSONObject = {}
     if config_json:
         try:
@@ -621,7 +640,10 @@ def deployment_body(
         config["stages"] = parse_stages(stages)
     if stage_duration is not None:
         config["stage_duration"] = stage_duration
-    return {"version": version, "strategy": "canary", "config": config}
+    if match:
+        config["ab"] = {"match": [parse_match(m) for m in match]}
+    chosen = strategy or ("ab" if match or "ab" in config else "canary")
+    return {"version": version, "strategy": chosen, "config": config}
 
 
 def report_action(session: Session, dep_id: str, action: str, result: Any) -> None:
@@ -698,6 +720,21 @@ def deploy(
     config_json: Annotated[
         str | None, typer.Option("--config-json", help="Deployment config as a JSON object.")
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
+        ),
+    ] = None,
+    match: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--match",
+            help="A/B rule, repeatable (any matches): header:X-Beta=1, cookie:plan=pro, "
+            "header:User-Agent~Mobile (~ for a regex). Implies --strategy ab.",
+        ),
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")
     ] = None,
@@ -708,11 +745,12 @@ def deploy(
     interval: Interval = 2.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start a canary deployment of VERSION; with --wait (the default) exit 0 only if it completes."""
+    """Start a deployment of VERSION (a canary, or an A/B test with --match); with --wait (the default)
+    exit 0 only if it completes."""
     with session_client(ctx) as (client, session):
         if as_json:
             session = Session(session.url, session.token, session.runtime, "json")
-        body = deployment_body(version, stages, stage_duration, config_json)
+        body = deployment_body(version, stages, stage_duration, config_json, strategy, match)
         app_id = resolve_application(client, app_ref)
         created, new = create_deployment(client, app_id, body, idempotency_key)
         if created.get("id") is None:

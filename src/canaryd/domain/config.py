@@ -28,6 +28,8 @@ from pydantic_core import CoreSchema
 
 from canaryd.domain.addresses import HEADER_NAME, normalise_host, parse_listen
 from canaryd.domain.commands import check_template
+from canaryd.domain.matching import MAX_RULES, rule_problems
+from canaryd.domain.types import MatchRule
 
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
 DEFAULT_MAX_WEIGHT = 1000
@@ -377,6 +379,51 @@ class CheckSpec(StrictModel):
         return self
 
 
+class AbRule(StrictModel):
+    """One A/B rule: `header` or `cookie` (the name), and `equals` (exact, case-sensitive) or `regex`
+    (found anywhere in the value; PCRE and RE2 must read it alike, see domain/matching.py)."""
+
+    header: str | None = Field(default=None, max_length=64, examples=["X-Beta"])
+    cookie: str | None = Field(default=None, max_length=64, examples=["plan"])
+    equals: str | None = Field(default=None, max_length=128, examples=["1"])
+    regex: str | None = Field(default=None, max_length=256, examples=[".*Mobile.*"])
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> AbRule:
+        problems = []
+        if (self.header is None) == (self.cookie is None):
+            problems.append("a match rule names exactly one of header or cookie")
+        if (self.equals is None) == (self.regex is None):
+            problems.append("a match rule gives exactly one of equals or regex")
+        if not problems:
+            problems = rule_problems(self.rule())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def rule(self) -> MatchRule:
+        header, cookie, equals, regex = self.header, self.cookie, self.equals, self.regex
+        name = header if header is not None else cookie
+        value = equals if equals is not None else regex
+        assert name is not None and value is not None
+        return MatchRule(
+            "header" if header is not None else "cookie",
+            name,
+            "equals" if equals is not None else "regex",
+            value,
+        )
+
+
+class AbSettings(StrictModel):
+    """Strategy `ab`: which requests go to the canary servers while the test runs (any rule matching sends
+    the request there; every other request goes to stable). The test is one stage of `stage_duration`."""
+
+    match: list[AbRule] = Field(min_length=1, max_length=MAX_RULES)
+
+    def rules(self) -> tuple[MatchRule, ...]:
+        return tuple(r.rule() for r in self.match)
+
+
 class CanaryConfig(StrictModel):
     """Canary settings of one deployment. Defaults are the spec's."""
 
@@ -469,6 +516,8 @@ class CanaryConfig(StrictModel):
     approval_timeout_action: Literal["stay", "rollback"] = "stay"
     #: Webhook checks at named points of the rollout (docs/gates.md).
     checks: list[CheckSpec] = Field(default_factory=list, max_length=20)
+    #: Strategy `ab` only (refused with any other strategy): the rules that send requests to the canary.
+    ab: AbSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -615,6 +664,8 @@ __all__ = [
     "GATE_POINTS",
     "PROMQL_PLACEHOLDERS",
     "REDACTED",
+    "AbRule",
+    "AbSettings",
     "CanaryConfig",
     "CheckSpec",
     "Command",
@@ -776,6 +827,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         "checks": (
             "Webhook checks called at named points (pre_deploy, pre_stage, during_stage, pre_promote, post_rollback); see CheckSpec and docs/gates.md.",
             "list of objects, at most 20",
+        ),
+        "ab": (
+            'Strategy ab only (refused with any other strategy): {"match": [{"header"|"cookie": name, "equals"|"regex": value}, ...]}, 1 to 10 rules, any of which sends a request to the canary servers; every other request goes to stable. The test runs one stage of stage_duration; see docs/strategies.md.',
+            "object",
         ),
     },
     "CheckSpec": {

@@ -32,7 +32,7 @@ from canaryd.domain.plan import (
     TrafficSample,
     Trigger,
 )
-from canaryd.domain.routing import canary_share, routes
+from canaryd.domain.routing import canary_share, expected_share, routes, stage_note
 from canaryd.domain.types import CohortStats, HostLoad, State
 
 _THEN = {
@@ -121,7 +121,7 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
             plan = Plan(facts=facts, change=_await_approval(s, nxt, reasons, figures, now))
             return checks.gated(s, "pre_stage", nxt, plan)
         backends = routes(s, State.MONITORING, stages[nxt])
-        note = f"stage {nxt + 1} of {len(stages)}: {stages[nxt]:g} %"
+        note = stage_note(s, nxt)
         event = Event(
             EventKind.STAGE_ADVANCED,
             (*reasons, note),
@@ -205,7 +205,7 @@ def _judge(
         stable,
         baseline,
         failures,
-        canary_share(routes(s)) / 100,
+        expected_share(s),
         tuple(load.get(sid, HostLoad(None, None)) for sid in s.canary_ids if sid in load),
         tuple(load.get(sid, HostLoad(None, None)) for sid in s.stable_ids if sid in load),
         s.stage_index,

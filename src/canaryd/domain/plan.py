@@ -168,6 +168,8 @@ class Snapshot:
     #: Cap of the retry backoff in seconds (a setting).
     max_backoff: float = 60.0
     checks: CheckProgress = field(default_factory=CheckProgress)
+    #: "canary" or "ab" (domain/strategy.py): what the proxy serves while the canary is tested.
+    strategy: str = "canary"
 
     def server(self, server_id: int) -> ServerRef:
         return next(s for s in self.servers if s.id == server_id)

@@ -55,7 +55,7 @@ from canaryd.domain.plan import (
     StepFailed,
     Trigger,
 )
-from canaryd.domain.routing import canary_share, routes
+from canaryd.domain.routing import canary_share, routes, stage_note
 from canaryd.domain.selection import Candidate, SelectionError, select_canary_servers
 from canaryd.domain.types import HostLoad, State
 
@@ -150,7 +150,7 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
     )
     stage_event = Event(
         EventKind.STAGE_ADVANCED,
-        (f"stage 1 of {len(stages)}: {stages[0]:g} %",),
+        (stage_note(s, 0),),
         State.MONITORING,
         State.MONITORING,
         1,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from canaryd.domain.plan import UNKNOWN_VERSION, Snapshot
-from canaryd.domain.pool import PoolServer, desired_backends
-from canaryd.domain.types import Backend, State
+from canaryd.domain.pool import PoolServer
+from canaryd.domain.strategy import strategy_for
+from canaryd.domain.types import Backend, State, split_pool
 
 
 def target_percentage(s: Snapshot, state: State) -> float:
@@ -28,14 +29,28 @@ def routes(
         for srv in s.servers
         for v in [s.version_of(srv.id)]
     ]
-    return desired_backends(state, pool, frozenset(s.canary_ids), s.version, percentage, busy, s.weight_limit)
+    return strategy_for(s.strategy).backends(
+        s.config, state, pool, frozenset(s.canary_ids), s.version, percentage, busy, s.weight_limit
+    )
+
+
+def expected_share(s: Snapshot) -> float | None:
+    """The canary's share of requests (0-1) the judge may expect in the recorded state; None when the
+    strategy's rules, not a split, decide which requests it gets."""
+    return strategy_for(s.strategy).expected_share(routes(s))
+
+
+def stage_note(s: Snapshot, index: int) -> str:
+    """How stage `index` is named in the history ('stage 2 of 4: 25 %', or the A/B test's rules)."""
+    return strategy_for(s.strategy).stage_note(s.config, index)
 
 
 def canary_share(backends: tuple[Backend, ...] | list[Backend]) -> float:
     """The canary's share of requests that these weights give, in percent."""
-    total = sum(b.weight for b in backends)
-    canary = sum(b.weight for b in backends if b.cohort == "canary")
+    pool = split_pool(backends)  # A/B rule-bound servers have no share of the random split
+    total = sum(b.weight for b in pool)
+    canary = sum(b.weight for b in pool if b.cohort == "canary")
     return round(100.0 * canary / total, 3) if total else 0.0
 
 
-__all__ = ["canary_share", "routes", "target_percentage"]
+__all__ = ["canary_share", "expected_share", "routes", "stage_note", "target_percentage"]

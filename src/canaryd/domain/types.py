@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 
 class State(StrEnum):
@@ -30,6 +30,27 @@ Cohort = Literal["canary", "stable"]
 
 
 @dataclass(frozen=True, slots=True)
+class MatchRule:
+    """One A/B rule (strategy `ab`): a request whose header or cookie `name` equals `value` (`op` "equals",
+    exact and case-sensitive) or contains a match of the regex `value` (`op` "regex", unanchored unless the
+    pattern anchors itself). Validated by domain/matching.py; each proxy adapter quotes it its own way."""
+
+    source: Literal["header", "cookie"]
+    name: str
+    op: Literal["equals", "regex"]
+    value: str
+
+    def to_json(self) -> dict[str, str]:
+        return {self.source: self.name, self.op: self.value}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> MatchRule:
+        source: Literal["header", "cookie"] = "header" if "header" in data else "cookie"
+        op: Literal["equals", "regex"] = "equals" if "equals" in data else "regex"
+        return cls(source, data[source], op, data[op])
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     """One application instance as the proxy should route to it."""
 
@@ -38,6 +59,41 @@ class Backend:
     port: int
     weight: int  # > 0; a server that must get no traffic is simply absent from the pool
     cohort: Cohort
+    #: Non-empty: this server takes only the requests that match one of these rules (an A/B test), never a
+    #: share of the random split: its weight there is 0. Every other request goes to the servers without rules.
+    match: tuple[MatchRule, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """As stored in `Application.proxy_applied` (the rules only when there are some, so that a table
+        without them reads exactly as before)."""
+        out: dict[str, object] = {
+            "server_id": self.server_id,
+            "host": self.host,
+            "port": self.port,
+            "weight": self.weight,
+            "cohort": self.cohort,
+        }
+        if self.match:
+            out["match"] = [r.to_json() for r in self.match]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Backend:
+        cohort: Cohort = "canary" if data["cohort"] == "canary" else "stable"
+        rules = tuple(MatchRule.from_json(r) for r in data.get("match") or ())
+        return cls(
+            int(data["server_id"]), str(data["host"]), int(data["port"]), int(data["weight"]), cohort, rules
+        )
+
+
+def split_pool(backends: tuple[Backend, ...] | list[Backend]) -> list[Backend]:
+    """The backends that take part in the random (weighted) split: those without A/B rules."""
+    return [b for b in backends if not b.match]
+
+
+def match_rules(backends: tuple[Backend, ...] | list[Backend]) -> tuple[MatchRule, ...]:
+    """The A/B rules of a route table (every rule-bound backend carries the same ones), or ()."""
+    return next((b.match for b in backends if b.match), ())
 
 
 # Latency histogram: log-spaced buckets, 5 % wide, from 0.1 ms to ~10 min. Bucket i covers

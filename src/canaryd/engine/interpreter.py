@@ -117,7 +117,9 @@ class Interpreter:
             why = f"the proxy no longer served generation {self.generation}"
             self.events.append(Event(EventKind.PROXY_REASSERTED, (why,)))
         # Proven live, or the last table proven live is put back before the error is raised.
-        last = RouteTable(app.id, app.name, tuple(Backend(**b) for b in self.applied), self.generation)
+        last = RouteTable(
+            app.id, app.name, tuple(Backend.from_json(b) for b in self.applied), self.generation
+        )
         table = RouteTable(app.id, app.name, backends, self.generation + 1)
         live_ms = await switch(self.proxy, table, last if self.applied else None)
         self.checked = True
@@ -173,7 +175,7 @@ class Interpreter:
         )
 
     def proxy_facts(self) -> ProxyFacts:
-        backends = [Backend(**b) for b in self.applied]
+        backends = [Backend.from_json(b) for b in self.applied]
         live_at, live_ms = self._live if self._live else (None, None)
         return ProxyFacts(self.applied, self.generation, canary_share(backends), live_at, live_ms)
 

@@ -34,7 +34,4 @@ def make_proxy(
 
 def backends_json(backends: Sequence[Backend]) -> list[dict[str, object]]:
     """What is stored as 'applied' so the next tick can tell whether anything changed."""
-    return [
-        {"server_id": b.server_id, "host": b.host, "port": b.port, "weight": b.weight, "cohort": b.cohort}
-        for b in backends
-    ]
+    return [b.to_json() for b in backends]

@@ -135,6 +135,7 @@ def snapshot_of(
         reasons=tuple(str(r) for r in dep.reasons),
         max_backoff=max_backoff,
         checks=CheckProgress.from_json(dep.check_state),
+        strategy=dep.strategy,
     )
 
 

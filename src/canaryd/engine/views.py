@@ -41,6 +41,8 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
     if state == State.MONITORING and dep.canary_stage_started_at is not None:
         next_stage_at = dep.canary_stage_started_at + timedelta(seconds=int(config.get("stage_duration", 0)))
     target = stages[dep.current_canary_stage] if stages and dep.current_canary_stage < len(stages) else 0.0
+    if dep.strategy == "ab" and state is not State.PROMOTING:
+        target = 0.0  # an A/B test gives the canary matching requests by rule, never a share of the split
     if state == State.COMPLETED:
         target = 100.0
     elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):

@@ -69,7 +69,8 @@ import httpx
 
 from canaryd.domain.addresses import HEADER_NAME, format_address, parse_listen
 from canaryd.domain.config import ProxySpec
-from canaryd.domain.types import Cohort, CohortStats, bucket_of
+from canaryd.domain.matching import equals_problems, name_problems, regex_problems
+from canaryd.domain.types import Cohort, CohortStats, MatchRule, bucket_of, match_rules
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
@@ -148,9 +149,24 @@ def _check_header(name: str) -> str:
     return name
 
 
-def _frontend(app_id: int, spec: ProxySpec) -> tuple[list[str], list[str]]:
+def _rule_condition(rule: MatchRule) -> str:
+    """An anonymous ACL for one A/B rule: `{ req.fhdr(X-Beta) -m str '1' }`, `{ req.cook(plan) -m reg 'p' }`.
+    `req.fhdr`, not `req.hdr`: the latter splits values at commas, so a regex over a User-Agent would see
+    pieces. Values go in single quotes, inside which HAProxy reads every character as itself (no escapes,
+    no variables); domain/matching.py refused quotes, and everything is checked again here."""
+    problems = name_problems(rule.source, rule.name)
+    problems += equals_problems(rule.value) if rule.op == "equals" else regex_problems(rule.value)
+    if problems or "'" in rule.value:
+        raise ValueError(problems[0] if problems else "an A/B value must not contain a quote")
+    fetch = f"req.fhdr({rule.name})" if rule.source == "header" else f"req.cook({rule.name})"
+    return f"{{ {fetch} -m {'str' if rule.op == 'equals' else 'reg'} '{rule.value}' }}"
+
+
+def _frontend(app_id: int, spec: ProxySpec, rules: tuple[MatchRule, ...] = ()) -> tuple[list[str], list[str]]:
     """The frontend section without its marker line (whose fingerprint covers these lines): the lines that
-    go before the marker, and the routing lines after it (http-request rules must precede use_backend)."""
+    go before the marker, and the routing lines after it (http-request rules must precede use_backend).
+    The forced header comes first, then the A/B rules (any of them sends the request to the canary
+    backend while it has a server), then the weighted split."""
     assert spec.listen is not None
     lines = [f"frontend canaryd_fe_{app_id}", f"    bind {_bind_address(spec.listen)}", "    mode http"]
     if spec.access_log is not None:
@@ -167,15 +183,17 @@ def _frontend(app_id: int, spec: ProxySpec) -> tuple[list[str], list[str]]:
             routing.append(
                 f"    use_backend {target} if {{ req.hdr({header}) -i {value} }} {{ nbsrv({target}) gt 0 }}"
             )
+    canary = backend_name(app_id, "canary")
+    routing += [f"    use_backend {canary} if {_rule_condition(r)} {{ nbsrv({canary}) gt 0 }}" for r in rules]
     routing.append(f"    default_backend {backend_name(app_id)}")
     return lines, routing
 
 
-def frontend_fingerprint(app_id: int, spec: ProxySpec) -> str | None:
+def frontend_fingerprint(app_id: int, spec: ProxySpec, rules: tuple[MatchRule, ...] = ()) -> str | None:
     """What the frontend answers on MARKER_PATH; None when canaryd renders no frontend."""
     if spec.listen is None:
         return None
-    head, routing = _frontend(app_id, spec)
+    head, routing = _frontend(app_id, spec, rules)
     digest = hashlib.sha256("\n".join([*head, *routing]).encode()).hexdigest()
     return f"canaryd-fe-{app_id}-{digest[:16]}"
 
@@ -193,8 +211,13 @@ def render_haproxy(
         raise ValueError("a route table needs at least one server with a weight above 0")
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
-    # server id -> (address, weight, cohort or None when not in the pool, comment)
+    rules = match_rules(table.backends)
+    if rules and spec.listen is None:
+        raise ValueError("A/B rules need listen: they route in canaryd's frontend")
+    # server id -> (address, weight, cohort or None when not in the pool, comment); an A/B rule-bound
+    # server's weight is its weight in the canary backend: it has none in the split.
     entries: dict[int, tuple[str, int, Cohort | None, str]] = {}
+    bound: set[int] = set()
     seen: set[str] = set()
     for b in table.backends:
         check_int(b.server_id, "server_id", 1)
@@ -205,6 +228,10 @@ def render_haproxy(
         if b.server_id in entries or address in seen:
             raise ValueError(f"server {b.server_id} ({address}) appears twice in the route table")
         seen.add(address)
+        if b.match:
+            if b.match != rules or b.cohort != "canary":
+                raise ValueError("A/B rules must be the same on every canary server, and on canaries only")
+            bound.add(b.server_id)
         entries[b.server_id] = (address, b.weight, b.cohort, f"{b.cohort} server {b.server_id}")
     for server_id, (host, port) in (retained or {}).items():
         check_int(server_id, "server_id", 1)
@@ -221,8 +248,8 @@ def render_haproxy(
         f"# application {app_id} ({comment_name})",
     ]
     if spec.listen is not None:
-        fingerprint = frontend_fingerprint(app_id, spec)
-        head, routing = _frontend(app_id, spec)
+        fingerprint = frontend_fingerprint(app_id, spec, rules)
+        head, routing = _frontend(app_id, spec, rules)
         marker = (
             f"    http-request return status 200 content-type text/plain "
             f'string "{fingerprint}" if {{ path {MARKER_PATH} }}'
@@ -234,10 +261,10 @@ def render_haproxy(
         lines += _sticky_lines(app_id, [sid for sid, _ in servers])
         cookie = " cookie s{sid}"
     lines += [
-        f"    server s{sid} {address} weight {weight}{cookie.format(sid=sid)}  # {comment}"
+        f"    server s{sid} {address} weight {0 if sid in bound else weight}{cookie.format(sid=sid)}  # {comment}"
         for sid, (address, weight, _, comment) in servers
     ]
-    if spec.force_header is not None:
+    if spec.force_header is not None or rules:
         for cohort in ("canary", "stable"):
             # Same servers, the other cohort's (and the retained ones) at weight 0: stage changes stay
             # runtime weight changes.
@@ -323,7 +350,13 @@ def expected_weights(
     """Server name -> weight the running HAProxy must have: the table's, and 0 for every other server. For a
     cohort's backend, servers of the other cohort get 0 too."""
     weights = {f"s{sid}": 0 for sid in declared}
-    weights.update({f"s{b.server_id}": b.weight if cohort in (None, b.cohort) else 0 for b in table.backends})
+    weights.update(
+        {
+            # A rule-bound (A/B) canary has weight only in the canary backend, none in the split.
+            f"s{b.server_id}": b.weight if (cohort == b.cohort or (cohort is None and not b.match)) else 0
+            for b in table.backends
+        }
+    )
     return weights
 
 
@@ -333,7 +366,7 @@ def all_expected_weights(
     """Backend -> server name -> weight, for every backend of the file."""
     declared = list(declared)
     out = {backend_name(table.app_id): expected_weights(table, declared)}
-    if spec.force_header is not None:
+    if spec.force_header is not None or match_rules(table.backends):
         for cohort in ("canary", "stable"):
             out[backend_name(table.app_id, cohort)] = expected_weights(table, declared, cohort)
     return out
@@ -630,9 +663,16 @@ class HaproxyProxy:
         if (
             old_text is None
             or structure(old_text) != structure(text)
-            or not await self._running_as_rendered(table.app_id, declared)
+            or not await self._running_as_rendered(table, declared)
         ):
-            await self._install(text, previous, reload=True)
+            cut = await self._cut_first(table, old_text) if old_text is not None else None
+            try:
+                await self._install(text, previous, reload=True)
+            except BaseException:
+                if cut is not None:  # the previous file stays, so its weights must too
+                    with contextlib.suppress(ProxyUnavailableError):
+                        await self.runtime.set_weights(cut)
+                raise
             self.last_path, self.live_ms = "reload", None
             return
         # Weights first: live at once (a rollback to 0 % must not wait for the test command).
@@ -647,13 +687,41 @@ class HaproxyProxy:
                 await self.runtime.set_weights(declared_weights(old_text))
             raise
 
-    async def _running_as_rendered(self, app_id: int, declared: set[int]) -> bool:
+    async def _cut_first(self, table: RouteTable, old_text: str) -> dict[str, dict[str, int]] | None:
+        """Before a reload that gives the canary nothing (the end of an A/B test: its rules leave the
+        frontend, so the file's structure changes), takes every server the new table does not route to out
+        of every backend of the running HAProxy at once, over the admin socket: a rollback's cut must not
+        wait for the test command and the reload. It only ever lowers weights to 0, never adds traffic.
+        Returns the weights to put back if the reload fails (None when nothing was cut); best effort: a
+        socket that does not answer leaves the cut to the reload."""
+        if any(b.cohort == "canary" for b in table.backends):
+            return None
+        routed = {f"s{b.server_id}" for b in table.backends if b.weight > 0}
+        before = declared_weights(old_text)
+        cut = {
+            backend: {name: 0 for name, weight in servers.items() if weight > 0 and name not in routed}
+            for backend, servers in before.items()
+        }
+        cut = {backend: servers for backend, servers in cut.items() if servers}
+        if not cut:
+            return None
+        try:
+            await self.runtime.set_weights(cut)
+        except ProxyUnavailableError as exc:
+            logger.info("HAProxy: could not cut before the reload, the reload will: %s", exc)
+            return None
+        return {
+            backend: {name: before[backend][name] for name in servers} for backend, servers in cut.items()
+        }
+
+    async def _running_as_rendered(self, table: RouteTable, declared: set[int]) -> bool:
         """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend).
         The admin-socket questions and the frontend's marker are asked at once: this is on the way to a
         rollback's weights."""
-        frontend = asyncio.ensure_future(self._frontend_live(app_id))
+        app_id = table.app_id
+        frontend = asyncio.ensure_future(self._frontend_live(table))
         try:
-            states = await asyncio.gather(*(self.runtime.servers(app_id, c) for c in self._cohorts()))
+            states = await asyncio.gather(*(self.runtime.servers(app_id, c) for c in self._cohorts(table)))
         except ProxyUnavailableError as exc:
             logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
             frontend.cancel()
@@ -666,9 +734,13 @@ class HaproxyProxy:
             return False
         return await frontend is not False
 
-    def _cohorts(self) -> tuple[Cohort | None, ...]:
-        """The backends of the file: the weighted one (None) and, with force_header, one per cohort."""
-        return (None, "canary", "stable") if self.spec.force_header is not None else (None,)
+    def _cohorts(self, table: RouteTable | None = None) -> tuple[Cohort | None, ...]:
+        """The backends of the file: the weighted one (None) and, with force_header or A/B rules, one per
+        cohort. Without a table (removal, counters) every backend the file may hold: asking HAProxy about
+        one it does not have answers nothing."""
+        if self.spec.force_header is not None or table is None or match_rules(table.backends):
+            return (None, "canary", "stable")
+        return (None,)
 
     async def remove(self, app_id: int) -> None:
         """Deletes the application's file, tests and reloads; the file is put back on a failure."""
@@ -764,7 +836,7 @@ class HaproxyProxy:
         response = None if url is None else await get_marker(self.http, url, 2.0)
         return response is not None and response.status_code == 200
 
-    async def _frontend_live(self, app_id: int, timeout: float = 2.0) -> bool | None:
+    async def _frontend_live(self, table: RouteTable, timeout: float = 2.0) -> bool | None:
         """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""
         url = self.marker_url()
         if url is None:
@@ -772,10 +844,11 @@ class HaproxyProxy:
         response = await get_marker(self.http, url, timeout)
         if response is None:
             return False
-        return response.status_code == 200 and response.text == frontend_fingerprint(app_id, self.spec)
+        expected = frontend_fingerprint(table.app_id, self.spec, match_rules(table.backends))
+        return response.status_code == 200 and response.text == expected
 
     async def _serves(self, table: RouteTable) -> bool:
-        for cohort in self._cohorts():
+        for cohort in self._cohorts(table):
             try:
                 servers = await self.runtime.servers(table.app_id, cohort)
             except ProxyUnavailableError as exc:
@@ -783,7 +856,7 @@ class HaproxyProxy:
                 return False
             if not runtime_matches(servers, table, cohort):
                 return False
-        return await self._frontend_live(table.app_id) is not False
+        return await self._frontend_live(table) is not False
 
     async def verify(self, table: RouteTable) -> bool:
         """True once HAProxy's weights (read back over the socket) and frontend are those of `table`. After a

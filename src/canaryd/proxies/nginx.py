@@ -44,7 +44,8 @@ import httpx
 from canaryd.domain.addresses import HEADER_NAME, parse_listen
 from canaryd.domain.addresses import format_address as _format_address
 from canaryd.domain.config import ProxySpec
-from canaryd.domain.types import Cohort
+from canaryd.domain.matching import equals_problems, name_problems, regex_problems
+from canaryd.domain.types import Cohort, MatchRule, match_rules
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
@@ -118,12 +119,39 @@ def _header_variable(name: str) -> str:
     return "$http_" + name.lower().replace("-", "_")
 
 
+def _rule_variable(rule: MatchRule) -> str:
+    """`$http_x_beta` for header X-Beta, `$cookie_plan` for cookie plan; ValueError for an unsafe name."""
+    problems = name_problems(rule.source, rule.name)
+    if problems:
+        raise ValueError(problems[0])
+    if rule.source == "header":
+        return _header_variable(rule.name)
+    return f"$cookie_{rule.name}"
+
+
+def _rule_regex(rule: MatchRule) -> str:
+    """The PCRE nginx matches the value with: an exact value anchored and escaped, a regex as given."""
+    problems = equals_problems(rule.value) if rule.op == "equals" else regex_problems(rule.value)
+    if problems:
+        raise ValueError(problems[0])
+    return f"^{re.escape(rule.value)}$" if rule.op == "equals" else rule.value
+
+
+def _nginx_quoted(value: str) -> str:
+    """`value` for inside nginx double quotes, whose parser reads a doubled backslash as one: every backslash
+    is doubled (domain/matching.py already refused quotes and control characters)."""
+    if any(c in value for c in '"\n\r\t') or not value.isprintable():
+        raise ValueError(f"{value[:80]!r} cannot be quoted for nginx")
+    return value.replace("\\", "\\\\")
+
+
 def _cohort_routing(
     app_id: int,
     generation: int,
     by_cohort: dict[Cohort, list[str]],
     addresses: dict[str, Cohort],
     spec: ProxySpec,
+    rules: tuple[MatchRule, ...] = (),
 ) -> tuple[list[str], list[str]]:
     """Cohort upstreams and the maps that pick one per request (stickiness, forced routing): the lines for
     the http level and those for the proxying location.
@@ -152,6 +180,17 @@ def _cohort_routing(
             "    never s;",
             "}",
         ]
+    # A/B rules: one map per rule, "c" when it matches; any of them sends the request to the canary (after
+    # the forced header, before the sticky cookie: the rule decides, not the split a cookie remembers).
+    for i, rule in enumerate(rules):
+        keys.append(f"$canaryd_ab_{app_id}_{i}")
+        lines += [
+            "",
+            f"map {_rule_variable(rule)} $canaryd_ab_{app_id}_{i} {{",
+            '    default "";',
+            f'    "~{_nginx_quoted(_rule_regex(rule))}" c;',
+            "}",
+        ]
     cookie = f"canaryd_{app_id}"
     if spec.sticky:
         keys.append(f"$canaryd_kept_{app_id}")
@@ -178,14 +217,17 @@ def _cohort_routing(
             *(f'    ":{c}" "{cookie}={c}.{generation}; Path=/; HttpOnly; SameSite=Lax";' for c in ("c", "s")),
             "}",
         ]
-    # A forced cohort wins over the cookie's: the first letter of the key decides.
+    # A forced cohort wins over an A/B rule, which wins over the cookie: the first letter of the key decides.
     lines += ["", f'map "{"".join(keys)}" $canaryd_upstream_{app_id} {{', f"    default {weighted};"]
-    lines += [
-        f"    {first}{rest} {canary_up if first == 'c' else stable_up};"
-        for first in "cs"
-        for rest in ("", "c", "s")
-        if rest == "" or len(keys) == 2
-    ]
+    if rules:  # up to 2 + rules letters: match on the first one
+        lines += [f'    "~^c" {canary_up};', f'    "~^s" {stable_up};']
+    else:
+        lines += [
+            f"    {first}{rest} {canary_up if first == 'c' else stable_up};"
+            for first in "cs"
+            for rest in ("", "c", "s")
+            if rest == "" or len(keys) == 2
+        ]
     lines += ["}"]
     location = [f"        proxy_pass http://$canaryd_upstream_{app_id};"]
     if spec.sticky:
@@ -202,6 +244,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
     servers: list[str] = []
+    rules = match_rules(table.backends)
     by_cohort: dict[Cohort, list[str]] = {"canary": [], "stable": []}
     addresses: dict[str, Cohort] = {}
     for b in table.backends:
@@ -212,9 +255,18 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         if address in addresses:
             raise ValueError(f"server {address} appears twice in the route table")
         addresses[address] = b.cohort
+        if b.match:  # takes only the requests its A/B rules match: no weight in the split
+            if b.match != rules or b.cohort != "canary":
+                raise ValueError("A/B rules must be the same on every canary server, and on canaries only")
+            by_cohort["canary"].append(
+                f"    server {address} max_fails=0;  # canary server {b.server_id}, A/B"
+            )
+            continue
         line = f"    server {address} weight={b.weight} max_fails=0;  # {b.cohort} server {b.server_id}"
         servers.append(line)
         by_cohort[b.cohort].append(line)
+    if not servers:
+        raise ValueError("the weighted upstream needs at least one server without A/B rules")
 
     fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
     lines = [
@@ -226,8 +278,8 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         *_upstream(f"canaryd_app_{app_id}", servers, spec),
     ]
     location = [f"        proxy_pass http://canaryd_app_{app_id};"]
-    if spec.sticky or spec.force_header is not None:
-        routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec)
+    if spec.sticky or spec.force_header is not None or rules:
+        routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec, rules)
         lines += routing
     # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
     keepalive = (

@@ -57,7 +57,8 @@ import httpx
 
 from canaryd.domain.addresses import HEADER_NAME, format_address
 from canaryd.domain.config import ProxySpec, ServersTransport, validate_traefik_rule
-from canaryd.domain.types import Backend, Cohort, CohortStats, bucket_of
+from canaryd.domain.matching import equals_problems, name_problems, regex_problems
+from canaryd.domain.types import Backend, Cohort, CohortStats, MatchRule, bucket_of, match_rules
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int
 from canaryd.proxies.files import file_lock, install, read_optional, work_dir_of
@@ -71,6 +72,8 @@ COMMAND_TIMEOUT = 30.0
 #: Routers canaryd renders for forced routing outrank the application's router (Traefik's default priority is
 #: the rule's length, so these use a fixed, large one).
 FORCE_PRIORITY = 100_000
+#: A/B rule routers: above the application's router, below the forced header (which wins everywhere).
+AB_PRIORITY = 90_000
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 
 _SERVER_SERVICE = re.compile(r"canaryd-app-(\d+)-server-(\d+)")
@@ -115,6 +118,9 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     if not table.backends:
         raise ValueError("a Traefik weighted service needs at least one server")
     sticky = cookie_name(app_id) if spec.sticky else None
+    rules = match_rules(table.backends)
+    if rules and spec.router_rule is None:
+        raise ValueError("A/B rules need router_rule: they extend the application's router")
     services: dict[str, Any] = {}
     children: list[tuple[str, int]] = []
     by_cohort: dict[Cohort, list[tuple[str, int]]] = {"canary": [], "stable": []}
@@ -133,8 +139,14 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
         if spec.servers_transport is not None:
             balancer["serversTransport"] = service_name(app_id)
         services[name] = {"loadBalancer": balancer}
-        children.append((name, b.weight))
         by_cohort[b.cohort].append((name, b.weight))
+        if b.match:  # A/B: reached only through the rule routers, no weight in the split
+            if b.match != rules or b.cohort != "canary":
+                raise ValueError("A/B rules must be the same on every canary server, and on canaries only")
+            continue
+        children.append((name, b.weight))
+    if not children:
+        raise ValueError("the weighted service needs at least one server without A/B rules")
     main = service_name(app_id)
     services[main] = _weighted(children, sticky)
     http: dict[str, Any] = {"services": services}
@@ -160,10 +172,39 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
                     "service": target,
                     "priority": FORCE_PRIORITY,
                 }
+        if rules:
+            target = cohort_service_name(app_id, "canary")
+            services[target] = _weighted(by_cohort["canary"], None)
+            for i, r in enumerate(rules):
+                routers[f"{main}-ab-{i}"] = {
+                    "rule": f"({rule}) && {_matcher(r)}",
+                    "service": target,
+                    "priority": AB_PRIORITY,
+                }
         http["routers"] = routers
     config = {"http": http}
     check_dynamic_config(config)
     return config
+
+
+def _matcher(rule: MatchRule) -> str:
+    """The Traefik matcher of one A/B rule. A header: `Header` (exact) or `HeaderRegexp` (Go RE2, searched
+    anywhere in the value, as PCRE's). A cookie by equality: a regex over the Cookie header that finds
+    `name=value` between separators. Values sit in backticks, which domain/matching.py refused in them;
+    everything is checked again here."""
+    problems = name_problems(rule.source, rule.name)
+    problems += equals_problems(rule.value) if rule.op == "equals" else regex_problems(rule.value)
+    if problems or "`" in rule.value:
+        raise ValueError(problems[0] if problems else "an A/B value must not contain a backtick")
+    if rule.source == "header":
+        return (
+            f"Header(`{rule.name}`, `{rule.value}`)"
+            if rule.op == "equals"
+            else (f"HeaderRegexp(`{rule.name}`, `{rule.value}`)")
+        )
+    if rule.op == "regex":
+        raise ValueError("Traefik cannot match one cookie's value by regex")
+    return f"HeaderRegexp(`Cookie`, `(?:^|;\\s*){rule.name}={re.escape(rule.value)}(?:;|$)`)"
 
 
 def _duration(seconds: float) -> str:
@@ -268,8 +309,9 @@ def dump_config(config: dict[str, Any]) -> bytes:
 
 
 def expected_weights(table: RouteTable) -> dict[str, int]:
-    """What Traefik must report for the weighted service: child service → weight."""
-    return {server_service_name(table.app_id, b.server_id): b.weight for b in table.backends}
+    """What Traefik must report for the weighted service: child service → weight (A/B rule-bound servers
+    are not children: they have no share of the split)."""
+    return {server_service_name(table.app_id, b.server_id): b.weight for b in table.backends if not b.match}
 
 
 def loaded_weights(service: object) -> dict[str, int] | None:
@@ -319,15 +361,34 @@ def serves_all(services: object, table: RouteTable, spec: ProxySpec) -> bool:
             return False
         if balancer.get("serversTransport") != transport:
             return False
-    return True
+    return _same_services(by_name, table, spec)
+
+
+def _same_services(by_name: dict[Any, Any], table: RouteTable, spec: ProxySpec) -> bool:
+    """Whether Traefik has exactly the application's rendered services, each weighted one with its weights.
+    Without this, a change that only removes services (the end of an A/B test: the split is the same
+    before and after) would count as live while Traefik still routed matching requests to the canary;
+    routers come in the same file, so the services prove them too."""
+    try:
+        rendered: dict[str, Any] = render_traefik(table, spec)["http"]["services"]
+    except ValueError:
+        return False
+    ours = re.compile(
+        rf"canaryd-app-{table.app_id}(?:-server-\d+|-canary|-stable)?@{re.escape(spec.provider)}"
+    )
+    reported = {n.split("@", 1)[0]: v for n, v in by_name.items() if isinstance(n, str) and ours.fullmatch(n)}
+    if set(reported) != set(rendered):
+        return False
+    return all(
+        loaded_weights(reported[name]) == {c["name"]: c["weight"] for c in service["weighted"]["services"]}
+        for name, service in rendered.items()
+        if "weighted" in service
+    )
 
 
 def table_from_applied(app_id: int, app_name: str, applied: list[Any], generation: int) -> RouteTable:
     """The route table the database records as applied (`Application.proxy_applied`)."""
-    backends = tuple(
-        Backend(int(b["server_id"]), str(b["host"]), int(b["port"]), int(b["weight"]), b["cohort"])
-        for b in applied
-    )
+    backends = tuple(Backend.from_json(b) for b in applied)
     return RouteTable(app_id, app_name, backends, generation)
 
 

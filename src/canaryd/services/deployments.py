@@ -21,6 +21,7 @@ from canaryd.db.repositories import (
     EventRepository,
     ServerRepository,
 )
+from canaryd.domain import matching
 from canaryd.domain.checks import redacted
 from canaryd.domain.config import CanaryConfig, ProxySpec
 from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
@@ -37,6 +38,8 @@ from canaryd.domain.plan import (
 from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
+from canaryd.domain.strategy import problems as strategy_problems
+from canaryd.domain.strategy import strategy_for
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.outbox import enqueue
@@ -126,6 +129,11 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
     overrides = set_fields(payload.config)
     config, found = effective_config(app.deployment_defaults, overrides, floor)
     problems = [problem(list(p.loc), p.msg) for p in found]
+    problems += [
+        problem(list(loc), msg) for loc, msg in strategy_problems(payload.strategy, overrides, config)
+    ]
+    if config is not None and not problems:
+        config = strategy_for(payload.strategy).effective(config)
     if payload.version == app.current_version:
         problems.append(
             problem(["body", "version"], f"version {payload.version} is already the current version")
@@ -153,6 +161,16 @@ def _feasibility_problems(
         return [problem(["path", "application_id"], str(exc))]
     spec = ProxySpec.model_validate(app.proxy)
     stables = len(app.server_ids) - canaries
+    if config.ab is not None:  # A/B: no split to express, but rules the proxy must be able to read
+        where: list[str | int] = (
+            ["body", "config", "ab", "match"]
+            if "ab" in overrides
+            else ["application", "deployment_defaults", "ab", "match"]
+        )
+        return [
+            problem(where, why)
+            for why in matching.proxy_problems(config.ab.rules(), spec.kind, spec.listen, spec.router_rule)
+        ]
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
 
 
@@ -184,6 +202,17 @@ def _new_deployment(
         tick_token=None,
         next_tick_at=now,
     )
+
+
+def strategy_body_problems(body: object) -> list[dict[str, Any]]:
+    """The strategy's problems of a request body that failed validation, so that the one 422 lists them
+    with the others (read from the raw body: the effective settings are not known then)."""
+    if not isinstance(body, dict) or not isinstance(body.get("strategy", "canary"), str):
+        return []
+    config = body.get("config")
+    own = config if isinstance(config, dict) else {}
+    found = strategy_problems(body.get("strategy", "canary"), own, None)
+    return [problem(list(loc), msg) for loc, msg in found]
 
 
 def stage_floor_problems(body: object, floor: int) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from canaryd.domain.config import (
     Version,
 )
 from canaryd.domain.defaults import CanaryConfigOverrides
+from canaryd.domain.strategy import StrategyName
 
 #: What /docs says about an application's deployment_defaults.
 DEFAULTS_DOC = (
@@ -89,7 +90,13 @@ class ApplicationCreate(StrictModel):
 
 class DeploymentCreate(StrictModel):
     version: Version
-    strategy: Literal["canary"] = "canary"
+    strategy: StrategyName = Field(
+        default="canary",
+        description="`canary`: a growing random share of requests per stage (`config.stages`). `ab`: only "
+        "requests matching one of `config.ab.match` (a header or cookie, equals or regex) go to the canary "
+        "servers, all others to stable, for one stage of `stage_duration`; then promote or roll back. "
+        "`blue_green`, `mirror` and `rolling` are refused (422) until they exist; see docs/strategies.md.",
+    )
     config: CanaryConfigOverrides = Field(
         default_factory=CanaryConfigOverrides,
         description="The deployment's own settings (any subset of CanaryConfig); each one given overrides "
@@ -262,7 +269,9 @@ class DeploymentStatus(BaseModel):
     current_traffic_percentage: float = Field(
         description="share of requests (%) the canary gets, from the weights the proxy really applied"
     )
-    target_traffic_percentage: float = Field(description="the stage's target share (%)")
+    target_traffic_percentage: float = Field(
+        description="the stage's target share (%) of the random split (0 during an A/B test, whose canary gets the requests its rules match)"
+    )
     canary_servers: list[ServerRef]
     stable_servers: list[ServerRef]
     server_versions: dict[str, str] = Field(
