@@ -85,22 +85,6 @@ header "services: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379"
 ensure_service PostgreSQL 127.0.0.1:5432 pg_up start_postgres || exit 1
 ensure_service Redis 127.0.0.1:6379 redis_up start_redis || exit 1
 
-# The tests get a redis-server of their own: they flush Redis databases 1-14, and the contract smoke tests,
-# which run beside them, use a database of 6379 as a user's canaryd would.
-if [[ -z ${CANARYD_TEST_REDIS_PORT:-} ]]; then
-  test_redis=$(mktemp -d)
-  CANARYD_TEST_REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  export CANARYD_TEST_REDIS_PORT
-  trap 'kill "$(cat "$test_redis/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$test_redis"' EXIT
-  redis-server --daemonize yes --bind 127.0.0.1 --port "$CANARYD_TEST_REDIS_PORT" --save "" --appendonly no \
-    --dir "$test_redis" --pidfile "$test_redis/redis.pid" --logfile "$test_redis/redis.log"
-  for _ in $(seq 1 40); do
-    redis-cli -p "$CANARYD_TEST_REDIS_PORT" ping >/dev/null 2>&1 && break
-    sleep 0.25
-  done
-  echo "Redis for the tests answers on 127.0.0.1:$CANARYD_TEST_REDIS_PORT"
-fi
-
 if [[ ! -x $BIN/pytest ]]; then
   echo "error: $BIN/pytest not found; run 'make setup' first" >&2
   exit 1
@@ -130,36 +114,34 @@ pytest_step() {
   ((solo_rc == 5)) && solo_rc=0
   return $((rc != 0 ? rc : solo_rc))
 }
-# The contract smoke tests drive canaryd as a CI pipeline would, in both modes. The modes share nothing with
-# each other or with the tests (own ports, loopback addresses, database and Redis database) and spend most of
-# their time waiting for stages, so they run in the background while pytest runs; each one's output is shown
-# whole, after pytest's.
-smoke_dir=$(mktemp -d)
-smoke_pids=()
-if [[ -f $SMOKE ]]; then
-  "$BIN/python" "$SMOKE" >"$smoke_dir/embedded" 2>&1 &
-  smoke_pids+=($!)
-  "$BIN/python" "$SMOKE" --production >"$smoke_dir/production" 2>&1 &
-  smoke_pids+=($!)
-fi
-
 run_step "tests: pytest -q $*" pytest_step "$@"
 
-smoke_report() {  # smoke_report MODE PID
-  local rc=0
-  wait "$2" || rc=1
-  header "contract smoke test: $1 mode"
-  cat "$smoke_dir/$1"
-  if ((rc != 0)); then failed+=("contract smoke test: $1 mode"); fi
+# The two modes share nothing (own ports, loopback addresses, database and Redis database) and spend most of
+# their time waiting for stages, so they run side by side; each one's output is shown whole, in order.
+smoke_both() {
+  local dir rc=0 embedded production
+  dir=$(mktemp -d)
+  "$BIN/python" "$SMOKE" >"$dir/embedded" 2>&1 &
+  embedded=$!
+  "$BIN/python" "$SMOKE" --production >"$dir/production" 2>&1 &
+  production=$!
+  wait "$embedded" || rc=1
+  header "contract smoke test: embedded mode"
+  cat "$dir/embedded"
+  if ((rc != 0)); then failed+=("contract smoke test: embedded mode"); fi
+  rc=0
+  wait "$production" || rc=1
+  header "contract smoke test: production mode"
+  cat "$dir/production"
+  if ((rc != 0)); then failed+=("contract smoke test: production mode"); fi
+  rm -rf "$dir"
 }
 
 if [[ -f $SMOKE ]]; then
-  smoke_report embedded "${smoke_pids[0]}"
-  smoke_report production "${smoke_pids[1]}"
+  smoke_both
 else
   header "contract smoke tests: skipped ($SMOKE not found)"
 fi
-rm -rf "$smoke_dir"
 
 # --- summary -------------------------------------------------------------------------------------------------
 if ((${#failed[@]})); then

@@ -92,9 +92,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def redis_url() -> str:
     """A Redis database for one test (flushed first)."""
     if not redis_ready():
-        pytest.fail(
-            f"Redis is not answering on 127.0.0.1:{REDIS[1]} (scripts/test.sh starts it)", pytrace=False
-        )
+        pytest.fail("Redis is not answering on 127.0.0.1:6379 (scripts/test.sh starts it)", pytrace=False)
     # One database per pytest-xdist worker (gw0, gw1, …), so that no worker flushes another's queue.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     db = 1 + (int(worker) if worker.isdigit() else os.getpid()) % 14
