@@ -167,7 +167,8 @@ class DeploymentEvent(Base):
     __table_args__ = (UniqueConstraint("deployment_id", "seq", name="uq_deployment_events_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    # No index of its own: the unique (deployment_id, seq) index leads with it (migration 0008).
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(40))
