@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from canaryd.domain.lifecycle import ACTIVE_STATES
 from canaryd.domain.plan import Plan, StepFailed
@@ -58,8 +58,12 @@ def failure_of(exc: BaseException) -> StepFailed:
     return StepFailed(reason, permanent)
 
 
-#: What a database that does not answer raises (asyncpg's refused connection comes through unwrapped).
-DATABASE_ERRORS = (DBAPIError, ConnectionError)
+def database_down(exc: BaseException) -> bool:
+    """Whether `exc` says the database did not answer (not that a statement was wrong): a refused or lost
+    connection (asyncpg's refusal comes through unwrapped), or SQLite's "database is locked"."""
+    if isinstance(exc, OperationalError | InterfaceError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,9 @@ class RolloutDriver:
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
-        except DATABASE_ERRORS as exc:
+        except (DBAPIError, ConnectionError) as exc:
+            if not database_down(exc):
+                raise
             if len(self._interrupted) < MAX_INTERRUPTED:
                 self._interrupted[deployment_id, token] = lease
             raise DatabaseUnavailableError(
@@ -224,4 +230,4 @@ class RolloutDriver:
                 return
 
 
-__all__ = ["DATABASE_ERRORS", "EXPECTED_FAILURES", "LeaseTerms", "RolloutDriver", "announce", "failure_of"]
+__all__ = ["EXPECTED_FAILURES", "LeaseTerms", "RolloutDriver", "announce", "database_down", "failure_of"]
