@@ -173,3 +173,27 @@ async def test_docs_authorize_then_promote(embedded_stack: Stack, browser: Brows
     await expect(page.locator("h2", has_text="Promote the canary")).to_be_visible(timeout=15_000)
     assert w.errors == []
     assert w.foreign(s.base) == []
+
+
+async def test_an_ab_test_is_shown_as_one(embedded_stack: Stack, browser: Browser) -> None:
+    """During an A/B test the split is not a percentage: the page and the list say that the canary gets the
+    requests that match its rules."""
+    s = embedded_stack
+    await s.register("v1")
+    config = {
+        "stage_duration": 600,
+        "health_check_interval": 5,
+        "ab": {"match": [{"header": "X-Beta", "equals": "1"}]},
+    }
+    r = await s.deploy("v2", config, strategy="ab")
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    w = await open_page(browser)
+    page = await sign_in(w, s.base, TOKEN, f"/ui#/deployments/{dep_id}")
+    await expect(page.locator("#dep-summary")).to_contain_text("A/B test: the canary gets only the requests")
+    await page.goto(s.base + "/ui#/")
+    row = page.locator("tr", has=page.locator(f'a[href="#/deployments/{dep_id}"]'))
+    await expect(row).to_contain_text("A/B")
+    assert w.errors == []
+    await w.context.close()

@@ -167,7 +167,7 @@ async function showOverview() {
       el("td", {}, `${d.previous_version} → ${d.version}`),
       el("td", {}, badge(d.canary_status)),
       el("td", {}, d.total_stages ? `${d.current_stage} / ${d.total_stages}` : "—"),
-      el("td", { class: "num" }, pct(d.current_traffic_percentage)),
+      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : pct(d.current_traffic_percentage)),
       el("td", {}, fmtTime(d.created_at)))));
     if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No deployments.")));
   };
@@ -272,7 +272,9 @@ async function showDeployment(id) {
     header.replaceChildren(
       el("h2", {}, `Deployment #${s.id}: ${app.name} ${s.previous_version} → ${s.version} `, badge(s.canary_status)),
       el("p", { id: "dep-summary" },
-        `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
+        s.strategy === "ab"
+          ? `${where} · A/B test: the canary gets only the requests that match its rules`
+          : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
         s.next_stage_at ? ` · stage ends ${fmtTime(s.next_stage_at)}` : "",
         s.paused_from ? ` · paused from ${s.paused_from}` : "",
         s.config && s.config.analysis === "observe"
