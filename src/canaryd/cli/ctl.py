@@ -497,63 +497,89 @@ class WebSocketUnavailableError(Exception):
     """The WebSocket could not be opened or kept: follow by polling instead."""
 
 
+@dataclass
+class WebSocketFollower:
+    """What following one deployment over its WebSocket has seen; it outlives each connection, so that a
+    reconnection resumes after the last event shown."""
+
+    client: httpx.Client
+    dep_id: str
+    printer: Printer
+    last_seq: int = 0
+    reconnects: int = 0
+    status: JSONObject | None = None
+
+    def receive(self, ws: MessageStream, remaining: float) -> JSONObject:
+        """The next message; after WS_QUIET_SECONDS of silence, the status read over HTTP instead."""
+        try:
+            raw = ws.recv(timeout=min(remaining, WS_QUIET_SECONDS))
+        except TimeoutError:
+            self.status = get_deployment(self.client, self.dep_id)  # quiet: make sure nothing was missed
+            return {"type": "status", **self.status}
+        loaded = json.loads(raw)
+        return loaded if isinstance(loaded, dict) else {}
+
+    def show_event(self, message: JSONObject) -> None:
+        """Prints an event, unless it was shown before a reconnection."""
+        seq = message.get("seq")
+        if isinstance(seq, int):
+            if seq <= self.last_seq:
+                return  # already shown before a reconnect
+            self.last_seq = seq
+        self.printer.event({k: v for k, v in message.items() if k != "type"})
+
+    def show_status(self, message: JSONObject, first: bool) -> int | None:
+        """Prints the status; returns the exit code it means once the deployment has finished."""
+        if self.status is None or first:
+            # Events committed before the WebSocket subscribed (between the POST and now, or while
+            # reconnecting) are read once over HTTP; the seq check in show_event drops any the WebSocket
+            # sends again.
+            for event in list_events(self.client, self.dep_id, self.last_seq):
+                if isinstance(event.get("seq"), int) and event["seq"] > self.last_seq:
+                    self.last_seq = event["seq"]
+                    self.printer.event(event)
+        self.status = {k: v for k, v in message.items() if k != "type"}
+        self.printer.status(self.status)
+        code = terminal_exit(self.status)
+        if code is not None:
+            self.printer.done(self.dep_id, self.status)
+        return code
+
+
 def ws_follow(
     client: httpx.Client, session: Session, dep_id: str, deadline: float, timeout: float, printer: Printer
 ) -> int:
     """Follows the deployment's WebSocket until it finishes; reconnects with after_seq when dropped."""
     runtime = session.runtime
     headers = {"Authorization": f"Bearer {session.token}"} if session.token else {}
-    last_seq, reconnects, status = 0, 0, None
+    follower = WebSocketFollower(client, dep_id, printer)
     while True:
-        url = websocket_url(client, dep_id, last_seq)
+        url = websocket_url(client, dep_id, follower.last_seq)
         try:
             with runtime.websocket(url, headers) as ws:
                 first = True
                 while True:
                     remaining = deadline - runtime.clock()
                     if remaining <= 0:
-                        raise _timed_out(dep_id, timeout, status)
-                    try:
-                        raw = ws.recv(timeout=min(remaining, WS_QUIET_SECONDS))
-                    except TimeoutError:
-                        status = get_deployment(client, dep_id)  # quiet: make sure nothing was missed
-                        message: JSONObject = {"type": "status", **status}
-                    else:
-                        loaded = json.loads(raw)
-                        message = loaded if isinstance(loaded, dict) else {}
-                    reconnects = 0
+                        raise _timed_out(dep_id, timeout, follower.status)
+                    message = follower.receive(ws, remaining)
+                    follower.reconnects = 0
                     if message.get("type") == "event":
-                        seq = message.get("seq")
-                        if isinstance(seq, int):
-                            if seq <= last_seq:
-                                continue  # already shown before a reconnect
-                            last_seq = seq
-                        printer.event({k: v for k, v in message.items() if k != "type"})
+                        follower.show_event(message)
                     elif message.get("type") == "status":
-                        if status is None or first:
-                            # Events committed before the WebSocket subscribed (between the POST and
-                            # now, or while reconnecting) are read once over HTTP; the seq check above
-                            # drops any the WebSocket sends again.
-                            for event in list_events(client, dep_id, last_seq):
-                                if isinstance(event.get("seq"), int) and event["seq"] > last_seq:
-                                    last_seq = event["seq"]
-                                    printer.event(event)
+                        code = follower.show_status(message, first)
                         first = False
-                        status = {k: v for k, v in message.items() if k != "type"}
-                        printer.status(status)
-                        code = terminal_exit(status)
                         if code is not None:
-                            printer.done(dep_id, status)
                             return code
         except CtlError:
             raise
         except Exception as exc:  # handshake refused, connection lost, DNS, a proxy without WebSockets
-            if status is None and reconnects == 0 and last_seq == 0:
+            if follower.status is None and follower.reconnects == 0 and follower.last_seq == 0:
                 raise WebSocketUnavailableError(str(exc) or type(exc).__name__) from exc
-            reconnects += 1
-            if reconnects > MAX_WS_RECONNECTS:
+            follower.reconnects += 1
+            if follower.reconnects > MAX_WS_RECONNECTS:
                 raise WebSocketUnavailableError(str(exc) or type(exc).__name__) from exc
-            runtime.sleep(min(2.0 * reconnects, 10.0))
+            runtime.sleep(min(2.0 * follower.reconnects, 10.0))
 
 
 def follow(client: httpx.Client, session: Session, dep_id: str, timeout: float, interval: float) -> int:
@@ -706,41 +732,63 @@ def main(
     ctx.obj = Session(url=url, token=token, runtime=runtime, output="json" if output == "json" else "text")
 
 
+# The options of `deploy`.
+Version = Annotated[str, typer.Argument(help="Version to deploy.", show_default=False)]
+Stages = Annotated[
+    str | None, typer.Option("--stages", help="Traffic percentages per stage, e.g. 10,25,50,75,100.")
+]
+StageDuration = Annotated[int | None, typer.Option("--stage-duration", help="Seconds each stage is held.")]
+ConfigJson = Annotated[str | None, typer.Option("--config-json", help="Deployment config as a JSON object.")]
+StrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
+    ),
+]
+MatchRules = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--match",
+        help="A/B rule, repeatable (any matches): header:X-Beta=1, cookie:plan=pro, "
+        "header:User-Agent~Mobile (~ for a regex). Implies --strategy ab.",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")
+]
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the deployment until it finishes.")]
+
+
+def report_created(session: Session, version: str, created: JSONObject, new: bool) -> str:
+    """Prints what `deploy` started (or found already started for its Idempotency-Key); returns its id."""
+    if created.get("id") is None:
+        raise CtlError(["error: canaryd created a deployment but did not say its id"], EXIT_API)
+    dep_id = str(created["id"])
+    if session.output == "json":
+        typer.echo(json.dumps({"type": "created" if new else "replayed", **created}, sort_keys=True))
+    elif new:
+        typer.echo(f"deployment {dep_id} of {version} created: {phase(created)}")
+    else:
+        typer.echo(
+            f"deployment {dep_id} of {version} already exists for this Idempotency-Key "
+            f"(nothing new started): {phase(created)}"
+        )
+    return dep_id
+
+
 @app.command()
 def deploy(
     ctx: typer.Context,
     app_ref: AppRef,
-    version: Annotated[str, typer.Argument(help="Version to deploy.", show_default=False)],
-    stages: Annotated[
-        str | None, typer.Option("--stages", help="Traffic percentages per stage, e.g. 10,25,50,75,100.")
-    ] = None,
-    stage_duration: Annotated[
-        int | None, typer.Option("--stage-duration", help="Seconds each stage is held.")
-    ] = None,
-    config_json: Annotated[
-        str | None, typer.Option("--config-json", help="Deployment config as a JSON object.")
-    ] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            "--strategy",
-            help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
-        ),
-    ] = None,
-    match: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--match",
-            help="A/B rule, repeatable (any matches): header:X-Beta=1, cookie:plan=pro, "
-            "header:User-Agent~Mobile (~ for a regex). Implies --strategy ab.",
-        ),
-    ] = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Follow the deployment until it finishes.")
-    ] = True,
+    version: Version,
+    stages: Stages = None,
+    stage_duration: StageDuration = None,
+    config_json: ConfigJson = None,
+    strategy: StrategyOption = None,
+    match: MatchRules = None,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = True,
     timeout: Timeout = 3600.0,
     interval: Interval = 2.0,
     as_json: JsonFlag = False,
@@ -753,18 +801,7 @@ def deploy(
         body = deployment_body(version, stages, stage_duration, config_json, strategy, match)
         app_id = resolve_application(client, app_ref)
         created, new = create_deployment(client, app_id, body, idempotency_key)
-        if created.get("id") is None:
-            raise CtlError(["error: canaryd created a deployment but did not say its id"], EXIT_API)
-        dep_id = str(created["id"])
-        if session.output == "json":
-            typer.echo(json.dumps({"type": "created" if new else "replayed", **created}, sort_keys=True))
-        elif new:
-            typer.echo(f"deployment {dep_id} of {version} created: {phase(created)}")
-        else:
-            typer.echo(
-                f"deployment {dep_id} of {version} already exists for this Idempotency-Key "
-                f"(nothing new started): {phase(created)}"
-            )
+        dep_id = report_created(session, version, created, new)
         if wait:
             raise typer.Exit(follow(client, session, dep_id, timeout, interval))
 

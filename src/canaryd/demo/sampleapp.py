@@ -70,7 +70,14 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--version", required=True)
     a = p.parse_args()
-    v = a.version
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer((a.host, a.port), handler_for(a.version)).serve_forever()
+
+
+def handler_for(v: str) -> type[BaseHTTPRequestHandler]:
+    """The request handler of version `v`, whose name sets its behaviour: "bad" answers 30 % errors,
+    "err2" 2 %, "slow" takes 0.3 s, "dead" fails its health check."""
     error_rate = 0.30 if "bad" in v else 0.02 if "err2" in v else 0.0
     delay = 0.3 if "slow" in v else 0.0
     metrics = Metrics(v)
@@ -107,9 +114,7 @@ def main() -> None:
             self._send(code, v + (" error\n" if code == 500 else "\n"))
             metrics.observe(code, time.monotonic() - started)
 
-    ThreadingHTTPServer.allow_reuse_address = True
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer((a.host, a.port), Handler).serve_forever()
+    return Handler
 
 
 if __name__ == "__main__":

@@ -424,6 +424,23 @@ class AbSettings(StrictModel):
         return tuple(r.rule() for r in self.match)
 
 
+def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
+    ValueError when both are given and disagree."""
+    data = dict(data)
+    dry_run = data.pop("dry_run")
+    if isinstance(dry_run, bool):
+        meant = "observe" if dry_run else "enforce"
+        if data.setdefault("analysis", meant) != meant:
+            raise ValueError(
+                f"dry_run (the deprecated name of analysis) says {meant!r} but analysis says "
+                f"{data['analysis']!r}: give only analysis"
+            )
+    else:
+        data["analysis"] = dry_run  # reported as a problem of analysis
+    return data
+
+
 class CanaryConfig(StrictModel):
     """Canary settings of one deployment. Defaults are the spec's."""
 
@@ -525,17 +542,7 @@ class CanaryConfig(StrictModel):
         """`dry_run` (a bool) is read as `analysis` ("observe" when true); the model remembers it was used."""
         used = isinstance(data, dict) and "dry_run" in data
         if used:
-            data = dict(data)
-            dry_run = data.pop("dry_run")
-            if isinstance(dry_run, bool):
-                meant = "observe" if dry_run else "enforce"
-                if data.setdefault("analysis", meant) != meant:
-                    raise ValueError(
-                        f"dry_run (the deprecated name of analysis) says {meant!r} but analysis says "
-                        f"{data['analysis']!r}: give only analysis"
-                    )
-            else:
-                data["analysis"] = dry_run  # reported as a problem of analysis
+            data = _dry_run_as_analysis(data)
         config = handler(data)
         if used:
             config._deprecated = ("dry_run",)

@@ -114,6 +114,17 @@ def decide(clock: StageClock, verdict: Verdict, now: datetime, policy: Policy | 
     held = f"{here} held: {'; '.join(verdict.reasons)}"
     if policy is None:
         return Decision(Action.HOLD, now + interval, (held,))
+    return _inconclusive_past_the_end(clock, verdict, now, policy)
+
+
+def _inconclusive_past_the_end(
+    clock: StageClock, verdict: Verdict, now: datetime, policy: Policy
+) -> Decision:
+    """An inconclusive verdict after the stage has run its time: hold for evidence up to the policy's
+    inconclusive_timeout, then roll back, proceed or pause as its inconclusive_action says."""
+    interval = timedelta(seconds=clock.health_check_interval)
+    ends = stage_ends_at(clock)
+    here = clock.label()
     # "proceed" never gives the canary all traffic without evidence: a 100 % stage compares nothing, so
     # the stage before it waits longer, then pauses.
     proceed = policy.inconclusive_action == "proceed"

@@ -175,11 +175,18 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
         return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
-    ab = config.ab if config is not None else own.get("ab")
     if strategy != "ab":
         if "ab" in own:
             found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
         return found
+    return _ab_problems(own, config)
+
+
+def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of an A/B test's settings: its rules are required, and it has one stage, so nothing may
+    name stages (`own` and `config` as for `problems`)."""
+    found: list[Problem] = []
+    ab = config.ab if config is not None else own.get("ab")
     if ab is None:
         found.append(
             (

@@ -32,14 +32,16 @@ def lifecycle_of(dep: Deployment) -> Lifecycle:
     return Lifecycle(State(dep.canary_status), State(dep.paused_from) if dep.paused_from else None)
 
 
-def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, Any]:
-    """The status object of the HTTP contract."""
-    config = dep.canary_config
-    stages: list[float] = list(config.get("stages", []))
-    state = State(dep.canary_status)
-    next_stage_at = None
+def _next_stage_at(dep: Deployment, state: State) -> datetime | None:
+    """When the stage being monitored is due to end; None in every other state."""
     if state == State.MONITORING and dep.canary_stage_started_at is not None:
-        next_stage_at = dep.canary_stage_started_at + timedelta(seconds=int(config.get("stage_duration", 0)))
+        stage_duration = int(dep.canary_config.get("stage_duration", 0))
+        return dep.canary_stage_started_at + timedelta(seconds=stage_duration)
+    return None
+
+
+def _target_percentage(dep: Deployment, state: State, stages: list[float]) -> float:
+    """The canary's share of the split that the current state aims at."""
     target = stages[dep.current_canary_stage] if stages and dep.current_canary_stage < len(stages) else 0.0
     if dep.strategy == "ab" and state is not State.PROMOTING:
         target = 0.0  # an A/B test gives the canary matching requests by rule, never a share of the split
@@ -47,6 +49,28 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         target = 100.0
     elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):
         target = 0.0
+    return target
+
+
+def _config_sources(dep: Deployment, config: dict[str, Any]) -> dict[str, str] | None:
+    """Where each setting came from ("deployment", "application" or "default"); None if not recorded."""
+    if dep.config_sources is None:
+        return None
+    return {k: str(dep.config_sources.get(k, "default")) for k in config}
+
+
+def _stage_after(dep: Deployment, stages: list[float]) -> dict[str, Any]:
+    """The stage after the current one: its number (from 1) and its percentage."""
+    return {"stage": dep.current_canary_stage + 2, "percentage": stages[dep.current_canary_stage + 1]}
+
+
+def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, Any]:
+    """The status object of the HTTP contract."""
+    config = dep.canary_config
+    stages: list[float] = list(config.get("stages", []))
+    state = State(dep.canary_status)
+    next_stage_at = _next_stage_at(dep, state)
+    target = _target_percentage(dep, state, stages)
     lifecycle = lifecycle_of(dep)
     staged = (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
     monitoring_began = state in staged and dep.canary_stage_started_at is not None
@@ -70,21 +94,13 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "server_versions": {str(k): str(v) for k, v in (dep.server_versions or {}).items()},
         "metrics": dep.canary_metrics_snapshot,
         "config": redacted(config),
-        "config_sources": (
-            None
-            if dep.config_sources is None
-            else {k: str(dep.config_sources.get(k, "default")) for k in config}
-        ),
+        "config_sources": _config_sources(dep, config),
         "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
         "next_stage_at": _iso(next_stage_at),
         "can_promote": lifecycle.can("promote"),
         "can_rollback": lifecycle.can("rollback"),
         "allowed_actions": sorted(allowed),
-        "waiting_for": (
-            {"stage": dep.current_canary_stage + 2, "percentage": stages[dep.current_canary_stage + 1]}
-            if waiting
-            else None
-        ),
+        "waiting_for": _stage_after(dep, stages) if waiting else None,
         "reasons": dep.reasons,
         "created_by": dep.created_by,
         "created_at": _iso(dep.created_at),

@@ -76,7 +76,7 @@ from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
 from canaryd.proxies.logs import ParsedLog, SnapshotStore, cohort_lookup, log_size, no_traffic, tail
 from canaryd.proxies.polling import poll_until
-from canaryd.transports.base import CommandResult, Transport, TransportError
+from canaryd.transports.base import Transport, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +214,31 @@ def render_haproxy(
     rules = match_rules(table.backends)
     if rules and spec.listen is None:
         raise ValueError("A/B rules need listen: they route in canaryd's frontend")
-    # server id -> (address, weight, cohort or None when not in the pool, comment); an A/B rule-bound
-    # server's weight is its weight in the canary backend: it has none in the split.
-    entries: dict[int, tuple[str, int, Cohort | None, str]] = {}
+    servers, bound = _declared_entries(table, spec, rules, retained)
+    lines = [
+        f"# managed by canaryd, generation {generation} - do not edit",
+        f"# application {app_id} ({comment_name})",
+    ]
+    if spec.listen is not None:
+        lines += ["", *_frontend_section(app_id, spec, rules)]
+    lines += _backend_sections(app_id, spec, rules, servers, bound)
+    return "\n".join(lines) + "\n"
+
+
+#: One server line of the file: (address, weight, cohort or None when not in the pool, comment).
+_Entry = tuple[str, int, Cohort | None, str]
+
+
+def _declared_entries(
+    table: RouteTable,
+    spec: ProxySpec,
+    rules: tuple[MatchRule, ...],
+    retained: Mapping[int, tuple[str, int]] | None,
+) -> tuple[list[tuple[int, _Entry]], set[int]]:
+    """Every server the file declares, by server id: the table's (checked), then the retained ones whose id
+    and address are still free (at weight 0, not in the pool); and the ids of the A/B rule-bound servers."""
+    # An A/B rule-bound server's weight is its weight in the canary backend: it has none in the split.
+    entries: dict[int, _Entry] = {}
     bound: set[int] = set()
     seen: set[str] = set()
     for b in table.backends:
@@ -240,22 +262,30 @@ def render_haproxy(
             continue
         seen.add(address)
         entries[server_id] = (address, 0, None, f"server {server_id}, not in the pool")
-    servers = sorted(entries.items())
-    main = backend_name(app_id)
+    return sorted(entries.items()), bound
 
-    lines = [
-        f"# managed by canaryd, generation {generation} - do not edit",
-        f"# application {app_id} ({comment_name})",
-    ]
-    if spec.listen is not None:
-        fingerprint = frontend_fingerprint(app_id, spec, rules)
-        head, routing = _frontend(app_id, spec, rules)
-        marker = (
-            f"    http-request return status 200 content-type text/plain "
-            f'string "{fingerprint}" if {{ path {MARKER_PATH} }}'
-        )
-        lines += ["", *head, marker, *routing]
-    lines += ["", f"backend {main}", *_BACKEND_HEAD]
+
+def _frontend_section(app_id: int, spec: ProxySpec, rules: tuple[MatchRule, ...]) -> list[str]:
+    """The frontend with its marker line, which answers the fingerprint of the frontend's other lines."""
+    fingerprint = frontend_fingerprint(app_id, spec, rules)
+    head, routing = _frontend(app_id, spec, rules)
+    marker = (
+        f"    http-request return status 200 content-type text/plain "
+        f'string "{fingerprint}" if {{ path {MARKER_PATH} }}'
+    )
+    return [*head, marker, *routing]
+
+
+def _backend_sections(
+    app_id: int,
+    spec: ProxySpec,
+    rules: tuple[MatchRule, ...],
+    servers: list[tuple[int, _Entry]],
+    bound: set[int],
+) -> list[str]:
+    """The weighted backend (rule-bound servers at weight 0 there) and, with force_header or A/B rules, one
+    backend per cohort; every backend declares every server."""
+    lines = ["", f"backend {backend_name(app_id)}", *_BACKEND_HEAD]
     cookie = ""
     if spec.sticky:
         lines += _sticky_lines(app_id, [sid for sid, _ in servers])
@@ -273,7 +303,7 @@ def render_haproxy(
                 f"    server s{sid} {address} weight {weight if c == cohort else 0}  # {comment}"
                 for sid, (address, weight, c, comment) in servers
             ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 _BACKEND_HEAD = (
@@ -593,6 +623,19 @@ class RuntimeApi:
         return parse_show_info_pid(info), total
 
 
+def marker_url(spec: ProxySpec, proxy_host: str) -> str | None:
+    """Where canaryd's frontend answers MARKER_PATH (a wildcard `listen` is asked on `proxy_host`); None
+    without a frontend."""
+    if spec.listen is None:
+        return None
+    host, port = parse_listen(spec.listen)
+    if host is None or host in ("0.0.0.0", "::"):
+        host = proxy_host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{MARKER_PATH}"
+
+
 async def get_marker(http: httpx.AsyncClient, url: str, timeout: float) -> httpx.Response | None:
     """GET the frontend's marker path on a fresh connection; None when nothing answers."""
     try:
@@ -602,6 +645,87 @@ async def get_marker(http: httpx.AsyncClient, url: str, timeout: float) -> httpx
 
 
 # --- the adapter -------------------------------------------------------------------------------------------
+
+
+def _cut_before_reload(
+    table: RouteTable, old_text: str
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]] | None:
+    """For HaproxyProxy._cut_first: backend -> server -> 0 for every server of `old_text` with a weight that
+    `table` does not route to, and the weights to put back; None when the table has a canary or nothing
+    is to be cut."""
+    if any(b.cohort == "canary" for b in table.backends):
+        return None
+    routed = {f"s{b.server_id}" for b in table.backends if b.weight > 0}
+    before = declared_weights(old_text)
+    cut = {
+        backend: {name: 0 for name, weight in servers.items() if weight > 0 and name not in routed}
+        for backend, servers in before.items()
+    }
+    cut = {backend: servers for backend, servers in cut.items() if servers}
+    if not cut:
+        return None
+    restore = {backend: {name: before[backend][name] for name in servers} for backend, servers in cut.items()}
+    return cut, restore
+
+
+def _backend_cohorts(spec: ProxySpec, table: RouteTable | None = None) -> tuple[Cohort | None, ...]:
+    """The backends of the file: the weighted one (None) and, with force_header or A/B rules, one per
+    cohort. Without a table (removal, counters) every backend the file may hold: asking HAProxy about
+    one it does not have answers nothing."""
+    if spec.force_header is not None or table is None or match_rules(table.backends):
+        return (None, "canary", "stable")
+    return (None,)
+
+
+async def _install_file(
+    transport: Transport, spec: ProxySpec, text: str | None, previous: bytes | None, reload: bool
+) -> None:
+    """Installs `text` as `config_path` (None removes it), runs the test command and, with `reload`, the
+    reload command; the previous bytes are put back on any failure (files.install)."""
+
+    async def test_and_reload() -> None:
+        if spec.test_command:
+            result = await transport.run(spec.test_command, timeout=COMMAND_TIMEOUT)
+            if not result.ok:
+                raise ProxyConfigError(f"HAProxy rejected the configuration: {result.tail()}")
+        if reload:
+            result = await transport.run(spec.reload_command, timeout=COMMAND_TIMEOUT)
+            if not result.ok:
+                raise ProxyConfigError(f"HAProxy reload failed (exit {result.exit_status}): {result.tail()}")
+
+    data = text.encode() if text is not None else None
+    await install(transport, spec.config_path, data, previous, test_and_reload)
+
+
+def _resending_reload(
+    serves: Callable[[], Awaitable[bool]], transport: Transport, spec: ProxySpec, proxy_host: str
+) -> Callable[[float], Awaitable[bool]]:
+    """A probe for poll_until after a reload: `serves`, and while it is False, the reload sent again at
+    each of RELOAD_RESENDS seconds (see there: HAProxy loses a reload signal that arrives mid-reload)."""
+    started = time.monotonic()
+    resends = list(RELOAD_RESENDS)
+
+    async def probe(_: float) -> bool:
+        if await serves():
+            return True
+        if resends and time.monotonic() - started >= resends[0]:
+            resends.pop(0)
+            logger.info(
+                "HAProxy on %s does not serve %s yet %.1f s after the reload: reloading again",
+                proxy_host,
+                spec.config_path,
+                time.monotonic() - started,
+            )
+            try:
+                result = await transport.run(spec.reload_command, timeout=COMMAND_TIMEOUT)
+            except TransportError as exc:
+                logger.info("HAProxy reload sent again failed: %s", exc)
+            else:
+                if not result.ok:
+                    logger.info("HAProxy reload sent again exited %s: %s", result.exit_status, result.tail())
+        return False
+
+    return probe
 
 
 class HaproxyProxy:
@@ -633,8 +757,7 @@ class HaproxyProxy:
         self.last_path: str | None = None
         #: Runtime path only: milliseconds from the start of apply until HAProxy had set the weights.
         self.live_ms: float | None = None
-        self._known_app_id: int | None = None
-        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
+        self.traffic = HaproxyTraffic(transport, spec, proxy_host, self.runtime)
 
     async def command(self, *commands: str) -> str:
         """Runs commands on the admin socket in one connection (RuntimeApi.command)."""
@@ -658,7 +781,7 @@ class HaproxyProxy:
         except ValueError as exc:
             raise ProxyConfigError(f"cannot render HAProxy configuration: {exc}") from exc
         declared = set(declared_servers(text))
-        self._known_app_id = table.app_id
+        self.traffic.known_app_id = table.app_id
         started = time.perf_counter()
         if (
             old_text is None
@@ -667,7 +790,7 @@ class HaproxyProxy:
         ):
             cut = await self._cut_first(table, old_text) if old_text is not None else None
             try:
-                await self._install(text, previous, reload=True)
+                await _install_file(self.transport, self.spec, text, previous, reload=True)
             except BaseException:
                 if cut is not None:  # the previous file stays, so its weights must too
                     with contextlib.suppress(ProxyUnavailableError):
@@ -680,7 +803,7 @@ class HaproxyProxy:
         self.live_ms = (time.perf_counter() - started) * 1000
         self.last_path = "runtime"
         try:
-            await self._install(text, previous, reload=False)
+            await _install_file(self.transport, self.spec, text, previous, reload=False)
         except BaseException:
             # The previous file stays, so the previous weights must too (a restart would bring them back).
             with contextlib.suppress(ProxyUnavailableError):
@@ -694,34 +817,26 @@ class HaproxyProxy:
         wait for the test command and the reload. It only ever lowers weights to 0, never adds traffic.
         Returns the weights to put back if the reload fails (None when nothing was cut); best effort: a
         socket that does not answer leaves the cut to the reload."""
-        if any(b.cohort == "canary" for b in table.backends):
+        weights = _cut_before_reload(table, old_text)
+        if weights is None:
             return None
-        routed = {f"s{b.server_id}" for b in table.backends if b.weight > 0}
-        before = declared_weights(old_text)
-        cut = {
-            backend: {name: 0 for name, weight in servers.items() if weight > 0 and name not in routed}
-            for backend, servers in before.items()
-        }
-        cut = {backend: servers for backend, servers in cut.items() if servers}
-        if not cut:
-            return None
+        cut, restore = weights
         try:
             await self.runtime.set_weights(cut)
         except ProxyUnavailableError as exc:
             logger.info("HAProxy: could not cut before the reload, the reload will: %s", exc)
             return None
-        return {
-            backend: {name: before[backend][name] for name in servers} for backend, servers in cut.items()
-        }
+        return restore
 
     async def _running_as_rendered(self, table: RouteTable, declared: set[int]) -> bool:
         """Whether the running HAProxy has the backend with exactly the declared servers (and the frontend).
         The admin-socket questions and the frontend's marker are asked at once: this is on the way to a
         rollback's weights."""
         app_id = table.app_id
+        cohorts = _backend_cohorts(self.spec, table)
         frontend = asyncio.ensure_future(self._frontend_live(table))
         try:
-            states = await asyncio.gather(*(self.runtime.servers(app_id, c) for c in self._cohorts(table)))
+            states = await asyncio.gather(*(self.runtime.servers(app_id, c) for c in cohorts))
         except ProxyUnavailableError as exc:
             logger.info("HAProxy runtime API unavailable, reloading instead: %s", exc)
             frontend.cancel()
@@ -734,21 +849,13 @@ class HaproxyProxy:
             return False
         return await frontend is not False
 
-    def _cohorts(self, table: RouteTable | None = None) -> tuple[Cohort | None, ...]:
-        """The backends of the file: the weighted one (None) and, with force_header or A/B rules, one per
-        cohort. Without a table (removal, counters) every backend the file may hold: asking HAProxy about
-        one it does not have answers nothing."""
-        if self.spec.force_header is not None or table is None or match_rules(table.backends):
-            return (None, "canary", "stable")
-        return (None,)
-
     async def remove(self, app_id: int) -> None:
         """Deletes the application's file, tests and reloads; the file is put back on a failure."""
         async with file_lock(self.spec.server_id, self.spec.config_path):
             try:
                 previous = await read_optional(self.transport, self.spec.config_path)
-                await self._install(None, previous, reload=True)
-                await self.transport.remove(self.snapshots.path)
+                await _install_file(self.transport, self.spec, None, previous, reload=True)
+                await self.transport.remove(self.traffic.snapshots.path)
             except TransportError as exc:
                 raise ProxyUnavailableError(f"HAProxy on {self.proxy_host}: {exc}") from exc
         self.last_path = "reload"
@@ -758,7 +865,7 @@ class HaproxyProxy:
         answers, without a break for `settle` seconds (old and new workers overlap after a reload)."""
 
         async def gone() -> bool:
-            for cohort in self._cohorts():
+            for cohort in _backend_cohorts(self.spec):
                 try:
                     if await self.runtime.servers(app_id, cohort) is not None:
                         return False
@@ -766,79 +873,19 @@ class HaproxyProxy:
                     return False
             return not await self._frontend_answers()
 
-        return await poll_until(
-            self._resending_reload(gone), self.verify_timeout, self.poll_interval, self.settle
-        )
-
-    def _resending_reload(self, serves: Callable[[], Awaitable[bool]]) -> Callable[[float], Awaitable[bool]]:
-        """A probe for poll_until after a reload: `serves`, and while it is False, the reload sent again at
-        each of RELOAD_RESENDS seconds (see there: HAProxy loses a reload signal that arrives mid-reload)."""
-        started = time.monotonic()
-        resends = list(RELOAD_RESENDS)
-
-        async def probe(_: float) -> bool:
-            if await serves():
-                return True
-            if resends and time.monotonic() - started >= resends[0]:
-                resends.pop(0)
-                logger.info(
-                    "HAProxy on %s does not serve %s yet %.1f s after the reload: reloading again",
-                    self.proxy_host,
-                    self.spec.config_path,
-                    time.monotonic() - started,
-                )
-                try:
-                    result = await self._run(self.spec.reload_command)
-                except TransportError as exc:
-                    logger.info("HAProxy reload sent again failed: %s", exc)
-                else:
-                    if not result.ok:
-                        logger.info(
-                            "HAProxy reload sent again exited %s: %s", result.exit_status, result.tail()
-                        )
-            return False
-
-        return probe
-
-    async def _install(self, text: str | None, previous: bytes | None, reload: bool) -> None:
-        async def test_and_reload() -> None:
-            if self.spec.test_command:
-                result = await self._run(self.spec.test_command)
-                if not result.ok:
-                    raise ProxyConfigError(f"HAProxy rejected the configuration: {result.tail()}")
-            if reload:
-                result = await self._run(self.spec.reload_command)
-                if not result.ok:
-                    raise ProxyConfigError(
-                        f"HAProxy reload failed (exit {result.exit_status}): {result.tail()}"
-                    )
-
-        data = text.encode() if text is not None else None
-        await install(self.transport, self.spec.config_path, data, previous, test_and_reload)
-
-    async def _run(self, command: str) -> CommandResult:
-        return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
+        probe = _resending_reload(gone, self.transport, self.spec, self.proxy_host)
+        return await poll_until(probe, self.verify_timeout, self.poll_interval, self.settle)
 
     # verify --------------------------------------------------------------------------------------------
-    def marker_url(self) -> str | None:
-        if self.spec.listen is None:
-            return None
-        host, port = parse_listen(self.spec.listen)
-        if host is None or host in ("0.0.0.0", "::"):
-            host = self.proxy_host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{port}{MARKER_PATH}"
-
     async def _frontend_answers(self) -> bool:
         """Whether anything answers the marker path with 200 (a frontend of the application still bound)."""
-        url = self.marker_url()
+        url = marker_url(self.spec, self.proxy_host)
         response = None if url is None else await get_marker(self.http, url, 2.0)
         return response is not None and response.status_code == 200
 
     async def _frontend_live(self, table: RouteTable, timeout: float = 2.0) -> bool | None:
         """Whether the frontend answers its fingerprint (one fresh connection); None without a frontend."""
-        url = self.marker_url()
+        url = marker_url(self.spec, self.proxy_host)
         if url is None:
             return None
         response = await get_marker(self.http, url, timeout)
@@ -848,7 +895,7 @@ class HaproxyProxy:
         return response.status_code == 200 and response.text == expected
 
     async def _serves(self, table: RouteTable) -> bool:
-        for cohort in self._cohorts(table):
+        for cohort in _backend_cohorts(self.spec, table):
             try:
                 servers = await self.runtime.servers(table.app_id, cohort)
             except ProxyUnavailableError as exc:
@@ -862,7 +909,9 @@ class HaproxyProxy:
         """True once HAProxy's weights (read back over the socket) and frontend are those of `table`. After a
         reload, old and new workers overlap briefly, so that answer must hold for `settle` seconds."""
         if self.last_path == "reload":
-            serves_it = self._resending_reload(lambda: self._serves(table))
+            serves_it = _resending_reload(
+                lambda: self._serves(table), self.transport, self.spec, self.proxy_host
+            )
             settle = self.settle
         else:
 
@@ -872,13 +921,7 @@ class HaproxyProxy:
             settle = 0.0
         if not await poll_until(serves_it, self.verify_timeout, self.poll_interval, settle):
             return False
-        if self.spec.access_log is None:
-            # Counters carry no timestamps: a snapshot taken now lets the stage that starts with this split
-            # count from here (read_traffic's `since`), not from the previous split's last reading.
-            try:
-                await self._snapshot(await self.snapshots.load())
-            except ProxyUnavailableError as exc:
-                logger.info("no counter snapshot at the switch: %s", exc)
+        await self.traffic.snapshot_at_switch()
         return True
 
     async def check(self, table: RouteTable) -> bool:
@@ -886,10 +929,38 @@ class HaproxyProxy:
         return await self._serves(table)
 
     # traffic -------------------------------------------------------------------------------------------
+    async def traffic_offset(self) -> int:
+        """With a log: its size. Without: a new counter snapshot's id (HaproxyTraffic)."""
+        return await self.traffic.traffic_offset()
+
+    async def read_traffic(
+        self, offset: int, cohort_of: Callable[[str], Cohort | None], since: float | None = None
+    ) -> TrafficReading:
+        """Per-cohort requests since `offset` (HaproxyTraffic; the module docstring has the two sources)."""
+        return await self.traffic.read_traffic(offset, cohort_of, since)
+
+
+# --- the adapter's traffic ---------------------------------------------------------------------------------
+
+
+class HaproxyTraffic:
+    """Per-cohort traffic of one application behind HAProxy, for HaproxyProxy: from the JSON log when there
+    is one, else from the per-server counters of `show stat`, kept as snapshots in a state file beside
+    `config_path` (the module docstring has both)."""
+
+    def __init__(self, transport: Transport, spec: ProxySpec, proxy_host: str, runtime: RuntimeApi) -> None:
+        self.transport = transport
+        self.spec = spec
+        self.proxy_host = proxy_host
+        self.runtime = runtime
+        #: Set by HaproxyProxy.apply; until then read from the file (read_traffic gets no table).
+        self.known_app_id: int | None = None
+        self.snapshots = SnapshotStore(transport, spec.config_path, proxy_host)
+
     async def _app_id(self) -> int:
         """The application id, from the backend name in the file canaryd wrote (read_traffic gets no table)."""
-        if self._known_app_id is not None:
-            return self._known_app_id
+        if self.known_app_id is not None:
+            return self.known_app_id
         try:
             data = await self.transport.read_file(self.spec.config_path, 0, 4096)
         except TransportError as exc:
@@ -897,15 +968,26 @@ class HaproxyProxy:
         m = re.search(rb"^backend canaryd_app_(\d+)$", data, re.MULTILINE)
         if m is None:
             raise ProxyUnavailableError(f"{self.spec.config_path} has no canaryd backend")
-        self._known_app_id = int(m.group(1))
-        return self._known_app_id
+        self.known_app_id = int(m.group(1))
+        return self.known_app_id
 
     async def _snapshot(self, state: dict[str, Any]) -> tuple[int, int | None, dict[str, HaproxyCounters]]:
         """Takes a counter snapshot, stores it under a new id, returns (id, pid, counters)."""
         app_id = await self._app_id()
-        pid, counters = await self.runtime.counters(backend_name(app_id, c) for c in self._cohorts())
+        backends = (backend_name(app_id, c) for c in _backend_cohorts(self.spec))
+        pid, counters = await self.runtime.counters(backends)
         servers = {a: [c.requests, c.errors, c.rtime_ms] for a, c in counters.items()}
         return await self.snapshots.add(state, {"pid": pid, "servers": servers}), pid, counters
+
+    async def snapshot_at_switch(self) -> None:
+        """Called once a new split is proven live; without a log, takes a counter snapshot (best effort)."""
+        if self.spec.access_log is None:
+            # Counters carry no timestamps: a snapshot taken now lets the stage that starts with this split
+            # count from here (read_traffic's `since`), not from the previous split's last reading.
+            try:
+                await self._snapshot(await self.snapshots.load())
+            except ProxyUnavailableError as exc:
+                logger.info("no counter snapshot at the switch: %s", exc)
 
     async def traffic_offset(self) -> int:
         """With a log: its size. Without: a new counter snapshot's id."""
@@ -936,6 +1018,7 @@ __all__ = [
     "MARKER_PATH",
     "HaproxyCounters",
     "HaproxyProxy",
+    "HaproxyTraffic",
     "RuntimeApi",
     "all_expected_weights",
     "cookie_name",

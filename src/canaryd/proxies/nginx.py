@@ -161,64 +161,87 @@ def _cohort_routing(
     other cohort's servers (nginx needs at least one server, and a forced or sticky request must not fail).
     The cookie names the cohort that really answered (`$upstream_addr`, its last entry after retries) and the
     generation, so every new generation (a new stage) splits users afresh at the new percentage."""
-    weighted, canary_up, stable_up = (
-        f"canaryd_app_{app_id}",
-        f"canaryd_app_{app_id}_canary",
-        f"canaryd_app_{app_id}_stable",
-    )
+    canary_up, stable_up = f"canaryd_app_{app_id}_canary", f"canaryd_app_{app_id}_stable"
     lines: list[str] = []
     lines += ["", *_upstream(canary_up, by_cohort["canary"] or by_cohort["stable"], spec)]
     lines += ["", *_upstream(stable_up, by_cohort["stable"] or by_cohort["canary"], spec)]
     keys: list[str] = []
     if spec.force_header is not None:
         keys.append(f"$canaryd_forced_{app_id}")
-        lines += [
-            "",
-            f"map {_header_variable(spec.force_header)} $canaryd_forced_{app_id} {{",
-            '    default "";',
-            "    always c;",
-            "    never s;",
-            "}",
-        ]
+        lines += _forced_map(app_id, spec.force_header)
     # A/B rules: one map per rule, "c" when it matches; any of them sends the request to the canary (after
     # the forced header, before the sticky cookie: the rule decides, not the split a cookie remembers).
     for i, rule in enumerate(rules):
         keys.append(f"$canaryd_ab_{app_id}_{i}")
-        lines += [
-            "",
-            f"map {_rule_variable(rule)} $canaryd_ab_{app_id}_{i} {{",
-            '    default "";',
-            f'    "~{_nginx_quoted(_rule_regex(rule))}" c;',
-            "}",
-        ]
-    cookie = f"canaryd_{app_id}"
+        lines += _rule_map(app_id, i, rule)
     if spec.sticky:
         keys.append(f"$canaryd_kept_{app_id}")
-        lines += [
-            "",
-            f"map $cookie_{cookie} $canaryd_kept_{app_id} {{",
-            '    default "";',
-            f"    c.{generation} c;",
-            f"    s.{generation} s;",
-            "}",
-            "",
-            f"map $upstream_addr $canaryd_got_{app_id} {{",
-            '    default "";',
-            *(
-                # The last address nginx tried ("a, b" after a retry, "a : b" across internal redirects).
-                f'    "~(^|\\s){re.escape(address)}$" {"c" if cohort == "canary" else "s"};'
-                for address, cohort in addresses.items()
-            ),
-            "}",
-            "",
-            # Only a request that was neither forced nor carried a valid cookie gets one.
-            f'map "{"".join(keys)}:$canaryd_got_{app_id}" $canaryd_set_cookie_{app_id} {{',
-            '    default "";',
-            *(f'    ":{c}" "{cookie}={c}.{generation}; Path=/; HttpOnly; SameSite=Lax";' for c in ("c", "s")),
-            "}",
-        ]
+        lines += _sticky_maps(app_id, generation, addresses, "".join(keys))
+    lines += _upstream_map(app_id, keys, rules)
+    location = [f"        proxy_pass http://$canaryd_upstream_{app_id};"]
+    if spec.sticky:
+        location.append(f"        add_header Set-Cookie $canaryd_set_cookie_{app_id} always;")
+    return lines, location
+
+
+def _forced_map(app_id: int, header: str) -> list[str]:
+    """`$canaryd_forced_<id>`: "c" for the forced header's value `always`, "s" for `never`."""
+    return [
+        "",
+        f"map {_header_variable(header)} $canaryd_forced_{app_id} {{",
+        '    default "";',
+        "    always c;",
+        "    never s;",
+        "}",
+    ]
+
+
+def _rule_map(app_id: int, index: int, rule: MatchRule) -> list[str]:
+    """`$canaryd_ab_<id>_<index>`: "c" when the request matches A/B rule number `index`."""
+    return [
+        "",
+        f"map {_rule_variable(rule)} $canaryd_ab_{app_id}_{index} {{",
+        '    default "";',
+        f'    "~{_nginx_quoted(_rule_regex(rule))}" c;',
+        "}",
+    ]
+
+
+def _sticky_maps(app_id: int, generation: int, addresses: dict[str, Cohort], keys: str) -> list[str]:
+    """The cohort this generation's cookie keeps (`$canaryd_kept_<id>`), the cohort of the server that
+    answered (`$canaryd_got_<id>`) and the cookie to set (`$canaryd_set_cookie_<id>`); `keys` are the
+    variables, this one's last, that choose the upstream."""
+    cookie = f"canaryd_{app_id}"
+    return [
+        "",
+        f"map $cookie_{cookie} $canaryd_kept_{app_id} {{",
+        '    default "";',
+        f"    c.{generation} c;",
+        f"    s.{generation} s;",
+        "}",
+        "",
+        f"map $upstream_addr $canaryd_got_{app_id} {{",
+        '    default "";',
+        *(
+            # The last address nginx tried ("a, b" after a retry, "a : b" across internal redirects).
+            f'    "~(^|\\s){re.escape(address)}$" {"c" if cohort == "canary" else "s"};'
+            for address, cohort in addresses.items()
+        ),
+        "}",
+        "",
+        # Only a request that was neither forced nor carried a valid cookie gets one.
+        f'map "{keys}:$canaryd_got_{app_id}" $canaryd_set_cookie_{app_id} {{',
+        '    default "";',
+        *(f'    ":{c}" "{cookie}={c}.{generation}; Path=/; HttpOnly; SameSite=Lax";' for c in ("c", "s")),
+        "}",
+    ]
+
+
+def _upstream_map(app_id: int, keys: list[str], rules: tuple[MatchRule, ...]) -> list[str]:
+    """`$canaryd_upstream_<id>`: the cohort upstream the keys' first letter names, else the weighted one."""
+    canary_up, stable_up = f"canaryd_app_{app_id}_canary", f"canaryd_app_{app_id}_stable"
     # A forced cohort wins over an A/B rule, which wins over the cookie: the first letter of the key decides.
-    lines += ["", f'map "{"".join(keys)}" $canaryd_upstream_{app_id} {{', f"    default {weighted};"]
+    lines = ["", f'map "{"".join(keys)}" $canaryd_upstream_{app_id} {{', f"    default canaryd_app_{app_id};"]
     if rules:  # up to 2 + rules letters: match on the first one
         lines += [f'    "~^c" {canary_up};', f'    "~^s" {stable_up};']
     else:
@@ -228,11 +251,7 @@ def _cohort_routing(
             for rest in ("", "c", "s")
             if rest == "" or len(keys) == 2
         ]
-    lines += ["}"]
-    location = [f"        proxy_pass http://$canaryd_upstream_{app_id};"]
-    if spec.sticky:
-        location.append(f"        add_header Set-Cookie $canaryd_set_cookie_{app_id} always;")
-    return lines, location
+    return [*lines, "}"]
 
 
 def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
@@ -243,8 +262,32 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         raise ValueError("an nginx upstream needs at least one server")
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
-    servers: list[str] = []
     rules = match_rules(table.backends)
+    servers, by_cohort, addresses = _server_lines(table, spec, rules)
+    fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
+    lines = [
+        f"# managed by canaryd, generation {generation} — do not edit",
+        f"# application {app_id} ({comment_name})",
+        "",
+        f"log_format canaryd_{app_id} escape=json '{{{fields}}}';",
+        "",
+        *_upstream(f"canaryd_app_{app_id}", servers, spec),
+    ]
+    location = [f"        proxy_pass http://canaryd_app_{app_id};"]
+    if spec.sticky or spec.force_header is not None or rules:
+        routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec, rules)
+        lines += routing
+    if spec.listen is not None:
+        lines += _server_block(app_id, generation, spec, location)
+    return "\n".join(lines) + "\n"
+
+
+def _server_lines(
+    table: RouteTable, spec: ProxySpec, rules: tuple[MatchRule, ...]
+) -> tuple[list[str], dict[Cohort, list[str]], dict[str, Cohort]]:
+    """The checked `server` lines: those of the weighted upstream (never empty), those of each cohort's own
+    upstream (A/B rule-bound canaries only there), and each address's cohort."""
+    servers: list[str] = []
     by_cohort: dict[Cohort, list[str]] = {"canary": [], "stable": []}
     addresses: dict[str, Cohort] = {}
     for b in table.backends:
@@ -267,53 +310,43 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
         by_cohort[b.cohort].append(line)
     if not servers:
         raise ValueError("the weighted upstream needs at least one server without A/B rules")
+    return servers, by_cohort, addresses
 
-    fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
-    lines = [
-        f"# managed by canaryd, generation {generation} — do not edit",
-        f"# application {app_id} ({comment_name})",
-        "",
-        f"log_format canaryd_{app_id} escape=json '{{{fields}}}';",
-        "",
-        *_upstream(f"canaryd_app_{app_id}", servers, spec),
-    ]
-    location = [f"        proxy_pass http://canaryd_app_{app_id};"]
-    if spec.sticky or spec.force_header is not None or rules:
-        routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec, rules)
-        lines += routing
+
+def _server_block(app_id: int, generation: int, spec: ProxySpec, location: list[str]) -> list[str]:
+    """The `server` block canaryd owns when `listen` is set: the generation probe and `location /`."""
+    assert spec.listen is not None
     # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
     keepalive = (
         ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";']
         if spec.upstream_keepalive
         else []
     )
-    if spec.listen is not None:
-        _parse_listen(spec.listen)
-        log_line = (
-            f'    access_log "{_check_path(spec.access_log, "access_log")}" canaryd_{app_id};'
-            if spec.access_log is not None
-            else None
-        )
-        lines += [
-            "",
-            "server {",
-            f"    listen {spec.listen};",
-            *([log_line] if log_line else []),
-            f"    location = {GENERATION_PATH} {{",
-            "        access_log off;",
-            "        default_type text/plain;",
-            f"        add_header {WORKER_HEADER} $pid always;",
-            f'        return 200 "{generation}\\n";',
-            "    }",
-            "    location / {",
-            *location,
-            *keepalive,
-            "        proxy_set_header Host $host;",
-            "        proxy_next_upstream error timeout;",
-            "    }",
-            "}",
-        ]
-    return "\n".join(lines) + "\n"
+    _parse_listen(spec.listen)
+    log_line = (
+        f'    access_log "{_check_path(spec.access_log, "access_log")}" canaryd_{app_id};'
+        if spec.access_log is not None
+        else None
+    )
+    return [
+        "",
+        "server {",
+        f"    listen {spec.listen};",
+        *([log_line] if log_line else []),
+        f"    location = {GENERATION_PATH} {{",
+        "        access_log off;",
+        "        default_type text/plain;",
+        f"        add_header {WORKER_HEADER} $pid always;",
+        f'        return 200 "{generation}\\n";',
+        "    }",
+        "    location / {",
+        *location,
+        *keepalive,
+        "        proxy_set_header Host $host;",
+        "        proxy_next_upstream error timeout;",
+        "    }",
+        "}",
+    ]
 
 
 # --- access log parsing (pure) ----------------------------------------------------------------------------

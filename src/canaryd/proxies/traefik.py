@@ -121,6 +121,33 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     rules = match_rules(table.backends)
     if rules and spec.router_rule is None:
         raise ValueError("A/B rules need router_rule: they extend the application's router")
+    services, children, by_cohort = _server_services(table, spec, rules)
+    if not children:
+        raise ValueError("the weighted service needs at least one server without A/B rules")
+    main = service_name(app_id)
+    services[main] = _weighted(children, sticky)
+    http: dict[str, Any] = {"services": services}
+    if spec.servers_transport is not None:
+        http["serversTransports"] = {service_name(app_id): render_servers_transport(spec.servers_transport)}
+    if spec.router_rule is not None:
+        rule = validate_traefik_rule(spec.router_rule)
+        routers: dict[str, Any] = {main: {"rule": rule, "service": main}}
+        if spec.force_header is not None:
+            routers.update(_forced_routers(app_id, rule, spec.force_header, services, by_cohort, sticky))
+        if rules:
+            routers.update(_ab_routers(app_id, rule, rules, services, by_cohort))
+        http["routers"] = routers
+    config = {"http": http}
+    check_dynamic_config(config)
+    return config
+
+
+def _server_services(
+    table: RouteTable, spec: ProxySpec, rules: tuple[MatchRule, ...]
+) -> tuple[dict[str, Any], list[tuple[str, int]], dict[Cohort, list[tuple[str, int]]]]:
+    """One load-balancer service per server (checked, by server id), the weighted service's children (A/B
+    rule-bound canaries are not among them) and each cohort's (service, weight) pairs."""
+    app_id = table.app_id
     services: dict[str, Any] = {}
     children: list[tuple[str, int]] = []
     by_cohort: dict[Cohort, list[tuple[str, int]]] = {"canary": [], "stable": []}
@@ -145,46 +172,59 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
                 raise ValueError("A/B rules must be the same on every canary server, and on canaries only")
             continue
         children.append((name, b.weight))
-    if not children:
-        raise ValueError("the weighted service needs at least one server without A/B rules")
+    return services, children, by_cohort
+
+
+def _forced_routers(
+    app_id: int,
+    router_rule: str,
+    header: str,
+    services: dict[str, Any],
+    by_cohort: dict[Cohort, list[tuple[str, int]]],
+    sticky: str | None,
+) -> dict[str, Any]:
+    """The routers of the forced header (`always`: canary, `never`: stable), above the application's; adds
+    the cohort services they point to to `services`."""
+    if not HEADER_NAME.fullmatch(header):
+        raise ValueError(f"force_header {header[:80]!r} is not a header name")
     main = service_name(app_id)
-    services[main] = _weighted(children, sticky)
-    http: dict[str, Any] = {"services": services}
-    if spec.servers_transport is not None:
-        http["serversTransports"] = {service_name(app_id): render_servers_transport(spec.servers_transport)}
-    if spec.router_rule is not None:
-        rule = validate_traefik_rule(spec.router_rule)
-        routers: dict[str, Any] = {main: {"rule": rule, "service": main}}
-        if spec.force_header is not None:
-            header = spec.force_header
-            if not HEADER_NAME.fullmatch(header):
-                raise ValueError(f"force_header {header[:80]!r} is not a header name")
-            forced: tuple[tuple[Cohort, str], ...] = (("canary", "always"), ("stable", "never"))
-            for cohort, value in forced:
-                members = by_cohort[cohort]
-                if not members:
-                    continue  # nothing to force to: the request follows the split
-                target = cohort_service_name(app_id, cohort)
-                services[target] = _weighted(members, sticky)
-                routers[f"{main}-force-{cohort}"] = {
-                    # Case-insensitive, as on nginx and HAProxy: `ALWAYS` forces the canary too.
-                    "rule": f"({rule}) && HeaderRegexp(`{header}`, `(?i)^{value}$`)",
-                    "service": target,
-                    "priority": FORCE_PRIORITY,
-                }
-        if rules:
-            target = cohort_service_name(app_id, "canary")
-            services[target] = _weighted(by_cohort["canary"], None)
-            for i, r in enumerate(rules):
-                routers[f"{main}-ab-{i}"] = {
-                    "rule": f"({rule}) && {_matcher(r)}",
-                    "service": target,
-                    "priority": AB_PRIORITY,
-                }
-        http["routers"] = routers
-    config = {"http": http}
-    check_dynamic_config(config)
-    return config
+    routers: dict[str, Any] = {}
+    forced: tuple[tuple[Cohort, str], ...] = (("canary", "always"), ("stable", "never"))
+    for cohort, value in forced:
+        members = by_cohort[cohort]
+        if not members:
+            continue  # nothing to force to: the request follows the split
+        target = cohort_service_name(app_id, cohort)
+        services[target] = _weighted(members, sticky)
+        routers[f"{main}-force-{cohort}"] = {
+            # Case-insensitive, as on nginx and HAProxy: `ALWAYS` forces the canary too.
+            "rule": f"({router_rule}) && HeaderRegexp(`{header}`, `(?i)^{value}$`)",
+            "service": target,
+            "priority": FORCE_PRIORITY,
+        }
+    return routers
+
+
+def _ab_routers(
+    app_id: int,
+    router_rule: str,
+    rules: tuple[MatchRule, ...],
+    services: dict[str, Any],
+    by_cohort: dict[Cohort, list[tuple[str, int]]],
+) -> dict[str, Any]:
+    """One router per A/B rule to the canary cohort's service (added to `services`), below the forced
+    header's routers and above the application's."""
+    main = service_name(app_id)
+    target = cohort_service_name(app_id, "canary")
+    services[target] = _weighted(by_cohort["canary"], None)
+    return {
+        f"{main}-ab-{i}": {
+            "rule": f"({router_rule}) && {_matcher(r)}",
+            "service": target,
+            "priority": AB_PRIORITY,
+        }
+        for i, r in enumerate(rules)
+    }
 
 
 def _matcher(rule: MatchRule) -> str:

@@ -99,13 +99,7 @@ async def create_deployment(
                 f"application {app_id} already has an active deployment, or this Idempotency-Key was used"
             ) from exc
         dep.tick_token = new_token(dep.id)
-        created = Event(
-            EventKind.DEPLOYMENT_CREATED,
-            (f"{dep.previous_version} → {dep.version}", *settings.notes),
-            to_state=State.PENDING,
-            metrics={"config": redacted(dep.canary_config), "config_sources": dep.config_sources},
-            actor=actor,
-        )
+        created = _created_event(dep, settings, actor)
         row = await EventRepository(session).append(event_row(dep.id, created, now, None))
         await enqueue(session, dep, [row])  # webhook deliveries commit with their event
         status = deployment_status(dep, await ServerRepository(session).many(app.server_ids))
@@ -114,6 +108,18 @@ async def create_deployment(
     await rt.bus.publish(dep.id, {"type": "event", **event})
     await rt.scheduler.schedule(dep.id, token, now)
     return Created(status, replayed=False)
+
+
+def _created_event(dep: Deployment, settings: _Settings, actor: str) -> Event:
+    """The first event of a deployment's history: the versions, the request's notes, and the settings it
+    runs with (secrets redacted) and where each came from."""
+    return Event(
+        EventKind.DEPLOYMENT_CREATED,
+        (f"{dep.previous_version} → {dep.version}", *settings.notes),
+        to_state=State.PENDING,
+        metrics={"config": redacted(dep.canary_config), "config_sources": dep.config_sources},
+        actor=actor,
+    )
 
 
 @dataclass(frozen=True, slots=True)
