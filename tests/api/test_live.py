@@ -26,6 +26,7 @@ FAST = {
     "stage_duration": 2,
     "health_check_interval": 1,
     "judge": "threshold",
+    "latency_min_difference_ms": 5000,  # latency is noise on a machine the suite loads; not tested here
     "min_requests": 5,
 }
 STILL = {"stages": [10, 50, 100], "stage_duration": 600, "health_check_interval": 5}

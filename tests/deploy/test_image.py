@@ -35,6 +35,7 @@ FAST = {
     "health_check_interval": 1,
     "min_requests": 10,
     "judge": "threshold",
+    "latency_min_difference_ms": 5000,  # latency is noise on a machine the suite loads; not tested here
 }
 
 

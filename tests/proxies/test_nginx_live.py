@@ -144,7 +144,9 @@ async def test_verify_waits_until_old_workers_stop_accepting(
     """After a reload, verify() returns only once every worker that accepted before it has exited or is
     shutting down (nginx's master lets them accept for 100 ms more), found through the probe and /proc."""
     transport = LocalTransport()
-    await make_proxy(nginx_instance, http).apply(fleet.table(generation=1))
+    first, registered = make_proxy(nginx_instance, http), fleet.table(generation=1)
+    await first.apply(registered)
+    assert await first.verify(registered)  # the probe exists only once that reload is done
     url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
     before = await snapshot(http, url, transport)
     assert before is not None and before[0] == nginx_instance.master_pid() and before[1]

@@ -15,9 +15,7 @@ from .cluster import FAST, check_reality, cluster, postgres_cluster, wait_termin
 
 async def test_postgres_restarted_mid_rollout(tmp_path: Path, redis_url: str) -> None:
     """While PostgreSQL is down reads and actions get 503 + Retry-After; after it is back all rollouts finish."""
-    # What is tested is the outage, not the verdict: latency differences under 5 s never fail these canaries
-    # on a machine loaded by the rest of the suite (once both were rolled back there, on a clean run never).
-    config = {**FAST, "stages": [20, 50, 100], "stage_duration": 3, "latency_min_difference_ms": 5000}
+    config = {**FAST, "stages": [20, 50, 100], "stage_duration": 3}
     with postgres_cluster() as pg:
         async with cluster(tmp_path, pg.url, redis_url) as c:
             await c.start_api()

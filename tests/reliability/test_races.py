@@ -21,6 +21,7 @@ CONFIG = {
     "health_check_interval": 1,
     "min_requests": 1,
     "judge": "threshold",
+    "latency_min_difference_ms": 5000,  # latency is noise on a machine the suite loads; not tested here
 }
 ACTIONS = ("promote", "rollback", "pause")
 

@@ -85,7 +85,7 @@ async def test_redis_flushed_and_restarted_mid_rollout(tmp_path: Path, pg_url: s
             # RECONCILE s overdue and looks every RECONCILE s: 3 s, plus the tick itself.
             assert after_flush < 1 + 2 * RECONCILE + 2.5
             assert after_restart < 1 + 2 * RECONCILE + 2.5
-            assert outcomes == ["v2"] * 3
+            assert outcomes == ["v2"] * 3, [final[d]["reasons"] for d in ids]
             # Ticks in flight when Redis went away finished on a live runtime (not one closed under them).
             assert "has been closed" not in c.logs() and "tick of deployment" not in c.logs(), c.logs()[
                 -3000:

@@ -29,6 +29,7 @@ FAST = {
     "min_requests": 3,
     "deploy_timeout": 3,
     "judge": "threshold",
+    "latency_min_difference_ms": 5000,  # latency is noise on a machine the suite loads; not tested here
 }
 
 HANG = """

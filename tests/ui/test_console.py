@@ -192,7 +192,7 @@ async def test_an_ab_test_is_shown_as_one(embedded_stack: Stack, browser: Browse
     w = await open_page(browser)
     page = await sign_in(w, s.base, TOKEN, f"/ui#/deployments/{dep_id}")
     await expect(page.locator("#dep-summary")).to_contain_text("A/B test: the canary gets only the requests")
-    await page.goto(s.base + "/ui#/")
+    await page.get_by_role("link", name="← all deployments").click()
     row = page.locator("tr", has=page.locator(f'a[href="#/deployments/{dep_id}"]'))
     await expect(row).to_contain_text("A/B")
     assert w.errors == []
