@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,13 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.fixtures
 
+from tests.fixtures.events import record
 from tests.fixtures.receiver import Receiver, receiver
 
 from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
 from canaryd.db.migrate import upgrade
-from canaryd.db.models import Application, Deployment, DeploymentEvent, Webhook
-from canaryd.db.repositories import EventRepository
-from canaryd.engine.outbox import DeliveryTerms, Outbox, enqueue
+from canaryd.db.models import Webhook
+from canaryd.engine.outbox import DeliveryTerms, Outbox
 from canaryd.engine.ports import SystemClock
 from canaryd.observability import Metrics
 
@@ -45,36 +44,10 @@ def q(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p * (len(s) - 1)))]
 
 
-async def new_deployment(sessions: async_sessionmaker[AsyncSession]) -> int:
-    async with unit_of_work(sessions) as s:
-        app = Application(
-            name=f"bench-{time.time_ns()}", port=80, current_version="v1", deploy_command="true", proxy={}
-        )
-        s.add(app)
-        await s.flush()
-        dep = Deployment(
-            application_id=app.id,
-            version="v2",
-            previous_version="v1",
-            canary_config={"stages": [10, 100]},
-            status="in_progress",
-            canary_status="monitoring",
-        )
-        s.add(dep)
-        await s.flush()
-        return dep.id
-
-
 async def write_event(sessions: async_sessionmaker[AsyncSession], dep_id: int) -> float:
     """One event transaction as the engine writes it; returns its duration in ms."""
     started = time.perf_counter()
-    async with unit_of_work(sessions) as s:
-        dep = await s.get(Deployment, dep_id)
-        assert dep is not None
-        row = await EventRepository(s).append(
-            DeploymentEvent(deployment_id=dep_id, at=datetime.now(UTC), kind="stage_advanced")
-        )
-        await enqueue(s, dep, [row])
+    await record(sessions, ["stage_advanced"], dep_id)
     return (time.perf_counter() - started) * 1000
 
 
@@ -89,13 +62,13 @@ async def main(events: int, database_url: str | None) -> None:
         timeout=5, max_attempts=12, backoff=2, backoff_max=600, poll_interval=0.05, retention_days=30
     )
     try:
-        dep = await new_deployment(sessions)
+        dep = await record(sessions, [])
         bare = [await write_event(sessions, dep) for _ in range(events)]
         async with receiver() as a, receiver() as b, receiver() as c, httpx.AsyncClient() as http:
             async with unit_of_work(sessions) as s:
                 for r in (a, b, c):
                     s.add(Webhook(url=r.url, events=["*"], format="json", description="", created_by="bench"))
-            dep = await new_deployment(sessions)
+            dep = await record(sessions, [])
             subscribed = [await write_event(sessions, dep) for _ in range(events)]
             print(f"{database_url.split(':')[0]}: event transaction, median / p90 ms")
             print(f"  0 subscriptions: {statistics.median(bare):.2f} / {q(bare, 0.9):.2f}")
@@ -110,7 +83,7 @@ async def main(events: int, database_url: str | None) -> None:
                 f"  backlog of {3 * events} deliveries (3 subscriptions): {3 * events / took:.0f} per second"
             )
             before = {id(r): len(r.requests) for r in (a, b, c)}
-            dep = await new_deployment(sessions)
+            dep = await record(sessions, [])
             commit_at = []
             for _ in range(min(events, 100)):
                 commit_at.append(time.time())

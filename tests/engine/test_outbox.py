@@ -17,13 +17,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from canaryd.db.engine import unit_of_work
-from canaryd.db.models import Application, Deployment, DeploymentEvent, Webhook, WebhookDelivery
+from canaryd.db.models import Deployment, DeploymentEvent, Webhook, WebhookDelivery
 from canaryd.db.repositories import EventRepository
 from canaryd.db.webhooks import DeliveryRepository
 from canaryd.domain.notifications import body
 from canaryd.engine.outbox import DeliveryTerms, Outbox, enqueue
 from canaryd.engine.ports import SystemClock
 from canaryd.observability import Metrics
+from tests.fixtures.events import record
 from tests.fixtures.receiver import Receiver, receiver, valid_signature
 
 SECRET = "outbox-test-secret-0123456789"
@@ -49,41 +50,6 @@ async def subscribe(
         s.add(hook)
         await s.flush()
         return hook.id
-
-
-async def record(
-    sessions: async_sessionmaker[AsyncSession], kinds: list[str], dep_id: int | None = None
-) -> int:
-    """Writes the events of a deployment (a new one unless given) as the engine does, one transaction per
-    event, each with its deliveries; returns the deployment's id."""
-    now = datetime.now(UTC)
-    async with unit_of_work(sessions) as s:
-        if dep_id is None:
-            app = Application(
-                name=f"shop-{now.timestamp()}", port=80, current_version="v1", deploy_command="true", proxy={}
-            )
-            s.add(app)
-            await s.flush()
-            dep = Deployment(
-                application_id=app.id,
-                version="v2",
-                previous_version="v1",
-                canary_config={"stages": [50, 100]},
-                status="in_progress",
-                canary_status="monitoring",
-            )
-            s.add(dep)
-            await s.flush()
-            dep_id = dep.id
-    for i, kind in enumerate(kinds):
-        async with unit_of_work(sessions) as s:
-            found = await s.get(Deployment, dep_id)
-            assert found is not None
-            row = await EventRepository(s).append(
-                DeploymentEvent(deployment_id=dep_id, at=now + timedelta(milliseconds=i), kind=kind, stage=i)
-            )
-            await enqueue(s, found, [row])
-    return dep_id
 
 
 @contextlib.asynccontextmanager
