@@ -100,12 +100,14 @@ def serve(
     port: Annotated[int, typer.Option(envvar="CANARYD_PORT", help="Port to listen on.")] = 8080,
 ) -> None:
     """Runs the HTTP API (and, in embedded mode, the scheduler that advances deployments), in the foreground."""
+    # Settings and schema first: a wrong setting is reported before seconds of importing the web app.
+    settings = _settings()
+    _require_schema(settings)
+
     import uvicorn
 
     from canaryd.api.app import create_app
 
-    settings = _settings()
-    _require_schema(settings)
     log.info(
         "canaryd serving on http://%s:%d (%s mode, database %s)",
         host,
