@@ -4,6 +4,8 @@ deployed and judged against the servers not yet upgraded before the next one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +30,13 @@ def drained_at_most_one_batch(h: Harness, size: int) -> None:
             assert len(h.hosts) - len(served) <= size, f"more than one batch drained: {entry}"
 
 
-async def test_healthy_rolling_update_completes(db_url: str) -> None:
-    """Each batch is drained, deployed, put back at the others' weight and judged for its stage; the last
-    passes and the update completes with every server upgraded, never more than a batch drained."""
+@pytest.mark.parametrize("judge", ["threshold", "sequential"])
+async def test_healthy_rolling_update_completes(db_url: str, judge: str) -> None:
+    """Each batch is drained, deployed, put back at the others' weight and judged for its stage (by either
+    judge); the last passes and the update completes with every server upgraded, never more than a batch
+    drained."""
     async with harness(db_url) as h:
-        dep_id = await h.deploy("v2", "rolling", **TWO)
+        dep_id = await h.deploy("v2", "rolling", **{**TWO, "judge": judge})
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons
         assert dep.strategy == "rolling" and dep.canary_config["stages"] == [40.0, 80.0, 100.0]
@@ -54,6 +58,31 @@ async def test_healthy_rolling_update_completes(db_url: str) -> None:
         assert kinds[-1] == "completed" and "server_promoted" not in kinds  # nothing left to promote
         drained_at_most_one_batch(h, 2)
         h.restore_order_ok("v2")
+
+
+async def test_status_messages_follow_each_batch(db_url: str) -> None:
+    """The WebSocket's status messages (the bus) say which batch is deployed and which stage is judged, at
+    the upgraded servers' share."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy("v2", "rolling", **TWO)
+        seen: list[dict[str, Any]] = []
+        async with h.rt.bus.subscribe(dep_id) as stream:
+            await h.run(dep_id)
+            messages = stream.__aiter__()
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    seen.append(await asyncio.wait_for(messages.__anext__(), 0.05))
+        statuses = [m for m in seen if m["type"] == "status"]
+        judged = {
+            (m["current_stage"], m["target_traffic_percentage"], m["current_traffic_percentage"])
+            for m in statuses
+            if m["canary_status"] == "monitoring" and not any("deploying" in r for r in m["reasons"])
+        }
+        assert {(1, 40.0, 40.0), (2, 80.0, 80.0), (3, 100.0, 100.0)} <= judged, judged
+        deploying = [r for m in statuses for r in m["reasons"] if ": deploying s" in r]
+        assert "batch 2 of 3: servers s2, s3: deploying s2" in deploying, deploying
+        assert statuses[-1]["canary_status"] == "completed"
+        assert [m["kind"] for m in seen if m["type"] == "event"][-1] == "completed"
 
 
 async def test_batch_is_drained_until_all_of_it_is_healthy(db_url: str) -> None:
