@@ -50,16 +50,17 @@ class Sent:
 
 @dataclass
 class Client:
-    """About `rate` requests per second, each on a new connection."""
+    """About `rate` requests per second, each on a new connection (or, `keepalive`, on a few kept ones)."""
 
     url: str
     rate: float = 60.0
+    keepalive: bool = False
     sent: list[Sent] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         in_flight: set[asyncio.Task[None]] = set()
-        limits = httpx.Limits(max_keepalive_connections=0)
+        limits = httpx.Limits(max_keepalive_connections=8 if self.keepalive else 0)
         async with httpx.AsyncClient(timeout=5, limits=limits) as client:
             try:
                 while True:
@@ -73,7 +74,7 @@ class Client:
 
     async def _one(self, client: httpx.AsyncClient, at: float) -> None:
         try:
-            r = await client.get(self.url, headers={"Connection": "close"})
+            r = await client.get(self.url, headers={} if self.keepalive else {"Connection": "close"})
             self.sent.append(Sent(at, r.status_code, r.headers.get("x-version", "")))
         except httpx.HTTPError:
             self.sent.append(Sent(at, 0, ""))
@@ -137,7 +138,7 @@ async def _good(s: Stack, client: Client) -> dict[str, Any]:
         assert not client.failed(drained - 0.5, back + 0.5), f"batch {stage}: a request failed while drained"
         # The route change goes live just before its event is written: half a second of margin.
         judged_n, judged_pct = client.share(back + 0.5, end - 0.5, "v2")
-        assert judged_n >= 20 and abs(judged_pct - expected) <= 20, (stage, judged_n, judged_pct)
+        assert judged_n >= 15 and abs(judged_pct - expected) <= 20, (stage, judged_n, judged_pct)
         figures[f"batch {stage}"] = {"drained": (n, pct), "judged": (judged_n, judged_pct)}
     judged = [e["metrics"] for e in events if e["kind"] == "health_check" and e["stage"] == 1]
     assert judged and judged[-1]["canary"]["requests"] > 0 and judged[-1]["stable"]["requests"] > 0
@@ -145,7 +146,7 @@ async def _good(s: Stack, client: Client) -> dict[str, Any]:
     assert [n.split(":")[0] for n in notes] == ["batch 1 of 3", "batch 2 of 3", "batch 3 of 3"], notes
     before = client.share(_epoch(dep["created_at"]), _at(events, "deploy_started", 1), "v2")
     assert before[1] == 0.0, before
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a second of traffic after the end, counted from half a second after it
     after = client.share(_at(events, "completed") + 0.5, time.time(), "v2")
     assert after[0] and after[1] == 100.0, after
     figures["whole"] = (status["canary_status"], len(client.window(_epoch(dep["created_at"]), time.time())))
@@ -168,7 +169,7 @@ async def _bad(s: Stack, client: Client) -> dict[str, Any]:
     done = _at(events, "rolled_back")
     assert not client.failed(_epoch(dep["created_at"]), done + 0.5, bad="v3-bad")
     judged = client.share(_at(events, "stage_advanced", 1), _at(events, "rollback_started") - 0.5, "v3-bad")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a second of traffic after the end, counted from half a second after it
     after = client.share(done + 0.5, time.time(), "v3-bad")
     assert after[0] and after[1] == 0.0, after
     return {"judged": judged, "after": after, "reason": status["reasons"][0][:100]}
@@ -192,12 +193,14 @@ async def _operator(s: Stack, client: Client) -> dict[str, Any]:
     assert any("rolling update stopped" in reason for reason in status["reasons"]), status["reasons"]
     assert await s.fleet_versions() == ["v2"] * 5
     events = await s.events(dep["id"])
-    assert len([e for e in events if e["kind"] == "server_restored"]) == 4
+    # Stage 2 lasts 3 s: on a slow machine batch 3 may have started before the rollback came.
+    deployed = len([e for e in events if e["kind"] == "server_deployed"])
+    assert deployed >= 4 and len([e for e in events if e["kind"] == "server_restored"]) == deployed
     judged = client.share(_at(events, "stage_advanced", 2) + 0.5, _at(events, "rollback_started"), "v4")
     assert judged[0] and abs(judged[1] - 80.0) <= 20, judged
     done = _at(events, "rolled_back")
     assert not client.failed(_epoch(dep["created_at"]), done + 0.5)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a second of traffic after the end, counted from half a second after it
     after = client.share(done + 0.5, time.time(), "v4")
     assert after[0] and after[1] == 0.0, after
     return {"judged": judged, "after": after}
@@ -205,6 +208,7 @@ async def _operator(s: Stack, client: Client) -> dict[str, Any]:
 
 async def three_rolling_updates(s: Stack, url: str, proxy: str) -> dict[str, Any]:
     client = Client(url).start()
+    kept = Client(url, rate=20.0, keepalive=True).start()
     try:
         await asyncio.sleep(0.5)
         figures: dict[str, Any] = {}
@@ -214,8 +218,15 @@ async def three_rolling_updates(s: Stack, url: str, proxy: str) -> dict[str, Any
             figures[name]["seconds"] = round(time.monotonic() - began, 1)
     finally:
         await client.stop()
+        await kept.stop()
     connection_failures = [h for h in client.sent if h.status == 0]
     assert not connection_failures, f"{len(connection_failures)} connection failures"
+    # Keep-alive clients: nginx closes idle keep-alive connections when a reload's old workers exit (a
+    # known cost, docs/design.md: about 0.25 % of in-flight reads over 20 reloads); HAProxy changes weights
+    # without a reload and Traefik without a restart, so there nothing may fail.
+    lost = kept.failed(0, time.time() + 1, bad="v3-bad")
+    figures["keep-alive"] = (len(kept.sent), len(lost))
+    assert len(lost) <= (0.02 * len(kept.sent) if proxy == "nginx" else 0), lost[:5]
     print(f"\nrolling on {proxy}: {len(client.sent)} requests; (requests, % new version) {figures}")
     return figures
 

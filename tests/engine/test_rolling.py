@@ -251,3 +251,21 @@ async def test_crash_between_effects_then_fresh_tick(
             assert UNKNOWN_VERSION not in dep.server_versions.values()
             drained_at_most_one_batch(h, 2)
             h.restore_order_ok("v2")
+
+
+async def test_pre_stage_check_guards_each_batch_before_it_is_drained(db_url: str) -> None:
+    """A pre_stage check is called before each batch (batch 1 before it is put back, later ones before they
+    are drained); one that refuses batch 2 holds it out of reach: nothing of batch 2 is drained or deployed,
+    and its failure_action rolls the update back."""
+    async with harness(db_url) as h:
+        h.fleet.check_answers["gate"] = [(200, "ok"), (503, "freeze")]
+        gate = {"name": "gate", "point": "pre_stage", "url": "http://127.0.0.1:9/gate", "retries": 1}
+        dep_id = await h.deploy("v2", "rolling", **TWO, checks=[{**gate, "failure_action": "rollback"}])
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "rolled_back", dep.reasons
+        calls = [c["stage"] for c in h.fleet.check_calls if c["point"] == "pre_stage"]
+        assert calls == [1, 2, 2], calls
+        assert dep.canary_server_ids == [1, 2]
+        assert not any(e[0] == "deploy" and e[1] in h.hosts[2:] for e in h.fleet.log)
+        drained_at_most_one_batch(h, 2)
+        assert any("check gate refused: HTTP 503: freeze" in r for r in dep.reasons), dep.reasons
