@@ -175,15 +175,24 @@ async def _bad(s: Stack, client: Client) -> dict[str, Any]:
     return {"judged": judged, "after": after, "reason": status["reasons"][0][:100]}
 
 
+async def _stage_started(s: Stack, dep_id: int, stage: int) -> None:
+    deadline = time.monotonic() + 45
+    while not any(e["kind"] == "stage_advanced" and e["stage"] == stage for e in await s.events(dep_id)):
+        assert time.monotonic() < deadline, (await s.status(dep_id))["reasons"]
+        await asyncio.sleep(0.1)
+
+
 async def _operator(s: Stack, client: Client) -> dict[str, Any]:
-    """Rolled back by a person while the second batch is judged: both batches get v2 back."""
-    r = await s.deploy("v4", {**UPDATE, "stage_duration": 3}, strategy="rolling")
+    """A person starts batch 2 at once (promote to the next stage), then rolls back while it is judged:
+    both batches get v2 back, batch 3 is never touched."""
+    r = await s.deploy("v4", {**UPDATE, "stage_duration": 60}, strategy="rolling")
     assert r.status_code == 201, r.text
     dep = r.json()
-    deadline = time.monotonic() + 45
-    while not any(e["kind"] == "stage_advanced" and e["stage"] == 2 for e in await s.events(dep["id"])):
-        assert time.monotonic() < deadline, (await s.status(dep["id"]))["reasons"]
-        await asyncio.sleep(0.1)
+    await _stage_started(s, dep["id"], 1)
+    await asyncio.sleep(0.8)
+    r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"to": "next"})
+    assert r.status_code == 202, r.text
+    await _stage_started(s, dep["id"], 2)
     await asyncio.sleep(0.8)
     r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "rolling update stopped"})
     assert r.status_code == 202, r.text
@@ -193,9 +202,10 @@ async def _operator(s: Stack, client: Client) -> dict[str, Any]:
     assert any("rolling update stopped" in reason for reason in status["reasons"]), status["reasons"]
     assert await s.fleet_versions() == ["v2"] * 5
     events = await s.events(dep["id"])
-    # Stage 2 lasts 3 s: on a slow machine batch 3 may have started before the rollback came.
-    deployed = len([e for e in events if e["kind"] == "server_deployed"])
-    assert deployed >= 4 and len([e for e in events if e["kind"] == "server_restored"]) == deployed
+    started = [e for e in events if e["kind"] == "deploy_started" and e["stage"] == 2]
+    assert started and started[0]["actor"] != "canaryd", started
+    assert len([e for e in events if e["kind"] == "server_deployed"]) == 4
+    assert len([e for e in events if e["kind"] == "server_restored"]) == 4
     judged = client.share(_at(events, "stage_advanced", 2) + 0.5, _at(events, "rollback_started"), "v4")
     assert judged[0] and abs(judged[1] - 80.0) <= 20, judged
     done = _at(events, "rolled_back")
