@@ -61,6 +61,7 @@ _._fits_its_point  # unused method (src/canaryd/domain/config.py, a pydantic val
 _.do_POST  # unused method (tests/e2e/test_checks_e2e.py, an http.server hook)
 _._relations  # unused method (src/canaryd/domain/config.py: a pydantic model validator)
 _._one_of_each  # unused method (src/canaryd/domain/config.py: AbRule's pydantic model validator)
+_._one_of  # unused method (src/canaryd/domain/config.py: RollingSettings's pydantic model validator)
 _.description  # unused attribute (src/canaryd/domain/config.py:710)
 _.json_schema_extra  # unused attribute (src/canaryd/domain/config.py:712)
 _._machine  # unused attribute (src/canaryd/domain/lifecycle.py:212)

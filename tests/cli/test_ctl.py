@@ -480,3 +480,15 @@ def test_deploy_ab_sends_the_strategy_and_match_rules(run: Any, server: FakeServ
     result = run("deploy", "7", "v3", "--no-wait", "--match", "query:x=1")
     assert result.exit_code == 2 and "write header:NAME=VALUE" in result.stderr
     assert len(server.requests) == 2
+
+
+def test_deploy_rolling_block_implies_the_strategy(run: Any, server: FakeServer) -> None:
+    """A `rolling` block in --config-json sends strategy rolling (unless another is named)."""
+    server.on("POST", "/applications/7/deployments", httpx.Response(201, json=status_object("pending")))
+    result = run("deploy", "7", "v2", "--no-wait", "--config-json", '{"rolling": {"batch_size": 2}}')
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[0] == {
+        "version": "v2",
+        "strategy": "rolling",
+        "config": {"rolling": {"batch_size": 2}},
+    }

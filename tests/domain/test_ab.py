@@ -150,4 +150,4 @@ def test_strategy_problems() -> None:
     assert strategy_for("canary").effective(AB_CONFIG).ab is None
     assert strategy_for("ab").effective(AB_CONFIG).stages == [100.0]
     with pytest.raises(ValueError, match="not available"):
-        strategy_for("rolling")
+        strategy_for("linear")

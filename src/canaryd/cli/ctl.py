@@ -652,7 +652,8 @@ def deployment_body(
     match: list[str] | None = None,
 ) -> JSONObject:
     """The POST body: --config-json, overridden by --stages, --stage-duration and --match (which implies
-    --strategy ab unless another strategy is named; canaryd refuses a mismatch)."""
+    --strategy ab unless another strategy is named; canaryd refuses a mismatch; a `rolling` block in
+    --config-json implies --strategy rolling likewise)."""
     config: JSONObject = {}
     if config_json:
         try:
@@ -668,7 +669,7 @@ def deployment_body(
         config["stage_duration"] = stage_duration
     if match:
         config["ab"] = {"match": [parse_match(m) for m in match]}
-    chosen = strategy or ("ab" if match or "ab" in config else "canary")
+    chosen = strategy or ("ab" if match or "ab" in config else "rolling" if "rolling" in config else "canary")
     return {"version": version, "strategy": chosen, "config": config}
 
 
@@ -743,7 +744,7 @@ StrategyOption = Annotated[
     str | None,
     typer.Option(
         "--strategy",
-        help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
+        help="canary (the default), ab or rolling; blue_green and mirror are refused until they exist.",
     ),
 ]
 MatchRules = Annotated[

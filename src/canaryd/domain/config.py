@@ -8,6 +8,7 @@ Validation collects every problem at once (pydantic does, as long as validators 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,6 +33,9 @@ from canaryd.domain.matching import MAX_RULES, rule_problems
 from canaryd.domain.types import MatchRule
 
 DEFAULT_STAGES = (10.0, 25.0, 50.0, 75.0, 100.0)
+#: Strategy rolling: the share of the servers one batch upgrades when neither size is given (Kubernetes'
+#: maxUnavailable default).
+DEFAULT_BATCH_PERCENT = 25.0
 DEFAULT_MAX_WEIGHT = 1000
 HAPROXY_MAX_WEIGHT = 256
 
@@ -424,6 +428,27 @@ class AbSettings(StrictModel):
         return tuple(r.rule() for r in self.match)
 
 
+class RollingSettings(StrictModel):
+    """Strategy `rolling`: how many servers each batch upgrades, `batch_size` servers or `batch_percent` of
+    them (rounded down, at least 1; Kubernetes' maxUnavailable); neither: 25 %. Never all of them."""
+
+    batch_size: int | None = Field(default=None, ge=1, le=1000, examples=[2])
+    batch_percent: float | None = Field(default=None, gt=0, lt=100, examples=[25])
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RollingSettings:
+        if self.batch_size is not None and self.batch_percent is not None:
+            raise ValueError("rolling takes batch_size or batch_percent, not both")
+        return self
+
+    def batch(self, servers: int) -> int:
+        """Servers per batch for an application of `servers` servers (the last batch may be smaller)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        percent = DEFAULT_BATCH_PERCENT if self.batch_percent is None else self.batch_percent
+        return max(1, math.floor(servers * percent / 100))
+
+
 def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
     ValueError when both are given and disagree."""
@@ -535,6 +560,8 @@ class CanaryConfig(StrictModel):
     checks: list[CheckSpec] = Field(default_factory=list, max_length=20)
     #: Strategy `ab` only (refused with any other strategy): the rules that send requests to the canary.
     ab: AbSettings | None = None
+    #: Strategy `rolling` only (refused with any other strategy): how many servers each batch upgrades.
+    rolling: RollingSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -684,6 +711,7 @@ __all__ = [
     "PrometheusQueries",
     "PrometheusSource",
     "ProxySpec",
+    "RollingSettings",
     "ServersTransport",
     "UserName",
     "Version",
@@ -837,6 +865,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "ab": (
             'Strategy ab only (refused with any other strategy): {"match": [{"header"|"cookie": name, "equals"|"regex": value}, ...]}, 1 to 10 rules, any of which sends a request to the canary servers; every other request goes to stable. The test runs one stage of stage_duration; see docs/strategies.md.',
+            "object",
+        ),
+        "rolling": (
+            'Strategy rolling only (refused with any other strategy): {"batch_size": servers} or {"batch_percent": percent of the servers, rounded down, at least 1}; omitted: 25 %. Each batch is drained, deployed, health-gated, returned and judged for stage_duration against the servers not yet upgraded before the next one; at least one server always serves. See docs/strategies.md.',
             "object",
         ),
     },

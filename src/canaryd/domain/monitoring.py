@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from canaryd.domain import checks
+from canaryd.domain import checks, rolling
 from canaryd.domain.changes import transition
 from canaryd.domain.decide import Action, Decision, Policy, StageClock, decide
 from canaryd.domain.judge import Evidence, Observation, Outcome, Verdict, judge_for
@@ -117,6 +117,8 @@ def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any],
         assert decision.next_stage_index is not None
         nxt = decision.next_stage_index
         stages = s.config.stages
+        if s.strategy == "rolling":  # the next batch is drained and deployed before its stage starts
+            return rolling.next_batch(s, nxt, reasons, facts, figures)
         if stages[nxt] in s.config.approve_before:  # its checks first, then a person
             plan = Plan(facts=facts, change=_await_approval(s, nxt, reasons, figures, now))
             return checks.gated(s, "pre_stage", nxt, plan)

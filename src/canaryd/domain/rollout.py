@@ -14,6 +14,8 @@ A tick, in order:
    - deploying: drain the canaries, deploy one of them; once all run the new version, give them the first
      stage's share and start monitoring.
    - monitoring: judge the stage; hold, advance, promote, pause or roll back (domain/monitoring.py).
+   - rolling (strategy): a batch in progress is deployed, one server per tick, before its stage is
+     judged; nothing is observed meanwhile (domain/rolling.py).
    - paused: hold the split; no further tick until a person acts.
    - promoting: upgrade one stable server at a time (drained while busy); then complete.
    - rolling_back, failed: cut the canary's traffic, restore one server at a time; then rolled_back.
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from canaryd.domain import checks
+from canaryd.domain import batches, checks, rolling
 from canaryd.domain.changes import transition
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.monitoring import monitor
@@ -79,6 +81,8 @@ def needs_of(s: Snapshot, now: datetime) -> Needs:
     all_ids = tuple(srv.id for srv in s.servers)
     if s.state is State.PENDING:
         return Needs(host_loads=all_ids)
+    if batches.in_progress(s):  # a rolling update's batch being deployed: nothing is judged meanwhile
+        return Needs()
     if s.state not in (State.MONITORING, State.WAITING_FOR_APPROVAL):
         return Needs()
     config = s.config
@@ -108,6 +112,10 @@ def decide(s: Snapshot, signal: Signal, now: datetime) -> Plan:
         return _step_failed(s, signal)
     if isinstance(signal, CheckRefused):
         return checks.refused(s, signal, now)
+    if s.strategy == "rolling" and s.state is State.PENDING:
+        return rolling.pending(s, signal, now)
+    if batches.in_progress(s):
+        return rolling.deploy_batch(s, now)
     handler = _HANDLERS.get(s.state)
     if handler is None:  # finished: nothing to do, schedule nothing
         return Plan(change=Change(next_tick_in=None))
@@ -239,6 +247,10 @@ def _operator(s: Snapshot, request: OperatorRequest, now: datetime) -> Plan:
                 f"cannot promote to the next stage of a deployment that is {s.state.value}; "
                 "that is possible while monitoring, waiting for approval or paused"
             )
+        if s.strategy == "rolling":  # the next batch now
+            started = rolling.next_now(s, request, note, now)
+            if started is not None:
+                return started
         nxt = s.stage_index + 1
         if nxt < len(stages):  # past the last stage, "next" is promotion itself
             event = Event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from canaryd.domain import batches
 from canaryd.domain.plan import UNKNOWN_VERSION, Snapshot
 from canaryd.domain.pool import PoolServer
 from canaryd.domain.strategy import strategy_for
@@ -29,9 +30,11 @@ def routes(
         for srv in s.servers
         for v in [s.version_of(srv.id)]
     ]
-    return strategy_for(s.strategy).backends(
+    backends = strategy_for(s.strategy).backends(
         s.config, state, pool, frozenset(s.canary_ids), s.version, percentage, busy, s.weight_limit
     )
+    held = batches.held_back(s, state)  # rolling: a batch being deployed, until all of it is healthy
+    return (tuple(b for b in backends if b.server_id not in held) or backends) if held else backends
 
 
 def expected_share(s: Snapshot) -> float | None:
@@ -41,7 +44,10 @@ def expected_share(s: Snapshot) -> float | None:
 
 
 def stage_note(s: Snapshot, index: int) -> str:
-    """How stage `index` is named in the history ('stage 2 of 4: 25 %', or the A/B test's rules)."""
+    """How stage `index` is named in the history ('stage 2 of 4: 25 %', the A/B test's rules, or a rolling
+    update's batch and its servers)."""
+    if s.strategy == "rolling":
+        return batches.note(s, index)
     return strategy_for(s.strategy).stage_note(s.config, index)
 
 

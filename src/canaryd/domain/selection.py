@@ -49,4 +49,9 @@ def select_canary_servers(candidates: Sequence[Candidate], percentage: float) ->
     return sorted(c.server_id for c in chosen)
 
 
-__all__ = ["Candidate", "SelectionError", "canary_server_count", "select_canary_servers"]
+def least_loaded(candidates: Sequence[Candidate], count: int) -> list[int]:
+    """The ids of the `count` least loaded servers (as `select_canary_servers` ranks them); sorted by id."""
+    return sorted(c.server_id for c in sorted(candidates, key=_load_key)[:count])
+
+
+__all__ = ["Candidate", "SelectionError", "canary_server_count", "least_loaded", "select_canary_servers"]

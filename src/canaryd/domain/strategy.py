@@ -15,8 +15,11 @@ is only:
 `canary` shifts a growing random share of requests (the stages). `ab` sends exactly the requests that
 match one of its rules (a header or a cookie, by equality or regex) to the canary servers for one stage of
 `stage_duration`, every other request to stable, then promotes or rolls back as a canary does.
-`blue_green`, `mirror` and `rolling` are named so that the API can refuse them clearly until they exist
-(docs/strategies.md).
+`rolling` upgrades the servers a batch at a time: each batch is drained, deployed, health-gated and put
+back at the weight of the others, then judged for `stage_duration` against the servers not yet upgraded;
+its stages are the batches (`rolling_stages`: the upgraded servers' cumulative share), and the batch being
+deployed is kept out of the pool by domain/batches.py. `blue_green` and `mirror` are named so that the API
+can refuse them clearly until they exist (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from canaryd.domain.config import CanaryConfig
+from canaryd.domain.config import CanaryConfig, RollingSettings
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, State
 
 StrategyName = Literal["canary", "ab", "blue_green", "mirror", "rolling"]
-AVAILABLE: tuple[str, ...] = ("canary", "ab")
-NOT_YET: tuple[str, ...] = ("blue_green", "mirror", "rolling")
+AVAILABLE: tuple[str, ...] = ("canary", "ab", "rolling")
+NOT_YET: tuple[str, ...] = ("blue_green", "mirror")
 #: The states in which a test routes by its rules (the canary's split states).
 TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED})
 #: The one stage of an A/B test: every matching request (100 % of them) goes to the canary.
@@ -77,8 +80,10 @@ class Canary:
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
         # An `ab` block can only come from the application's defaults here (a deployment's own is refused):
-        # it describes the application's A/B tests, not this canary.
-        return config.model_copy(update={"ab": None}) if config.ab is not None else config
+        # it describes the application's A/B tests, not this canary (and `rolling` its rolling updates).
+        if config.ab is not None or config.rolling is not None:
+            return config.model_copy(update={"ab": None, "rolling": None})
+        return config
 
     def backends(
         self,
@@ -148,7 +153,85 @@ class AB:
         return f"A/B test: requests with {said} go to the canary, all others to stable"
 
 
-_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB()}
+class Rolling:
+    """A batch of servers at a time gets the new version and the weight of every other server; its stage is
+    judged against the servers not yet upgraded (domain/batches.py, domain/rolling.py)."""
+
+    name = "rolling"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        # The stages (one per batch) need the number of servers: `rolling_stages` sets them at creation.
+        return config.model_copy(update={"ab": None, "rolling": config.rolling or RollingSettings()})
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        if state not in (*TESTING, State.DEPLOYING):  # promoting, rolling back, finished: as a canary
+            return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        # Every server weighs the same: the upgraded ones' share of requests is their share of the servers.
+        # A server of the batch not running the new version yet is absent (drained while it is deployed);
+        # routing.routes also keeps the rest of the batch out until all of it is healthy.
+        backends = [
+            Backend(s.server_id, s.host, s.port, 1, "canary" if s.server_id in canary_ids else "stable")
+            for s in sorted(pool, key=lambda s: s.server_id)
+            if s.server_id != busy and (s.server_id not in canary_ids or s.version == new_version)
+        ]
+        return tuple(backends) or desired_backends(
+            state, pool, canary_ids, new_version, percentage, busy, max_weight
+        )
+
+    def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
+        return Canary().expected_share(routed)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        return (
+            f"batch {index + 1} of {len(config.stages)}: {config.stages[index]:g} % of the servers upgraded"
+        )
+
+
+def batch_sizes(settings: RollingSettings, servers: int) -> tuple[int, ...]:
+    """How many servers each batch upgrades, in order (the last one may be smaller)."""
+    size = min(settings.batch(servers), servers)
+    full, rest = divmod(servers, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+def rolling_stages(config: CanaryConfig, servers: int) -> CanaryConfig:
+    """The settings of a rolling update of `servers` servers: one stage per batch, at the share of the
+    servers upgraded once that batch is back (the last one 100 %)."""
+    settings = config.rolling or RollingSettings()
+    done, stages = 0, []
+    for size in batch_sizes(settings, servers):
+        done += size
+        stages.append(round(100.0 * done / servers, 3))
+    return config.model_copy(update={"stages": stages, "rolling": settings})
+
+
+def rolling_feasibility(settings: RollingSettings, servers: int) -> list[str]:
+    """Why a rolling update of this application cannot keep a server serving (empty when it can)."""
+    if servers < 2:
+        return [
+            f"a rolling update needs at least 2 servers (the application has {servers}): "
+            "its one batch would drain every server"
+        ]
+    size = settings.batch(servers)
+    if size >= servers:
+        return [
+            f"rolling.batch_size {size} would drain every server of the application (it has {servers}) at "
+            f"once: at most {servers - 1}"
+        ]
+    return []
+
+
+_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "rolling": Rolling()}
 
 
 def strategy_for(name: str) -> Strategy:
@@ -175,11 +258,60 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
         return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
+    if strategy != "rolling" and "rolling" in own:
+        found.append(
+            (
+                ("body", "config", "rolling"),
+                f"rolling settings apply to strategy rolling only, not {strategy}",
+            )
+        )
+    if strategy == "rolling":
+        return [*found, *_rolling_problems(own, config)]
     if strategy != "ab":
         if "ab" in own:
             found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
         return found
-    return _ab_problems(own, config)
+    return [*found, *_ab_problems(own, config)]
+
+
+#: What a rolling update refuses, and why (a deployment's own settings; the application's defaults for
+#: other strategies are ignored by Rolling.effective where they make no sense).
+_NOT_ROLLING = {
+    "stages": "stages are the canary's percentages; a rolling update's stages are its batches: set "
+    "rolling.batch_size or rolling.batch_percent and leave stages out",
+    "canary_server_percentage": "canary_server_percentage sizes the canary; a rolling update's first batch "
+    "is rolling.batch_size (or batch_percent) servers: leave canary_server_percentage out",
+    "ab": "ab settings apply to strategy ab only, not rolling",
+}
+
+
+def _rolling_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of a rolling update's settings: nothing may name canary stages or shares (`own` and
+    `config` as for `problems`; `rolling` itself is checked by its model)."""
+    found: list[Problem] = [
+        (("body", "config", name), why) for name, why in _NOT_ROLLING.items() if name in own
+    ]
+    approve = config.approve_before if config is not None else own.get("approve_before")
+    if approve:
+        found.append(
+            (
+                ("body", "config", "approve_before"),
+                "approve_before names canary percentages; to hold a rolling update before a batch, pause "
+                "it or use a pre_stage check",
+            )
+        )
+    checks = config.checks if config is not None else own.get("checks")
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
+        if stages is not None:
+            found.append(
+                (
+                    ("body", "config", "checks", i, "stages"),
+                    "check stages name canary percentages; a rolling update's checks apply to every batch: "
+                    "leave stages out",
+                )
+            )
+    return found
 
 
 def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
@@ -231,8 +363,12 @@ __all__ = [
     "NOT_YET",
     "TESTING",
     "Canary",
+    "Rolling",
     "Strategy",
     "StrategyName",
+    "batch_sizes",
     "problems",
+    "rolling_feasibility",
+    "rolling_stages",
     "strategy_for",
 ]

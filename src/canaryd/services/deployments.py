@@ -23,7 +23,7 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain import matching
 from canaryd.domain.checks import redacted
-from canaryd.domain.config import CanaryConfig, ProxySpec
+from canaryd.domain.config import CanaryConfig, ProxySpec, RollingSettings
 from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.plan import (
@@ -39,7 +39,7 @@ from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
 from canaryd.domain.strategy import problems as strategy_problems
-from canaryd.domain.strategy import strategy_for
+from canaryd.domain.strategy import rolling_feasibility, rolling_stages, strategy_for
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.outbox import enqueue
@@ -144,7 +144,10 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
         problems.append(
             problem(["body", "version"], f"version {payload.version} is already the current version")
         )
-    if config is not None:
+    if config is not None and payload.strategy == "rolling":  # equal weights: only the batch size can fail
+        config, infeasible = _rolling_plan(app, config)
+        problems = infeasible + problems
+    elif config is not None:
         problems = _feasibility_problems(app, config, overrides) + problems
     if config is None or problems:
         raise Invalid(problems)
@@ -156,6 +159,17 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
         logger.warning("application %d: %s", app.id, note)
     sources = config_sources(app.deployment_defaults, overrides)
     return _Settings(config, {k: v for k, v in sources.items() if v != "default"}, notes)
+
+
+def _rolling_plan(app: Application, config: CanaryConfig) -> tuple[CanaryConfig, list[dict[str, Any]]]:
+    """A rolling update's stages (one per batch) for this application's servers, or why it cannot keep a
+    server serving."""
+    servers = len(app.server_ids)
+    found = rolling_feasibility(config.rolling or RollingSettings(), servers)
+    where: list[str | int] = ["body", "config", "rolling"] if servers >= 2 else ["path", "application_id"]
+    if found:
+        return config, [problem(where, why) for why in found]
+    return rolling_stages(config, servers), []
 
 
 def _feasibility_problems(

@@ -95,7 +95,9 @@ class DeploymentCreate(StrictModel):
         description="`canary`: a growing random share of requests per stage (`config.stages`). `ab`: only "
         "requests matching one of `config.ab.match` (a header or cookie, equals or regex) go to the canary "
         "servers, all others to stable, for one stage of `stage_duration`; then promote or roll back. "
-        "`blue_green`, `mirror` and `rolling` are refused (422) until they exist; see docs/strategies.md.",
+        "`rolling`: `config.rolling.batch_size` servers (or `batch_percent` of them) at a time are drained, "
+        "upgraded and judged for `stage_duration` against the servers not yet upgraded. "
+        "`blue_green` and `mirror` are refused (422) until they exist; see docs/strategies.md.",
     )
     config: CanaryConfigOverrides = Field(
         default_factory=CanaryConfigOverrides,
