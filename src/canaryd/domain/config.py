@@ -424,6 +424,16 @@ class AbSettings(StrictModel):
         return tuple(r.rule() for r in self.match)
 
 
+class MirrorSettings(StrictModel):
+    """Strategy `mirror`: the share of live requests copied to the canary servers while clients get only
+    stable's answers, and what follows a mirror phase that passed."""
+
+    #: Percent of live requests whose copy goes to the canary (the others' copies are dropped at the proxy).
+    percent: int = Field(ge=1, le=100, examples=[20])
+    #: `canary`: go on with the canary stages (`stages`); `stop`: end without promoting (rolled back).
+    then: Literal["canary", "stop"] = "canary"
+
+
 def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
     ValueError when both are given and disagree."""
@@ -535,6 +545,8 @@ class CanaryConfig(StrictModel):
     checks: list[CheckSpec] = Field(default_factory=list, max_length=20)
     #: Strategy `ab` only (refused with any other strategy): the rules that send requests to the canary.
     ab: AbSettings | None = None
+    #: Strategy `mirror` only (refused with any other strategy): the share of requests copied to the canary.
+    mirror: MirrorSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -680,6 +692,7 @@ __all__ = [
     "HealthPath",
     "Host",
     "Listen",
+    "MirrorSettings",
     "Name",
     "PrometheusQueries",
     "PrometheusSource",
@@ -837,6 +850,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "ab": (
             'Strategy ab only (refused with any other strategy): {"match": [{"header"|"cookie": name, "equals"|"regex": value}, ...]}, 1 to 10 rules, any of which sends a request to the canary servers; every other request goes to stable. The test runs one stage of stage_duration; see docs/strategies.md.',
+            "object",
+        ),
+        "mirror": (
+            'Strategy mirror only (refused with any other strategy): {"percent": 1-100, "then": "canary"|"stop"}. A copy of percent % of live requests goes to the canary servers while every client gets stable\'s answer; the judge compares the canary\'s answers to the copies with stable\'s. After a mirror phase of stage_duration that passed, `canary` goes on with the canary stages, `stop` ends without promoting (rolled_back); see docs/strategies.md.',
             "object",
         ),
     },

@@ -15,7 +15,10 @@ is only:
 `canary` shifts a growing random share of requests (the stages). `ab` sends exactly the requests that
 match one of its rules (a header or a cookie, by equality or regex) to the canary servers for one stage of
 `stage_duration`, every other request to stable, then promotes or rolls back as a canary does.
-`blue_green`, `mirror` and `rolling` are named so that the API can refuse them clearly until they exist
+`mirror` first copies `mirror.percent` % of live requests to the canary servers for one stage while
+clients get only stable's answers (the canary's are thrown away by the proxy), then goes on with the
+canary stages (`then: canary`) or ends without promoting (`then: stop`: rolled back, nothing promoted).
+`blue_green` and `rolling` are named so that the API can refuse them clearly until they exist
 (docs/strategies.md).
 """
 
@@ -26,15 +29,19 @@ from typing import Any, Literal, Protocol
 
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.pool import PoolServer, desired_backends
-from canaryd.domain.types import Backend, State
+from canaryd.domain.types import Backend, State, mirror_percent
 
 StrategyName = Literal["canary", "ab", "blue_green", "mirror", "rolling"]
-AVAILABLE: tuple[str, ...] = ("canary", "ab")
-NOT_YET: tuple[str, ...] = ("blue_green", "mirror", "rolling")
+AVAILABLE: tuple[str, ...] = ("canary", "ab", "mirror")
+NOT_YET: tuple[str, ...] = ("blue_green", "rolling")
 #: The states in which a test routes by its rules (the canary's split states).
 TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED})
 #: The one stage of an A/B test: every matching request (100 % of them) goes to the canary.
 AB_STAGES = (100.0,)
+#: The stage plan of a mirror test that stops after it (`then: stop`): its one stage, the mirror phase.
+MIRROR_ONLY_STAGES = (100.0,)
+#: Proxy kinds that can copy requests to the canary and report the canary's answers to the copies.
+MIRROR_PROXIES = ("nginx",)
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -148,7 +155,72 @@ class AB:
         return f"A/B test: requests with {said} go to the canary, all others to stable"
 
 
-_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB()}
+class Mirror:
+    """Stage 1 copies `mirror.percent` % of live requests to the canary servers, whose answers clients never
+    get; the stages after it (`then: canary`) are a canary's, under their own percentages.
+
+    The mirror phase is stage index 0 of the effective plan: `stages` is `[first / 2, *stages]` (the stage
+    plan must stay increasing, and the first value only marks the phase: no split is made of it) with `then:
+    canary`, `[100]` with `then: stop`. `backends` knows the phase by that first value, which no later stage
+    can have."""
+
+    name = "mirror"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        if config.mirror is None:  # refused by `problems`; never reached with valid settings
+            return config
+        if config.mirror.then == "stop":
+            stages = list(MIRROR_ONLY_STAGES)
+        else:
+            stages = [config.stages[0] / 2, *config.stages]
+        return config.model_copy(update={"stages": stages, "ab": None})
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        if state not in TESTING or config.mirror is None or percentage != config.stages[0]:
+            return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        stable = [
+            Backend(s.server_id, s.host, s.port, 1, "stable") for s in pool if s.server_id not in canary_ids
+        ]
+        # Only a canary that runs the new version gets copies (paused while deploying: none).
+        copies = [
+            Backend(s.server_id, s.host, s.port, 1, "canary", (), config.mirror.percent)
+            for s in pool
+            if s.server_id in canary_ids and s.version == new_version
+        ]
+        if not stable:  # cannot happen (at most half the servers are canaries); never serve nothing
+            return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        return tuple(sorted([*stable, *copies], key=lambda b: b.server_id))
+
+    def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
+        percent = mirror_percent(routed)
+        if not percent:
+            return Canary().expected_share(routed)
+        # Every request is stable's, and a copy of `percent` % of them is the canary's.
+        return percent / (100.0 + percent)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        if config.mirror is not None and index == 0:
+            return f"mirror: {config.mirror.percent} % of requests copied to the canary; clients get stable"
+        return f"stage {index} of {len(config.stages) - 1}: {config.stages[index]:g} %"
+
+
+_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "mirror": Mirror()}
+
+
+def stops_after_test(strategy: str, config: CanaryConfig) -> bool:
+    """True when passing the last stage ends the deployment without promoting (a mirror test with `then:
+    stop`): the canary servers are rolled back, having only ever answered copies."""
+    return strategy == "mirror" and config.mirror is not None and config.mirror.then == "stop"
 
 
 def strategy_for(name: str) -> Strategy:
@@ -175,11 +247,17 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
         return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
-    if strategy != "ab":
-        if "ab" in own:
-            found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
-        return found
-    return _ab_problems(own, config)
+    if strategy != "ab" and "ab" in own:
+        found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
+    if strategy != "mirror" and "mirror" in own:
+        found.append(
+            (("body", "config", "mirror"), f"mirror settings apply to strategy mirror only, not {strategy}")
+        )
+    if strategy == "ab":
+        found += _ab_problems(own, config)
+    if strategy == "mirror":
+        found += _mirror_problems(own, config)
+    return found
 
 
 def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
@@ -224,15 +302,48 @@ def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Pr
     return found
 
 
+def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of a mirror test's settings (`own` and `config` as for `problems`): the mirror block is
+    required; with `then: stop` there are no canary stages, so nothing may name them."""
+    mirror = config.mirror if config is not None else own.get("mirror")
+    if mirror is None:
+        return [
+            (
+                ("body", "config", "mirror"),
+                'strategy mirror needs config.mirror: {"percent": 1-100, "then": "canary" or "stop"}',
+            )
+        ]
+    then = mirror.then if not isinstance(mirror, Mapping) else mirror.get("then", "canary")
+    if then != "stop":
+        return []
+    found: list[Problem] = []
+    why = "a mirror test with then: stop has no canary stages (it ends without promoting)"
+    if "stages" in own:
+        found.append((("body", "config", "stages"), f"{why}: leave stages out"))
+    approve = config.approve_before if config is not None else own.get("approve_before")
+    if approve:
+        found.append((("body", "config", "approve_before"), f"{why}: leave approve_before out"))
+    checks = config.checks if config is not None else own.get("checks")
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
+        if stages is not None:
+            found.append((("body", "config", "checks", i, "stages"), f"{why}: leave the check's stages out"))
+    return found
+
+
 __all__ = [
     "AB",
     "AB_STAGES",
     "AVAILABLE",
+    "MIRROR_ONLY_STAGES",
+    "MIRROR_PROXIES",
     "NOT_YET",
     "TESTING",
     "Canary",
+    "Mirror",
     "Strategy",
     "StrategyName",
     "problems",
+    "stops_after_test",
     "strategy_for",
 ]

@@ -119,6 +119,8 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
         raise ValueError("a Traefik weighted service needs at least one server")
     sticky = cookie_name(app_id) if spec.sticky else None
     rules = match_rules(table.backends)
+    if any(b.mirror for b in table.backends):  # the API refuses strategy mirror here (docs/strategies.md)
+        raise ValueError("canaryd cannot mirror requests on Traefik")
     if rules and spec.router_rule is None:
         raise ValueError("A/B rules need router_rule: they extend the application's router")
     services, children, by_cohort = _server_services(table, spec, rules)

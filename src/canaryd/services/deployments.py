@@ -38,8 +38,8 @@ from canaryd.domain.plan import (
 from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
+from canaryd.domain.strategy import MIRROR_PROXIES, strategy_for
 from canaryd.domain.strategy import problems as strategy_problems
-from canaryd.domain.strategy import strategy_for
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.outbox import enqueue
@@ -145,7 +145,7 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
             problem(["body", "version"], f"version {payload.version} is already the current version")
         )
     if config is not None:
-        problems = _feasibility_problems(app, config, overrides) + problems
+        problems = _feasibility_problems(app, config, overrides, payload.strategy) + problems
     if config is None or problems:
         raise Invalid(problems)
     notes = tuple(
@@ -159,7 +159,7 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
 
 
 def _feasibility_problems(
-    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+    app: Application, config: CanaryConfig, overrides: dict[str, Any], strategy: str = "canary"
 ) -> list[dict[str, Any]]:
     try:
         canaries = canary_server_count(len(app.server_ids), config.canary_server_percentage)
@@ -177,6 +177,16 @@ def _feasibility_problems(
             problem(where, why)
             for why in matching.proxy_problems(config.ab.rules(), spec.kind, spec.listen, spec.router_rule)
         ]
+    if (
+        strategy == "mirror" and config.mirror is not None
+    ):  # a mirror phase, then (then: canary) the canary's own stages
+        return mirror_problems(config, spec) + infeasible_stages(
+            config.stages[1:] if config.mirror.then == "canary" else [],
+            canaries,
+            stables,
+            spec,
+            source_loc("stages", overrides),
+        )
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
 
 
@@ -208,6 +218,32 @@ def _new_deployment(
         tick_token=None,
         next_tick_at=now,
     )
+
+
+def mirror_problems(config: CanaryConfig, spec: ProxySpec) -> list[dict[str, Any]]:
+    """Whether the application's proxy can run a mirror test (the copies, and the canary's answers to them
+    for the judge): only nginx can (docs/strategies.md says why the others cannot yet)."""
+    if spec.kind in MIRROR_PROXIES:
+        if spec.listen is None or spec.access_log is None:
+            why = (
+                "a mirror test on nginx needs the proxy's listen and access_log: the copies are made in the "
+            )
+            why += (
+                "server block canaryd writes, and the canary's answers to them are read from its access log"
+            )
+            return [problem(["body", "strategy"], why)]
+        return []
+    why = {
+        "haproxy": "HAProxy cannot copy requests by itself (it would need an SPOE mirroring agent beside it)",
+        "traefik": "canaryd does not read the canary's answers to Traefik's mirrored copies yet",
+    }.get(spec.kind, f"{spec.kind} cannot mirror")
+    return [
+        problem(
+            ["body", "strategy"],
+            f"strategy mirror is not available on {spec.kind}: {why}; it runs on "
+            f"{', '.join(MIRROR_PROXIES)} (see docs/strategies.md)",
+        )
+    ]
 
 
 def strategy_body_problems(body: object) -> list[dict[str, Any]]:
