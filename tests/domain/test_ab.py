@@ -146,7 +146,7 @@ def test_strategy_problems() -> None:
         ("body", "config", "ab"),
         ("body", "config", "stages"),
     ]
-    assert [loc for loc, _ in problems("mirror", {}, None)] == [("body", "strategy")]
+    assert [loc for loc, _ in problems("rolling", {}, None)] == [("body", "strategy")]
     assert strategy_for("canary").effective(AB_CONFIG).ab is None
     assert strategy_for("ab").effective(AB_CONFIG).stages == [100.0]
     with pytest.raises(ValueError, match="not available"):

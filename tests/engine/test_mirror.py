@@ -71,7 +71,9 @@ async def test_mirror_then_stop_ends_without_promoting(db_url: str) -> None:
         started = next(e for e in events if e.kind == "rollback_started")
         assert "the mirror test passed and mirror.then is stop" in started.reasons[-1], started.reasons
         assert started.metrics["canary"]["requests"] > 0
-        assert all(e.traffic_percentage in (None, 0.0) for e in events), [e.traffic_percentage for e in events]
+        assert all(e.traffic_percentage in (None, 0.0) for e in events), [
+            e.traffic_percentage for e in events
+        ]
         h.restore_order_ok("v2")
 
 

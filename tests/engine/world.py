@@ -158,11 +158,7 @@ class MemoryProxy:
         matched = total * self.fleet.matching_share if bound else 0.0
         weight = sum(b.weight for b in backends if not b.match and not b.mirror)
         shares = [
-            matched / len(bound)
-            if b.match
-            else 0.0
-            if b.mirror
-            else (total - matched) * b.weight / weight
+            matched / len(bound) if b.match else 0.0 if b.mirror else (total - matched) * b.weight / weight
             for b in backends
         ]
         counts = [int(x) for x in shares]
