@@ -95,8 +95,8 @@ async def test_mirror_refused_on_haproxy(tmp_path: Path, sqlite_url: str) -> Non
             assert r.status_code == 422, r.text
             assert locs(r) == [["body", "strategy"]], r.text
             assert messages(r) == [
-                "strategy mirror is not available on haproxy: HAProxy cannot copy requests by itself (it "
-                "would need an SPOE mirroring agent beside it); it runs on nginx (see docs/strategies.md)"
+                "strategy mirror is not available on haproxy: it cannot copy requests by itself (it would "
+                "need an SPOE mirroring agent beside it); it runs on nginx and traefik (see docs/strategies.md)"
             ]
             r = await s.deploy("v1", {"mirror": {"percent": 20}}, strategy="mirror")
             assert r.status_code == 422 and len(messages(r)) == 2, r.text

@@ -12,7 +12,7 @@ from canaryd.domain.types import Backend
 from canaryd.proxies.base import RouteTable
 from canaryd.proxies.haproxy import render_haproxy
 from canaryd.proxies.nginx import parse_access_log_lines, render_nginx
-from canaryd.proxies.traefik import render_traefik
+from canaryd.proxies.traefik import expected_weights, render_traefik
 
 from .test_ab_render import spec
 
@@ -84,11 +84,36 @@ def test_nginx_refuses_an_impossible_mirror(t: RouteTable, s: ProxySpec, words: 
         render_nginx(t, s)
 
 
-def test_other_proxies_refuse_to_render_a_mirror() -> None:
+def test_haproxy_refuses_to_render_a_mirror() -> None:
     with pytest.raises(ValueError, match="cannot mirror requests on HAProxy"):
         render_haproxy(table(), spec("haproxy"))
-    with pytest.raises(ValueError, match="cannot mirror requests on Traefik"):
-        render_traefik(table(), spec("traefik"))
+
+
+def test_traefik_routes_through_a_mirroring_service() -> None:
+    """The application's router points to a mirroring service over the weighted one (stable servers only),
+    copying the share to the canaries' own weighted service; the canary keeps its server service, whose
+    metrics count the copies."""
+    config = render_traefik(table(20), spec("traefik", force_header="X-Canary"))
+    services, routers = config["http"]["services"], config["http"]["routers"]
+    assert routers["canaryd-app-3"]["service"] == "canaryd-app-3-mirror"
+    assert services["canaryd-app-3-mirror"] == {
+        "mirroring": {
+            "service": "canaryd-app-3",
+            "maxBodySize": 1024 * 1024,
+            "mirrors": [{"name": "canaryd-app-3-copies", "percent": 20}],
+        }
+    }
+    assert services["canaryd-app-3-copies"] == {
+        "weighted": {"services": [{"name": "canaryd-app-3-server-1", "weight": 1}]}
+    }
+    weighted = [c["name"] for c in services["canaryd-app-3"]["weighted"]["services"]]
+    assert weighted == ["canaryd-app-3-server-2", "canaryd-app-3-server-3"]
+    assert "canaryd-app-3-server-1" in services
+    # Forcing the canary finds no live canary: only `never` (stable) gets a router.
+    assert set(routers) == {"canaryd-app-3", "canaryd-app-3-force-stable"}
+    assert expected_weights(table(20)) == {"canaryd-app-3-server-2": 1, "canaryd-app-3-server-3": 1}
+    with pytest.raises(ValueError, match="a mirror needs router_rule"):
+        render_traefik(table(20), spec("traefik", router_rule=None))
 
 
 def line(**fields: object) -> str:

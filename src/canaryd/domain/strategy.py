@@ -41,7 +41,7 @@ AB_STAGES = (100.0,)
 #: The stage plan of a mirror test that stops after it (`then: stop`): its one stage, the mirror phase.
 MIRROR_ONLY_STAGES = (100.0,)
 #: Proxy kinds that can copy requests to the canary and report the canary's answers to the copies.
-MIRROR_PROXIES = ("nginx",)
+MIRROR_PROXIES = ("nginx", "traefik")
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]

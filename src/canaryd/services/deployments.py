@@ -221,29 +221,22 @@ def _new_deployment(
 
 
 def mirror_problems(config: CanaryConfig, spec: ProxySpec) -> list[dict[str, Any]]:
-    """Whether the application's proxy can run a mirror test (the copies, and the canary's answers to them
-    for the judge): only nginx can (docs/strategies.md says why the others cannot yet)."""
-    if spec.kind in MIRROR_PROXIES:
-        if spec.listen is None or spec.access_log is None:
-            why = (
-                "a mirror test on nginx needs the proxy's listen and access_log: the copies are made in the "
-            )
-            why += (
-                "server block canaryd writes, and the canary's answers to them are read from its access log"
-            )
-            return [problem(["body", "strategy"], why)]
-        return []
-    why = {
-        "haproxy": "HAProxy cannot copy requests by itself (it would need an SPOE mirroring agent beside it)",
-        "traefik": "canaryd does not read the canary's answers to Traefik's mirrored copies yet",
-    }.get(spec.kind, f"{spec.kind} cannot mirror")
-    return [
-        problem(
-            ["body", "strategy"],
-            f"strategy mirror is not available on {spec.kind}: {why}; it runs on "
-            f"{', '.join(MIRROR_PROXIES)} (see docs/strategies.md)",
+    """Whether the application's proxy can run a mirror test: make the copies where canaryd owns the
+    routing, and tell the judge the canary's answers to them (docs/strategies.md)."""
+    why: str | None = None
+    if spec.kind == "nginx" and (spec.listen is None or spec.access_log is None):
+        why = "a mirror test on nginx needs the proxy's listen and access_log: the copies are made in the "
+        why += "server block canaryd writes, and the canary's answers to them are read from its access log"
+    elif spec.kind == "traefik" and spec.router_rule is None:
+        why = "a mirror test on Traefik needs the proxy's router_rule: the router canaryd owns must point to "
+        why += "the mirroring service"
+    elif spec.kind not in MIRROR_PROXIES:
+        why = (
+            f"strategy mirror is not available on {spec.kind}: it cannot copy requests by itself (it would "
+            f"need an SPOE mirroring agent beside it); it runs on {' and '.join(MIRROR_PROXIES)} "
+            "(see docs/strategies.md)"
         )
-    ]
+    return [] if why is None else [problem(["body", "strategy"], why)]
 
 
 def strategy_body_problems(body: object) -> list[dict[str, Any]]:

@@ -95,7 +95,7 @@ class DeploymentCreate(StrictModel):
         description="`canary`: a growing random share of requests per stage (`config.stages`). `ab`: only "
         "requests matching one of `config.ab.match` (a header or cookie, equals or regex) go to the canary "
         "servers, all others to stable, for one stage of `stage_duration`; then promote or roll back. "
-        "`mirror` (nginx only): a copy of `config.mirror.percent` % of requests goes to the canary while "
+        "`mirror` (nginx and Traefik): a copy of `config.mirror.percent` % of requests goes to the canary while "
         "clients get stable's answers, for one stage; then the canary stages (`then: canary`) or an end "
         "without promoting (`then: stop`). "
         "`blue_green` and `rolling` are refused (422) until they exist; see docs/strategies.md.",
