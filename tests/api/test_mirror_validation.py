@@ -9,6 +9,7 @@ from typing import Any
 
 from tests.fixtures.haproxy import start_haproxy
 from tests.fixtures.stack import Stack, make_stack
+from tests.fixtures.traefik import start_traefik
 
 from .test_validation import locs, messages
 
@@ -111,3 +112,18 @@ async def test_mirror_on_nginx_needs_listen_and_access_log(embedded_stack: Stack
     r = await s.deploy("v2", {"mirror": {"percent": 20}}, strategy="mirror")
     assert r.status_code == 422, r.text
     assert "a mirror test on nginx needs the proxy's listen and access_log" in messages(r)[0]
+
+
+async def test_mirror_on_traefik_needs_router_rule(tmp_path: Path, sqlite_url: str) -> None:
+    """On Traefik the router canaryd owns must point to the mirroring service: without router_rule, 422."""
+    traefik = await asyncio.to_thread(start_traefik)
+    try:
+        async with make_stack(tmp_path, sqlite_url, servers=2) as s:
+            overrides = traefik.spec().model_dump()
+            overrides.update(listen=None, access_log=None, test_command=None, router_rule=None)
+            await s.register("v1", proxy_overrides=overrides)
+            r = await s.deploy("v2", {"mirror": {"percent": 20}, "stage_duration": 60}, strategy="mirror")
+            assert r.status_code == 422, r.text
+            assert "a mirror test on Traefik needs the proxy's router_rule" in messages(r)[0], r.text
+    finally:
+        await asyncio.to_thread(traefik.cleanup)

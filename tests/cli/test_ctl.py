@@ -480,3 +480,21 @@ def test_deploy_ab_sends_the_strategy_and_match_rules(run: Any, server: FakeServ
     result = run("deploy", "7", "v3", "--no-wait", "--match", "query:x=1")
     assert result.exit_code == 2 and "write header:NAME=VALUE" in result.stderr
     assert len(server.requests) == 2
+
+
+def test_deploy_mirror_sends_the_strategy_and_mirror_settings(run: Any, server: FakeServer) -> None:
+    """--mirror PERCENT and --mirror-then send a mirror test (strategy mirror, config.mirror), over a mirror
+    block given in --config-json; canaryd judges the values."""
+    server.on("POST", "/applications/7/deployments", httpx.Response(201, json=status_object("pending")))
+    result = run("deploy", "7", "v2", "--no-wait", "--mirror", "20", "--stages", "25,100")
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[0] == {
+        "version": "v2",
+        "strategy": "mirror",
+        "config": {"stages": [25.0, 100.0], "mirror": {"percent": 20}},
+    }
+    config = '{"mirror": {"percent": 5}}'
+    result = run("deploy", "7", "v3", "--no-wait", "--config-json", config, "--mirror-then", "stop")
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[1]["strategy"] == "mirror"
+    assert server.bodies()[1]["config"] == {"mirror": {"percent": 5, "then": "stop"}}

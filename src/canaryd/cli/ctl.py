@@ -650,9 +650,12 @@ def deployment_body(
     config_json: str | None,
     strategy: str | None = None,
     match: list[str] | None = None,
+    mirror: int | None = None,
+    mirror_then: str | None = None,
 ) -> JSONObject:
-    """The POST body: --config-json, overridden by --stages, --stage-duration and --match (which implies
-    --strategy ab unless another strategy is named; canaryd refuses a mismatch)."""
+    """The POST body: --config-json, overridden by --stages, --stage-duration, --match (which implies
+    --strategy ab unless another strategy is named; canaryd refuses a mismatch) and --mirror/--mirror-then
+    (which imply --strategy mirror)."""
     config: JSONObject = {}
     if config_json:
         try:
@@ -668,7 +671,16 @@ def deployment_body(
         config["stage_duration"] = stage_duration
     if match:
         config["ab"] = {"match": [parse_match(m) for m in match]}
-    chosen = strategy or ("ab" if match or "ab" in config else "canary")
+    if mirror is not None or mirror_then is not None:
+        given = config.get("mirror")
+        block: JSONObject = dict(given) if isinstance(given, dict) else {}
+        if mirror is not None:
+            block["percent"] = mirror
+        if mirror_then is not None:
+            block["then"] = mirror_then
+        config["mirror"] = block
+    implied = "ab" if match or "ab" in config else "mirror" if "mirror" in config else "canary"
+    chosen = strategy or implied
     return {"version": version, "strategy": chosen, "config": config}
 
 
@@ -743,7 +755,7 @@ StrategyOption = Annotated[
     str | None,
     typer.Option(
         "--strategy",
-        help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
+        help="canary (the default), ab or mirror; blue_green and rolling are refused until they exist.",
     ),
 ]
 MatchRules = Annotated[
@@ -753,6 +765,17 @@ MatchRules = Annotated[
         help="A/B rule, repeatable (any matches): header:X-Beta=1, cookie:plan=pro, "
         "header:User-Agent~Mobile (~ for a regex). Implies --strategy ab.",
     ),
+]
+MirrorPercent = Annotated[
+    int | None,
+    typer.Option(
+        "--mirror",
+        help="Mirror test: percent of requests copied to the canary (clients get stable). Implies --strategy mirror.",
+    ),
+]
+MirrorThen = Annotated[
+    str | None,
+    typer.Option("--mirror-then", help="After a mirror test that passed: canary (the default) or stop."),
 ]
 IdempotencyKey = Annotated[
     str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")
@@ -787,6 +810,8 @@ def deploy(
     config_json: ConfigJson = None,
     strategy: StrategyOption = None,
     match: MatchRules = None,
+    mirror: MirrorPercent = None,
+    mirror_then: MirrorThen = None,
     idempotency_key: IdempotencyKey = None,
     wait: Wait = True,
     timeout: Timeout = 3600.0,
@@ -798,7 +823,9 @@ def deploy(
     with session_client(ctx) as (client, session):
         if as_json:
             session = Session(session.url, session.token, session.runtime, "json")
-        body = deployment_body(version, stages, stage_duration, config_json, strategy, match)
+        body = deployment_body(
+            version, stages, stage_duration, config_json, strategy, match, mirror, mirror_then
+        )
         app_id = resolve_application(client, app_ref)
         created, new = create_deployment(client, app_id, body, idempotency_key)
         dep_id = report_created(session, version, created, new)
