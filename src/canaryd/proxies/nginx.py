@@ -296,12 +296,19 @@ def _mirroring(
         "        mirror_request_body on;",
         f'        access_log "{log}" canaryd_{app_id}_client;',
     ]
+    return head, location, _mirror_location(app_id, percent, spec)
+
+
+def _mirror_location(app_id: int, percent: int, spec: ProxySpec) -> list[str]:
+    """The internal location the copies go to: below 100 % a copy that was not drawn is answered 204 here
+    (unlogged, never reaching the canary); the others go to the canaries, their lines logged."""
+    draw = f"$canaryd_mirror_{app_id}"
     keepalive = (
         ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";']
         if spec.upstream_keepalive
         else []
     )
-    inner = [
+    return [
         f"    location = {MIRROR_PATH} {{",
         "        internal;",
         "        log_subrequest on;",
@@ -315,7 +322,7 @@ def _mirroring(
             if percent < 100
             else []
         ),
-        f"        proxy_pass http://{upstream}$request_uri;",
+        f"        proxy_pass http://canaryd_app_{app_id}_mirror$request_uri;",
         *keepalive,
         "        proxy_set_header Host $host;",
         # A slow canary must not hold clients' keep-alive connections for long (nginx finishes a request,
@@ -325,7 +332,6 @@ def _mirroring(
         f"        proxy_read_timeout {MIRROR_TIMEOUT}s;",
         "    }",
     ]
-    return head, location, inner
 
 
 def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
