@@ -297,7 +297,9 @@ async function showDeployment(id) {
         label = n < view.reached ? "done" : n === view.reached ? "stopped" : "not run";
       }
       return el("li", { class: `stage ${label}`, "aria-current": label === "current" ? "step" : null },
-        el("span", { class: "share" }, `${share} %`), el("span", { class: "label" }, `stage ${n}: ${label}`));
+        el("span", { class: "share" }, s.strategy === "mirror" && n === 1 && s.config.mirror
+          ? `mirror ${s.config.mirror.percent} %` : `${share} %`),
+        el("span", { class: "label" }, `stage ${n}: ${label}`));
     }));
     renderActions(s);
     renderVerdict(s);
