@@ -37,6 +37,8 @@ async def test_mirror_settings_listed_with_every_other_problem(embedded_stack: S
     r = await s.deploy("v2", {"mirror": {"percent": 101}, "ab": {"match": []}}, strategy="ab")
     assert r.status_code == 422, r.text
     assert ["body", "config", "mirror", "percent"] in locs(r) and ["body", "config", "mirror"] in locs(r)
+    r = await s.deploy("v2", {"mirror": "20 %"}, strategy="mirror")
+    assert r.status_code == 422 and locs(r) == [["body", "config", "mirror"]], r.text
     r = await s.deploy("v2", {"stage_duration": 5}, strategy="mirror")
     assert r.status_code == 422 and "strategy mirror needs config.mirror" in "\n".join(messages(r)), r.text
     assert (await s.api.get("/deployments")).json() == []

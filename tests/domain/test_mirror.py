@@ -111,6 +111,8 @@ def test_backend_json_keeps_the_mirror() -> None:
             [("body", "config", "checks", 0, "stages")],
         ),
         ("canary", {"mirror": {"percent": 10}}, [("body", "config", "mirror")]),
+        ("mirror", {"mirror": 5, "stages": [10]}, []),  # not an object: the schema says so
+        ("mirror", {"mirror": {"then": "stop"}, "stages": [10]}, [("body", "config", "stages")]),
         ("ab", {"mirror": {"percent": 10}, "ab": {}}, [("body", "config", "mirror")]),
     ],
 )

@@ -115,3 +115,14 @@ async def test_operator_rollback_and_pause_in_the_mirror_phase(db_url: str, stat
         assert any("operator says no" in r for r in dep.reasons), dep.reasons
         assert set(h.fleet.versions.values()) == {"v1"}
         h.restore_order_ok("v2")
+
+
+async def test_operator_promote_overrides_then_stop(db_url: str) -> None:
+    """then: stop only replaces the judge's promotion: an operator's promote is a decision, and promotes."""
+    async with harness(db_url) as h:
+        dep_id = await h.deploy("v2", "mirror", **THEN_STOP)
+        await h.run(dep_id, until={"monitoring"}, max_ticks=200)
+        await h.act(dep_id, "promote", reason="good enough")
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "completed", dep.reasons
+        assert set(h.fleet.versions.values()) == {"v2"}

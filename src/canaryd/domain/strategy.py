@@ -313,7 +313,8 @@ def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> lis
                 'strategy mirror needs config.mirror: {"percent": 1-100, "then": "canary" or "stop"}',
             )
         ]
-    then = mirror.then if not isinstance(mirror, Mapping) else mirror.get("then", "canary")
+    # As sent, the block may be anything (the schema reports that): only a readable `then` counts.
+    then = mirror.get("then", "canary") if isinstance(mirror, Mapping) else getattr(mirror, "then", None)
     if then != "stop":
         return []
     found: list[Problem] = []
