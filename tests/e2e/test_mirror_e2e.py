@@ -232,8 +232,7 @@ async def _slow_stops(s: Stack, client: Client) -> dict[str, Any]:
     its answers; a keep-alive client's requests wait for the copy of the one before (nginx reads a
     connection's next request only once the previous request's mirror answered), a fresh-connection
     client's do not."""
-    config = {**TEST, "mirror": {"percent": 100, "then": "stop"}, "stages": None}
-    del config["stages"]
+    config = {**{k: v for k, v in TEST.items() if k != "stages"}, "mirror": {"percent": 100, "then": "stop"}}
     dep_id = await _deploy(s, "v5-slow", config)
     await _wait_until(s, dep_id, "monitoring")
     keepalive = Client(client.url, rate=10, keepalive=True).start()
