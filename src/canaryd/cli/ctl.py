@@ -43,6 +43,8 @@ EXIT_DEPLOYMENT_FAILED = 3
 EXIT_API = 4
 EXIT_TIMEOUT = 5
 #: canary_status (or status) values after which nothing more happens, with the exit code each one means.
+#: The reason a `then: stop` mirror test that passed ends with (as canaryd.domain.strategy says it).
+MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
 TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_DEPLOYMENT_FAILED}
 #: Polling survives this many consecutive transient failures (connection errors, 5xx) before giving up.
 MAX_POLL_FAILURES = 5
@@ -304,12 +306,26 @@ def progress_line(status: JSONObject) -> str:
 
 
 def terminal_exit(status: JSONObject) -> int | None:
-    """The exit code a finished deployment means, or None while it is still going."""
+    """The exit code a finished deployment means, or None while it is still going. A mirror test with
+    `then: stop` that passed ends rolled back by design: that is a success (0)."""
     for key in ("canary_status", "status"):
         value = status.get(key)
         if isinstance(value, str) and value in TERMINAL_EXIT:
+            if value == "rolled_back" and mirror_test_passed(status):
+                return EXIT_OK
             return TERMINAL_EXIT[value]
     return None
+
+
+def mirror_test_passed(status: JSONObject) -> bool:
+    """Whether a rolled-back deployment is a mirror test that passed and was told to stop (its reason says
+    so: canaryd.domain.strategy.MIRROR_PASSED)."""
+    reasons = status.get("reasons")
+    return (
+        status.get("strategy") == "mirror"
+        and isinstance(reasons, list)
+        and any(isinstance(r, str) and r.startswith(MIRROR_PASSED) for r in reasons)
+    )
 
 
 def status_lines(s: JSONObject) -> list[str]:

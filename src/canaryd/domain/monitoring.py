@@ -33,7 +33,7 @@ from canaryd.domain.plan import (
     Trigger,
 )
 from canaryd.domain.routing import canary_share, expected_share, routes, stage_note
-from canaryd.domain.strategy import stops_after_test
+from canaryd.domain.strategy import MIRROR_PASSED, stops_after_test
 from canaryd.domain.types import CohortStats, HostLoad, State
 
 _THEN = {
@@ -112,10 +112,7 @@ def _stop_instead_of_promoting(s: Snapshot, decision: Decision, now: datetime) -
     servers back instead, saying that it passed."""
     if decision.action is not Action.PROMOTE or not stops_after_test(s.strategy, s.config):
         return decision
-    why = (
-        f"the mirror test passed and mirror.then is stop: the canary servers go back to {s.previous_version} "
-        "without promoting"
-    )
+    why = f"{MIRROR_PASSED}: the canary servers go back to {s.previous_version} without promoting"
     return replace(decision, action=Action.ROLLBACK, reasons=(*decision.reasons, why))
 
 

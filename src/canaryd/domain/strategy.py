@@ -217,6 +217,10 @@ class Mirror:
 _STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "mirror": Mirror()}
 
 
+#: How the reason of a `then: stop` mirror test that passed begins (canaryctl exits 0 on it).
+MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
+
+
 def stops_after_test(strategy: str, config: CanaryConfig) -> bool:
     """True when passing the last stage ends the deployment without promoting (a mirror test with `then:
     stop`): the canary servers are rolled back, having only ever answered copies."""
@@ -337,6 +341,7 @@ __all__ = [
     "AB_STAGES",
     "AVAILABLE",
     "MIRROR_ONLY_STAGES",
+    "MIRROR_PASSED",
     "MIRROR_PROXIES",
     "NOT_YET",
     "TESTING",
