@@ -492,3 +492,40 @@ def test_deploy_rolling_block_implies_the_strategy(run: Any, server: FakeServer)
         "strategy": "rolling",
         "config": {"rolling": {"batch_size": 2}},
     }
+
+
+def test_deploy_mirror_sends_the_strategy_and_mirror_settings(run: Any, server: FakeServer) -> None:
+    """--mirror PERCENT and --mirror-then send a mirror test (strategy mirror, config.mirror), over a mirror
+    block given in --config-json; canaryd judges the values."""
+    server.on("POST", "/applications/7/deployments", httpx.Response(201, json=status_object("pending")))
+    result = run("deploy", "7", "v2", "--no-wait", "--mirror", "20", "--stages", "25,100")
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[0] == {
+        "version": "v2",
+        "strategy": "mirror",
+        "config": {"stages": [25.0, 100.0], "mirror": {"percent": 20}},
+    }
+    config = '{"mirror": {"percent": 5}}'
+    result = run("deploy", "7", "v3", "--no-wait", "--config-json", config, "--mirror-then", "stop")
+    assert result.exit_code == 0, result.output
+    assert server.bodies()[1]["strategy"] == "mirror"
+    assert server.bodies()[1]["config"] == {"mirror": {"percent": 5, "then": "stop"}}
+
+
+def test_deploy_wait_mirror_test_that_passed_and_stopped_exits_0(run: Any, server: FakeServer) -> None:
+    """A mirror test with then: stop ends rolled back by design: exit 0 when its reason says it passed, 1
+    when the judge rolled it back."""
+    from canaryd.cli.ctl import MIRROR_PASSED, terminal_exit
+    from canaryd.domain.strategy import MIRROR_PASSED as SAID
+
+    assert MIRROR_PASSED == SAID
+    passed = [f"{SAID}: the canary servers go back to v1 without promoting"]
+    failed = ["error_rate: canary 27.3 % vs stable 0.0 % (+27.3 pp, limit +5.0 pp)"]
+    created = status_object("pending", strategy="mirror")
+    server.on("POST", "/applications/7/deployments", httpx.Response(201, json=created))
+    done = status_object("rolled_back", 1, 0, strategy="mirror", reasons=passed)
+    server.on("GET", "/deployments/42", httpx.Response(200, json=done))
+    result = run("deploy", "7", "v2", "--mirror", "20", "--mirror-then", "stop")
+    assert result.exit_code == 0, result.output
+    assert terminal_exit(status_object("rolled_back", strategy="mirror", reasons=failed)) == 1
+    assert terminal_exit(status_object("rolled_back", strategy="canary", reasons=passed)) == 1

@@ -9,7 +9,7 @@ from canaryd.domain.config import CanaryConfig
 from canaryd.domain.matching import proxy_problems, regex_problems, rule_problems
 from canaryd.domain.pool import PoolServer
 from canaryd.domain.routing import canary_share
-from canaryd.domain.strategy import AB, Canary, problems, strategy_for
+from canaryd.domain.strategy import AB, STRATEGY_BLOCKS, Canary, problems, strategy_for
 from canaryd.domain.types import Backend, MatchRule, State
 
 BETA = MatchRule("header", "X-Beta", "equals", "1")
@@ -146,8 +146,24 @@ def test_strategy_problems() -> None:
         ("body", "config", "ab"),
         ("body", "config", "stages"),
     ]
-    assert [loc for loc, _ in problems("mirror", {}, None)] == [("body", "strategy")]
+    assert [loc for loc, _ in problems("blue_green", {}, None)] == [("body", "strategy")]
     assert strategy_for("canary").effective(AB_CONFIG).ab is None
     assert strategy_for("ab").effective(AB_CONFIG).stages == [100.0]
     with pytest.raises(ValueError, match="not available"):
         strategy_for("linear")
+
+
+def test_each_strategy_drops_the_other_strategies_blocks() -> None:
+    """Blocks inherited from the application's defaults that belong to another strategy never reach a
+    deployment's settings (a deployment's own are refused by `problems`)."""
+    every = AB_CONFIG.model_copy(
+        update={
+            "rolling": CanaryConfig.model_validate({"rolling": {"batch_size": 2}}).rolling,
+            "mirror": CanaryConfig.model_validate({"mirror": {"percent": 20}}).mirror,
+        }
+    )
+    kept = {
+        name: {block for block in STRATEGY_BLOCKS if getattr(strategy_for(name).effective(every), block)}
+        for name in ("canary", "ab", "rolling", "mirror")
+    }
+    assert kept == {"canary": set(), "ab": {"ab"}, "rolling": {"rolling"}, "mirror": {"mirror"}}

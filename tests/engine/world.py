@@ -156,15 +156,22 @@ class MemoryProxy:
         backends = self.serving.backends
         bound = [b for b in backends if b.match]
         matched = total * self.fleet.matching_share if bound else 0.0
-        weight = sum(b.weight for b in backends if not b.match)
+        weight = sum(b.weight for b in backends if not b.match and not b.mirror)
         shares = [
-            matched / len(bound) if b.match else (total - matched) * b.weight / weight for b in backends
+            matched / len(bound) if b.match else 0.0 if b.mirror else (total - matched) * b.weight / weight
+            for b in backends
         ]
         counts = [int(x) for x in shares]
         for i in sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])[: total - sum(counts)]:
             counts[i] += 1
         self.offset += total
-        return {f"{b.host}:{b.port}": n for b, n in zip(backends, counts, strict=True) if n}
+        out = {f"{b.host}:{b.port}": n for b, n in zip(backends, counts, strict=True) if n}
+        # Strategy mirror: the mirrors take no request of the split (weight 0 there), and get copies of
+        # their percent of all of them, shared between them.
+        mirrors = [b for b in backends if b.mirror]
+        for b in mirrors:
+            out[f"{b.host}:{b.port}"] = round(total * b.mirror / 100 / len(mirrors))
+        return {k: n for k, n in out.items() if n}
 
 
 class MemoryTransport:

@@ -377,3 +377,37 @@ async def test_starting_or_ending_an_ab_test_never_half_applies(
             assert await back_on(ab), step
         await switch(proxy, cut, ab)
         assert await proxy.check(cut) and not await proxy.check(ab)
+
+
+@pytest.mark.parametrize("kind", ["nginx", "traefik"])
+async def test_starting_or_ending_a_mirror_never_half_applies(
+    kind: str, tmp_path: Path, sqlite_url: str, app_fleet: AppFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strategy mirror: making the canary a mirror (out of the split, given copies) and cutting it again
+    fail at every step like any change: the proxy is back on the table last proven live, and the clean
+    change then goes through."""
+    async with world(tmp_path, sqlite_url, app_fleet, kind, monkeypatch) as w:
+        app = await register(w, "shop")
+        async with w.rt.sessions() as session:
+            stored = await ApplicationRepository(session).get(app.id)
+            assert stored is not None
+            proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+        last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
+        first = last.backends[0]
+        mirror = Backend(first.server_id, first.host, first.port, 1, "canary", (), 25)
+        mirrored = RouteTable(app.id, app.name, (mirror, *last.backends[1:]), last.generation + 1)
+        cut = RouteTable(app.id, app.name, last.backends[1:], last.generation + 2)
+
+        async def back_on(table: RouteTable) -> bool:
+            return await _eventually(lambda: proxy.check(table), within=5.0 if kind == "traefik" else 0.0)
+
+        for step in STEPS[kind]:
+            await expect_failure(w, step, switch(proxy, mirrored, last))
+            assert await back_on(last), step
+        await switch(proxy, mirrored, last)
+        assert await proxy.check(mirrored)
+        for step in STEPS[kind]:
+            await expect_failure(w, step, switch(proxy, cut, mirrored))
+            assert await back_on(mirrored), step
+        await switch(proxy, cut, mirrored)
+        assert await proxy.check(cut) and not await proxy.check(mirrored)

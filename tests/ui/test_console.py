@@ -197,3 +197,28 @@ async def test_an_ab_test_is_shown_as_one(embedded_stack: Stack, browser: Browse
     await expect(row).to_contain_text("A/B")
     assert w.errors == []
     await w.context.close()
+
+
+async def test_a_mirror_test_is_shown_as_one(embedded_stack: Stack, browser: Browser) -> None:
+    """During a mirror phase the canary answers copies only: the page says so, and its first stage is the
+    mirror's percent, not a share of live requests."""
+    s = embedded_stack
+    await s.register("v1")
+    config = {
+        "stage_duration": 600,
+        "health_check_interval": 5,
+        "mirror": {"percent": 20},
+        "stages": [50, 100],
+    }
+    r = await s.deploy("v2", config, strategy="mirror")
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    w = await open_page(browser)
+    page = await sign_in(w, s.base, TOKEN, f"/ui#/deployments/{dep_id}")
+    await expect(page.locator("#dep-summary")).to_contain_text(
+        "mirror test: the canary gets a copy of 20 % of requests; clients get stable's answers"
+    )
+    await expect(page.locator("li.stage").first).to_contain_text("mirror 20 %")
+    assert w.errors == []
+    await w.context.close()

@@ -43,6 +43,8 @@ EXIT_DEPLOYMENT_FAILED = 3
 EXIT_API = 4
 EXIT_TIMEOUT = 5
 #: canary_status (or status) values after which nothing more happens, with the exit code each one means.
+#: The reason a `then: stop` mirror test that passed ends with (as canaryd.domain.strategy says it).
+MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
 TERMINAL_EXIT = {"completed": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "failed": EXIT_DEPLOYMENT_FAILED}
 #: Polling survives this many consecutive transient failures (connection errors, 5xx) before giving up.
 MAX_POLL_FAILURES = 5
@@ -304,12 +306,26 @@ def progress_line(status: JSONObject) -> str:
 
 
 def terminal_exit(status: JSONObject) -> int | None:
-    """The exit code a finished deployment means, or None while it is still going."""
+    """The exit code a finished deployment means, or None while it is still going. A mirror test with
+    `then: stop` that passed ends rolled back by design: that is a success (0)."""
     for key in ("canary_status", "status"):
         value = status.get(key)
         if isinstance(value, str) and value in TERMINAL_EXIT:
+            if value == "rolled_back" and mirror_test_passed(status):
+                return EXIT_OK
             return TERMINAL_EXIT[value]
     return None
+
+
+def mirror_test_passed(status: JSONObject) -> bool:
+    """Whether a rolled-back deployment is a mirror test that passed and was told to stop (its reason says
+    so: canaryd.domain.strategy.MIRROR_PASSED)."""
+    reasons = status.get("reasons")
+    return (
+        status.get("strategy") == "mirror"
+        and isinstance(reasons, list)
+        and any(isinstance(r, str) and r.startswith(MIRROR_PASSED) for r in reasons)
+    )
 
 
 def status_lines(s: JSONObject) -> list[str]:
@@ -650,10 +666,13 @@ def deployment_body(
     config_json: str | None,
     strategy: str | None = None,
     match: list[str] | None = None,
+    mirror: int | None = None,
+    mirror_then: str | None = None,
 ) -> JSONObject:
-    """The POST body: --config-json, overridden by --stages, --stage-duration and --match (which implies
-    --strategy ab unless another strategy is named; canaryd refuses a mismatch; a `rolling` block in
-    --config-json implies --strategy rolling likewise)."""
+    """The POST body: --config-json, overridden by --stages, --stage-duration, --match (which implies
+    --strategy ab unless another strategy is named; canaryd refuses a mismatch) and --mirror/--mirror-then
+    (which imply --strategy mirror); a `rolling` or `mirror` block in --config-json implies its strategy
+    likewise."""
     config: JSONObject = {}
     if config_json:
         try:
@@ -669,7 +688,16 @@ def deployment_body(
         config["stage_duration"] = stage_duration
     if match:
         config["ab"] = {"match": [parse_match(m) for m in match]}
-    chosen = strategy or ("ab" if match or "ab" in config else "rolling" if "rolling" in config else "canary")
+    if mirror is not None or mirror_then is not None:
+        given = config.get("mirror")
+        block: JSONObject = dict(given) if isinstance(given, dict) else {}
+        if mirror is not None:
+            block["percent"] = mirror
+        if mirror_then is not None:
+            block["then"] = mirror_then
+        config["mirror"] = block
+    implied = next((name for name in ("ab", "mirror", "rolling") if name in config), "canary")
+    chosen = strategy or implied
     return {"version": version, "strategy": chosen, "config": config}
 
 
@@ -744,7 +772,7 @@ StrategyOption = Annotated[
     str | None,
     typer.Option(
         "--strategy",
-        help="canary (the default), ab or rolling; blue_green and mirror are refused until they exist.",
+        help="canary (the default), ab, rolling or mirror; blue_green is refused until it exists.",
     ),
 ]
 MatchRules = Annotated[
@@ -754,6 +782,17 @@ MatchRules = Annotated[
         help="A/B rule, repeatable (any matches): header:X-Beta=1, cookie:plan=pro, "
         "header:User-Agent~Mobile (~ for a regex). Implies --strategy ab.",
     ),
+]
+MirrorPercent = Annotated[
+    int | None,
+    typer.Option(
+        "--mirror",
+        help="Mirror test: percent of requests copied to the canary (clients get stable). Implies --strategy mirror.",
+    ),
+]
+MirrorThen = Annotated[
+    str | None,
+    typer.Option("--mirror-then", help="After a mirror test that passed: canary (the default) or stop."),
 ]
 IdempotencyKey = Annotated[
     str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")
@@ -788,6 +827,8 @@ def deploy(
     config_json: ConfigJson = None,
     strategy: StrategyOption = None,
     match: MatchRules = None,
+    mirror: MirrorPercent = None,
+    mirror_then: MirrorThen = None,
     idempotency_key: IdempotencyKey = None,
     wait: Wait = True,
     timeout: Timeout = 3600.0,
@@ -799,7 +840,9 @@ def deploy(
     with session_client(ctx) as (client, session):
         if as_json:
             session = Session(session.url, session.token, session.runtime, "json")
-        body = deployment_body(version, stages, stage_duration, config_json, strategy, match)
+        body = deployment_body(
+            version, stages, stage_duration, config_json, strategy, match, mirror, mirror_then
+        )
         app_id = resolve_application(client, app_ref)
         created, new = create_deployment(client, app_id, body, idempotency_key)
         dep_id = report_created(session, version, created, new)

@@ -449,6 +449,16 @@ class RollingSettings(StrictModel):
         return max(1, math.floor(servers * percent / 100))
 
 
+class MirrorSettings(StrictModel):
+    """Strategy `mirror`: the share of live requests copied to the canary servers while clients get only
+    stable's answers, and what follows a mirror phase that passed."""
+
+    #: Percent of live requests whose copy goes to the canary (the others' copies are dropped at the proxy).
+    percent: int = Field(ge=1, le=100, examples=[20])
+    #: `canary`: go on with the canary stages (`stages`); `stop`: end without promoting (rolled back).
+    then: Literal["canary", "stop"] = "canary"
+
+
 def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
     ValueError when both are given and disagree."""
@@ -562,6 +572,8 @@ class CanaryConfig(StrictModel):
     ab: AbSettings | None = None
     #: Strategy `rolling` only (refused with any other strategy): how many servers each batch upgrades.
     rolling: RollingSettings | None = None
+    #: Strategy `mirror` only (refused with any other strategy): the share of requests copied to the canary.
+    mirror: MirrorSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -707,6 +719,7 @@ __all__ = [
     "HealthPath",
     "Host",
     "Listen",
+    "MirrorSettings",
     "Name",
     "PrometheusQueries",
     "PrometheusSource",
@@ -869,6 +882,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "rolling": (
             'Strategy rolling only (refused with any other strategy): {"batch_size": servers} or {"batch_percent": percent of the servers, rounded down, at least 1}; omitted: 25 %. Each batch is drained, deployed, health-gated, returned and judged for stage_duration against the servers not yet upgraded before the next one; at least one server always serves. See docs/strategies.md.',
+            "object",
+        ),
+        "mirror": (
+            'Strategy mirror only (refused with any other strategy): {"percent": 1-100, "then": "canary"|"stop"}. A copy of percent % of live requests goes to the canary servers while every client gets stable\'s answer; the judge compares the canary\'s answers to the copies with stable\'s. After a mirror phase of stage_duration that passed, `canary` goes on with the canary stages, `stop` ends without promoting (rolled_back); see docs/strategies.md.',
             "object",
         ),
     },

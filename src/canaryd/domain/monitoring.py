@@ -33,6 +33,7 @@ from canaryd.domain.plan import (
     Trigger,
 )
 from canaryd.domain.routing import canary_share, expected_share, routes, stage_note
+from canaryd.domain.strategy import MIRROR_PASSED, stops_after_test
 from canaryd.domain.types import CohortStats, HostLoad, State
 
 _THEN = {
@@ -67,7 +68,7 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
     judged = _judge(s, o, canary, stable, baseline, failures, figures)
     figures["judge"] = s.config.judge
     figures["verdict"] = judged.verdict.snapshot()
-    decision = _stage_decision(s, judged, now)
+    decision = _stop_instead_of_promoting(s, _stage_decision(s, judged, now), now)
     if s.state is State.WAITING_FOR_APPROVAL:
         decision = _while_waiting(s, decision, now)
     if decision.would is not None:
@@ -104,6 +105,15 @@ def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:
         config.stage_duration if timeout is None else timeout, config.inconclusive_action, config.observe_only
     )
     return decide(clock, judged.verdict, now, policy)
+
+
+def _stop_instead_of_promoting(s: Snapshot, decision: Decision, now: datetime) -> Decision:
+    """A test that ends without promoting (a mirror test with `then: stop`): its pass rolls the canary
+    servers back instead, saying that it passed."""
+    if decision.action is not Action.PROMOTE or not stops_after_test(s.strategy, s.config):
+        return decision
+    why = f"{MIRROR_PASSED}: the canary servers go back to {s.previous_version} without promoting"
+    return replace(decision, action=Action.ROLLBACK, reasons=(*decision.reasons, why))
 
 
 def _act(s: Snapshot, decision: Decision, facts: Facts, figures: dict[str, Any], now: datetime) -> Plan:

@@ -18,8 +18,11 @@ match one of its rules (a header or a cookie, by equality or regex) to the canar
 `rolling` upgrades the servers a batch at a time: each batch is drained, deployed, health-gated and put
 back at the weight of the others, then judged for `stage_duration` against the servers not yet upgraded;
 its stages are the batches (`rolling_stages`: the upgraded servers' cumulative share), and the batch being
-deployed is kept out of the pool by domain/batches.py. `blue_green` and `mirror` are named so that the API
-can refuse them clearly until they exist (docs/strategies.md).
+deployed is kept out of the pool by domain/batches.py. `mirror` first copies `mirror.percent` % of live
+requests to the canary servers for one stage while clients get only stable's answers (the canary's are
+thrown away by the proxy), then goes on with the canary stages (`then: canary`) or ends without promoting
+(`then: stop`: rolled back, nothing promoted). `blue_green` is named so that the API can refuse it clearly
+until it exists (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -29,15 +32,19 @@ from typing import Any, Literal, Protocol
 
 from canaryd.domain.config import CanaryConfig, RollingSettings
 from canaryd.domain.pool import PoolServer, desired_backends
-from canaryd.domain.types import Backend, State
+from canaryd.domain.types import Backend, State, mirror_percent
 
 StrategyName = Literal["canary", "ab", "blue_green", "mirror", "rolling"]
-AVAILABLE: tuple[str, ...] = ("canary", "ab", "rolling")
-NOT_YET: tuple[str, ...] = ("blue_green", "mirror")
+AVAILABLE: tuple[str, ...] = ("canary", "ab", "rolling", "mirror")
+NOT_YET: tuple[str, ...] = ("blue_green",)
 #: The states in which a test routes by its rules (the canary's split states).
 TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED})
 #: The one stage of an A/B test: every matching request (100 % of them) goes to the canary.
 AB_STAGES = (100.0,)
+#: The stage plan of a mirror test that stops after it (`then: stop`): its one stage, the mirror phase.
+MIRROR_ONLY_STAGES = (100.0,)
+#: Proxy kinds that can copy requests to the canary and report the canary's answers to the copies.
+MIRROR_PROXIES = ("nginx", "traefik")
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -73,17 +80,25 @@ class Strategy(Protocol):
         ...
 
 
+#: The settings blocks that belong to one strategy each (`config.ab` to strategy ab, ...).
+STRATEGY_BLOCKS = ("ab", "rolling", "mirror")
+
+
+def only_own_block(config: CanaryConfig, own: str | None) -> CanaryConfig:
+    """`config` without the other strategies' blocks. A deployment's own such block is refused
+    (`problems`), so one found here came from the application's defaults: it describes the application's
+    tests of that other strategy, not this deployment."""
+    others = {name: None for name in STRATEGY_BLOCKS if name != own and getattr(config, name) is not None}
+    return config.model_copy(update=others) if others else config
+
+
 class Canary:
     """A growing random share of requests at each stage (domain/pool.py)."""
 
     name = "canary"
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
-        # An `ab` block can only come from the application's defaults here (a deployment's own is refused):
-        # it describes the application's A/B tests, not this canary (and `rolling` its rolling updates).
-        if config.ab is not None or config.rolling is not None:
-            return config.model_copy(update={"ab": None, "rolling": None})
-        return config
+        return only_own_block(config, None)
 
     def backends(
         self,
@@ -113,7 +128,7 @@ class AB:
     name = "ab"
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
-        return config.model_copy(update={"stages": list(AB_STAGES)})
+        return only_own_block(config, "ab").model_copy(update={"stages": list(AB_STAGES)})
 
     def backends(
         self,
@@ -161,7 +176,9 @@ class Rolling:
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
         # The stages (one per batch) need the number of servers: `rolling_stages` sets them at creation.
-        return config.model_copy(update={"ab": None, "rolling": config.rolling or RollingSettings()})
+        return only_own_block(config, "rolling").model_copy(
+            update={"rolling": config.rolling or RollingSettings()}
+        )
 
     def backends(
         self,
@@ -231,7 +248,76 @@ def rolling_feasibility(settings: RollingSettings, servers: int) -> list[str]:
     return []
 
 
-_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "rolling": Rolling()}
+class Mirror:
+    """Stage 1 copies `mirror.percent` % of live requests to the canary servers, whose answers clients never
+    get; the stages after it (`then: canary`) are a canary's, under their own percentages.
+
+    The mirror phase is stage index 0 of the effective plan: `stages` is `[first / 2, *stages]` (the stage
+    plan must stay increasing, and the first value only marks the phase: no split is made of it) with `then:
+    canary`, `[100]` with `then: stop`. `backends` knows the phase by that first value, which no later stage
+    can have."""
+
+    name = "mirror"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        if config.mirror is None:  # refused by `problems`; never reached with valid settings
+            return config
+        if config.mirror.then == "stop":
+            stages = list(MIRROR_ONLY_STAGES)
+        else:
+            stages = [config.stages[0] / 2, *config.stages]
+        return only_own_block(config, "mirror").model_copy(update={"stages": stages})
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        if state not in TESTING or config.mirror is None or percentage != config.stages[0]:
+            return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        stable = [
+            Backend(s.server_id, s.host, s.port, 1, "stable") for s in pool if s.server_id not in canary_ids
+        ]
+        # Only a canary that runs the new version gets copies (paused while deploying: none).
+        copies = [
+            Backend(s.server_id, s.host, s.port, 1, "canary", (), config.mirror.percent)
+            for s in pool
+            if s.server_id in canary_ids and s.version == new_version
+        ]
+        if not stable:  # cannot happen (at most half the servers are canaries); never serve nothing
+            return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        return tuple(sorted([*stable, *copies], key=lambda b: b.server_id))
+
+    def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
+        percent = mirror_percent(routed)
+        if not percent:
+            return Canary().expected_share(routed)
+        # Every request is stable's, and a copy of `percent` % of them is the canary's.
+        return percent / (100.0 + percent)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        if config.mirror is not None and index == 0:
+            return f"mirror: {config.mirror.percent} % of requests copied to the canary; clients get stable"
+        return f"stage {index} of {len(config.stages) - 1}: {config.stages[index]:g} %"
+
+
+_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "rolling": Rolling(), "mirror": Mirror()}
+
+
+#: How the reason of a `then: stop` mirror test that passed begins (canaryctl exits 0 on it).
+MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
+
+
+def stops_after_test(strategy: str, config: CanaryConfig) -> bool:
+    """True when passing the last stage ends the deployment without promoting (a mirror test with `then:
+    stop`): the canary servers are rolled back, having only ever answered copies."""
+    return strategy == "mirror" and config.mirror is not None and config.mirror.then == "stop"
 
 
 def strategy_for(name: str) -> Strategy:
@@ -258,6 +344,12 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
         return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
+    if strategy != "ab" and "ab" in own:
+        found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
+    if strategy != "mirror" and "mirror" in own:
+        found.append(
+            (("body", "config", "mirror"), f"mirror settings apply to strategy mirror only, not {strategy}")
+        )
     if strategy != "rolling" and "rolling" in own:
         found.append(
             (
@@ -265,13 +357,13 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
                 f"rolling settings apply to strategy rolling only, not {strategy}",
             )
         )
+    if strategy == "ab":
+        found += _ab_problems(own, config)
+    if strategy == "mirror":
+        found += _mirror_problems(own, config)
     if strategy == "rolling":
-        return [*found, *_rolling_problems(own, config)]
-    if strategy != "ab":
-        if "ab" in own:
-            found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
-        return found
-    return [*found, *_ab_problems(own, config)]
+        found += _rolling_problems(own, config)
+    return found
 
 
 #: What a rolling update refuses, and why (a deployment's own settings; the application's defaults for
@@ -281,7 +373,6 @@ _NOT_ROLLING = {
     "rolling.batch_size or rolling.batch_percent and leave stages out",
     "canary_server_percentage": "canary_server_percentage sizes the canary; a rolling update's first batch "
     "is rolling.batch_size (or batch_percent) servers: leave canary_server_percentage out",
-    "ab": "ab settings apply to strategy ab only, not rolling",
 }
 
 
@@ -356,19 +447,56 @@ def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Pr
     return found
 
 
+def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of a mirror test's settings (`own` and `config` as for `problems`): the mirror block is
+    required; with `then: stop` there are no canary stages, so nothing may name them."""
+    mirror = config.mirror if config is not None else own.get("mirror")
+    if mirror is None:
+        return [
+            (
+                ("body", "config", "mirror"),
+                'strategy mirror needs config.mirror: {"percent": 1-100, "then": "canary" or "stop"}',
+            )
+        ]
+    # As sent, the block may be anything (the schema reports that): only a readable `then` counts.
+    then = mirror.get("then", "canary") if isinstance(mirror, Mapping) else getattr(mirror, "then", None)
+    if then != "stop":
+        return []
+    found: list[Problem] = []
+    why = "a mirror test with then: stop has no canary stages (it ends without promoting)"
+    if "stages" in own:
+        found.append((("body", "config", "stages"), f"{why}: leave stages out"))
+    approve = config.approve_before if config is not None else own.get("approve_before")
+    if approve:
+        found.append((("body", "config", "approve_before"), f"{why}: leave approve_before out"))
+    checks = config.checks if config is not None else own.get("checks")
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
+        if stages is not None:
+            found.append((("body", "config", "checks", i, "stages"), f"{why}: leave the check's stages out"))
+    return found
+
+
 __all__ = [
     "AB",
     "AB_STAGES",
     "AVAILABLE",
+    "MIRROR_ONLY_STAGES",
+    "MIRROR_PASSED",
+    "MIRROR_PROXIES",
     "NOT_YET",
+    "STRATEGY_BLOCKS",
     "TESTING",
     "Canary",
+    "Mirror",
     "Rolling",
     "Strategy",
     "StrategyName",
     "batch_sizes",
+    "only_own_block",
     "problems",
     "rolling_feasibility",
     "rolling_stages",
+    "stops_after_test",
     "strategy_for",
 ]

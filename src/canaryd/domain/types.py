@@ -62,6 +62,9 @@ class Backend:
     #: Non-empty: this server takes only the requests that match one of these rules (an A/B test), never a
     #: share of the random split: its weight there is 0. Every other request goes to the servers without rules.
     match: tuple[MatchRule, ...] = ()
+    #: 1-100 (strategy mirror): this server takes no live request; it gets a copy of `mirror` percent of
+    #: them, whose answers the proxy throws away (clients get stable's). 0: not a mirror.
+    mirror: int = 0
 
     def to_json(self) -> dict[str, object]:
         """As stored in `Application.proxy_applied` (the rules only when there are some, so that a table
@@ -75,6 +78,8 @@ class Backend:
         }
         if self.match:
             out["match"] = [r.to_json() for r in self.match]
+        if self.mirror:
+            out["mirror"] = self.mirror
         return out
 
     @classmethod
@@ -82,13 +87,24 @@ class Backend:
         cohort: Cohort = "canary" if data["cohort"] == "canary" else "stable"
         rules = tuple(MatchRule.from_json(r) for r in data.get("match") or ())
         return cls(
-            int(data["server_id"]), str(data["host"]), int(data["port"]), int(data["weight"]), cohort, rules
+            int(data["server_id"]),
+            str(data["host"]),
+            int(data["port"]),
+            int(data["weight"]),
+            cohort,
+            rules,
+            int(data.get("mirror") or 0),
         )
 
 
 def split_pool(backends: tuple[Backend, ...] | list[Backend]) -> list[Backend]:
-    """The backends that take part in the random (weighted) split: those without A/B rules."""
-    return [b for b in backends if not b.match]
+    """The backends that take part in the random (weighted) split: those without A/B rules or a mirror."""
+    return [b for b in backends if not b.match and not b.mirror]
+
+
+def mirror_percent(backends: tuple[Backend, ...] | list[Backend]) -> int:
+    """The share of requests copied to the mirrored canaries of a route table (strategy mirror), or 0."""
+    return next((b.mirror for b in backends if b.mirror), 0)
 
 
 def match_rules(backends: tuple[Backend, ...] | list[Backend]) -> tuple[MatchRule, ...]:

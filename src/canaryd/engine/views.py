@@ -45,6 +45,8 @@ def _target_percentage(dep: Deployment, state: State, stages: list[float]) -> fl
     target = stages[dep.current_canary_stage] if stages and dep.current_canary_stage < len(stages) else 0.0
     if dep.strategy == "ab" and state is not State.PROMOTING:
         target = 0.0  # an A/B test gives the canary matching requests by rule, never a share of the split
+    if dep.strategy == "mirror" and dep.current_canary_stage == 0 and state is not State.PROMOTING:
+        target = 0.0  # a mirror phase copies requests to the canary: no client request is the canary's
     if state == State.COMPLETED:
         target = 100.0
     elif state in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):

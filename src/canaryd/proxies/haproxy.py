@@ -212,6 +212,8 @@ def render_haproxy(
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
     rules = match_rules(table.backends)
+    if any(b.mirror for b in table.backends):  # the API refuses strategy mirror here (docs/strategies.md)
+        raise ValueError("canaryd cannot mirror requests on HAProxy")
     if rules and spec.listen is None:
         raise ValueError("A/B rules need listen: they route in canaryd's frontend")
     servers, bound = _declared_entries(table, spec, rules, retained)

@@ -45,7 +45,7 @@ from canaryd.domain.addresses import HEADER_NAME, parse_listen
 from canaryd.domain.addresses import format_address as _format_address
 from canaryd.domain.config import ProxySpec
 from canaryd.domain.matching import equals_problems, name_problems, regex_problems
-from canaryd.domain.types import Cohort, MatchRule, match_rules
+from canaryd.domain.types import Backend, Cohort, MatchRule, match_rules
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
 from canaryd.proxies.files import file_lock, install, read_optional
@@ -58,12 +58,19 @@ logger = logging.getLogger(__name__)
 
 #: Path of the generation probe served by the rendered server block.
 GENERATION_PATH = "/.canaryd/generation"
+#: Internal location the mirrored copies of requests go through (strategy mirror).
+MIRROR_PATH = "/.canaryd/mirror"
+#: Seconds a copy may take to connect to the canary, and to send or read (each), before nginx gives up
+#: (a 504 or 502 on the canary's account): bounds how long a slow canary can hold a client's connection.
+MIRROR_CONNECT_TIMEOUT = 1
+MIRROR_TIMEOUT = 5
 COMMAND_TIMEOUT = 30.0
 
 _PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
 _FORBIDDEN = re.compile(r"[\s;{}#'\"`$\\\x00-\x1f\x7f]")
 _COMMENT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _ADDR_SEPARATORS = re.compile(r"\s*,\s*|\s+:\s+")
+_SECONDS = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 
 # Fields of the JSON access log line. nginx escapes values itself (escape=json).
 _LOG_FIELDS = (
@@ -254,6 +261,79 @@ def _upstream_map(app_id: int, keys: list[str], rules: tuple[MatchRule, ...]) ->
     return [*lines, "}"]
 
 
+def _mirroring(
+    app_id: int, mirrored: list[Backend], spec: ProxySpec, location: list[str], fields: str
+) -> tuple[list[str], list[str], list[str]]:
+    """Strategy mirror: the http-level lines (the canaries' upstream, the draw of the copied requests, the
+    clients' log format), the proxying location with its `mirror`, and the internal location the copies go
+    to. nginx throws the copies' answers away: clients only ever get stable's.
+
+    The copies' own lines (`log_subrequest on`) carry the canary's status, time and address, so the access
+    log counts them for the canary cohort; a copy that was not drawn is answered 204 there, unlogged,
+    without reaching the canary. A client's line is written only once its copy is answered too, so its
+    `$request_time` would include the canary's: it is logged with `"mirrored":"1"` and read by its
+    upstream's time instead (`parse_access_log_lines`)."""
+    percents = {b.mirror for b in mirrored}
+    if len(percents) != 1 or any(b.cohort != "canary" for b in mirrored):
+        raise ValueError("a mirror must copy the same share to every canary server, and to canaries only")
+    percent = check_int(percents.pop(), "mirror percent", 1, 100)
+    if spec.listen is None or spec.access_log is None:
+        raise ValueError("a mirror needs listen and access_log: its copies' answers are read from the log")
+    log = _check_path(spec.access_log, "access_log")
+    servers = [
+        f"    server {format_address(b.host, b.port)} max_fails=0;  # canary server {b.server_id}, mirror"
+        for b in mirrored
+    ]
+    upstream = f"canaryd_app_{app_id}_mirror"
+    draw = f"$canaryd_mirror_{app_id}"
+    head = ["", *_upstream(upstream, servers, spec), ""]
+    head.append(f'log_format canaryd_{app_id}_client escape=json \'{{{fields},"mirrored":"1"}}\';')
+    if percent < 100:  # which requests are copied: a random draw per request
+        head += ["", f'split_clients "${{request_id}}" {draw} {{', f"    {percent}% c;", '    * "";', "}"]
+    location = [
+        *location,
+        f"        mirror {MIRROR_PATH};",
+        "        mirror_request_body on;",
+        f'        access_log "{log}" canaryd_{app_id}_client;',
+    ]
+    return head, location, _mirror_location(app_id, percent, spec)
+
+
+def _mirror_location(app_id: int, percent: int, spec: ProxySpec) -> list[str]:
+    """The internal location the copies go to: below 100 % a copy that was not drawn is answered 204 here
+    (unlogged, never reaching the canary); the others go to the canaries, their lines logged."""
+    draw = f"$canaryd_mirror_{app_id}"
+    keepalive = (
+        ["        proxy_http_version 1.1;", '        proxy_set_header Connection "";']
+        if spec.upstream_keepalive
+        else []
+    )
+    return [
+        f"    location = {MIRROR_PATH} {{",
+        "        internal;",
+        "        log_subrequest on;",
+        *(
+            [
+                f'        if ({draw} = "") {{',
+                "            access_log off;",
+                "            return 204;",
+                "        }",
+            ]
+            if percent < 100
+            else []
+        ),
+        f"        proxy_pass http://canaryd_app_{app_id}_mirror$request_uri;",
+        *keepalive,
+        "        proxy_set_header Host $host;",
+        # A slow canary must not hold clients' keep-alive connections for long (nginx finishes a request,
+        # and reads the connection's next one, only once its copy is answered): bounded here.
+        f"        proxy_connect_timeout {MIRROR_CONNECT_TIMEOUT}s;",
+        f"        proxy_send_timeout {MIRROR_TIMEOUT}s;",
+        f"        proxy_read_timeout {MIRROR_TIMEOUT}s;",
+        "    }",
+    ]
+
+
 def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     """The whole include file for one application. Pure; raises ValueError on any unsafe or impossible value."""
     app_id = check_int(table.app_id, "app_id", 0)
@@ -263,6 +343,7 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     comment_name = _COMMENT_SAFE.sub("_", str(table.app_name))[:63] or "_"
 
     rules = match_rules(table.backends)
+    mirrored = [b for b in table.backends if b.mirror]
     servers, by_cohort, addresses = _server_lines(table, spec, rules)
     fields = ",".join(f'"{name}":"{var}"' for name, var in _LOG_FIELDS)
     lines = [
@@ -277,8 +358,12 @@ def render_nginx(table: RouteTable, spec: ProxySpec) -> str:
     if spec.sticky or spec.force_header is not None or rules:
         routing, location = _cohort_routing(app_id, generation, by_cohort, addresses, spec, rules)
         lines += routing
+    mirror_location: list[str] = []
+    if mirrored:
+        head, location, mirror_location = _mirroring(app_id, mirrored, spec, location, fields)
+        lines += head
     if spec.listen is not None:
-        lines += _server_block(app_id, generation, spec, location)
+        lines += _server_block(app_id, generation, spec, location, mirror_location)
     return "\n".join(lines) + "\n"
 
 
@@ -292,6 +377,9 @@ def _server_lines(
     addresses: dict[str, Cohort] = {}
     for b in table.backends:
         address = format_address(b.host, b.port)
+        if b.mirror:  # gets copies only (`_mirroring`), never a live request
+            addresses[address] = b.cohort
+            continue
         check_int(b.weight, f"weight of {address}", 1, spec.weight_limit)
         if b.cohort not in ("canary", "stable"):
             raise ValueError(f"cohort of {address} must be 'canary' or 'stable', not {str(b.cohort)[:20]!r}")
@@ -313,7 +401,9 @@ def _server_lines(
     return servers, by_cohort, addresses
 
 
-def _server_block(app_id: int, generation: int, spec: ProxySpec, location: list[str]) -> list[str]:
+def _server_block(
+    app_id: int, generation: int, spec: ProxySpec, location: list[str], extra: list[str] | None = None
+) -> list[str]:
     """The `server` block canaryd owns when `listen` is set: the generation probe and `location /`."""
     assert spec.listen is not None
     # Without upstream keep-alive nginx speaks HTTP/1.0 to the app, one connection per request (its default).
@@ -345,6 +435,7 @@ def _server_block(app_id: int, generation: int, spec: ProxySpec, location: list[
         "        proxy_set_header Host $host;",
         "        proxy_next_upstream error timeout;",
         "    }",
+        *(extra or []),
         "}",
     ]
 
@@ -380,7 +471,7 @@ def parse_access_log_lines(
             if not isinstance(entry, dict):
                 raise ValueError("not an object")
             status = int(entry["status"])
-            latency_ms = float(entry["request_time"]) * 1000.0
+            latency_ms = _latency_ms(entry)
             if not (0 < status < 1000 and math.isfinite(latency_ms) and latency_ms >= 0):
                 raise ValueError("status or request_time out of range")
             upstream_addr = entry.get("upstream_addr", "")
@@ -405,6 +496,18 @@ def parse_access_log_lines(
             if failed_cohort in ("canary", "stable"):
                 result.cohorts[failed_cohort].record(502, 0.0)
     return result
+
+
+def _latency_ms(entry: dict[str, object]) -> float:
+    """A line's latency: `request_time`, except for a client's request whose copy went to a mirror
+    (`"mirrored":"1"`), which nginx logs only once the copy was answered too: there, the time its
+    upstreams took (summed over retries), when nginx used one."""
+    if entry.get("mirrored") == "1":
+        raw = entry.get("upstream_response_time")
+        parts = [p.strip() for p in _ADDR_SEPARATORS.split(raw.strip())] if isinstance(raw, str) else []
+        if parts and all(_SECONDS.fullmatch(p) for p in parts):
+            return sum(float(p) for p in parts) * 1000.0
+    return float(str(entry["request_time"])) * 1000.0
 
 
 def failed_attempts(upstream_addr: str, upstream_status: object) -> list[str]:
@@ -615,6 +718,7 @@ class NginxProxy:
 
 __all__ = [
     "GENERATION_PATH",
+    "MIRROR_PATH",
     "NginxProxy",
     "ParsedLog",
     "format_address",

@@ -75,6 +75,8 @@ FORCE_PRIORITY = 100_000
 #: A/B rule routers: above the application's router, below the forced header (which wins everywhere).
 AB_PRIORITY = 90_000
 MAX_METRICS_BYTES = 64 * 1024 * 1024
+#: Strategy mirror: requests with a larger body are served but not copied to the canary.
+MIRROR_MAX_BODY = 1024 * 1024
 
 _SERVER_SERVICE = re.compile(r"canaryd-app-(\d+)-server-(\d+)")
 _SAMPLE = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?")
@@ -119,6 +121,9 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
         raise ValueError("a Traefik weighted service needs at least one server")
     sticky = cookie_name(app_id) if spec.sticky else None
     rules = match_rules(table.backends)
+    mirrored = [b for b in table.backends if b.mirror]
+    if mirrored and spec.router_rule is None:
+        raise ValueError("a mirror needs router_rule: the application's router must point to the mirror")
     if rules and spec.router_rule is None:
         raise ValueError("A/B rules need router_rule: they extend the application's router")
     services, children, by_cohort = _server_services(table, spec, rules)
@@ -129,9 +134,10 @@ def render_traefik(table: RouteTable, spec: ProxySpec) -> dict[str, Any]:
     http: dict[str, Any] = {"services": services}
     if spec.servers_transport is not None:
         http["serversTransports"] = {service_name(app_id): render_servers_transport(spec.servers_transport)}
+    entry = _mirroring(app_id, mirrored, services) if mirrored else main
     if spec.router_rule is not None:
         rule = validate_traefik_rule(spec.router_rule)
-        routers: dict[str, Any] = {main: {"rule": rule, "service": main}}
+        routers: dict[str, Any] = {main: {"rule": rule, "service": entry}}
         if spec.force_header is not None:
             routers.update(_forced_routers(app_id, rule, spec.force_header, services, by_cohort, sticky))
         if rules:
@@ -166,6 +172,8 @@ def _server_services(
         if spec.servers_transport is not None:
             balancer["serversTransport"] = service_name(app_id)
         services[name] = {"loadBalancer": balancer}
+        if b.mirror:  # gets copies only, through the mirroring service (`_mirroring`): no live request
+            continue
         by_cohort[b.cohort].append((name, b.weight))
         if b.match:  # A/B: reached only through the rule routers, no weight in the split
             if b.match != rules or b.cohort != "canary":
@@ -173,6 +181,30 @@ def _server_services(
             continue
         children.append((name, b.weight))
     return services, children, by_cohort
+
+
+def _mirroring(app_id: int, mirrored: list[Backend], services: dict[str, Any]) -> str:
+    """Strategy mirror: a mirroring service in front of the weighted one (which has no mirrored canary),
+    copying `percent` % of requests to the canaries' own weighted service; adds both to `services` and
+    returns the mirroring service's name, for the application's router. Traefik sends the copies after
+    the client's answer, throws their answers away, and counts them in the canary server services'
+    metrics, from which canaryd reads the canary's answers (`read_traffic`). A request body over
+    MIRROR_MAX_BODY is not copied (Traefik would otherwise hold every body in memory while copying)."""
+    percents = {b.mirror for b in mirrored}
+    if len(percents) != 1 or any(b.cohort != "canary" for b in mirrored):
+        raise ValueError("a mirror must copy the same share to every canary server, and to canaries only")
+    percent = check_int(percents.pop(), "mirror percent", 1, 100)
+    copies = f"{service_name(app_id)}-copies"
+    services[copies] = _weighted([(server_service_name(app_id, b.server_id), 1) for b in mirrored], None)
+    name = f"{service_name(app_id)}-mirror"
+    services[name] = {
+        "mirroring": {
+            "service": service_name(app_id),
+            "maxBodySize": MIRROR_MAX_BODY,
+            "mirrors": [{"name": copies, "percent": percent}],
+        }
+    }
+    return name
 
 
 def _forced_routers(
@@ -334,13 +366,30 @@ def check_dynamic_config(config: object) -> None:
                     raise ValueError(f"weighted service {name!r} names an undefined service")
                 if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
                     raise ValueError(f"weighted service {name!r} has a weight that is not a positive integer")
+        elif "mirroring" in service:
+            _check_mirroring(name, service["mirroring"], services)
         else:
-            raise ValueError(f"service {name!r} is neither a loadBalancer nor weighted")
+            raise ValueError(f"service {name!r} is neither a loadBalancer, weighted nor mirroring")
     for name, router in (http.get("routers") or {}).items():
         if not isinstance(router, dict) or router.get("service") not in services:
             raise ValueError(f"router {name!r} points to an undefined service")
         if not isinstance(router.get("rule"), str) or not router["rule"]:
             raise ValueError(f"router {name!r} has no rule")
+
+
+def _check_mirroring(name: str, mirroring: object, services: dict[str, Any]) -> None:
+    """A mirroring service: its service and every mirror defined, each mirror's percent in [0, 100]."""
+    if not isinstance(mirroring, dict) or not set(mirroring) <= {"service", "mirrors", "maxBodySize"}:
+        raise ValueError(f"mirroring service {name!r} has unexpected keys")
+    mirrors = mirroring.get("mirrors")
+    if mirroring.get("service") not in services or not isinstance(mirrors, list) or not mirrors:
+        raise ValueError(f"mirroring service {name!r} needs a defined service and at least one mirror")
+    for mirror in mirrors:
+        percent = mirror.get("percent") if isinstance(mirror, dict) else None
+        if not isinstance(mirror, dict) or mirror.get("name") not in services:
+            raise ValueError(f"mirroring service {name!r} names an undefined service")
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValueError(f"mirroring service {name!r} has a percent that is not an integer in 0-100")
 
 
 def dump_config(config: dict[str, Any]) -> bytes:
@@ -351,7 +400,11 @@ def dump_config(config: dict[str, Any]) -> bytes:
 def expected_weights(table: RouteTable) -> dict[str, int]:
     """What Traefik must report for the weighted service: child service → weight (A/B rule-bound servers
     are not children: they have no share of the split)."""
-    return {server_service_name(table.app_id, b.server_id): b.weight for b in table.backends if not b.match}
+    return {
+        server_service_name(table.app_id, b.server_id): b.weight
+        for b in table.backends
+        if not b.match and not b.mirror
+    }
 
 
 def loaded_weights(service: object) -> dict[str, int] | None:
@@ -414,7 +467,7 @@ def _same_services(by_name: dict[Any, Any], table: RouteTable, spec: ProxySpec) 
     except ValueError:
         return False
     ours = re.compile(
-        rf"canaryd-app-{table.app_id}(?:-server-\d+|-canary|-stable)?@{re.escape(spec.provider)}"
+        rf"canaryd-app-{table.app_id}(?:-server-\d+|-canary|-stable|-mirror|-copies)?@{re.escape(spec.provider)}"
     )
     reported = {n.split("@", 1)[0]: v for n, v in by_name.items() if isinstance(n, str) and ours.fullmatch(n)}
     if set(reported) != set(rendered):

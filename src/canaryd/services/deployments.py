@@ -38,8 +38,8 @@ from canaryd.domain.plan import (
 from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
+from canaryd.domain.strategy import MIRROR_PROXIES, rolling_feasibility, rolling_stages, strategy_for
 from canaryd.domain.strategy import problems as strategy_problems
-from canaryd.domain.strategy import rolling_feasibility, rolling_stages, strategy_for
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.outbox import enqueue
@@ -148,7 +148,7 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
         config, infeasible = _rolling_plan(app, config)
         problems = infeasible + problems
     elif config is not None:
-        problems = _feasibility_problems(app, config, overrides) + problems
+        problems = _feasibility_problems(app, config, overrides, payload.strategy) + problems
     if config is None or problems:
         raise Invalid(problems)
     notes = tuple(
@@ -173,7 +173,7 @@ def _rolling_plan(app: Application, config: CanaryConfig) -> tuple[CanaryConfig,
 
 
 def _feasibility_problems(
-    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+    app: Application, config: CanaryConfig, overrides: dict[str, Any], strategy: str = "canary"
 ) -> list[dict[str, Any]]:
     try:
         canaries = canary_server_count(len(app.server_ids), config.canary_server_percentage)
@@ -191,6 +191,16 @@ def _feasibility_problems(
             problem(where, why)
             for why in matching.proxy_problems(config.ab.rules(), spec.kind, spec.listen, spec.router_rule)
         ]
+    if (
+        strategy == "mirror" and config.mirror is not None
+    ):  # a mirror phase, then (then: canary) the canary's own stages
+        return mirror_problems(config, spec) + infeasible_stages(
+            config.stages[1:] if config.mirror.then == "canary" else [],
+            canaries,
+            stables,
+            spec,
+            source_loc("stages", overrides),
+        )
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
 
 
@@ -222,6 +232,25 @@ def _new_deployment(
         tick_token=None,
         next_tick_at=now,
     )
+
+
+def mirror_problems(config: CanaryConfig, spec: ProxySpec) -> list[dict[str, Any]]:
+    """Whether the application's proxy can run a mirror test: make the copies where canaryd owns the
+    routing, and tell the judge the canary's answers to them (docs/strategies.md)."""
+    why: str | None = None
+    if spec.kind == "nginx" and (spec.listen is None or spec.access_log is None):
+        why = "a mirror test on nginx needs the proxy's listen and access_log: the copies are made in the "
+        why += "server block canaryd writes, and the canary's answers to them are read from its access log"
+    elif spec.kind == "traefik" and spec.router_rule is None:
+        why = "a mirror test on Traefik needs the proxy's router_rule: the router canaryd owns must point to "
+        why += "the mirroring service"
+    elif spec.kind not in MIRROR_PROXIES:
+        why = (
+            f"strategy mirror is not available on {spec.kind}: it cannot copy requests by itself (it would "
+            f"need an SPOE mirroring agent beside it); it runs on {' and '.join(MIRROR_PROXIES)} "
+            "(see docs/strategies.md)"
+        )
+    return [] if why is None else [problem(["body", "strategy"], why)]
 
 
 def strategy_body_problems(body: object) -> list[dict[str, Any]]:

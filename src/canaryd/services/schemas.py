@@ -97,7 +97,10 @@ class DeploymentCreate(StrictModel):
         "servers, all others to stable, for one stage of `stage_duration`; then promote or roll back. "
         "`rolling`: `config.rolling.batch_size` servers (or `batch_percent` of them) at a time are drained, "
         "upgraded and judged for `stage_duration` against the servers not yet upgraded. "
-        "`blue_green` and `mirror` are refused (422) until they exist; see docs/strategies.md.",
+        "`mirror` (nginx and Traefik): a copy of `config.mirror.percent` % of requests goes to the canary while "
+        "clients get stable's answers, for one stage; then the canary stages (`then: canary`) or an end "
+        "without promoting (`then: stop`). "
+        "`blue_green` is refused (422) until it exists; see docs/strategies.md.",
     )
     config: CanaryConfigOverrides = Field(
         default_factory=CanaryConfigOverrides,

@@ -51,6 +51,12 @@ function pct(value, digits = 1) {
   return value === null || value === undefined ? "—" : `${Number(value).toFixed(digits)} %`;
 }
 
+// A mirror test in its mirror phase (stage 1): the canary answers copies only, clients get stable.
+function mirroring(s) {
+  return s.strategy === "mirror" && s.config && s.config.mirror && s.current_stage <= 1
+    && !["promoting", "completed"].includes(s.canary_status);
+}
+
 function ms(value) {
   return value === null || value === undefined ? "—" : `${Number(value).toFixed(1)} ms`;
 }
@@ -274,7 +280,9 @@ async function showDeployment(id) {
       el("p", { id: "dep-summary" },
         s.strategy === "ab"
           ? `${where} · A/B test: the canary gets only the requests that match its rules`
-          : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
+          : mirroring(s)
+            ? `${where} · mirror test: the canary gets a copy of ${s.config.mirror.percent} % of requests; clients get stable's answers`
+            : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
         s.next_stage_at ? ` · stage ends ${fmtTime(s.next_stage_at)}` : "",
         s.paused_from ? ` · paused from ${s.paused_from}` : "",
         s.config && s.config.analysis === "observe"
@@ -289,7 +297,9 @@ async function showDeployment(id) {
         label = n < view.reached ? "done" : n === view.reached ? "stopped" : "not run";
       }
       return el("li", { class: `stage ${label}`, "aria-current": label === "current" ? "step" : null },
-        el("span", { class: "share" }, `${share} %`), el("span", { class: "label" }, `stage ${n}: ${label}`));
+        el("span", { class: "share" }, s.strategy === "mirror" && n === 1 && s.config.mirror
+          ? `mirror ${s.config.mirror.percent} %` : `${share} %`),
+        el("span", { class: "label" }, `stage ${n}: ${label}`));
     }));
     renderActions(s);
     renderVerdict(s);
