@@ -424,6 +424,23 @@ class AbSettings(StrictModel):
         return tuple(r.rule() for r in self.match)
 
 
+class BlueGreenSettings(StrictModel):
+    """Strategy `blue_green`: which requests reach the new (green) instances while they are tested beside the
+    old (blue) ones, and how long blue keeps running after the switch for an instant switch back."""
+
+    #: Requests matching any of these rules go to green while it is tested; all others to blue.
+    test_match: list[AbRule] = Field(
+        default_factory=lambda: [AbRule(header="X-Canary", equals="always")],
+        min_length=1,
+        max_length=MAX_RULES,
+    )
+    #: Seconds blue keeps running after the switch (a rollback then is one proxy change); then it is stopped.
+    keep_old: int = Field(default=300, ge=0, le=7 * 24 * 3600)
+
+    def rules(self) -> tuple[MatchRule, ...]:
+        return tuple(r.rule() for r in self.test_match)
+
+
 def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
     ValueError when both are given and disagree."""
@@ -535,6 +552,8 @@ class CanaryConfig(StrictModel):
     checks: list[CheckSpec] = Field(default_factory=list, max_length=20)
     #: Strategy `ab` only (refused with any other strategy): the rules that send requests to the canary.
     ab: AbSettings | None = None
+    #: Strategy `blue_green` only (refused with any other strategy): test traffic and how long blue stays.
+    blue_green: BlueGreenSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -837,6 +856,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "ab": (
             'Strategy ab only (refused with any other strategy): {"match": [{"header"|"cookie": name, "equals"|"regex": value}, ...]}, 1 to 10 rules, any of which sends a request to the canary servers; every other request goes to stable. The test runs one stage of stage_duration; see docs/strategies.md.',
+            "object",
+        ),
+        "blue_green": (
+            'Strategy blue_green only (refused with any other strategy): {"test_match": [{"header"|"cookie": name, "equals"|"regex": value}, ...], "keep_old": seconds}. The new (green) instance starts on the application\'s green_port of every server; while tested, only requests matching a test_match rule (default X-Canary: always) reach it; then all traffic switches at once and the old (blue) instances keep running keep_old seconds (default 300) for an instant switch back; see docs/strategies.md.',
             "object",
         ),
     },

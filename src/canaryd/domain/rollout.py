@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from canaryd.domain import checks
+from canaryd.domain import bluegreen, checks
 from canaryd.domain.changes import transition
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.monitoring import monitor
@@ -109,6 +109,8 @@ def decide(s: Snapshot, signal: Signal, now: datetime) -> Plan:
     if isinstance(signal, CheckRefused):
         return checks.refused(s, signal, now)
     handler = _HANDLERS.get(s.state)
+    if s.strategy == "blue_green":  # its own steps where it differs (domain/bluegreen.py)
+        handler = bluegreen.HANDLERS.get(s.state, handler)
     if handler is None:  # finished: nothing to do, schedule nothing
         return Plan(change=Change(next_tick_in=None))
     return handler(s, signal, now)

@@ -15,7 +15,11 @@ is only:
 `canary` shifts a growing random share of requests (the stages). `ab` sends exactly the requests that
 match one of its rules (a header or a cookie, by equality or regex) to the canary servers for one stage of
 `stage_duration`, every other request to stable, then promotes or rolls back as a canary does.
-`blue_green`, `mirror` and `rolling` are named so that the API can refuse them clearly until they exist
+`blue_green` starts the new version (green) beside the old one (blue) on every server, on the application's
+`green_port`; green is tested on the requests matching its test rules only, then all traffic switches at once,
+blue keeps running `keep_old` seconds, then stops (domain/bluegreen.py holds its steps; its green instances
+are routed under `green_id(server_id)`, so that every proxy names them apart from blue).
+`mirror` and `rolling` are named so that the API can refuse them clearly until they exist
 (docs/strategies.md).
 """
 
@@ -24,17 +28,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from canaryd.domain.config import CanaryConfig
+from canaryd.domain.config import BlueGreenSettings, CanaryConfig
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, State
 
 StrategyName = Literal["canary", "ab", "blue_green", "mirror", "rolling"]
-AVAILABLE: tuple[str, ...] = ("canary", "ab")
-NOT_YET: tuple[str, ...] = ("blue_green", "mirror", "rolling")
+AVAILABLE: tuple[str, ...] = ("canary", "ab", "blue_green")
+NOT_YET: tuple[str, ...] = ("mirror", "rolling")
 #: The states in which a test routes by its rules (the canary's split states).
 TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED})
 #: The one stage of an A/B test: every matching request (100 % of them) goes to the canary.
 AB_STAGES = (100.0,)
+
+#: blue_green: a green instance is routed (and its version recorded) under its server's id plus this, so that
+#: the proxies, which name backends by id, tell the two instances of one server apart. Server ids stay below.
+GREEN_OFFSET = 1_000_000_000
+#: blue_green: the version recorded for an instance that was stopped.
+STOPPED = "stopped"
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -148,7 +158,73 @@ class AB:
         return f"A/B test: requests with {said} go to the canary, all others to stable"
 
 
-_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB()}
+def green_id(server_id: int) -> int:
+    """The id a server's green instance is routed and recorded under (blue_green)."""
+    return GREEN_OFFSET + server_id
+
+
+class BlueGreen:
+    """Green (new) beside blue (old) on every server: tested on matching requests, then all traffic at once."""
+
+    name = "blue_green"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        # One test stage (like an A/B test); the settings block is always there, with its defaults.
+        settings = config.blue_green or BlueGreenSettings()
+        return config.model_copy(update={"stages": list(AB_STAGES), "ab": None, "blue_green": settings})
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        blue = [s for s in pool if s.server_id < GREEN_OFFSET]
+        old = [
+            Backend(s.server_id, s.host, s.port, 1, "stable")
+            for s in blue
+            if s.version not in (new_version, STOPPED)
+        ]
+        green = [
+            Backend(s.server_id, s.host, s.port, 1, "canary")
+            for s in pool
+            if s.server_id >= GREEN_OFFSET and s.version == new_version
+        ]
+        if state is State.COMPLETED:
+            return desired_backends(state, blue, canary_ids, new_version, percentage, busy, max_weight)
+        if state in TESTING and old and green:
+            rules = (config.blue_green or BlueGreenSettings()).rules()
+            return (*old, *(Backend(b.server_id, b.host, b.port, 1, "canary", rules) for b in green))
+        if state is State.PROMOTING:  # the switch: every request to green at once
+            return tuple(green or old) or tuple(_equal_blue(blue, new_version))
+        # pending, deploying, testing without green, rolling back, failed, rolled back: blue (green only if no
+        # blue instance runs any more, while a rollback after the stop restarts it; never serve nothing).
+        return tuple(old or green) or tuple(_equal_blue(blue, new_version))
+
+    def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
+        if any(b.match for b in routed):
+            return None  # the test rules decide which requests green gets
+        return Canary().expected_share(routed)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        rules = (config.blue_green or BlueGreenSettings()).rules()
+        said = " or ".join(f"{r.source} {r.name} {'=' if r.op == 'equals' else '~'} {r.value}" for r in rules)
+        return f"blue-green test: requests with {said} go to the new version (green), all others to blue"
+
+
+def _equal_blue(blue: Sequence[PoolServer], new_version: str) -> list[Backend]:
+    return [
+        Backend(s.server_id, s.host, s.port, 1, "canary" if s.version == new_version else "stable")
+        for s in blue
+    ]
+
+
+_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "blue_green": BlueGreen()}
 
 
 def strategy_for(name: str) -> Strategy:
@@ -175,6 +251,15 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
         return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
+    if strategy != "blue_green" and "blue_green" in own:
+        found.append(
+            (
+                ("body", "config", "blue_green"),
+                f"blue_green settings apply to strategy blue_green only, not {strategy}",
+            )
+        )
+    if strategy == "blue_green":
+        return found + _blue_green_problems(own, config)
     if strategy != "ab":
         if "ab" in own:
             found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
@@ -224,15 +309,53 @@ def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Pr
     return found
 
 
+def _blue_green_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of a blue-green deployment's settings: one test stage (nothing may name stages), every
+    server at once (no canary share), no A/B rules (its own test rules are config.blue_green.test_match)."""
+    found: list[Problem] = []
+    said = {
+        "stages": "stages are the canary's percentages; blue_green tests green for one stage of "
+        "stage_duration, then switches all traffic at once: leave stages out",
+        "canary_server_percentage": "blue_green starts green beside blue on every server: leave "
+        "canary_server_percentage out",
+        "ab": "ab settings apply to strategy ab only; blue_green's test rules are config.blue_green.test_match",
+    }
+    found += [(("body", "config", name), why) for name, why in said.items() if name in own]
+    approve = config.approve_before if config is not None else own.get("approve_before")
+    if approve:
+        found.append(
+            (
+                ("body", "config", "approve_before"),
+                "approve_before names later stages; blue_green has one test stage (use a pre_promote check "
+                "to hold the switch)",
+            )
+        )
+    checks = config.checks if config is not None else own.get("checks")
+    for i, check in enumerate(checks if isinstance(checks, list) else []):
+        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
+        if stages is not None:
+            found.append(
+                (
+                    ("body", "config", "checks", i, "stages"),
+                    "check stages name canary percentages; blue_green has one test stage: leave stages out",
+                )
+            )
+    return found
+
+
 __all__ = [
     "AB",
     "AB_STAGES",
     "AVAILABLE",
+    "GREEN_OFFSET",
     "NOT_YET",
+    "STOPPED",
     "TESTING",
+    "BlueGreen",
     "Canary",
     "Strategy",
     "StrategyName",
+    "green_id",
     "problems",
     "strategy_for",
 ]

@@ -38,8 +38,8 @@ from canaryd.domain.plan import (
 from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
+from canaryd.domain.strategy import GREEN_OFFSET, strategy_for
 from canaryd.domain.strategy import problems as strategy_problems
-from canaryd.domain.strategy import strategy_for
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
 from canaryd.engine.outbox import enqueue
@@ -144,7 +144,9 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
         problems.append(
             problem(["body", "version"], f"version {payload.version} is already the current version")
         )
-    if config is not None:
+    if config is not None and payload.strategy == "blue_green":
+        problems = _blue_green_feasibility(app, config, overrides) + problems
+    elif config is not None:
         problems = _feasibility_problems(app, config, overrides) + problems
     if config is None or problems:
         raise Invalid(problems)
@@ -178,6 +180,47 @@ def _feasibility_problems(
             for why in matching.proxy_problems(config.ab.rules(), spec.kind, spec.listen, spec.router_rule)
         ]
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
+
+
+def _blue_green_feasibility(
+    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """What the application must offer a blue-green deployment: a second port, a stop command (blue is
+    stopped after the switch, green after a rollback) and a proxy that can route its test rules."""
+    found: list[dict[str, Any]] = []
+    if app.green_port is None:
+        found.append(
+            problem(
+                ["application", "green_port"],
+                "strategy blue_green needs the application's green_port (the second port of every server, "
+                'where the new version starts beside the old): PATCH the application with {"green_port": N}',
+            )
+        )
+    if not app.stop_command:
+        found.append(
+            problem(
+                ["application", "stop_command"],
+                "strategy blue_green needs the application's stop_command ({port} names the instance): the "
+                "old version is stopped after the switch, the new one after a rollback",
+            )
+        )
+    if any(sid >= GREEN_OFFSET for sid in app.server_ids):
+        found.append(
+            problem(["application", "server_ids"], f"blue_green needs server ids below {GREEN_OFFSET}")
+        )
+    spec = ProxySpec.model_validate(app.proxy)
+    assert config.blue_green is not None  # BlueGreen.effective always sets it
+    where: list[str | int] = (
+        ["body", "config", "blue_green", "test_match"]
+        if "blue_green" in overrides
+        else ["application", "deployment_defaults", "blue_green", "test_match"]
+    )
+    rules = config.blue_green.rules()
+    found += [
+        problem(where, why)
+        for why in matching.proxy_problems(rules, spec.kind, spec.listen, spec.router_rule)
+    ]
+    return found
 
 
 def _new_deployment(

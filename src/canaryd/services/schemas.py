@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from canaryd.domain.config import (
     Command,
@@ -70,6 +70,14 @@ class ServerPatch(StrictModel):
 class ApplicationCreate(StrictModel):
     name: Name
     port: int = Field(ge=1, le=65535)
+    green_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="strategy blue_green: the second port of every server, where the new version starts "
+        "beside the old one (deploy_command's {port}); after a blue-green deployment port and green_port "
+        "trade places",
+    )
     health_path: HealthPath = "/health"
     server_ids: list[int] = Field(min_length=1, max_length=1000)
     current_version: Version
@@ -87,6 +95,13 @@ class ApplicationCreate(StrictModel):
             raise ValueError("server_ids must not repeat a server")
         return ids
 
+    @field_validator("green_port")
+    @classmethod
+    def _other_port(cls, green_port: int | None, info: ValidationInfo) -> int | None:
+        if green_port is not None and green_port == info.data.get("port"):
+            raise ValueError("green_port must differ from port (the old and new versions run side by side)")
+        return green_port
+
 
 class DeploymentCreate(StrictModel):
     version: Version
@@ -95,7 +110,10 @@ class DeploymentCreate(StrictModel):
         description="`canary`: a growing random share of requests per stage (`config.stages`). `ab`: only "
         "requests matching one of `config.ab.match` (a header or cookie, equals or regex) go to the canary "
         "servers, all others to stable, for one stage of `stage_duration`; then promote or roll back. "
-        "`blue_green`, `mirror` and `rolling` are refused (422) until they exist; see docs/strategies.md.",
+        "`blue_green`: the new version starts beside the old on the application's `green_port` of every "
+        "server, is tested on the requests matching `config.blue_green.test_match` (default `X-Canary: "
+        "always`), then all traffic switches at once; the old keeps running `keep_old` seconds, then stops. "
+        "`mirror` and `rolling` are refused (422) until they exist; see docs/strategies.md.",
     )
     config: CanaryConfigOverrides = Field(
         default_factory=CanaryConfigOverrides,
@@ -158,6 +176,7 @@ class ApplicationOut(BaseModel):
     id: int
     name: str = Field(max_length=63)
     port: int
+    green_port: int | None = Field(default=None, description="strategy blue_green's second port, if set")
     health_path: str
     server_ids: list[int] = Field(max_length=1000)
     current_version: str = Field(description="the version every server runs when no deployment is active")
