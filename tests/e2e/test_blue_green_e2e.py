@@ -247,7 +247,12 @@ async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str
     assert not client.failures(_epoch(dep["created_at"]), time.time())
     assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
     took = round(done - _epoch(dep["created_at"]), 1)
-    return {"switched": on_green, "switch_back": client.seen(back, back + LIVE), "after": after, "total_s": took}
+    return {
+        "switched": on_green,
+        "switch_back": client.seen(back, back + LIVE),
+        "after": after,
+        "total_s": took,
+    }
 
 
 async def three_blue_greens(s: Stack, url: str, proxy: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain import matching
 from canaryd.domain.checks import redacted
-from canaryd.domain.config import CanaryConfig, ProxySpec
+from canaryd.domain.config import BlueGreenSettings, CanaryConfig, ProxySpec
 from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.plan import (
@@ -209,13 +209,12 @@ def _blue_green_feasibility(
             problem(["application", "server_ids"], f"blue_green needs server ids below {GREEN_OFFSET}")
         )
     spec = ProxySpec.model_validate(app.proxy)
-    assert config.blue_green is not None  # BlueGreen.effective always sets it
     where: list[str | int] = (
         ["body", "config", "blue_green", "test_match"]
         if "blue_green" in overrides
         else ["application", "deployment_defaults", "blue_green", "test_match"]
     )
-    rules = config.blue_green.rules()
+    rules = (config.blue_green or BlueGreenSettings()).rules()  # the defaults until effective() ran
     found += [
         problem(where, why)
         for why in matching.proxy_problems(rules, spec.kind, spec.listen, spec.router_rule)
