@@ -743,7 +743,7 @@ StrategyOption = Annotated[
     str | None,
     typer.Option(
         "--strategy",
-        help="canary (the default) or ab; blue_green, mirror and rolling are refused until they exist.",
+        help="canary (the default), ab or blue_green; mirror and rolling are refused until they exist.",
     ),
 ]
 MatchRules = Annotated[
