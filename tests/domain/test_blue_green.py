@@ -12,6 +12,7 @@ from canaryd.domain.config import CanaryConfig
 from canaryd.domain.plan import (
     DeployServer,
     EventKind,
+    HealthReading,
     Observed,
     OperatorAction,
     OperatorRequest,
@@ -19,18 +20,21 @@ from canaryd.domain.plan import (
     SetRoutes,
     Snapshot,
     StopInstance,
+    TrafficSample,
     Trigger,
 )
 from canaryd.domain.pool import PoolServer
 from canaryd.domain.rollout import decide
 from canaryd.domain.routing import address_cohorts, expected_share, routes
 from canaryd.domain.strategy import GREEN_OFFSET, STOPPED, BlueGreen, green_id, problems, strategy_for
-from canaryd.domain.types import MatchRule, State
+from canaryd.domain.types import CohortStats, MatchRule, State
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CANARY = MatchRule("header", "X-Canary", "equals", "always")
 CONFIG = strategy_for("blue_green").effective(
-    CanaryConfig.model_validate({"blue_green": {"keep_old": 60}, "stage_duration": 30})
+    CanaryConfig.model_validate(
+        {"blue_green": {"keep_old": 60}, "stage_duration": 30, "health_check_interval": 10}
+    )
 )
 SERVERS = (ServerRef(1, "a", "10.0.0.1"), ServerRef(2, "b", "10.0.0.2"))
 
@@ -150,10 +154,11 @@ def test_promoting_switches_waits_then_stops_blue_and_completes() -> None:
     green instances under their servers' ids and the ports trade places."""
     s = snap(State.PROMOTING, GREEN_UP)
     plan = decide(s, Observed(), NOW)
-    assert plan.change.switched and plan.change.next_tick_in == 60
+    assert plan.change.switched and plan.change.next_tick_in == 10
     assert plan.change.events[0].kind is EventKind.TRAFFIC_SWITCHED
-    waiting = decide(replace(s, switched_at=NOW), Observed(), NOW + timedelta(seconds=20))
-    assert not waiting.effects and waiting.change.next_tick_in == 40
+    assert plan.change.stage is not None and plan.change.stage.at is None  # green's watch counts from here
+    waiting = decide(replace(s, switched_at=NOW), Observed(), NOW + timedelta(seconds=55))
+    assert not waiting.effects and waiting.change.next_tick_in == 5
     done = decide(replace(s, switched_at=NOW), Observed(), NOW + timedelta(seconds=60))
     stops = [e for e in done.effects if isinstance(e, StopInstance)]
     assert [(e.server_id, e.port, e.record_as) for e in stops] == [(1, 8000, 1), (2, 8000, 2)]
@@ -165,6 +170,38 @@ def test_promoting_switches_waits_then_stops_blue_and_completes() -> None:
     assert all(b.server_id < GREEN_OFFSET for b in final.backends)
     assert done.change.trigger is Trigger.COMPLETE and done.change.swap_ports
     assert done.change.application_version == "v2"
+
+
+@pytest.mark.parametrize(
+    ("errors", "health", "rolls_back"),
+    [
+        (0, True, False),
+        (1, True, False),  # 1 % over blue's 0 %: under the 5 pp limit
+        (20, True, True),
+        (0, False, True),  # the third failed health check in a row
+    ],
+)
+def test_green_is_watched_while_blue_runs(errors: int, health: bool, rolls_back: bool) -> None:
+    """After the switch, green's error rate since the switch (against blue's before it) and its health
+    checks are watched; a failure switches back to blue at once, in the same tick."""
+    baseline, green = CohortStats(), CohortStats()
+    for i in range(200):
+        baseline.record(200, 5.0)
+        green.record(500 if i < errors * 2 else 200, 5.0)
+    s = snap(State.PROMOTING, GREEN_UP, switched_at=NOW, baseline=baseline, health_failures=2)
+    reading = HealthReading(health, "ok" if health else "HTTP 503")
+    seen = Observed(
+        health={1: reading, 2: HealthReading(True, "ok")}, traffic=TrafficSample(green, CohortStats(), 9)
+    )
+    plan = decide(s, seen, NOW + timedelta(seconds=30))
+    assert plan.facts.log_offset == 9 and plan.facts.stage_canary == green
+    if not rolls_back:
+        assert plan.change.trigger is None and not plan.effects
+        return
+    assert plan.change.trigger is Trigger.ROLLBACK
+    assert "after the switch" in plan.change.events[0].reasons[0]
+    cut = plan.effects[0]
+    assert isinstance(cut, SetRoutes) and {b.port for b in cut.backends} == {8000}
 
 
 def test_rollback_restores_blue_then_stops_green() -> None:

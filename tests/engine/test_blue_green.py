@@ -334,3 +334,20 @@ async def test_promote_switches_now_and_pause_holds_the_test(db_url: str) -> Non
         events = await h.events(dep_id)
         assert [e.kind for e in events if e.actor == "operator"] == ["paused", "resumed", "promoted"]
         _stops_unrouted(h)
+
+
+async def test_green_failing_after_the_switch_switches_back(db_url: str) -> None:
+    """Green that starts answering errors after the switch, while blue still runs, is switched back at once
+    by the watch (one proxy change), with the reason; green is then stopped and blue keeps serving."""
+    async with twins(db_url) as h:
+        dep_id = await h.deploy("v2", "blue_green", **BG)
+        await h.run(dep_id, until={"promoting"})
+        await h.step()  # the switch
+        h.fleet.behaviours["v2"] = Behaviour(error_rate=0.3)
+        dep = await h.run(dep_id)
+        assert dep.canary_status == "rolled_back", dep.reasons
+        assert any(r.startswith("error_rate after the switch: green") for r in dep.reasons), dep.reasons
+        fleet = _fleet(h)
+        assert fleet.running(BLUE) == dict.fromkeys(h.hosts, "v1") and fleet.running(GREEN) == {}
+        assert "instance_stopped" in [e.kind for e in await h.events(dep_id)]
+        _stops_unrouted(h)

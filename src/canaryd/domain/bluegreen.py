@@ -10,7 +10,9 @@ operator actions, failed steps, gates and history are the canary's own. The prox
 - monitoring (the test): blue serves every request except those matching the test rules, which green gets;
   the judge compares them (no share to expect: only the rules decide what green gets).
 - promoting: the switch, one proxy change: every request to green (`switched_at` records when it was live);
-  blue keeps running `keep_old` seconds, so that a rollback is one proxy change back; then blue is stopped on
+  blue keeps running `keep_old` seconds, so that a rollback is one proxy change back. Meanwhile green is
+  watched: its health checks, and its error rate since the switch against blue's over the deployment (the
+  `baseline`); either failing switches back at once. Then blue is stopped on
   every server, the proxy serves the same green instances under their servers' own ids, and the
   application's port and green_port trade places (the next blue-green starts beside it on the old port).
 - rolling back (before or after the switch): the proxy serves blue (one change, made in the tick that
@@ -38,11 +40,12 @@ from canaryd.domain.plan import (
     Snapshot,
     StageStart,
     StopInstance,
+    TrafficSample,
     Trigger,
 )
 from canaryd.domain.routing import canary_share, routes, stage_note
 from canaryd.domain.strategy import STOPPED, green_id
-from canaryd.domain.types import Backend, State
+from canaryd.domain.types import Backend, CohortStats, State
 
 
 def _green_port(s: Snapshot) -> int:
@@ -118,12 +121,17 @@ def _promoting(s: Snapshot, o: Observed, now: datetime) -> Plan:
             {"keep_old": keep_old},
             proxy_figures=True,
         )
-        return Plan(
-            (SetRoutes(routes(s)),), change=Change(switched=True, events=(event,), next_tick_in=keep_old)
+        # The stage restarts at the switch: green's requests from here on are what the watch judges.
+        change = Change(
+            stage=StageStart(s.stage_index, None),
+            switched=True,
+            events=(event,),
+            next_tick_in=min(keep_old, s.config.health_check_interval),
         )
+        return Plan((SetRoutes(routes(s)), MarkTrafficStart()), Facts(health_failures=0), change)
     left = (s.switched_at + timedelta(seconds=keep_old) - now).total_seconds()
     if left > 0:
-        return Plan(change=Change(next_tick_in=left))
+        return _watch(s, o, left)
     running = [srv for srv in s.servers if s.version_of(srv.id) != STOPPED]
     stops = tuple(_stop(s, srv.id, s.port, srv.id, "blue") for srv in running)
     final = tuple(Backend(srv.id, srv.host, _green_port(s), 1, "canary") for srv in s.servers)
@@ -131,6 +139,44 @@ def _promoting(s: Snapshot, o: Observed, now: datetime) -> Plan:
     change = transition(s, Trigger.COMPLETE, EventKind.COMPLETED, done, next_tick_in=None)
     change = replace(change, application_version=s.version, swap_ports=True)
     return Plan((*stops, SetRoutes(final)), change=change)
+
+
+def _watch(s: Snapshot, o: Observed, left: float) -> Plan:
+    """While blue still runs: green's health and its error rate since the switch; a failure switches back."""
+    traffic = o.traffic or TrafficSample(CohortStats(), CohortStats(), s.log_offset)
+    green = s.stage_canary.merge(traffic.canary)
+    failed = [f"{s.server(sid).name}: {h.detail}" for sid, h in sorted(o.health.items()) if not h.ok]
+    failures = s.health_failures + 1 if failed else 0
+    figures = {
+        "green_since_switch": green.summary(),
+        "blue_before_switch": s.baseline.summary(),
+        "health": {"failed": failed, "consecutive_failures": failures},
+    }
+    facts = Facts(
+        stage_canary=green, log_offset=traffic.next_offset, health_failures=failures, metrics_snapshot=figures
+    )
+    why = _after_switch_problems(s, green, failures, failed)
+    if why and not s.config.observe_only:
+        change = transition(s, Trigger.ROLLBACK, EventKind.ROLLBACK_STARTED, why, figures)
+        return Plan((SetRoutes(routes(s, State.ROLLING_BACK, 0.0)),), facts, change)
+    return Plan(facts=facts, change=Change(next_tick_in=min(left, s.config.health_check_interval)))
+
+
+def _after_switch_problems(
+    s: Snapshot, green: CohortStats, failures: int, failed: list[str]
+) -> tuple[str, ...]:
+    config, found = s.config, []
+    if failures >= config.max_failed_health_checks:
+        found.append(f"after the switch green failed {failures} health checks in a row: {'; '.join(failed)}")
+    rate, before = green.error_rate, s.baseline.error_rate
+    if rate is not None and before is not None and green.requests >= config.min_requests:
+        over = 100 * (rate - before)
+        if over > config.error_rate_threshold:
+            found.append(
+                f"error_rate after the switch: green {100 * rate:.1f} % vs blue {100 * before:.1f} % before it "
+                f"(+{over:.1f} pp, limit +{config.error_rate_threshold:g} pp)"
+            )
+    return tuple(found)
 
 
 def _stop(s: Snapshot, server_id: int, port: int, record_as: int, which: str) -> StopInstance:

@@ -79,6 +79,8 @@ def needs_of(s: Snapshot, now: datetime) -> Needs:
     all_ids = tuple(srv.id for srv in s.servers)
     if s.state is State.PENDING:
         return Needs(host_loads=all_ids)
+    if s.state is State.PROMOTING and s.switched_at is not None:  # blue_green's watch while blue still runs
+        return Needs(health=s.canary_ids, traffic=True)
     if s.state not in (State.MONITORING, State.WAITING_FOR_APPROVAL):
         return Needs()
     config = s.config
