@@ -41,7 +41,9 @@ TEST: dict[str, Any] = {
     "latency_tail_ms": 1000,
     "latency_min_difference_ms": 5000,
 }
-#: Margin for a proxy change to go live around the event that records it (Traefik's provider throttle is 2 s).
+#: Events are written after the tick's proxy change was proven live, so a phase starts at its event; a change
+#: made by the tick after an event (an operator's rollback, a judge's cut decided at the tick's end) may go
+#: live up to this long before or after it (Traefik's provider throttle is 2 s).
 LIVE = 2.5
 
 
@@ -165,11 +167,12 @@ async def _good(s: Stack, client: Client, blue: int, green: int) -> dict[str, An
     await asyncio.sleep(0.5)
     phases = {
         "deploying": client.seen(created, tested - LIVE),
-        "testing": client.seen(tested + LIVE, promoted),
-        "keep_old": client.seen(switched + LIVE, stopped),
+        "testing": client.seen(tested, promoted),
+        "keep_old": client.seen(switched, stopped),
         "blue_stopped": client.seen(stopped, time.time()),
     }
-    assert _only(phases["deploying"]["test"], "v1") and _only(phases["deploying"]["other"], "v1"), phases
+    # Deploying may be shorter than the margin: nothing but v1 in it, whatever it holds.
+    assert set(phases["deploying"]["test"]) <= {"v1"} and set(phases["deploying"]["other"]) <= {"v1"}, phases
     assert _only(phases["testing"]["test"], "v2") and _only(phases["testing"]["other"], "v1"), phases
     for after in ("keep_old", "blue_stopped"):
         assert _only(phases[after]["test"], "v2") and _only(phases[after]["other"], "v2"), phases
@@ -190,7 +193,7 @@ async def _good(s: Stack, client: Client, blue: int, green: int) -> dict[str, An
 
 async def _bad(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
     """A bad version (30 % errors) is rolled back by the judge before any switch: blue never stopped."""
-    r = await s.deploy("v3-bad", {**TEST, "stage_duration": 30, "min_requests": 70}, strategy="blue_green")
+    r = await s.deploy("v3-bad", {**TEST, "stage_duration": 30, "min_requests": 100}, strategy="blue_green")
     assert r.status_code == 201, r.text
     dep = r.json()
     await s.wait(dep["id"], timeout=60)
@@ -202,8 +205,7 @@ async def _bad(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any
     created, done = _epoch(dep["created_at"]), await _at(s, dep["id"], "rolled_back")
     tested, cut = await _at(s, dep["id"], "stage_advanced"), await _at(s, dep["id"], "rollback_started")
     await asyncio.sleep(0.5)
-    # The test's routes were proven live before its event was written; the cut may precede its own by ~1 s.
-    testing = client.seen(tested, cut - 1.0)
+    testing = client.seen(tested, cut - LIVE)
     assert _only(testing["test"], "v3-bad") and _only(testing["other"], "v2"), testing
     whole = client.seen(created, time.time())
     assert _only(whole["other"], "v2"), whole
@@ -231,7 +233,7 @@ async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     switched = await _at(s, dep["id"], "traffic_switched")
-    await asyncio.sleep(LIVE + 0.5)
+    await asyncio.sleep(1.5)
     r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "switch back"})
     assert r.status_code == 202, r.text
     await s.wait(dep["id"], timeout=60)
@@ -240,7 +242,7 @@ async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str
     assert any("switch back" in reason for reason in status["reasons"]), status["reasons"]
     back, done = await _at(s, dep["id"], "rollback_started"), await _at(s, dep["id"], "rolled_back")
     await asyncio.sleep(max(0.0, back + LIVE + 0.5 - time.time()))
-    on_green = client.seen(switched + LIVE, back)
+    on_green = client.seen(switched, back)
     after = client.seen(back + LIVE, time.time())
     assert _only(on_green["test"], "v4") and _only(on_green["other"], "v4"), on_green
     assert _only(after["test"], "v2") and _only(after["other"], "v2"), after
