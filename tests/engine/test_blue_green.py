@@ -28,6 +28,7 @@ from canaryd.transports.base import CommandResult
 from canaryd.transports.factory import TransportFactory
 
 from .harness import Harness, HookedStore
+from .test_crashes import crash_at, run_through_crash
 from .world import (
     Behaviour,
     FakeClock,
@@ -40,6 +41,8 @@ from .world import (
 
 BLUE, GREEN = 8000, 8001
 BG: dict[str, Any] = {"blue_green": {"keep_old": 30}}
+#: For the crash test, which runs a deployment once per point: fewer checks and watches.
+SHORT: dict[str, Any] = {"blue_green": {"keep_old": 10}, "stage_duration": 20, "judge": "threshold"}
 
 
 @dataclass
@@ -351,3 +354,36 @@ async def test_green_failing_after_the_switch_switches_back(db_url: str) -> None
         assert fleet.running(BLUE) == dict.fromkeys(h.hosts, "v1") and fleet.running(GREEN) == {}
         assert "instance_stopped" in [e.kind for e in await h.events(dep_id)]
         _stops_unrouted(h)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "ends"), [(Behaviour(), "completed"), (Behaviour(error_rate=0.3), "rolled_back")]
+)
+async def test_a_crash_at_any_point_ends_consistent(
+    new_db: Callable[[], str], behaviour: Behaviour, ends: str
+) -> None:
+    """A crash before any effect or write of a blue-green deployment (the process killed there), then recovery
+    through the reconciler: it still ends as it would have, with one version running on the right port of
+    every server, and no request ever sent to a stopped instance."""
+    async with twins(new_db(), servers=2) as h:
+        seen: list[str] = []
+        h.fleet.before_effect = seen.append
+        h.fleet.behaviours["v2"] = behaviour
+        await h.run(await h.deploy("v2", "blue_green", **SHORT))
+    points = len(seen)
+    assert points >= 8, points
+    for k in range(1, points + 1):
+        async with twins(new_db(), servers=2) as h:
+            h.fleet.behaviours["v2"] = behaviour
+            passed = crash_at(h, k)
+            dep_id = await h.deploy("v2", "blue_green", **SHORT)
+            assert await run_through_crash(h, dep_id), f"no crash at point {k}"
+            dep = await h.status(dep_id)
+            assert dep.canary_status == ends, (k, passed[-1], dep.reasons)
+            fleet = _fleet(h)
+            port, version = (GREEN, "v2") if ends == "completed" else (BLUE, "v1")
+            assert fleet.running(port) == dict.fromkeys(h.hosts, version), (k, passed[-1], fleet.instances)
+            assert fleet.running(BLUE if port == GREEN else GREEN) == {}, (k, passed[-1], fleet.instances)
+            assert ((await _app(h)).port, (await _app(h)).current_version) == (port, version)
+            await h.check_invariants(dep_id)
+            _stops_unrouted(h)

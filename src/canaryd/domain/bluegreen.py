@@ -184,7 +184,7 @@ def _stop(s: Snapshot, server_id: int, port: int, record_as: int, which: str) ->
     version = s.previous_version if which == "blue" else s.version
     why = (f"{which} ({version}) stopped on {name} port {port}",)
     event = Event(EventKind.INSTANCE_STOPPED, why, metrics={"server": name, "port": port, "instance": which})
-    return StopInstance(server_id, port, record_as, STOPPED, event)
+    return StopInstance(server_id, port, record_as, version, event)
 
 
 def _rolling_back(s: Snapshot, o: Observed, now: datetime) -> Plan:

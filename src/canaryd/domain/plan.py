@@ -319,9 +319,9 @@ class DeployServer:
 
 @dataclass(frozen=True, slots=True)
 class StopInstance:
-    """Run the stop command for the instance on `port` of a server (no traffic reaches it any more), then
-    record `version` for the id `record_as` (blue_green: the old instance after the switch, or green after a
-    rollback)."""
+    """Run the stop command for the instance of `version` on `port` of a server (no traffic reaches it any
+    more), then record it as stopped under the id `record_as` (blue_green: the old instance after the switch,
+    or green after a rollback)."""
 
     server_id: int
     port: int

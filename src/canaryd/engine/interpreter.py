@@ -27,6 +27,7 @@ from canaryd.domain.plan import (
     TrafficSample,
 )
 from canaryd.domain.routing import address_cohorts, canary_port, canary_share
+from canaryd.domain.strategy import STOPPED
 from canaryd.domain.types import Backend, Cohort, CohortStats
 from canaryd.engine.checks import RETRY_PAUSE_SECONDS, CheckRefusedError, outcome_event, request_for
 from canaryd.engine.ports import Clock, Outside
@@ -162,13 +163,16 @@ class Interpreter:
         await self._mark(record_as, effect.version, effect.event)
 
     async def stop(self, effect: StopInstance) -> None:
-        """The stop command for one instance no traffic reaches any more (blue_green), then its record."""
+        """The stop command for one instance no traffic reaches any more (blue_green), then its record. It is
+        recorded as unknown first: a crash in between makes a rollback start it again, or the tick stop it
+        again (a stop command must be harmless on a stopped instance)."""
         snapshot, server = self.loaded.snapshot, self.loaded.servers[effect.server_id]
         template = self.loaded.app.stop_command
+        await self._mark(effect.record_as, UNKNOWN_VERSION, None)
         if template:
             values = {
                 "app": self.loaded.app.name,
-                "version": snapshot.previous_version if effect.port == snapshot.port else snapshot.version,
+                "version": effect.version,
                 "host": server.host,
                 "port": str(effect.port),
                 "server": server.name,
@@ -180,7 +184,7 @@ class Interpreter:
                 raise DeployError(
                     f"stop command on {server.name} exited {result.exit_status}: {result.tail()}"
                 )
-        await self._mark(effect.record_as, effect.version, effect.event)
+        await self._mark(effect.record_as, STOPPED, effect.event)
 
     async def _health_gate(self, name: str, host: str, timeout: float, port: int) -> None:
         app = self.loaded.app
@@ -251,11 +255,10 @@ class Interpreter:
         s = self.loaded.snapshot
         if needs.source_window is None or s.config.prometheus is None:
             return None
-        canaries = set(s.canary_ids)
+        by_address = address_cohorts(s)  # blue_green: green's instances are the canary's
 
         def cohort(name: Cohort, version: str) -> CohortQuery:
-            ids = [srv for srv in s.servers if (srv.id in canaries) == (name == "canary")]
-            return CohortQuery(name, tuple(f"{srv.host}:{s.port}" for srv in ids), version)
+            return CohortQuery(name, tuple(a for a, c in by_address.items() if c == name), version)
 
         queries = [cohort("canary", s.version), cohort("stable", s.previous_version)]
         try:
