@@ -93,13 +93,19 @@ def served(backends: tuple[object, ...]) -> list[tuple[int, int, str, bool]]:
         ),
         (State.PROMOTING, GREEN_UP, [(1, 8001, "canary", False), (2, 8001, "canary", False)]),
         (State.ROLLING_BACK, GREEN_UP, [(1, 8000, "stable", False), (2, 8000, "stable", False)]),
-        # After the stop: blue restarted one at a time; green serves until a blue runs again.
+        # After the stop: blue restarted one at a time; green serves until every blue runs again.
         (
             State.ROLLING_BACK,
             {1: STOPPED, 2: STOPPED, **GREEN_UP},
             [(1, 8001, "canary", False), (2, 8001, "canary", False)],
         ),
-        (State.ROLLING_BACK, {1: "v1", 2: "unknown", **GREEN_UP}, [(1, 8000, "stable", False)]),
+        # While blue s2 is restarted: green runs on more servers, so it serves (no capacity lost).
+        (
+            State.ROLLING_BACK,
+            {1: "v1", 2: "unknown", **GREEN_UP},
+            [(1, 8001, "canary", False), (2, 8001, "canary", False)],
+        ),
+        (State.ROLLING_BACK, {2: "unknown", green_id(1): "v2"}, [(1, 8000, "stable", False)]),
         (State.FAILED, {1: STOPPED, 2: STOPPED}, [(1, 8000, "stable", False), (2, 8000, "stable", False)]),
     ],
 )

@@ -202,9 +202,10 @@ class BlueGreen:
             return (*old, *(Backend(b.server_id, b.host, b.port, 1, "canary", rules) for b in green))
         if state is State.PROMOTING:  # the switch: every request to green at once
             return tuple(green or old) or tuple(_equal_blue(blue, new_version))
-        # pending, deploying, testing without green, rolling back, failed, rolled back: blue (green only if no
-        # blue instance runs any more, while a rollback after the stop restarts it; never serve nothing).
-        return tuple(old or green) or tuple(_equal_blue(blue, new_version))
+        # pending, deploying, testing without green, rolling back, failed, rolled back: blue; but while a
+        # rollback restarts blue instances already stopped, green where it runs on more servers (capacity is
+        # never lost; blue takes over in one change once restored). Never serve nothing.
+        return tuple(old if len(old) >= len(green) else green) or tuple(_equal_blue(blue, new_version))
 
     def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
         if any(b.match for b in routed):
