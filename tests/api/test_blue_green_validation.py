@@ -76,7 +76,7 @@ async def test_a_valid_blue_green_deployment_starts(embedded_stack: Stack) -> No
     r = await s.deploy("v2", {"stage_duration": 3600}, strategy="blue_green")
     assert r.status_code == 201, r.text
     st = r.json()
-    assert st["strategy"] == "blue_green" and st["total_stages"] == 1
+    assert st["strategy"] == "blue_green" and st["total_stages"] == 1 and st["switched_at"] is None
     assert st["config"]["stages"] == [100.0]
     assert st["config"]["blue_green"] == {
         "test_match": [{"header": "X-Canary", "cookie": None, "equals": "always", "regex": None}],

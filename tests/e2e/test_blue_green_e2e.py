@@ -157,6 +157,7 @@ async def _good(s: Stack, client: Client, blue: int, green: int) -> dict[str, An
     await s.wait(dep["id"], timeout=60)
     status = await s.status(dep["id"])
     assert status["canary_status"] == "completed", status["reasons"]
+    assert status["switched_at"] is not None
     created = _epoch(dep["created_at"])
     tested, promoted = await _at(s, dep["id"], "stage_advanced"), await _at(s, dep["id"], "promoted")
     switched, stopped = (

@@ -312,6 +312,10 @@ class DeploymentStatus(BaseModel):
     )
     stage_started_at: str | None
     next_stage_at: str | None = Field(description="when the stage ends if the verdict allows")
+    switched_at: str | None = Field(
+        default=None,
+        description="strategy blue_green: when every request went to the new version (null before the switch)",
+    )
     can_promote: bool
     can_rollback: bool
     allowed_actions: list[Literal["pause", "resume", "promote", "rollback"]] = Field(
