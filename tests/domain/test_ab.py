@@ -146,7 +146,6 @@ def test_strategy_problems() -> None:
         ("body", "config", "ab"),
         ("body", "config", "stages"),
     ]
-    assert [loc for loc, _ in problems("blue_green", {}, None)] == [("body", "strategy")]
     assert strategy_for("canary").effective(AB_CONFIG).ab is None
     assert strategy_for("ab").effective(AB_CONFIG).stages == [100.0]
     with pytest.raises(ValueError, match="not available"):
@@ -160,10 +159,17 @@ def test_each_strategy_drops_the_other_strategies_blocks() -> None:
         update={
             "rolling": CanaryConfig.model_validate({"rolling": {"batch_size": 2}}).rolling,
             "mirror": CanaryConfig.model_validate({"mirror": {"percent": 20}}).mirror,
+            "blue_green": CanaryConfig.model_validate({"blue_green": {"keep_old": 60}}).blue_green,
         }
     )
     kept = {
         name: {block for block in STRATEGY_BLOCKS if getattr(strategy_for(name).effective(every), block)}
-        for name in ("canary", "ab", "rolling", "mirror")
+        for name in ("canary", "ab", "rolling", "mirror", "blue_green")
     }
-    assert kept == {"canary": set(), "ab": {"ab"}, "rolling": {"rolling"}, "mirror": {"mirror"}}
+    assert kept == {
+        "canary": set(),
+        "ab": {"ab"},
+        "rolling": {"rolling"},
+        "mirror": {"mirror"},
+        "blue_green": {"blue_green"},
+    }

@@ -35,10 +35,10 @@ def test_migrate_says_what_it_did_once(tmp_path: Path) -> None:
     env = canaryd_env(data)
     first = canaryd(env, work, "migrate")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == f"created the schema (0008) in {data}/canaryd.db"
+    assert first.stdout.strip() == f"created the schema (0009) in {data}/canaryd.db"
     assert first.stderr == "", "no 'Running upgrade' lines that contradict the summary"
     again = canaryd(env, work, "migrate")
-    assert again.stdout.strip().endswith("was already at the latest schema (0008); nothing to do")
+    assert again.stdout.strip().endswith("was already at the latest schema (0009); nothing to do")
     created = canaryd(env, work, "token", "create", "--name", "ci", "--scope", "deploy", "--expires-in", "60")
     assert created.returncode == 0 and created.stdout.startswith("cdt_"), created.stderr
     listed = canaryd(env, tmp_path, "token", "list")  # another working directory: the same database
@@ -61,6 +61,6 @@ def test_old_schema_is_named(tmp_path: Path) -> None:
     result = canaryd(env, tmp_path, "serve")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"error: the database {data}/canaryd.db is at schema 0001, this canaryd needs 0008; "
+        f"error: the database {data}/canaryd.db is at schema 0001, this canaryd needs 0009; "
         "run `canaryd migrate`"
     )

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
 from playwright.async_api import Browser, Page, expect
 
-from tests.fixtures.stack import TOKEN, LoadGenerator, Stack
+from tests.fixtures.stack import APPCTL, TOKEN, LoadGenerator, Stack
 from tests.ui.conftest import Watched, open_page
 
 #: `CANARYD_SCREENSHOTS=1` writes the README's screenshots; otherwise they go to the test's tmp_path, so a
@@ -222,3 +223,33 @@ async def test_a_mirror_test_is_shown_as_one(embedded_stack: Stack, browser: Bro
     await expect(page.locator("li.stage").first).to_contain_text("mirror 20 %")
     assert w.errors == []
     await w.context.close()
+
+
+async def test_a_blue_green_deployment_says_what_the_proxy_does(
+    embedded_stack: Stack, browser: Browser
+) -> None:
+    """While green is tested the page says that green gets only the test requests, and the list names the
+    strategy instead of a share."""
+    s = embedded_stack
+    app = await s.register("v1")
+    stop = f"CONTRACT_STATE={s.state_dir} {sys.executable} {APPCTL} stop --host {{host}} --port {{port}}"
+    r = await s.api.patch(
+        f"/applications/{app['id']}", json={"green_port": app["port"] - 1, "stop_command": stop}
+    )
+    assert r.status_code == 200, r.text
+    r = await s.deploy("v2", {"stage_duration": 600, "health_check_interval": 5}, strategy="blue_green")
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    w = await open_page(browser)
+    page = await sign_in(w, s.base, TOKEN, f"/ui#/deployments/{dep_id}")
+    await expect(page.locator("#dep-summary")).to_contain_text(
+        "blue-green: green gets only the test requests"
+    )
+    await page.get_by_role("link", name="← all deployments").click()
+    row = page.locator("tr", has=page.locator(f'a[href="#/deployments/{dep_id}"]'))
+    await expect(row).to_contain_text("blue-green")
+    assert w.errors == []
+    await w.context.close()
+    assert (await s.api.post(f"/deployments/{dep_id}/rollback", json={})).status_code == 202
+    await s.wait(dep_id, timeout=30)  # the green instances are stopped

@@ -74,6 +74,7 @@ def application_view(app: Application) -> dict[str, Any]:
         "id": app.id,
         "name": app.name,
         "port": app.port,
+        "green_port": app.green_port,
         "health_path": app.health_path,
         "server_ids": app.server_ids,
         "current_version": app.current_version,

@@ -671,7 +671,7 @@ def deployment_body(
 ) -> JSONObject:
     """The POST body: --config-json, overridden by --stages, --stage-duration, --match (which implies
     --strategy ab unless another strategy is named; canaryd refuses a mismatch) and --mirror/--mirror-then
-    (which imply --strategy mirror); a `rolling` or `mirror` block in --config-json implies its strategy
+    (which imply --strategy mirror); a `rolling`, `mirror` or `blue_green` block in --config-json implies its strategy
     likewise."""
     config: JSONObject = {}
     if config_json:
@@ -696,7 +696,7 @@ def deployment_body(
         if mirror_then is not None:
             block["then"] = mirror_then
         config["mirror"] = block
-    implied = next((name for name in ("ab", "mirror", "rolling") if name in config), "canary")
+    implied = next((name for name in ("ab", "mirror", "rolling", "blue_green") if name in config), "canary")
     chosen = strategy or implied
     return {"version": version, "strategy": chosen, "config": config}
 
@@ -772,7 +772,7 @@ StrategyOption = Annotated[
     str | None,
     typer.Option(
         "--strategy",
-        help="canary (the default), ab, rolling or mirror; blue_green is refused until it exists.",
+        help="canary (the default), ab, rolling, mirror or blue_green.",
     ),
 ]
 MatchRules = Annotated[

@@ -87,6 +87,8 @@ class Application(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     port: Mapped[int] = mapped_column(Integer)
+    #: Strategy blue_green: the second port of every server, where the new version starts beside the old.
+    green_port: Mapped[int | None] = mapped_column(Integer, default=None)
     health_path: Mapped[str] = mapped_column(String(256), default="/health")
     current_version: Mapped[str] = mapped_column(String(128))
     deploy_command: Mapped[str] = mapped_column(Text)
@@ -148,6 +150,8 @@ class Deployment(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: Webhook checks' progress (domain/plan.py CheckProgress): refusals at the current gate, etc.
     check_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Strategy blue_green: when all traffic went to the new (green) instances.
+    switched_at: Mapped[datetime | None] = mapped_column(default=None)
     reasons: Mapped[list[Any]] = mapped_column(default=list)
     #: Bumped by every change of state or stage; a tick only acts if it is unchanged since it looked.
     state_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -459,6 +459,23 @@ class MirrorSettings(StrictModel):
     then: Literal["canary", "stop"] = "canary"
 
 
+class BlueGreenSettings(StrictModel):
+    """Strategy `blue_green`: which requests reach the new (green) instances while they are tested beside the
+    old (blue) ones, and how long blue keeps running after the switch for an instant switch back."""
+
+    #: Requests matching any of these rules go to green while it is tested; all others to blue.
+    test_match: list[AbRule] = Field(
+        default_factory=lambda: [AbRule(header="X-Canary", equals="always")],
+        min_length=1,
+        max_length=MAX_RULES,
+    )
+    #: Seconds blue keeps running after the switch (a rollback then is one proxy change); then it is stopped.
+    keep_old: int = Field(default=300, ge=0, le=7 * 24 * 3600)
+
+    def rules(self) -> tuple[MatchRule, ...]:
+        return tuple(r.rule() for r in self.test_match)
+
+
 def _dry_run_as_analysis(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of `data` with the deprecated `dry_run` (a bool) read as `analysis` ("observe" when true);
     ValueError when both are given and disagree."""
@@ -574,6 +591,8 @@ class CanaryConfig(StrictModel):
     rolling: RollingSettings | None = None
     #: Strategy `mirror` only (refused with any other strategy): the share of requests copied to the canary.
     mirror: MirrorSettings | None = None
+    #: Strategy `blue_green` only (refused with any other strategy): test traffic and how long blue stays.
+    blue_green: BlueGreenSettings | None = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -886,6 +905,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "mirror": (
             'Strategy mirror only (refused with any other strategy): {"percent": 1-100, "then": "canary"|"stop"}. A copy of percent % of live requests goes to the canary servers while every client gets stable\'s answer; the judge compares the canary\'s answers to the copies with stable\'s. After a mirror phase of stage_duration that passed, `canary` goes on with the canary stages, `stop` ends without promoting (rolled_back); see docs/strategies.md.',
+            "object",
+        ),
+        "blue_green": (
+            'Strategy blue_green only (refused with any other strategy): {"test_match": [{"header"|"cookie": name, "equals"|"regex": value}, ...], "keep_old": seconds}. The new (green) instance starts on the application\'s green_port of every server; while tested, only requests matching a test_match rule (default X-Canary: always) reach it; then all traffic switches at once and the old (blue) instances keep running keep_old seconds (default 300) for an instant switch back; see docs/strategies.md.',
             "object",
         ),
     },

@@ -77,6 +77,8 @@ class EventKind(StrEnum):
     PROXY_REASSERTED = "proxy_reasserted"
     CHECK_PASSED = "check_passed"
     CHECK_FAILED = "check_failed"
+    TRAFFIC_SWITCHED = "traffic_switched"
+    INSTANCE_STOPPED = "instance_stopped"
 
 
 class SourceFailureAction(StrEnum):
@@ -170,6 +172,10 @@ class Snapshot:
     checks: CheckProgress = field(default_factory=CheckProgress)
     #: "canary" or "ab" (domain/strategy.py): what the proxy serves while the canary is tested.
     strategy: str = "canary"
+    #: blue_green: the port the new (green) instance of every server listens on (the application's setting).
+    green_port: int | None = None
+    #: blue_green: when all traffic went to green (None: not switched yet).
+    switched_at: datetime | None = None
 
     def server(self, server_id: int) -> ServerRef:
         return next(s for s in self.servers if s.id == server_id)
@@ -305,6 +311,23 @@ class DeployServer:
     server_id: int
     version: str
     event: Event
+    #: blue_green: the instance's port (None: the application's) and the id its version is recorded under
+    #: (None: `server_id`); the green instance starts beside the blue one, which keeps serving.
+    port: int | None = None
+    record_as: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopInstance:
+    """Run the stop command for the instance of `version` on `port` of a server (no traffic reaches it any
+    more), then record it as stopped under the id `record_as` (blue_green: the old instance after the switch,
+    or green after a rollback)."""
+
+    server_id: int
+    port: int
+    record_as: int
+    version: str
+    event: Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +348,7 @@ class CallCheck:
     blocking: bool
 
 
-Effect = SetRoutes | DeployServer | MarkTrafficStart | CallCheck
+Effect = SetRoutes | DeployServer | MarkTrafficStart | CallCheck | StopInstance
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +387,11 @@ class Change:
     canary_ids: tuple[int, ...] | None = None
     reasons: tuple[str, ...] | None = None
     application_version: str | None = None
+    #: blue_green: the switch is live (records `switched_at`).
+    switched: bool = False
+    #: blue_green, on completion: the application's port and green_port trade places (the new version now
+    #: listens on the old green port; the next blue_green starts beside it on the old port).
+    swap_ports: bool = False
     events: tuple[Event, ...] = ()
     next_tick_in: float | None = 0.0
 
@@ -402,6 +430,7 @@ __all__ = [
     "SourceSample",
     "StageStart",
     "StepFailed",
+    "StopInstance",
     "TrafficSample",
     "Trigger",
 ]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from canaryd.domain import batches, checks, rolling
+from canaryd.domain import batches, bluegreen, checks, rolling
 from canaryd.domain.changes import transition
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.monitoring import monitor
@@ -83,6 +83,8 @@ def needs_of(s: Snapshot, now: datetime) -> Needs:
         return Needs(host_loads=all_ids)
     if batches.in_progress(s):  # a rolling update's batch being deployed: nothing is judged meanwhile
         return Needs()
+    if s.state is State.PROMOTING and s.switched_at is not None:  # blue_green's watch while blue still runs
+        return Needs(health=s.canary_ids, traffic=True)
     if s.state not in (State.MONITORING, State.WAITING_FOR_APPROVAL):
         return Needs()
     config = s.config
@@ -117,6 +119,8 @@ def decide(s: Snapshot, signal: Signal, now: datetime) -> Plan:
     if batches.in_progress(s):
         return rolling.deploy_batch(s, now)
     handler = _HANDLERS.get(s.state)
+    if s.strategy == "blue_green":  # its own steps where it differs (domain/bluegreen.py)
+        handler = bluegreen.HANDLERS.get(s.state, handler)
     if handler is None:  # finished: nothing to do, schedule nothing
         return Plan(change=Change(next_tick_in=None))
     return handler(s, signal, now)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from canaryd.domain import batches
 from canaryd.domain.plan import UNKNOWN_VERSION, Snapshot
 from canaryd.domain.pool import PoolServer
-from canaryd.domain.strategy import strategy_for
-from canaryd.domain.types import Backend, State, split_pool
+from canaryd.domain.strategy import STOPPED, green_id, strategy_for
+from canaryd.domain.types import Backend, Cohort, State, split_pool
 
 
 def target_percentage(s: Snapshot, state: State) -> float:
@@ -30,11 +30,38 @@ def routes(
         for srv in s.servers
         for v in [s.version_of(srv.id)]
     ]
+    pool += green_pool(s)
     backends = strategy_for(s.strategy).backends(
         s.config, state, pool, frozenset(s.canary_ids), s.version, percentage, busy, s.weight_limit
     )
     held = batches.held_back(s, state)  # rolling: a batch being deployed, until all of it is healthy
     return (tuple(b for b in backends if b.server_id not in held) or backends) if held else backends
+
+
+def green_pool(s: Snapshot) -> list[PoolServer]:
+    """blue_green: every server's green instance (on `green_port`, under `green_id`) with the version it runs
+    (STOPPED when it was never started or was stopped; so it is routed only once it runs the new version)."""
+    if s.strategy != "blue_green" or s.green_port is None:
+        return []
+    return [
+        PoolServer(green_id(srv.id), srv.host, s.green_port, s.versions.get(green_id(srv.id), STOPPED))
+        for srv in s.servers
+    ]
+
+
+def canary_port(s: Snapshot) -> int:
+    """The port the new version's instances listen on: blue_green's green_port, else the application's."""
+    return s.green_port if s.strategy == "blue_green" and s.green_port is not None else s.port
+
+
+def address_cohorts(s: Snapshot) -> dict[str, Cohort]:
+    """Each instance's `host:port` as the proxy's log names it, and its cohort (blue_green: green is the
+    canary, blue the stable cohort, on every server)."""
+    if canary_port(s) != s.port:
+        blue: dict[str, Cohort] = {f"{srv.host}:{s.port}": "stable" for srv in s.servers}
+        return blue | {f"{srv.host}:{canary_port(s)}": "canary" for srv in s.servers}
+    canaries = set(s.canary_ids)
+    return {f"{srv.host}:{s.port}": "canary" if srv.id in canaries else "stable" for srv in s.servers}
 
 
 def expected_share(s: Snapshot) -> float | None:
@@ -59,4 +86,13 @@ def canary_share(backends: tuple[Backend, ...] | list[Backend]) -> float:
     return round(100.0 * canary / total, 3) if total else 0.0
 
 
-__all__ = ["canary_share", "expected_share", "routes", "stage_note", "target_percentage"]
+__all__ = [
+    "address_cohorts",
+    "canary_port",
+    "canary_share",
+    "expected_share",
+    "green_pool",
+    "routes",
+    "stage_note",
+    "target_percentage",
+]

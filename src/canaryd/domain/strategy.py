@@ -21,8 +21,12 @@ its stages are the batches (`rolling_stages`: the upgraded servers' cumulative s
 deployed is kept out of the pool by domain/batches.py. `mirror` first copies `mirror.percent` % of live
 requests to the canary servers for one stage while clients get only stable's answers (the canary's are
 thrown away by the proxy), then goes on with the canary stages (`then: canary`) or ends without promoting
-(`then: stop`: rolled back, nothing promoted). `blue_green` is named so that the API can refuse it clearly
-until it exists (docs/strategies.md).
+(`then: stop`: rolled back, nothing promoted).
+`blue_green` starts the new version (green) beside the old one (blue) on every server, on the application's
+`green_port`; green is tested on the requests matching its test rules only, then all traffic switches at once,
+blue keeps running `keep_old` seconds, then stops (domain/bluegreen.py holds its steps; its green instances
+are routed under `green_id(server_id)`, so that every proxy names them apart from blue).
+See docs/strategies.md for when to use which.
 """
 
 from __future__ import annotations
@@ -30,13 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from canaryd.domain.config import CanaryConfig, RollingSettings
+from canaryd.domain.config import BlueGreenSettings, CanaryConfig, RollingSettings
 from canaryd.domain.pool import PoolServer, desired_backends
 from canaryd.domain.types import Backend, State, mirror_percent
 
 StrategyName = Literal["canary", "ab", "blue_green", "mirror", "rolling"]
-AVAILABLE: tuple[str, ...] = ("canary", "ab", "rolling", "mirror")
-NOT_YET: tuple[str, ...] = ("blue_green",)
+AVAILABLE: tuple[str, ...] = ("canary", "ab", "rolling", "mirror", "blue_green")
 #: The states in which a test routes by its rules (the canary's split states).
 TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED})
 #: The one stage of an A/B test: every matching request (100 % of them) goes to the canary.
@@ -45,6 +48,12 @@ AB_STAGES = (100.0,)
 MIRROR_ONLY_STAGES = (100.0,)
 #: Proxy kinds that can copy requests to the canary and report the canary's answers to the copies.
 MIRROR_PROXIES = ("nginx", "traefik")
+
+#: blue_green: a green instance is routed (and its version recorded) under its server's id plus this, so that
+#: the proxies, which name backends by id, tell the two instances of one server apart. Server ids stay below.
+GREEN_OFFSET = 1_000_000_000
+#: blue_green: the version recorded for an instance that was stopped.
+STOPPED = "stopped"
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -81,7 +90,7 @@ class Strategy(Protocol):
 
 
 #: The settings blocks that belong to one strategy each (`config.ab` to strategy ab, ...).
-STRATEGY_BLOCKS = ("ab", "rolling", "mirror")
+STRATEGY_BLOCKS = ("ab", "rolling", "mirror", "blue_green")
 
 
 def only_own_block(config: CanaryConfig, own: str | None) -> CanaryConfig:
@@ -307,9 +316,6 @@ class Mirror:
         return f"stage {index} of {len(config.stages) - 1}: {config.stages[index]:g} %"
 
 
-_STRATEGIES: dict[str, Strategy] = {"canary": Canary(), "ab": AB(), "rolling": Rolling(), "mirror": Mirror()}
-
-
 #: How the reason of a `then: stop` mirror test that passed begins (canaryctl exits 0 on it).
 MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
 
@@ -318,6 +324,84 @@ def stops_after_test(strategy: str, config: CanaryConfig) -> bool:
     """True when passing the last stage ends the deployment without promoting (a mirror test with `then:
     stop`): the canary servers are rolled back, having only ever answered copies."""
     return strategy == "mirror" and config.mirror is not None and config.mirror.then == "stop"
+
+
+def green_id(server_id: int) -> int:
+    """The id a server's green instance is routed and recorded under (blue_green)."""
+    return GREEN_OFFSET + server_id
+
+
+class BlueGreen:
+    """Green (new) beside blue (old) on every server: tested on matching requests, then all traffic at once."""
+
+    name = "blue_green"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        # One test stage (like an A/B test); the settings block is always there, with its defaults.
+        settings = config.blue_green or BlueGreenSettings()
+        return only_own_block(config, "blue_green").model_copy(
+            update={"stages": list(AB_STAGES), "blue_green": settings}
+        )
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        blue = [s for s in pool if s.server_id < GREEN_OFFSET]
+        old = [
+            Backend(s.server_id, s.host, s.port, 1, "stable")
+            for s in blue
+            if s.version not in (new_version, STOPPED)
+        ]
+        green = [
+            Backend(s.server_id, s.host, s.port, 1, "canary")
+            for s in pool
+            if s.server_id >= GREEN_OFFSET and s.version == new_version
+        ]
+        if state is State.COMPLETED:
+            return desired_backends(state, blue, canary_ids, new_version, percentage, busy, max_weight)
+        if state in TESTING and old and green:
+            rules = (config.blue_green or BlueGreenSettings()).rules()
+            return (*old, *(Backend(b.server_id, b.host, b.port, 1, "canary", rules) for b in green))
+        if state is State.PROMOTING:  # the switch: every request to green at once
+            return tuple(green or old) or tuple(_equal_blue(blue, new_version))
+        # pending, deploying, testing without green, rolling back, failed, rolled back: blue; but while a
+        # rollback restarts blue instances already stopped, green where it runs on more servers (capacity is
+        # never lost; blue takes over in one change once restored). Never serve nothing.
+        return tuple(old if len(old) >= len(green) else green) or tuple(_equal_blue(blue, new_version))
+
+    def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
+        if any(b.match for b in routed):
+            return None  # the test rules decide which requests green gets
+        return Canary().expected_share(routed)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        rules = (config.blue_green or BlueGreenSettings()).rules()
+        said = " or ".join(f"{r.source} {r.name} {'=' if r.op == 'equals' else '~'} {r.value}" for r in rules)
+        return f"blue-green test: requests with {said} go to the new version (green), all others to blue"
+
+
+def _equal_blue(blue: Sequence[PoolServer], new_version: str) -> list[Backend]:
+    return [
+        Backend(s.server_id, s.host, s.port, 1, "canary" if s.version == new_version else "stable")
+        for s in blue
+    ]
+
+
+_STRATEGIES: dict[str, Strategy] = {
+    "canary": Canary(),
+    "ab": AB(),
+    "rolling": Rolling(),
+    "mirror": Mirror(),
+    "blue_green": BlueGreen(),
+}
 
 
 def strategy_for(name: str) -> Strategy:
@@ -333,36 +417,21 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
     subset), `config` the effective settings when they are valid (None otherwise; then only `own` is
     read). Locations are those of the API's 422."""
     found: list[Problem] = []
-    if strategy in NOT_YET:
-        found.append(
-            (
-                ("body", "strategy"),
-                f"strategy {strategy!r} is not available yet (see docs/strategies.md); "
-                f"choose one of: {', '.join(AVAILABLE)}",
-            )
-        )
-        return found
     if strategy not in AVAILABLE:
         return found  # the schema reports it
-    if strategy != "ab" and "ab" in own:
-        found.append((("body", "config", "ab"), f"ab settings apply to strategy ab only, not {strategy}"))
-    if strategy != "mirror" and "mirror" in own:
-        found.append(
-            (("body", "config", "mirror"), f"mirror settings apply to strategy mirror only, not {strategy}")
-        )
-    if strategy != "rolling" and "rolling" in own:
-        found.append(
-            (
-                ("body", "config", "rolling"),
-                f"rolling settings apply to strategy rolling only, not {strategy}",
-            )
-        )
+    found += [
+        (("body", "config", block), f"{block} settings apply to strategy {block} only, not {strategy}")
+        for block in STRATEGY_BLOCKS
+        if block != strategy and block in own
+    ]
     if strategy == "ab":
         found += _ab_problems(own, config)
     if strategy == "mirror":
         found += _mirror_problems(own, config)
     if strategy == "rolling":
         found += _rolling_problems(own, config)
+    if strategy == "blue_green":
+        found += _blue_green_problems(own, config)
     return found
 
 
@@ -382,27 +451,14 @@ def _rolling_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> li
     found: list[Problem] = [
         (("body", "config", name), why) for name, why in _NOT_ROLLING.items() if name in own
     ]
-    approve = config.approve_before if config is not None else own.get("approve_before")
-    if approve:
-        found.append(
-            (
-                ("body", "config", "approve_before"),
-                "approve_before names canary percentages; to hold a rolling update before a batch, pause "
-                "it or use a pre_stage check",
-            )
-        )
-    checks = config.checks if config is not None else own.get("checks")
-    for i, check in enumerate(checks if isinstance(checks, list) else []):
-        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
-        if stages is not None:
-            found.append(
-                (
-                    ("body", "config", "checks", i, "stages"),
-                    "check stages name canary percentages; a rolling update's checks apply to every batch: "
-                    "leave stages out",
-                )
-            )
-    return found
+    return found + _stage_naming_problems(
+        own,
+        config,
+        approve_before="approve_before names canary percentages; to hold a rolling update before a "
+        "batch, pause it or use a pre_stage check",
+        check_stages="check stages name canary percentages; a rolling update's checks apply to every "
+        "batch: leave stages out",
+    )
 
 
 def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
@@ -425,26 +481,13 @@ def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Pr
                 "stage of stage_duration: leave stages out",
             )
         )
-    approve = config.approve_before if config is not None else own.get("approve_before")
-    if approve:
-        found.append(
-            (
-                ("body", "config", "approve_before"),
-                "approve_before names later stages; an A/B test has one stage (use a pre_promote check to "
-                "hold promotion)",
-            )
-        )
-    checks = config.checks if config is not None else own.get("checks")
-    for i, check in enumerate(checks if isinstance(checks, list) else []):
-        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
-        if stages is not None:
-            found.append(
-                (
-                    ("body", "config", "checks", i, "stages"),
-                    "check stages name canary percentages; an A/B test has one stage: leave stages out",
-                )
-            )
-    return found
+    return found + _stage_naming_problems(
+        own,
+        config,
+        approve_before="approve_before names later stages; an A/B test has one stage (use a pre_promote "
+        "check to hold promotion)",
+        check_stages="check stages name canary percentages; an A/B test has one stage: leave stages out",
+    )
 
 
 def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
@@ -466,14 +509,47 @@ def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> lis
     why = "a mirror test with then: stop has no canary stages (it ends without promoting)"
     if "stages" in own:
         found.append((("body", "config", "stages"), f"{why}: leave stages out"))
-    approve = config.approve_before if config is not None else own.get("approve_before")
-    if approve:
-        found.append((("body", "config", "approve_before"), f"{why}: leave approve_before out"))
+    return found + _stage_naming_problems(
+        own,
+        config,
+        approve_before=f"{why}: leave approve_before out",
+        check_stages=f"{why}: leave the check's stages out",
+    )
+
+
+def _blue_green_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
+    """The problems of a blue-green deployment's settings: one test stage (nothing may name stages), every
+    server at once (no canary share), no A/B rules (its own test rules are config.blue_green.test_match)."""
+    found: list[Problem] = []
+    said = {
+        "stages": "stages are the canary's percentages; blue_green tests green for one stage of "
+        "stage_duration, then switches all traffic at once: leave stages out",
+        "canary_server_percentage": "blue_green starts green beside blue on every server: leave "
+        "canary_server_percentage out",
+    }
+    found += [(("body", "config", name), why) for name, why in said.items() if name in own]
+    return found + _stage_naming_problems(
+        own,
+        config,
+        approve_before="approve_before names later stages; blue_green has one test stage (use a "
+        "pre_promote check to hold the switch)",
+        check_stages="check stages name canary percentages; blue_green has one test stage: leave stages out",
+    )
+
+
+def _stage_naming_problems(
+    own: Mapping[str, Any], config: CanaryConfig | None, approve_before: str, check_stages: str
+) -> list[Problem]:
+    """`approve_before` and every check's `stages`, for a strategy whose stages nobody may name (each with
+    the strategy's own message)."""
+    found: list[Problem] = []
+    if config.approve_before if config is not None else own.get("approve_before"):
+        found.append((("body", "config", "approve_before"), approve_before))
     checks = config.checks if config is not None else own.get("checks")
     for i, check in enumerate(checks if isinstance(checks, list) else []):
         stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
         if stages is not None:
-            found.append((("body", "config", "checks", i, "stages"), f"{why}: leave the check's stages out"))
+            found.append((("body", "config", "checks", i, "stages"), check_stages))
     return found
 
 
@@ -481,18 +557,21 @@ __all__ = [
     "AB",
     "AB_STAGES",
     "AVAILABLE",
+    "GREEN_OFFSET",
     "MIRROR_ONLY_STAGES",
     "MIRROR_PASSED",
     "MIRROR_PROXIES",
-    "NOT_YET",
+    "STOPPED",
     "STRATEGY_BLOCKS",
     "TESTING",
+    "BlueGreen",
     "Canary",
     "Mirror",
     "Rolling",
     "Strategy",
     "StrategyName",
     "batch_sizes",
+    "green_id",
     "only_own_block",
     "problems",
     "rolling_feasibility",

@@ -23,9 +23,11 @@ from canaryd.domain.plan import (
     Observed,
     SetRoutes,
     SourceSample,
+    StopInstance,
     TrafficSample,
 )
-from canaryd.domain.routing import canary_share
+from canaryd.domain.routing import address_cohorts, canary_port, canary_share
+from canaryd.domain.strategy import STOPPED
 from canaryd.domain.types import Backend, Cohort, CohortStats
 from canaryd.engine.checks import RETRY_PAUSE_SECONDS, CheckRefusedError, outcome_event, request_for
 from canaryd.engine.ports import Clock, Outside
@@ -80,6 +82,8 @@ class Interpreter:
                 self.log_offset = await self.proxy.traffic_offset()
             elif isinstance(effect, CallCheck):
                 await self.call_check(effect)
+            elif isinstance(effect, StopInstance):
+                await self.stop(effect)
 
     async def call_check(self, effect: CallCheck) -> None:
         """Calls a webhook check and records the outcome as an event. A gate's check is tried once (its
@@ -134,12 +138,14 @@ class Interpreter:
         transport = self.outside.transport(server)
         timeout = float(snapshot.config.deploy_timeout)
         await transport.run(REACH_PROBE, timeout=timeout)
-        await self._mark(effect.server_id, UNKNOWN_VERSION, None)
+        record_as = effect.server_id if effect.record_as is None else effect.record_as
+        port = snapshot.port if effect.port is None else effect.port
+        await self._mark(record_as, UNKNOWN_VERSION, None)
         values = {
             "app": self.loaded.app.name,
             "version": effect.version,
             "host": server.host,
-            "port": str(snapshot.port),
+            "port": str(port),
             "server": server.name,
         }
         for what, template in (
@@ -153,14 +159,38 @@ class Interpreter:
                 raise DeployError(
                     f"{what} command on {server.name} exited {result.exit_status}: {result.tail()}"
                 )
-        await self._health_gate(server.name, server.host, timeout)
-        await self._mark(effect.server_id, effect.version, effect.event)
+        await self._health_gate(server.name, server.host, timeout, port)
+        await self._mark(record_as, effect.version, effect.event)
 
-    async def _health_gate(self, name: str, host: str, timeout: float) -> None:
+    async def stop(self, effect: StopInstance) -> None:
+        """The stop command for one instance no traffic reaches any more (blue_green), then its record. It is
+        recorded as unknown first: a crash in between makes a rollback start it again, or the tick stop it
+        again (a stop command must be harmless on a stopped instance)."""
+        snapshot, server = self.loaded.snapshot, self.loaded.servers[effect.server_id]
+        template = self.loaded.app.stop_command
+        await self._mark(effect.record_as, UNKNOWN_VERSION, None)
+        if template:
+            values = {
+                "app": self.loaded.app.name,
+                "version": effect.version,
+                "host": server.host,
+                "port": str(effect.port),
+                "server": server.name,
+            }
+            transport = self.outside.transport(server)
+            timeout = float(snapshot.config.deploy_timeout)
+            result = await transport.run(render_command(template, values), timeout=timeout)
+            if not result.ok:
+                raise DeployError(
+                    f"stop command on {server.name} exited {result.exit_status}: {result.tail()}"
+                )
+        await self._mark(effect.record_as, STOPPED, effect.event)
+
+    async def _health_gate(self, name: str, host: str, timeout: float, port: int) -> None:
         app = self.loaded.app
         deadline = self.clock.monotonic() + timeout
         while True:
-            check = await self.outside.health(host, app.port, app.health_path)
+            check = await self.outside.health(host, port, app.health_path)
             if check.ok:
                 return
             if self.clock.monotonic() > deadline:
@@ -195,8 +225,9 @@ class Interpreter:
 
     async def _health(self, needs: Needs) -> dict[int, HealthReading]:
         app, servers = self.loaded.app, self.loaded.servers
+        port = canary_port(self.loaded.snapshot)  # the canary's instances (blue_green: green's port)
         checks = await asyncio.gather(
-            *(self.outside.health(servers[sid].host, app.port, app.health_path) for sid in needs.health)
+            *(self.outside.health(servers[sid].host, port, app.health_path) for sid in needs.health)
         )
         return {sid: HealthReading(c.ok, c.detail) for sid, c in zip(needs.health, checks, strict=True)}
 
@@ -204,14 +235,10 @@ class Interpreter:
         if not needs.traffic:
             return None
         s = self.loaded.snapshot
-        host_port = {f"{srv.host}:{s.port}": srv.id for srv in s.servers}
-        canaries = set(s.canary_ids)
+        cohorts_of = address_cohorts(s)
 
         def cohort_of(address: str) -> Any:
-            sid = host_port.get(address)
-            if sid is None:
-                return None
-            return "canary" if sid in canaries else "stable"
+            return cohorts_of.get(address)
 
         # Lines still in the log from before this stage's split (an operator's promote to the next stage, the
         # backlog of the previous tick) must not count for it.
@@ -228,11 +255,10 @@ class Interpreter:
         s = self.loaded.snapshot
         if needs.source_window is None or s.config.prometheus is None:
             return None
-        canaries = set(s.canary_ids)
+        by_address = address_cohorts(s)  # blue_green: green's instances are the canary's
 
         def cohort(name: Cohort, version: str) -> CohortQuery:
-            ids = [srv for srv in s.servers if (srv.id in canaries) == (name == "canary")]
-            return CohortQuery(name, tuple(f"{srv.host}:{s.port}" for srv in ids), version)
+            return CohortQuery(name, tuple(a for a, c in by_address.items() if c == name), version)
 
         queries = [cohort("canary", s.version), cohort("stable", s.previous_version)]
         try:

@@ -136,6 +136,8 @@ def snapshot_of(
         max_backoff=max_backoff,
         checks=CheckProgress.from_json(dep.check_state),
         strategy=dep.strategy,
+        green_port=app.green_port,
+        switched_at=dep.switched_at,
     )
 
 
@@ -206,6 +208,11 @@ def record_change(
     if change.application_version is not None:
         assert app is not None
         app.current_version = change.application_version
+    if change.switched:
+        dep.switched_at = live_at or now
+    if change.swap_ports:  # blue_green complete: the new version listens on the old green port
+        assert app is not None and app.green_port is not None
+        app.port, app.green_port = app.green_port, app.port
     if change.trigger is not None or change.stage is not None:
         dep.state_version += 1
     if change.next_tick_in is None:

@@ -23,7 +23,7 @@ from canaryd.db.repositories import (
 )
 from canaryd.domain import matching
 from canaryd.domain.checks import redacted
-from canaryd.domain.config import CanaryConfig, ProxySpec, RollingSettings
+from canaryd.domain.config import BlueGreenSettings, CanaryConfig, ProxySpec, RollingSettings
 from canaryd.domain.defaults import config_sources, effective_config, set_fields, source_loc
 from canaryd.domain.lifecycle import IllegalTransition
 from canaryd.domain.plan import (
@@ -38,7 +38,13 @@ from canaryd.domain.plan import (
 from canaryd.domain.rollout import decide
 from canaryd.domain.selection import SelectionError, canary_server_count
 from canaryd.domain.split import check_split_feasible
-from canaryd.domain.strategy import MIRROR_PROXIES, rolling_feasibility, rolling_stages, strategy_for
+from canaryd.domain.strategy import (
+    GREEN_OFFSET,
+    MIRROR_PROXIES,
+    rolling_feasibility,
+    rolling_stages,
+    strategy_for,
+)
 from canaryd.domain.strategy import problems as strategy_problems
 from canaryd.domain.types import State
 from canaryd.engine.driver import announce
@@ -147,6 +153,8 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
     if config is not None and payload.strategy == "rolling":  # equal weights: only the batch size can fail
         config, infeasible = _rolling_plan(app, config)
         problems = infeasible + problems
+    elif config is not None and payload.strategy == "blue_green":
+        problems = _blue_green_feasibility(app, config, overrides) + problems
     elif config is not None:
         problems = _feasibility_problems(app, config, overrides, payload.strategy) + problems
     if config is None or problems:
@@ -202,6 +210,46 @@ def _feasibility_problems(
             source_loc("stages", overrides),
         )
     return infeasible_stages(config.stages, canaries, stables, spec, source_loc("stages", overrides))
+
+
+def _blue_green_feasibility(
+    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """What the application must offer a blue-green deployment: a second port, a stop command (blue is
+    stopped after the switch, green after a rollback) and a proxy that can route its test rules."""
+    found: list[dict[str, Any]] = []
+    if app.green_port is None:
+        found.append(
+            problem(
+                ["application", "green_port"],
+                "strategy blue_green needs the application's green_port (the second port of every server, "
+                'where the new version starts beside the old): PATCH the application with {"green_port": N}',
+            )
+        )
+    if not app.stop_command:
+        found.append(
+            problem(
+                ["application", "stop_command"],
+                "strategy blue_green needs the application's stop_command ({port} names the instance): the "
+                "old version is stopped after the switch, the new one after a rollback",
+            )
+        )
+    if any(sid >= GREEN_OFFSET for sid in app.server_ids):
+        found.append(
+            problem(["application", "server_ids"], f"blue_green needs server ids below {GREEN_OFFSET}")
+        )
+    spec = ProxySpec.model_validate(app.proxy)
+    where: list[str | int] = (
+        ["body", "config", "blue_green", "test_match"]
+        if "blue_green" in overrides
+        else ["application", "deployment_defaults", "blue_green", "test_match"]
+    )
+    rules = (config.blue_green or BlueGreenSettings()).rules()  # the defaults until effective() ran
+    found += [
+        problem(where, why)
+        for why in matching.proxy_problems(rules, spec.kind, spec.listen, spec.router_rule)
+    ]
+    return found
 
 
 def _new_deployment(

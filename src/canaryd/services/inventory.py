@@ -114,6 +114,7 @@ async def _insert_application(
     app = Application(
         name=payload.name,
         port=payload.port,
+        green_port=payload.green_port,
         health_path=payload.health_path,
         current_version=payload.current_version,
         deploy_command=payload.deploy_command,
@@ -170,6 +171,7 @@ class ApplicationUpdate(StrictModel):
 
     name: Name | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    green_port: int | None = Field(default=None, ge=1, le=65535)
     health_path: HealthPath | None = None
     server_ids: list[int] | None = Field(default=None, min_length=1, max_length=1000)
     deploy_command: Command | None = None
@@ -331,9 +333,12 @@ async def _check_update(
     if "deployment_defaults" in changes:
         found = defaults_problems(changes["deployment_defaults"], floor)
         problems += [problem(list(p.loc), p.msg) for p in found]
+    port = changes.get("port", app.port)
+    if port == changes.get("green_port", app.green_port):
+        where = "green_port" if "green_port" in changes else "port"
+        problems.append(problem(["body", where], "green_port must differ from port"))
     if problems:
         raise Invalid(problems)
-    port = changes.get("port", app.port)
     pool = [PoolServer(sid, known[sid].host, port, app.current_version) for sid in server_ids]
     return changes, pool
 

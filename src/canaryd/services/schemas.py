@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from canaryd.domain.config import (
     Command,
@@ -70,6 +70,14 @@ class ServerPatch(StrictModel):
 class ApplicationCreate(StrictModel):
     name: Name
     port: int = Field(ge=1, le=65535)
+    green_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="strategy blue_green: the second port of every server, where the new version starts "
+        "beside the old one (deploy_command's {port}); after a blue-green deployment port and green_port "
+        "trade places",
+    )
     health_path: HealthPath = "/health"
     server_ids: list[int] = Field(min_length=1, max_length=1000)
     current_version: Version
@@ -87,6 +95,13 @@ class ApplicationCreate(StrictModel):
             raise ValueError("server_ids must not repeat a server")
         return ids
 
+    @field_validator("green_port")
+    @classmethod
+    def _other_port(cls, green_port: int | None, info: ValidationInfo) -> int | None:
+        if green_port is not None and green_port == info.data.get("port"):
+            raise ValueError("green_port must differ from port (the old and new versions run side by side)")
+        return green_port
+
 
 class DeploymentCreate(StrictModel):
     version: Version
@@ -100,7 +115,10 @@ class DeploymentCreate(StrictModel):
         "`mirror` (nginx and Traefik): a copy of `config.mirror.percent` % of requests goes to the canary while "
         "clients get stable's answers, for one stage; then the canary stages (`then: canary`) or an end "
         "without promoting (`then: stop`). "
-        "`blue_green` is refused (422) until it exists; see docs/strategies.md.",
+        "`blue_green`: the new version starts beside the old on the application's `green_port` of every "
+        "server, is tested on the requests matching `config.blue_green.test_match` (default `X-Canary: "
+        "always`), then all traffic switches at once; the old keeps running `keep_old` seconds, then stops. "
+        "See docs/strategies.md.",
     )
     config: CanaryConfigOverrides = Field(
         default_factory=CanaryConfigOverrides,
@@ -163,6 +181,7 @@ class ApplicationOut(BaseModel):
     id: int
     name: str = Field(max_length=63)
     port: int
+    green_port: int | None = Field(default=None, description="strategy blue_green's second port, if set")
     health_path: str
     server_ids: list[int] = Field(max_length=1000)
     current_version: str = Field(description="the version every server runs when no deployment is active")
@@ -298,6 +317,10 @@ class DeploymentStatus(BaseModel):
     )
     stage_started_at: str | None
     next_stage_at: str | None = Field(description="when the stage ends if the verdict allows")
+    switched_at: str | None = Field(
+        default=None,
+        description="strategy blue_green: when every request went to the new version (null before the switch)",
+    )
     can_promote: bool
     can_rollback: bool
     allowed_actions: list[Literal["pause", "resume", "promote", "rollback"]] = Field(

@@ -173,7 +173,7 @@ async function showOverview() {
       el("td", {}, `${d.previous_version} → ${d.version}`),
       el("td", {}, badge(d.canary_status)),
       el("td", {}, d.total_stages ? `${d.current_stage} / ${d.total_stages}` : "—"),
-      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : pct(d.current_traffic_percentage)),
+      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : d.strategy === "blue_green" ? "blue-green" : pct(d.current_traffic_percentage)),
       el("td", {}, fmtTime(d.created_at)))));
     if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No deployments.")));
   };
@@ -267,6 +267,15 @@ async function showDeployment(id) {
     }
   }
 
+  // What a blue-green deployment's proxy does in each state (domain/strategy.py BlueGreen.backends).
+  const BLUE_GREEN_TEXT = {
+    monitoring: "green gets only the test requests, blue every other one",
+    waiting_for_approval: "green gets only the test requests, blue every other one",
+    paused: "green gets only the test requests, blue every other one",
+    promoting: "every request goes to green; blue keeps running until keep_old ends",
+    completed: "green serves every request; blue stopped",
+  };
+
   function renderStatus(s) {
     view.status = s;
     const stages = (s.config && s.config.stages) || [];
@@ -280,9 +289,11 @@ async function showDeployment(id) {
       el("p", { id: "dep-summary" },
         s.strategy === "ab"
           ? `${where} · A/B test: the canary gets only the requests that match its rules`
-          : mirroring(s)
-            ? `${where} · mirror test: the canary gets a copy of ${s.config.mirror.percent} % of requests; clients get stable's answers`
-            : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
+          : s.strategy === "blue_green"
+            ? `${where} · blue-green: ${BLUE_GREEN_TEXT[s.canary_status] || "blue serves every request"}`
+            : mirroring(s)
+              ? `${where} · mirror test: the canary gets a copy of ${s.config.mirror.percent} % of requests; clients get stable's answers`
+              : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
         s.next_stage_at ? ` · stage ends ${fmtTime(s.next_stage_at)}` : "",
         s.paused_from ? ` · paused from ${s.paused_from}` : "",
         s.config && s.config.analysis === "observe"

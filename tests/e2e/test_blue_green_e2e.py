@@ -1,0 +1,323 @@
+"""Strategy `blue_green` end to end on each real proxy (nginx, HAProxy, Traefik), driven through canaryd's API
+(embedded mode) in front of three servers that each run two real sample-app instances (blue on the
+application's port, green on its green_port), observed from the client side.
+
+One application per proxy gets three blue-green deployments in a row: a good version completes (the ports then
+trade places), a bad one (30 % errors) is rolled back by the judge before any switch, and a third is switched
+by an operator's promote and switched back by an operator's rollback while blue still runs. A client sends
+test requests (`X-Canary: always`) and ordinary ones, each on a fresh connection; which version answered each
+is counted per phase, and no request may fail: not at the switch, not when blue (or green) is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.fixtures.haproxy import start_haproxy
+from tests.fixtures.nginx import free_port
+from tests.fixtures.stack import APPCTL, Stack, make_stack
+from tests.fixtures.traefik import start_traefik
+
+pytestmark = pytest.mark.e2e
+
+#: A three-second test judged every second by the threshold judge; blue kept 2 s after the switch. Routing
+#: and the switch are tested here, not latency verdicts.
+TEST: dict[str, Any] = {
+    "blue_green": {"keep_old": 2},
+    "judge": "threshold",
+    "stage_duration": 3,
+    "inconclusive_timeout": 30,
+    "health_check_interval": 1,
+    "min_requests": 10,
+    "latency_tail_ms": 1000,
+    "latency_min_difference_ms": 5000,
+}
+#: Events are written after the tick's proxy change was proven live, so a phase starts at its event; a change
+#: made by the tick after an event (an operator's rollback, a judge's cut decided at the tick's end) may go
+#: live up to this long before or after it (Traefik's provider throttle is 2 s).
+LIVE = 2.5
+
+
+@dataclass
+class Sent:
+    at: float
+    test: bool  # sent with X-Canary: always
+    status: int  # 0: the connection failed
+    version: str
+
+
+@dataclass
+class Client:
+    """Alternates test and ordinary requests at about `rate` a second, each on a new connection."""
+
+    url: str
+    rate: float = 60.0
+    sent: list[Sent] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            try:
+                for n in range(10**9):
+                    started = time.time()
+                    task = asyncio.create_task(self._one(client, started, n % 2 == 0))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    await asyncio.sleep(max(0.0, 1 / self.rate - (time.time() - started)))
+            finally:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _one(self, client: httpx.AsyncClient, at: float, test: bool) -> None:
+        headers = {"Connection": "close", **({"X-Canary": "always"} if test else {})}
+        try:
+            r = await client.get(self.url, headers=headers)
+            self.sent.append(Sent(at, test, r.status_code, r.headers.get("x-version", "")))
+        except httpx.HTTPError:
+            self.sent.append(Sent(at, test, 0, ""))
+
+    def start(self) -> Client:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def seen(self, t0: float, t1: float) -> dict[str, dict[str, int]]:
+        """Answers in [t0, t1) by kind ("test", "other"), then by the version that answered."""
+        out: dict[str, dict[str, int]] = {"test": {}, "other": {}}
+        for h in self.sent:
+            if t0 <= h.at < t1:
+                by = out["test" if h.test else "other"]
+                key = h.version if h.status else "failed"
+                by[key] = by.get(key, 0) + 1
+        return out
+
+    def failures(self, t0: float = 0.0, t1: float = float("inf")) -> list[Sent]:
+        """Requests that failed at the proxy: no connection, or a gateway error (502, 503, 504)."""
+        return [h for h in self.sent if t0 <= h.at < t1 and (h.status == 0 or h.status in (502, 503, 504))]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+async def _at(s: Stack, dep_id: int, kind: str, last: bool = False) -> float:
+    found = [_epoch(e["at"]) for e in await s.events(dep_id) if e["kind"] == kind]
+    assert found, f"no {kind} event"
+    return found[-1] if last else found[0]
+
+
+async def _wait_until(s: Stack, dep_id: int, state: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (await s.status(dep_id))["canary_status"] != state:
+        assert time.monotonic() < deadline, (await s.status(dep_id))["reasons"]
+        await asyncio.sleep(0.05)
+
+
+async def _versions(s: Stack, port: int) -> list[str]:
+    out = []
+    async with httpx.AsyncClient(timeout=2) as client:
+        for host in s.hosts:
+            try:
+                out.append((await client.get(f"http://{host}:{port}/health")).headers.get("x-version", "?"))
+            except httpx.HTTPError:
+                out.append("down")
+    return out
+
+
+async def _app(s: Stack) -> dict[str, Any]:
+    r = await s.api.get(f"/applications/{s.app['id']}")
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def _only(seen: dict[str, int], version: str) -> bool:
+    return bool(seen) and set(seen) == {version}
+
+
+async def _good(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """A good version: green tested on test requests only, switched in one change, blue stopped after."""
+    r = await s.deploy("v2", TEST, strategy="blue_green")
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    await s.wait(dep["id"], timeout=60)
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "completed", status["reasons"]
+    assert status["switched_at"] is not None
+    created = _epoch(dep["created_at"])
+    tested, promoted = await _at(s, dep["id"], "stage_advanced"), await _at(s, dep["id"], "promoted")
+    switched, stopped = (
+        await _at(s, dep["id"], "traffic_switched"),
+        await _at(s, dep["id"], "instance_stopped"),
+    )
+    completed = await _at(s, dep["id"], "completed")
+    await asyncio.sleep(0.5)
+    phases = {
+        "deploying": client.seen(created, tested - LIVE),
+        "testing": client.seen(tested, promoted),
+        "keep_old": client.seen(switched, stopped),
+        "blue_stopped": client.seen(stopped, time.time()),
+    }
+    # Deploying may be shorter than the margin: nothing but v1 in it, whatever it holds.
+    assert set(phases["deploying"]["test"]) <= {"v1"} and set(phases["deploying"]["other"]) <= {"v1"}, phases
+    assert _only(phases["testing"]["test"], "v2") and _only(phases["testing"]["other"], "v1"), phases
+    for after in ("keep_old", "blue_stopped"):
+        assert _only(phases[after]["test"], "v2") and _only(phases[after]["other"], "v2"), phases
+    assert not client.failures(created, time.time()), client.failures(created, time.time())
+    assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
+    app = await _app(s)
+    assert (app["port"], app["green_port"], app["current_version"]) == (green, blue, "v2")
+    judged = next(e["metrics"] for e in await s.events(dep["id"]) if e["kind"] == "promoted")
+    assert judged["canary"]["requests"] > 0 and judged["stable"]["requests"] > 0, judged
+    return {
+        "phases": phases,
+        "switch_window": client.seen(promoted, switched + LIVE),
+        "judged": (judged["canary"]["requests"], judged["stable"]["requests"]),
+        "keep_old_s": round(stopped - switched, 1),
+        "total_s": round(completed - created, 1),
+    }
+
+
+async def _bad(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """A bad version (30 % errors) is rolled back by the judge before any switch: blue never stopped."""
+    r = await s.deploy("v3-bad", {**TEST, "stage_duration": 30, "min_requests": 100}, strategy="blue_green")
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    await s.wait(dep["id"], timeout=60)
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "rolled_back", status["reasons"]
+    assert any(reason.startswith("error_rate:") for reason in status["reasons"]), status["reasons"]
+    kinds = [e["kind"] for e in await s.events(dep["id"])]
+    assert "traffic_switched" not in kinds and kinds.count("instance_stopped") == 3, kinds
+    created, done = _epoch(dep["created_at"]), await _at(s, dep["id"], "rolled_back")
+    tested, cut = await _at(s, dep["id"], "stage_advanced"), await _at(s, dep["id"], "rollback_started")
+    await asyncio.sleep(0.5)
+    testing = client.seen(tested, cut - LIVE)
+    assert _only(testing["test"], "v3-bad") and _only(testing["other"], "v2"), testing
+    whole = client.seen(created, time.time())
+    assert _only(whole["other"], "v2"), whole
+    after = client.seen(done, time.time())
+    assert _only(after["test"], "v2") and _only(after["other"], "v2"), after
+    assert not client.failures(created, time.time())
+    # The ports did not move: v2 still on the previous deployment's green port, nothing on the other.
+    assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
+    took = round(done - created, 1)
+    return {"testing": testing, "whole": whole, "reason": status["reasons"][0][:100], "total_s": took}
+
+
+async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """An operator switches (promote during the test) and switches back (rollback while blue runs)."""
+    r = await s.deploy(
+        "v4", {**TEST, "stage_duration": 120, "blue_green": {"keep_old": 120}}, strategy="blue_green"
+    )
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    await _wait_until(s, dep["id"], "monitoring")
+    r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"reason": "switch now"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 20
+    while "traffic_switched" not in [e["kind"] for e in await s.events(dep["id"])]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    switched = await _at(s, dep["id"], "traffic_switched")
+    await asyncio.sleep(1.5)
+    r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "switch back"})
+    assert r.status_code == 202, r.text
+    await s.wait(dep["id"], timeout=60)
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "rolled_back", status["reasons"]
+    assert any("switch back" in reason for reason in status["reasons"]), status["reasons"]
+    back, done = await _at(s, dep["id"], "rollback_started"), await _at(s, dep["id"], "rolled_back")
+    await asyncio.sleep(max(0.0, back + LIVE + 0.5 - time.time()))
+    on_green = client.seen(switched, back)
+    after = client.seen(back + LIVE, time.time())
+    assert _only(on_green["test"], "v4") and _only(on_green["other"], "v4"), on_green
+    assert _only(after["test"], "v2") and _only(after["other"], "v2"), after
+    assert not client.failures(_epoch(dep["created_at"]), time.time())
+    assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
+    took = round(done - _epoch(dep["created_at"]), 1)
+    return {
+        "switched": on_green,
+        "switch_back": client.seen(back, back + LIVE),
+        "after": after,
+        "total_s": took,
+    }
+
+
+async def three_blue_greens(s: Stack, url: str, proxy: str) -> dict[str, Any]:
+    """Registers the application with a green_port and a stop command, runs the three deployments with a
+    client hammering the proxy, and returns the figures per phase."""
+    blue, green = s.app_port, free_port()
+    stop = f"CONTRACT_STATE={s.state_dir} {sys.executable} {APPCTL} stop --host {{host}} --port {{port}}"
+    r = await s.api.patch(f"/applications/{s.app['id']}", json={"green_port": green, "stop_command": stop})
+    assert r.status_code == 200, r.text
+    client = Client(url).start()
+    figures: dict[str, Any] = {}
+    try:
+        await asyncio.sleep(0.5)
+        figures["good"] = await _good(s, client, blue, green)
+        figures["bad"] = await _bad(s, client, blue, green)
+        figures["operator"] = await _operator(s, client, blue, green)
+    finally:
+        await client.stop()
+        for host in s.hosts:  # the stack stops its own port's instances
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, str(APPCTL), "stop", "--host", host, "--port", str(green)),
+                env={"CONTRACT_STATE": str(s.state_dir), "PATH": "/usr/bin:/bin"},
+            )
+            await proc.wait()
+    figures["requests"] = len(client.sent)
+    figures["failed"] = len(client.failures())
+    print(f"\nblue-green on {proxy}: {figures}")
+    return figures
+
+
+async def test_blue_green_through_nginx(tmp_path: Path, sqlite_url: str) -> None:
+    """nginx: green gets only test requests while tested, everything after the switch, nothing fails."""
+    async with make_stack(tmp_path, sqlite_url, servers=3) as s:
+        await s.register("v1")
+        await three_blue_greens(s, s.proxy_url, "nginx")
+
+
+async def test_blue_green_through_haproxy(tmp_path: Path, sqlite_url: str) -> None:
+    """HAProxy: the same, the test rules as acls in canaryd's frontend, green and blue named apart."""
+    haproxy = await asyncio.to_thread(start_haproxy)
+    try:
+        async with make_stack(tmp_path, sqlite_url, servers=3) as s:
+            await s.register("v1", proxy_overrides=haproxy.spec().model_dump(exclude={"server_id"}))
+            await three_blue_greens(s, haproxy.url, "haproxy")
+    finally:
+        await asyncio.to_thread(haproxy.cleanup)
+
+
+@contextlib.asynccontextmanager
+async def _traefik(tmp_path: Path, sqlite_url: str) -> AsyncIterator[tuple[Stack, str, dict[str, Any]]]:
+    async with make_stack(tmp_path, sqlite_url, servers=3) as s:
+        traefik = await asyncio.to_thread(start_traefik)
+        try:
+            overrides = traefik.spec().model_dump()
+            overrides.update(listen=None, access_log=None, test_command=None)
+            yield s, traefik.url, overrides
+        finally:
+            await asyncio.to_thread(traefik.cleanup)
+
+
+async def test_blue_green_through_traefik(tmp_path: Path, sqlite_url: str) -> None:
+    """Traefik (file provider): the same, the test rule as a Header router above the application's."""
+    async with _traefik(tmp_path, sqlite_url) as (s, url, overrides):
+        await s.register("v1", proxy_overrides=overrides)
+        await three_blue_greens(s, url, "traefik")
