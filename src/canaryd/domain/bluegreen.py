@@ -43,7 +43,8 @@ from canaryd.domain.plan import (
     TrafficSample,
     Trigger,
 )
-from canaryd.domain.routing import canary_share, routes, stage_note
+from canaryd.domain.routing import routes
+from canaryd.domain.stages import first_stage
 from canaryd.domain.strategy import STOPPED, green_id
 from canaryd.domain.types import Backend, CohortStats, State
 
@@ -83,25 +84,11 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         untouched = all(green_id(x.id) not in s.versions for x in s.servers)
         return checks.gated(s, "pre_deploy", None, plan) if untouched else plan
     first = routes(s, State.MONITORING, 100.0)
-    ready = transition(
+    return first_stage(
         s,
-        Trigger.CANARY_READY,
-        EventKind.CANARY_DEPLOYED,
-        (f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves every other request",),
-        next_tick_in=0.0 if checks.starts_with_checks(s, 0) else s.config.health_check_interval,
+        first,
+        f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves every other request",
     )
-    stage_event = Event(
-        EventKind.STAGE_ADVANCED,
-        (stage_note(s, 0),),
-        State.MONITORING,
-        State.MONITORING,
-        1,
-        canary_share(first),
-        proxy_figures=True,
-    )
-    change = replace(ready, stage=StageStart(0, None), events=(*ready.events, stage_event))
-    plan = Plan((SetRoutes(first), MarkTrafficStart()), Facts(health_failures=0), change)
-    return checks.gated(s, "pre_stage", 0, plan)
 
 
 def _promoting(s: Snapshot, o: Observed, now: datetime) -> Plan:

@@ -44,7 +44,6 @@ from canaryd.domain.plan import (
     Event,
     EventKind,
     Facts,
-    MarkTrafficStart,
     Needs,
     Observed,
     OperatorAction,
@@ -57,8 +56,9 @@ from canaryd.domain.plan import (
     StepFailed,
     Trigger,
 )
-from canaryd.domain.routing import canary_share, routes, stage_note
+from canaryd.domain.routing import routes
 from canaryd.domain.selection import Candidate, SelectionError, select_canary_servers
+from canaryd.domain.stages import first_stage
 from canaryd.domain.types import HostLoad, State
 
 #: Tries of a step that failed for a transient reason before the deployment gives up on it.
@@ -153,25 +153,7 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         return checks.gated(s, "pre_deploy", None, plan) if untouched else plan
     stages = s.config.stages
     first = routes(s, State.MONITORING, stages[0])
-    ready = transition(
-        s,
-        Trigger.CANARY_READY,
-        EventKind.CANARY_DEPLOYED,
-        (f"{len(s.canary_ids)} canary server(s) healthy",),
-        next_tick_in=0.0 if checks.starts_with_checks(s, 0) else s.config.health_check_interval,
-    )
-    stage_event = Event(
-        EventKind.STAGE_ADVANCED,
-        (stage_note(s, 0),),
-        State.MONITORING,
-        State.MONITORING,
-        1,
-        canary_share(first),
-        proxy_figures=True,
-    )
-    change = replace(ready, stage=StageStart(0, None), events=(*ready.events, stage_event))
-    plan = Plan((SetRoutes(first), MarkTrafficStart()), Facts(health_failures=0), change)
-    return checks.gated(s, "pre_stage", 0, plan)
+    return first_stage(s, first, f"{len(s.canary_ids)} canary server(s) healthy")
 
 
 def _paused(s: Snapshot, o: Observed, now: datetime) -> Plan:
