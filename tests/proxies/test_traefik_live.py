@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -213,8 +214,13 @@ async def test_healthy_canary_through_traefik_with_a_restart(tmp_path: Path, sql
         after = [h for h in load.hits if restarted_at + 0.5 <= h.at and h.status == 200]
         during_25 = [h for h in after if h.at < next(t for t, _, p, _ in timeline if p > 25)]
         if len(during_25) >= 20:
-            share = 100 * sum(h.version == "v2" for h in during_25) / len(during_25)
-            assert abs(share - 25.0) <= 10.0, share
+            # What is left of a 3 s stage after the restart is a small sample (20-60 requests): allow 4
+            # standard deviations of a 25 % draw (at least 10 points), so that only a split the restart
+            # really changed fails (±10 points alone failed ~1 run in 5 at 20 requests).
+            n = len(during_25)
+            share = 100 * sum(h.version == "v2" for h in during_25) / n
+            allowed = max(10.0, 400 * math.sqrt(0.25 * 0.75 / n))
+            assert abs(share - 25.0) <= allowed, (share, n, allowed)
         errors = [h for h in load.hits if h.status >= 500]
         assert not errors, errors[:5]
 
