@@ -11,16 +11,13 @@ version's own 500s: a server being redeployed is out of the pool first."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from tests.fixtures.stack import Stack
+from tests.fixtures.stack import Hit, LoadGenerator, Stack
 
 from .test_ab_e2e import _traefik
 from .test_haproxy_e2e import haproxy_stack
@@ -41,58 +38,10 @@ UPDATE = {
 }
 
 
-@dataclass
-class Sent:
-    at: float
-    status: int  # 0: the connection failed
-    version: str
+class Client(LoadGenerator):
+    """The suite's load generator, with what these tests ask of what it saw."""
 
-
-@dataclass
-class Client:
-    """About `rate` requests per second, each on a new connection (or, `keepalive`, on a few kept ones)."""
-
-    url: str
-    rate: float = 60.0
-    keepalive: bool = False
-    sent: list[Sent] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        in_flight: set[asyncio.Task[None]] = set()
-        limits = httpx.Limits(max_keepalive_connections=8 if self.keepalive else 0)
-        async with httpx.AsyncClient(timeout=5, limits=limits) as client:
-            try:
-                while True:
-                    started = time.time()
-                    task = asyncio.create_task(self._one(client, started))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                    await asyncio.sleep(max(0.0, 1 / self.rate - (time.time() - started)))
-            finally:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-
-    async def _one(self, client: httpx.AsyncClient, at: float) -> None:
-        try:
-            r = await client.get(self.url, headers={} if self.keepalive else {"Connection": "close"})
-            self.sent.append(Sent(at, r.status_code, r.headers.get("x-version", "")))
-        except httpx.HTTPError:
-            self.sent.append(Sent(at, 0, ""))
-
-    def start(self) -> Client:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def window(self, t0: float, t1: float) -> list[Sent]:
-        return [h for h in self.sent if t0 <= h.at < t1]
-
-    def failed(self, t0: float, t1: float, bad: str = "") -> list[Sent]:
+    def failed(self, t0: float, t1: float, bad: str = "") -> list[Hit]:
         """Requests that failed in [t0, t1) other than the bad version's own 500s."""
         return [
             h
@@ -229,15 +178,15 @@ async def three_rolling_updates(s: Stack, url: str, proxy: str) -> dict[str, Any
     finally:
         await client.stop()
         await kept.stop()
-    connection_failures = [h for h in client.sent if h.status == 0]
+    connection_failures = [h for h in client.hits if h.status == 0]
     assert not connection_failures, f"{len(connection_failures)} connection failures"
     # Keep-alive clients: nginx closes idle keep-alive connections when a reload's old workers exit (a
     # known cost, docs/design.md: about 0.25 % of in-flight reads over 20 reloads); HAProxy changes weights
     # without a reload and Traefik without a restart, so there nothing may fail.
     lost = kept.failed(0, time.time() + 1, bad="v3-bad")
-    figures["keep-alive"] = (len(kept.sent), len(lost))
-    assert len(lost) <= (0.02 * len(kept.sent) if proxy == "nginx" else 0), lost[:5]
-    print(f"\nrolling on {proxy}: {len(client.sent)} requests; (requests, % new version) {figures}")
+    figures["keep-alive"] = (len(kept.hits), len(lost))
+    assert len(lost) <= (0.02 * len(kept.hits) if proxy == "nginx" else 0), lost[:5]
+    print(f"\nrolling on {proxy}: {len(client.hits)} requests; (requests, % new version) {figures}")
     return figures
 
 
