@@ -174,18 +174,28 @@ async def harness(
     db_url: str, servers: int = 5, behaviours: dict[str, Behaviour] | None = None, **settings: Any
 ) -> AsyncIterator[Harness]:
     """An application of `servers` simulated servers running v1, registered behind the memory proxy."""
-    config = Settings(database_url=db_url, min_stage_duration=1, **settings)
-    db = make_engine(db_url)
-    sessions = make_sessionmaker(db)
     clock = FakeClock()
     hosts = [f"10.0.0.{i + 1}" for i in range(servers)]
     fleet = Fleet(clock, dict.fromkeys(hosts, "v1"), behaviours or {})
-    outside, scheduler, bus, locks = (
-        MemoryOutside(fleet),
-        RecordingScheduler(),
-        LocalBus(),
-        DeploymentLocks(True),
-    )
+    async with harness_of(db_url, fleet, MemoryOutside(fleet), **settings) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def harness_of(
+    db_url: str,
+    fleet: Fleet,
+    outside: MemoryOutside,
+    app_fields: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    """The application on `fleet`'s hosts (`app_fields` over the defaults: port PORT, deploy command),
+    registered behind `outside`'s memory proxy, and a driver on the fleet's clock."""
+    config = Settings(database_url=db_url, min_stage_duration=1, **settings)
+    db = make_engine(db_url)
+    sessions = make_sessionmaker(db)
+    clock, hosts = fleet.clock, list(fleet.versions)
+    scheduler, bus, locks = RecordingScheduler(), LocalBus(), DeploymentLocks(True)
     async with httpx.AsyncClient() as http:
         rt = Runtime(
             config,
@@ -200,8 +210,8 @@ async def harness(
             "test",
             clock,
         )
-        app_id = await _register(rt, hosts)
-        backends = tuple(Backend(i + 1, h, PORT, 1, "stable") for i, h in enumerate(hosts))
+        app_id, port = await _register(rt, hosts, app_fields or {})
+        backends = tuple(Backend(i + 1, h, port, 1, "stable") for i, h in enumerate(hosts))
         outside.memory_proxy.serving = RouteTable(app_id, "shop", backends, 1)
         terms = LeaseTerms(config.lease_seconds, config.max_retry_backoff)
         store = HookedStore(sessions, locks, fleet)
@@ -212,7 +222,8 @@ async def harness(
             await db.dispose()
 
 
-async def _register(rt: Runtime, hosts: list[str]) -> int:
+async def _register(rt: Runtime, hosts: list[str], app_fields: dict[str, Any]) -> tuple[int, int]:
+    """The servers, the proxy and the application (its id and port), routed to every server."""
     spec = {
         "kind": "nginx",
         "server_id": len(hosts) + 1,
@@ -222,24 +233,24 @@ async def _register(rt: Runtime, hosts: list[str]) -> int:
         "listen": "80",
         "access_log": "/var/log/nginx/shop.log",
     }
+    fields: dict[str, Any] = {"port": PORT, "deploy_command": "deploy {host} {version}", **app_fields}
     async with unit_of_work(rt.sessions) as session:
         for i, host in enumerate(hosts):
             session.add(Server(id=i + 1, name=f"s{i}", host=host, transport="local"))
         session.add(Server(id=len(hosts) + 1, name="proxy", host="10.0.1.1", transport="local"))
         applied = [
-            {"server_id": i + 1, "host": h, "port": PORT, "weight": 1, "cohort": "stable"}
+            {"server_id": i + 1, "host": h, "port": fields["port"], "weight": 1, "cohort": "stable"}
             for i, h in enumerate(hosts)
         ]
         app = Application(
             name="shop",
-            port=PORT,
             current_version="v1",
-            deploy_command="deploy {host} {version}",
             proxy=spec,
             proxy_generation=1,
             proxy_applied=applied,
             server_links=[ApplicationServer(server_id=i + 1) for i in range(len(hosts))],
+            **fields,
         )
         session.add(app)
         await session.flush()
-        return app.id
+        return app.id, fields["port"]

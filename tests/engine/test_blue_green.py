@@ -10,24 +10,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 
-from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
-from canaryd.db.models import Application, ApplicationServer, Server
-from canaryd.domain.types import Backend, Cohort, CohortStats
-from canaryd.engine.bus import LocalBus
-from canaryd.engine.driver import LeaseTerms, RolloutDriver
-from canaryd.engine.locks import DeploymentLocks
+from canaryd.db.models import Application, Server
+from canaryd.domain.types import Cohort, CohortStats
 from canaryd.metrics.health import HealthResult
-from canaryd.observability import Metrics
 from canaryd.proxies.base import RouteTable, TrafficReading
-from canaryd.runtime import Runtime
-from canaryd.settings import Settings
 from canaryd.transports.base import CommandResult
-from canaryd.transports.factory import TransportFactory
 
-from .harness import Harness, HookedStore
+from .harness import Harness, harness_of
 from .test_crashes import crash_at, run_through_crash
 from .world import (
     Behaviour,
@@ -36,7 +27,6 @@ from .world import (
     MemoryOutside,
     MemoryProxy,
     MemoryTransport,
-    RecordingScheduler,
 )
 
 BLUE, GREEN = 8000, 8001
@@ -130,71 +120,16 @@ class TwinOutside(MemoryOutside):
 @contextlib.asynccontextmanager
 async def twins(db_url: str, servers: int = 3) -> AsyncIterator[Harness]:
     """An application on `servers` simulated servers, blue (v1) on port 8000, green_port 8001."""
-    config = Settings(database_url=db_url, min_stage_duration=1)
-    db = make_engine(db_url)
-    sessions = make_sessionmaker(db)
-    clock = FakeClock()
     hosts = [f"10.0.0.{i + 1}" for i in range(servers)]
-    fleet = TwinFleet(clock, dict.fromkeys(hosts, "v1"), instances={f"{h}:{BLUE}": "v1" for h in hosts})
-    outside, scheduler, locks = TwinOutside(fleet), RecordingScheduler(), DeploymentLocks(True)
-    async with httpx.AsyncClient() as http:
-        rt = Runtime(
-            config,
-            db,
-            sessions,
-            locks,
-            LocalBus(),
-            scheduler,
-            TransportFactory(None),
-            http,
-            Metrics(),
-            "test",
-            clock,
-        )
-        app_id = await _register(rt, hosts)
-        backends = tuple(Backend(i + 1, h, BLUE, 1, "stable") for i, h in enumerate(hosts))
-        outside.memory_proxy.serving = RouteTable(app_id, "shop", backends, 1)
-        terms = LeaseTerms(config.lease_seconds, config.max_retry_backoff)
-        store = HookedStore(sessions, locks, fleet)
-        driver = RolloutDriver(store, outside, clock, LocalBus(), scheduler, rt.metrics, terms, "test")
-        try:
-            yield Harness(rt, fleet, clock, scheduler, driver, outside, app_id, hosts)
-        finally:
-            await db.dispose()
-
-
-async def _register(rt: Runtime, hosts: list[str]) -> int:
-    spec = {
-        "kind": "nginx",
-        "server_id": len(hosts) + 1,
-        "config_path": "/etc/nginx/canaryd.d/shop.conf",
-        "test_command": "nginx -t",
-        "reload_command": "nginx -s reload",
-        "listen": "80",
-        "access_log": "/var/log/nginx/shop.log",
+    fleet = TwinFleet(FakeClock(), dict.fromkeys(hosts, "v1"), instances={f"{h}:{BLUE}": "v1" for h in hosts})
+    app_fields = {
+        "port": BLUE,
+        "green_port": GREEN,
+        "deploy_command": "deploy {host} {version} {port}",
+        "stop_command": "stop {host} {port}",
     }
-    async with unit_of_work(rt.sessions) as session:
-        for i, host in enumerate(hosts):
-            session.add(Server(id=i + 1, name=f"s{i}", host=host, transport="local"))
-        session.add(Server(id=len(hosts) + 1, name="proxy", host="10.0.1.1", transport="local"))
-        app = Application(
-            name="shop",
-            port=BLUE,
-            green_port=GREEN,
-            current_version="v1",
-            deploy_command="deploy {host} {version} {port}",
-            stop_command="stop {host} {port}",
-            proxy=spec,
-            proxy_generation=1,
-            proxy_applied=[
-                {"server_id": i + 1, "host": h, "port": BLUE, "weight": 1, "cohort": "stable"}
-                for i, h in enumerate(hosts)
-            ],
-            server_links=[ApplicationServer(server_id=i + 1) for i in range(len(hosts))],
-        )
-        session.add(app)
-        await session.flush()
-        return app.id
+    async with harness_of(db_url, fleet, TwinOutside(fleet), app_fields) as h:
+        yield h
 
 
 async def _app(h: Harness) -> Application:
