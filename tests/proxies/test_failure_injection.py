@@ -341,6 +341,36 @@ async def test_a_failure_at_any_step_leaves_the_last_proven_configuration(
         assert await serves_nothing(w, app.id, "shop")
 
 
+async def _special_canary_in_and_out(w: World, kind: str, special: Callable[[Backend], Backend]) -> None:
+    """The first server made `special(first)` (bound to A/B rules, a mirror, ...) and then cut: each change
+    fails at every step back to the table last proven live, then goes through clean."""
+    app = await register(w, "shop")
+    async with w.rt.sessions() as session:
+        stored = await ApplicationRepository(session).get(app.id)
+        assert stored is not None
+        proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+    last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
+    changed = RouteTable(
+        app.id, app.name, (special(last.backends[0]), *last.backends[1:]), last.generation + 1
+    )
+    cut = RouteTable(app.id, app.name, last.backends[1:], last.generation + 2)
+
+    async def back_on(table: RouteTable) -> bool:
+        # Traefik may hold a failed file for one throttle period (see the stage changes above).
+        return await _eventually(lambda: proxy.check(table), within=5.0 if kind == "traefik" else 0.0)
+
+    for step in STEPS[kind]:
+        await expect_failure(w, step, switch(proxy, changed, last))
+        assert await back_on(last), step
+    await switch(proxy, changed, last)
+    assert await proxy.check(changed)
+    for step in STEPS[kind]:
+        await expect_failure(w, step, switch(proxy, cut, changed))
+        assert await back_on(changed), step
+    await switch(proxy, cut, changed)
+    assert await proxy.check(cut) and not await proxy.check(changed)
+
+
 @pytest.mark.parametrize("kind", ["nginx", "haproxy", "traefik"])
 async def test_starting_or_ending_an_ab_test_never_half_applies(
     kind: str, tmp_path: Path, sqlite_url: str, app_fleet: AppFleet, monkeypatch: pytest.MonkeyPatch
@@ -348,35 +378,13 @@ async def test_starting_or_ending_an_ab_test_never_half_applies(
     """Strategy ab: putting the A/B rules in (the canary bound to them, no weight in the split) and taking
     them out again (a rollback's cut) fail at every step like any change: the proxy is back on the table
     last proven live, and the clean change then goes through."""
+    rules = (MatchRule("header", "X-Beta", "equals", "1"), MatchRule("cookie", "plan", "regex", "^pro"))
+    if kind == "traefik":
+        rules = rules[:1]
     async with world(tmp_path, sqlite_url, app_fleet, kind, monkeypatch) as w:
-        app = await register(w, "shop")
-        async with w.rt.sessions() as session:
-            stored = await ApplicationRepository(session).get(app.id)
-            assert stored is not None
-            proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
-        last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
-        rules = (MatchRule("header", "X-Beta", "equals", "1"), MatchRule("cookie", "plan", "regex", "^pro"))
-        if kind == "traefik":
-            rules = rules[:1]
-        first = last.backends[0]
-        bound = Backend(first.server_id, first.host, first.port, 1, "canary", rules)
-        ab = RouteTable(app.id, app.name, (bound, *last.backends[1:]), last.generation + 1)
-        cut = RouteTable(app.id, app.name, last.backends[1:], last.generation + 2)
-
-        async def back_on(table: RouteTable) -> bool:
-            # Traefik may hold a failed file for one throttle period (see the stage changes above).
-            return await _eventually(lambda: proxy.check(table), within=5.0 if kind == "traefik" else 0.0)
-
-        for step in STEPS[kind]:
-            await expect_failure(w, step, switch(proxy, ab, last))
-            assert await back_on(last), step
-        await switch(proxy, ab, last)
-        assert await proxy.check(ab)
-        for step in STEPS[kind]:
-            await expect_failure(w, step, switch(proxy, cut, ab))
-            assert await back_on(ab), step
-        await switch(proxy, cut, ab)
-        assert await proxy.check(cut) and not await proxy.check(ab)
+        await _special_canary_in_and_out(
+            w, kind, lambda first: Backend(first.server_id, first.host, first.port, 1, "canary", rules)
+        )
 
 
 @pytest.mark.parametrize("kind", ["nginx", "traefik"])
@@ -387,27 +395,6 @@ async def test_starting_or_ending_a_mirror_never_half_applies(
     fail at every step like any change: the proxy is back on the table last proven live, and the clean
     change then goes through."""
     async with world(tmp_path, sqlite_url, app_fleet, kind, monkeypatch) as w:
-        app = await register(w, "shop")
-        async with w.rt.sessions() as session:
-            stored = await ApplicationRepository(session).get(app.id)
-            assert stored is not None
-            proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
-        last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
-        first = last.backends[0]
-        mirror = Backend(first.server_id, first.host, first.port, 1, "canary", (), 25)
-        mirrored = RouteTable(app.id, app.name, (mirror, *last.backends[1:]), last.generation + 1)
-        cut = RouteTable(app.id, app.name, last.backends[1:], last.generation + 2)
-
-        async def back_on(table: RouteTable) -> bool:
-            return await _eventually(lambda: proxy.check(table), within=5.0 if kind == "traefik" else 0.0)
-
-        for step in STEPS[kind]:
-            await expect_failure(w, step, switch(proxy, mirrored, last))
-            assert await back_on(last), step
-        await switch(proxy, mirrored, last)
-        assert await proxy.check(mirrored)
-        for step in STEPS[kind]:
-            await expect_failure(w, step, switch(proxy, cut, mirrored))
-            assert await back_on(mirrored), step
-        await switch(proxy, cut, mirrored)
-        assert await proxy.check(cut) and not await proxy.check(mirrored)
+        await _special_canary_in_and_out(
+            w, kind, lambda first: Backend(first.server_id, first.host, first.port, 1, "canary", (), 25)
+        )
