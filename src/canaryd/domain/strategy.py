@@ -547,7 +547,8 @@ def _stage_naming_problems(
         found.append((("body", "config", "approve_before"), approve_before))
     checks = config.checks if config is not None else own.get("checks")
     for i, check in enumerate(checks if isinstance(checks, list) else []):
-        stages = check.stages if not isinstance(check, Mapping) else check.get("stages")
+        # As sent, a check may be anything (the schema reports that): only a readable `stages` counts.
+        stages = check.get("stages") if isinstance(check, Mapping) else getattr(check, "stages", None)
         if stages is not None:
             found.append((("body", "config", "checks", i, "stages"), check_stages))
     return found
