@@ -1,8 +1,9 @@
 """The steps of a blue-green deployment: the states in which it differs from a canary.
 
-`rollout.decide` hands these states of a `blue_green` deployment to this module; monitoring (the test),
-operator actions, failed steps, gates and history are the canary's own. The proxy side is
-`strategy.BlueGreen.backends`: what each state serves.
+`rollout.decide` hands these states of a `blue_green` deployment to this module, and those of a mirror test
+with `then: blue_green` (whose stage 1 copies requests to green, its stage 2 is the test below); monitoring
+(the test), operator actions, failed steps, gates and history are the canary's own. The proxy side is
+`strategy.BlueGreen.backends` (`MirrorBlueGreen`'s): what each state serves.
 
 - pending: every server is a "canary" (each gets a green instance); nothing is drained.
 - deploying: green (the new version) starts on `green_port` of one server after the other, beside blue (the
@@ -83,11 +84,11 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         plan = Plan((DeployServer(srv.id, s.version, event, port=port, record_as=green_id(srv.id)),))
         untouched = all(green_id(x.id) not in s.versions for x in s.servers)
         return checks.gated(s, "pre_deploy", None, plan) if untouched else plan
-    first = routes(s, State.MONITORING, 100.0)
+    # Stage 1: blue_green's test, or (mirror then: blue_green) the mirror phase.
+    first = routes(s, State.MONITORING, s.config.stages[0])
+    others = "every other request" if s.strategy == "blue_green" else "every request"
     return first_stage(
-        s,
-        first,
-        f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves every other request",
+        s, first, f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves {others}"
     )
 
 

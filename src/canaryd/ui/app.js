@@ -57,6 +57,12 @@ function mirroring(s) {
     && !["promoting", "completed"].includes(s.canary_status);
 }
 
+// Green beside blue on every server: strategy blue_green, or a mirror test with then: blue_green.
+function blueGreen(s) {
+  return s.strategy === "blue_green"
+    || (s.strategy === "mirror" && !!s.config && !!s.config.mirror && s.config.mirror.then === "blue_green");
+}
+
 function ms(value) {
   return value === null || value === undefined ? "—" : `${Number(value).toFixed(1)} ms`;
 }
@@ -173,7 +179,7 @@ async function showOverview() {
       el("td", {}, `${d.previous_version} → ${d.version}`),
       el("td", {}, badge(d.canary_status)),
       el("td", {}, d.total_stages ? `${d.current_stage} / ${d.total_stages}` : "—"),
-      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : d.strategy === "blue_green" ? "blue-green" : pct(d.current_traffic_percentage)),
+      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : blueGreen(d) ? "blue-green" : pct(d.current_traffic_percentage)),
       el("td", {}, fmtTime(d.created_at)))));
     if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No deployments.")));
   };
@@ -289,7 +295,9 @@ async function showDeployment(id) {
       el("p", { id: "dep-summary" },
         s.strategy === "ab"
           ? `${where} · A/B test: the canary gets only the requests that match its rules`
-          : s.strategy === "blue_green"
+          : mirroring(s) && blueGreen(s)
+            ? `${where} · mirror test: green gets a copy of ${s.config.mirror.percent} % of requests; clients get blue's answers`
+          : blueGreen(s)
             ? `${where} · blue-green: ${BLUE_GREEN_TEXT[s.canary_status] || "blue serves every request"}`
             : mirroring(s)
               ? `${where} · mirror test: the canary gets a copy of ${s.config.mirror.percent} % of requests; clients get stable's answers`
