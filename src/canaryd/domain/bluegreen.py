@@ -13,7 +13,8 @@ with `then: blue_green` (whose stage 1 copies requests to green, its stage 2 is 
 - promoting: the switch, one proxy change: every request to green (`switched_at` records when it was live);
   blue keeps running `keep_old` seconds, so that a rollback is one proxy change back. Meanwhile green is
   watched: its health checks, and its error rate since the switch against blue's over the deployment (the
-  `baseline`); either failing switches back at once. Then blue is stopped on
+  `baseline`; against 0 % when blue was never counted, as after an operator's switch at once); either failing
+  switches back at once. Then blue is stopped on
   every server, the proxy serves the same green instances under their servers' own ids, and the
   application's port and green_port trade places (the next blue-green starts beside it on the old port).
 - rolling back (before or after the switch): the proxy serves blue (one change, made in the tick that
@@ -157,11 +158,14 @@ def _after_switch_problems(
     if failures >= config.max_failed_health_checks:
         found.append(f"after the switch green failed {failures} health checks in a row: {'; '.join(failed)}")
     rate, before = green.error_rate, s.baseline.error_rate
-    if rate is not None and before is not None and green.requests >= config.min_requests:
-        over = 100 * (rate - before)
+    if rate is not None and green.requests >= config.min_requests:
+        # Switched before blue's requests were ever counted (an operator's "switch now" at once): nothing
+        # to compare with, so green is held to the threshold itself rather than never judged.
+        blue = f"blue {100 * before:.1f} % before it" if before is not None else "no figures of blue (0 %)"
+        over = 100 * (rate - (before or 0.0))
         if over > config.error_rate_threshold:
             found.append(
-                f"error_rate after the switch: green {100 * rate:.1f} % vs blue {100 * before:.1f} % before it "
+                f"error_rate after the switch: green {100 * rate:.1f} % vs {blue} "
                 f"(+{over:.1f} pp, limit +{config.error_rate_threshold:g} pp)"
             )
     return tuple(found)
