@@ -51,7 +51,10 @@ async def test_settings_and_ports_are_checked(embedded_stack: Stack) -> None:
     app = await s.register("v1")
     r = await s.deploy("v2", {"blue_green": {"keep_old": 5}}, strategy="canary")
     assert r.status_code == 422 and ["body", "config", "blue_green"] in locs(r), r.text
-    assert "blue_green settings apply to strategy blue_green only, not canary" in "\n".join(messages(r))
+    assert (
+        "blue_green settings apply to strategy blue_green or mirror with then: blue_green, not canary"
+        in "\n".join(messages(r))
+    )
     r = await s.api.patch(f"/applications/{app['id']}", json={"green_port": app["port"]})
     assert r.status_code == 422 and messages(r) == ["green_port must differ from port"], r.text
     r = await s.api.patch(f"/applications/{app['id']}", json={"green_port": 70000})

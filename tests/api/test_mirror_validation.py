@@ -25,7 +25,7 @@ async def test_mirror_settings_listed_with_every_other_problem(embedded_stack: S
     text = "\n".join(messages(r))
     for words in (
         "greater than or equal to 1",
-        "'canary' or 'stop'",
+        "'canary', 'stop' or 'blue_green'",
         "Extra inputs are not permitted",
         "stage_duration must be at least 1 seconds",
     ):
@@ -85,6 +85,55 @@ async def test_valid_mirror_deployments_start(embedded_stack: Stack) -> None:
     assert r.status_code == 201, r.text
     assert r.json()["config"]["stages"] == [100.0] and r.json()["total_stages"] == 1
     assert (await s.api.post(f"/deployments/{r.json()['id']}/rollback", json={})).status_code == 202
+    await s.wait(r.json()["id"], timeout=30)
+
+
+async def test_mirror_then_blue_green_lists_every_problem_then_starts(embedded_stack: Stack) -> None:
+    """then: blue_green needs what blue_green needs (green_port, stop_command, a proxy that routes its test
+    rules) and what a mirror needs (nginx's listen and access_log), refuses named stages, a canary share,
+    approvals and check stages: all in one 422. Once the application has them it starts: a mirror phase and
+    a test, no share of live traffic targeted in the mirror phase, blue_green's defaults stored."""
+    s = embedded_stack
+    app = await s.register("v1", proxy_overrides={"listen": None})
+    checks: list[dict[str, Any]] = [
+        {"name": "smoke", "point": "pre_stage", "url": "http://127.0.0.1:1/", "stages": [100]}
+    ]
+    config = {
+        "mirror": {"percent": 20, "then": "blue_green"},
+        "stages": [10, 100],
+        "canary_server_percentage": 20,
+        "approve_before": [100],
+        "checks": checks,
+    }
+    r = await s.deploy("v2", config, strategy="mirror")
+    assert r.status_code == 422, r.text
+    text = "\n".join(messages(r))
+    for words in (
+        "a mirror test with then: blue_green needs the application's green_port",
+        "a mirror test with then: blue_green needs the application's stop_command",
+        "a mirror test with then: blue_green tests green on copies, then on test requests",
+        "a mirror test with then: blue_green starts green beside blue on every server",
+        "approve_before names later stages; a mirror test with then: blue_green has a mirror phase",
+        "check stages name canary percentages; a mirror test with then: blue_green",
+        "a mirror test on nginx needs the proxy's listen and access_log",
+    ):
+        assert words in text, (words, text)
+    assert ["body", "config", "checks", 0, "stages"] in locs(r)
+    assert (await s.api.get("/deployments")).json() == []
+    green = app["port"] + 1 if app["port"] < 65535 else app["port"] - 1
+    proxy = {**app["proxy"], "listen": s.nginx.spec(server_id=app["proxy"]["server_id"]).listen}
+    fields = {"green_port": green, "stop_command": "true {port}", "proxy": proxy}
+    r = await s.api.patch(f"/applications/{app['id']}", json=fields)
+    assert r.status_code == 200, r.text
+    config = {"mirror": {"percent": 20, "then": "blue_green"}, "stage_duration": 3600}
+    r = await s.deploy("v2", config, strategy="mirror")
+    assert r.status_code == 201, r.text
+    st = r.json()
+    assert st["config"]["stages"] == [50.0, 100.0] and st["total_stages"] == 2
+    assert st["target_traffic_percentage"] == 0.0
+    assert st["config"]["blue_green"]["keep_old"] == 300
+    assert (await s.api.post(f"/deployments/{st['id']}/rollback", json={})).status_code == 202
+    await s.wait(st["id"], timeout=30)
 
 
 async def test_mirror_refused_on_haproxy(tmp_path: Path, sqlite_url: str) -> None:
@@ -103,6 +152,10 @@ async def test_mirror_refused_on_haproxy(tmp_path: Path, sqlite_url: str) -> Non
             ]
             r = await s.deploy("v1", {"mirror": {"percent": 20}}, strategy="mirror")
             assert r.status_code == 422 and len(messages(r)) == 2, r.text
+            # then: blue_green too, with blue_green's own needs in the same answer.
+            r = await s.deploy("v2", {"mirror": {"percent": 20, "then": "blue_green"}}, strategy="mirror")
+            assert r.status_code == 422, r.text
+            assert ["body", "strategy"] in locs(r) and ["application", "green_port"] in locs(r), r.text
     finally:
         await asyncio.to_thread(haproxy.cleanup)
 

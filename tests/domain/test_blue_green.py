@@ -179,20 +179,27 @@ def test_promoting_switches_waits_then_stops_blue_and_completes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("errors", "health", "rolls_back"),
+    ("errors", "health", "rolls_back", "blue_counted"),
     [
-        (0, True, False),
-        (1, True, False),  # 1 % over blue's 0 %: under the 5 pp limit
-        (20, True, True),
-        (0, False, True),  # the third failed health check in a row
+        (0, True, False, True),
+        (1, True, False, True),  # 1 % over blue's 0 %: under the 5 pp limit
+        (20, True, True, True),
+        (0, False, True, True),  # the third failed health check in a row
+        # Switched before blue was ever counted: green held to the threshold itself.
+        (1, True, False, False),
+        (20, True, True, False),
     ],
 )
-def test_green_is_watched_while_blue_runs(errors: int, health: bool, rolls_back: bool) -> None:
-    """After the switch, green's error rate since the switch (against blue's before it) and its health
-    checks are watched; a failure switches back to blue at once, in the same tick."""
+def test_green_is_watched_while_blue_runs(
+    errors: int, health: bool, rolls_back: bool, blue_counted: bool
+) -> None:
+    """After the switch, green's error rate since the switch (against blue's before it, or 0 % when blue was
+    never counted) and its health checks are watched; a failure switches back to blue at once, in the same
+    tick."""
     baseline, green = CohortStats(), CohortStats()
     for i in range(200):
-        baseline.record(200, 5.0)
+        if blue_counted:
+            baseline.record(200, 5.0)
         green.record(500 if i < errors * 2 else 200, 5.0)
     s = snap(State.PROMOTING, GREEN_UP, switched_at=NOW, baseline=baseline, health_failures=2)
     reading = HealthReading(health, "ok" if health else "HTTP 503")
@@ -206,6 +213,7 @@ def test_green_is_watched_while_blue_runs(errors: int, health: bool, rolls_back:
         return
     assert plan.change.trigger is Trigger.ROLLBACK
     assert "after the switch" in plan.change.events[0].reasons[0]
+    assert blue_counted or "vs no figures of blue (0 %)" in plan.change.events[0].reasons[0]
     cut = plan.effects[0]
     assert isinstance(cut, SetRoutes) and {b.port for b in cut.backends} == {8000}
 

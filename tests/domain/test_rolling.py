@@ -303,3 +303,30 @@ def test_promote_to_next_starts_the_next_batch() -> None:
     last = snap(State.MONITORING, (2, 4, 1, 3, 5), (1, 2, 3, 4, 5), stage=2)
     promoted = decide(last, OperatorRequest(OperatorAction.PROMOTE, "op", to_next=True), NOW)
     assert promoted.change.trigger is not None and promoted.change.trigger.value == "promote"
+
+
+SIZES = (2, 2, 1)  # 5 servers, 2 at a time
+
+
+@pytest.mark.parametrize(
+    ("state", "paused_from", "stage", "started", "expected"),
+    [
+        (State.PENDING, None, 0, 0, ("to come", "to come", "to come")),
+        (State.DEPLOYING, None, 0, 2, ("deploying", "to come", "to come")),
+        (State.PAUSED, State.DEPLOYING, 0, 2, ("deploying", "to come", "to come")),
+        (State.MONITORING, None, 0, 2, ("judged", "to come", "to come")),
+        # Batch 1 passed, batch 2 drained and being deployed (the stage stays 1 until it is back).
+        (State.MONITORING, None, 0, 4, ("upgraded", "deploying", "to come")),
+        (State.PAUSED, State.MONITORING, 1, 4, ("upgraded", "judged", "to come")),
+        (State.WAITING_FOR_APPROVAL, None, 2, 5, ("upgraded", "upgraded", "judged")),
+        (State.PROMOTING, None, 0, 2, ("upgraded", "upgrading", "upgrading")),
+        (State.COMPLETED, None, 2, 5, ("upgraded", "upgraded", "upgraded")),
+        (State.ROLLING_BACK, None, 1, 4, ("rolled back", "rolled back", "not run")),
+        (State.ROLLED_BACK, None, 0, 2, ("rolled back", "not run", "not run")),
+    ],
+)
+def test_where_each_batch_stands(
+    state: State, paused_from: State | None, stage: int, started: int, expected: tuple[str, ...]
+) -> None:
+    """The status's (and the console's) batches: which are upgraded, which one is judged or deployed."""
+    assert batches.progress(state, paused_from, stage, started, SIZES) == expected

@@ -4,14 +4,18 @@ application's port, green on its green_port), observed from the client side.
 
 One application per proxy gets three blue-green deployments in a row: a good version completes (the ports then
 trade places), a bad one (30 % errors) is rolled back by the judge before any switch, and a third is switched
-by an operator's promote and switched back by an operator's rollback while blue still runs. A client sends
-test requests (`X-Canary: always`) and ordinary ones, each on a fresh connection; which version answered each
-is counted per phase, and no request may fail: not at the switch, not when blue (or green) is stopped."""
+by an operator's promote and switched back by an operator's rollback while blue still runs. On nginx three
+more follow: an operator's rollback during the test, a green that fails after the switch (the judge's watch
+switches back), and a mirror test with `then: blue_green` (green answers copies while clients get blue, then
+the test and the switch). A client sends test requests (`X-Canary: always`) and ordinary ones, each on a fresh
+connection; which version answered each is counted per phase, and no request may fail: not at the switch, not
+when blue (or green) is stopped. Every rollback is one proxy change (the application's proxy_generation)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -149,6 +153,11 @@ def _only(seen: dict[str, int], version: str) -> bool:
     return bool(seen) and set(seen) == {version}
 
 
+async def _generation(s: Stack) -> int:
+    """How many configurations canaryd has applied to the proxy so far."""
+    return int((await _app(s))["proxy_generation"])
+
+
 async def _good(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
     """A good version: green tested on test requests only, switched in one change, blue stopped after."""
     r = await s.deploy("v2", TEST, strategy="blue_green")
@@ -197,7 +206,10 @@ async def _bad(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any
     r = await s.deploy("v3-bad", {**TEST, "stage_duration": 30, "min_requests": 100}, strategy="blue_green")
     assert r.status_code == 201, r.text
     dep = r.json()
+    await _wait_until(s, dep["id"], "monitoring")
+    in_test = await _generation(s)
     await s.wait(dep["id"], timeout=60)
+    assert await _generation(s) == in_test + 1, "the judge's rollback before the switch: one proxy change"
     status = await s.status(dep["id"])
     assert status["canary_status"] == "rolled_back", status["reasons"]
     assert any(reason.startswith("error_rate:") for reason in status["reasons"]), status["reasons"]
@@ -229,15 +241,13 @@ async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str
     await _wait_until(s, dep["id"], "monitoring")
     r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"reason": "switch now"})
     assert r.status_code == 202, r.text
-    deadline = time.monotonic() + 20
-    while "traffic_switched" not in [e["kind"] for e in await s.events(dep["id"])]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    switched = await _at(s, dep["id"], "traffic_switched")
+    switched = await _switched(s, dep["id"])
     await asyncio.sleep(1.5)
+    before = await _generation(s)
     r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "switch back"})
     assert r.status_code == 202, r.text
     await s.wait(dep["id"], timeout=60)
+    assert await _generation(s) == before + 1, "the switch back: one proxy change"
     status = await s.status(dep["id"])
     assert status["canary_status"] == "rolled_back", status["reasons"]
     assert any("switch back" in reason for reason in status["reasons"]), status["reasons"]
@@ -258,9 +268,166 @@ async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str
     }
 
 
-async def three_blue_greens(s: Stack, url: str, proxy: str) -> dict[str, Any]:
-    """Registers the application with a green_port and a stop command, runs the three deployments with a
-    client hammering the proxy, and returns the figures per phase."""
+async def _switched(s: Stack, dep_id: int) -> float:
+    """When the switch of deployment `dep_id` was live (waits for it)."""
+    deadline = time.monotonic() + 20
+    while "traffic_switched" not in [e["kind"] for e in await s.events(dep_id)]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    return await _at(s, dep_id, "traffic_switched")
+
+
+async def _operator_in_test(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """An operator's rollback while green is tested: one proxy change, test requests back on blue."""
+    r = await s.deploy("v5", {**TEST, "stage_duration": 120}, strategy="blue_green")
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    await _wait_until(s, dep["id"], "monitoring")
+    tested = await _at(s, dep["id"], "stage_advanced")
+    await asyncio.sleep(1.0)
+    before = await _generation(s)
+    r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "test stopped"})
+    assert r.status_code == 202, r.text
+    await s.wait(dep["id"], timeout=60)
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "rolled_back" and status["switched_at"] is None, status
+    assert await _generation(s) == before + 1, "a rollback during the test: one proxy change"
+    back = await _at(s, dep["id"], "rollback_started")
+    await asyncio.sleep(max(0.0, back + LIVE + 0.5 - time.time()))
+    testing, after = client.seen(tested, back), client.seen(back + LIVE, time.time())
+    assert _only(testing["test"], "v5") and _only(testing["other"], "v2"), testing
+    assert _only(after["test"], "v2") and _only(after["other"], "v2"), after
+    assert not client.failures(_epoch(dep["created_at"]), time.time())
+    assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
+    return {"testing": testing, "after": after}
+
+
+async def _fails_after_switch(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """Green switched to at once (an operator's promote, before the test could judge it) answers 30 %
+    errors: the watch while blue still runs switches back, one proxy change, with the reason."""
+    config = {**TEST, "stage_duration": 120, "blue_green": {"keep_old": 60}}
+    r = await s.deploy("v6-bad", config, strategy="blue_green")
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    await _wait_until(s, dep["id"], "monitoring")
+    r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"reason": "switch now"})
+    assert r.status_code == 202, r.text
+    switched = await _switched(s, dep["id"])
+    after_switch = await _generation(s)
+    await s.wait(dep["id"], timeout=60)
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "rolled_back", status["reasons"]
+    assert any(x.startswith("error_rate after the switch: green") for x in status["reasons"]), status
+    assert await _generation(s) == after_switch + 1, "the watch's switch back: one proxy change"
+    back = await _at(s, dep["id"], "rollback_started")
+    await asyncio.sleep(max(0.0, back + LIVE + 0.5 - time.time()))
+    # The watch's cut went live in its tick, just before its event (nginx: within 0.12 s, see docs).
+    on_green, after = client.seen(switched, back - 0.5), client.seen(back + LIVE, time.time())
+    assert _only(on_green["test"], "v6-bad") and _only(on_green["other"], "v6-bad"), on_green
+    assert _only(after["test"], "v2") and _only(after["other"], "v2"), after
+    assert not client.failures(_epoch(dep["created_at"]), time.time())
+    assert await _versions(s, green) == ["v2"] * 3 and await _versions(s, blue) == ["down"] * 3
+    return {"on_green": on_green, "after": after, "watch_s": round(back - switched, 1)}
+
+
+#: mirror then: blue_green: the share of requests copied to green in its mirror phase.
+MIRRORED = 30
+_SERVED = re.compile(r'http_requests_total\{code="\d+",version="([^"]+)"\} (\d+)')
+
+
+@dataclass
+class Served:
+    """Polls the sample app instances on `port` of every host: the requests `version` served, as last seen."""
+
+    hosts: list[str]
+    port: int
+    version: str
+    readings: list[tuple[float, int]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                served = 0
+                for host in self.hosts:
+                    with contextlib.suppress(httpx.HTTPError):
+                        r = await client.get(f"http://{host}:{self.port}/metrics")
+                        served += sum(int(n) for v, n in _SERVED.findall(r.text) if v == self.version)
+                self.readings.append((time.time(), served))
+                await asyncio.sleep(0.1)
+
+    def start(self) -> Served:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def before(self, t: float) -> int:
+        return max((n for at, n in self.readings if at < t), default=0)
+
+
+async def _mirror_then_blue_green(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """mirror then: blue_green: green starts beside blue (on the port the good deployment left free); in the
+    mirror phase no client gets green's answer while green serves copies of about MIRRORED % of requests;
+    then green gets only the test requests, then every request at the switch, and nothing fails."""
+    config = {
+        **TEST,
+        "mirror": {"percent": MIRRORED, "then": "blue_green"},
+        "blue_green": {"keep_old": 1},
+        "stage_duration": 2,
+    }
+    r = await s.deploy("v7", config, strategy="mirror")
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    counter = Served(s.hosts, blue, "v7").start()  # blue's old port is the green port now
+    try:
+        await s.wait(dep["id"], timeout=60)
+    finally:
+        await counter.stop()
+    status = await s.status(dep["id"])
+    assert status["canary_status"] == "completed", status["reasons"]
+    mirror_from, test_from = [
+        _epoch(e["at"]) for e in await s.events(dep["id"]) if e["kind"] == "stage_advanced"
+    ]
+    promoted, switched = await _at(s, dep["id"], "promoted"), await _at(s, dep["id"], "traffic_switched")
+    await asyncio.sleep(0.5)
+    # The test's routes go live in the tick that decides it, before its event: 1 s of margin.
+    mirroring = client.seen(mirror_from, test_from - 1.0)
+    assert _only(mirroring["test"], "v2") and _only(mirroring["other"], "v2"), mirroring
+    t0, t1 = mirror_from + 0.3, test_from - 1.0  # the mirror went live just before its event
+    copies = counter.before(t1) - counter.before(t0)
+    sent = sum(sum(by.values()) for by in client.seen(t0, t1).values())
+    share = copies / sent
+    assert 0.12 < share < 0.5, f"{copies} copies of {sent} requests"  # ~4 standard deviations at 60 requests
+    testing = client.seen(test_from, promoted)
+    assert _only(testing["test"], "v7") and _only(testing["other"], "v2"), testing
+    switched_on = client.seen(switched, time.time())
+    assert _only(switched_on["test"], "v7") and _only(switched_on["other"], "v7"), switched_on
+    assert not client.failures(_epoch(dep["created_at"]), time.time())
+    assert await _versions(s, blue) == ["v7"] * 3 and await _versions(s, green) == ["down"] * 3
+    app = await _app(s)
+    assert (app["port"], app["green_port"], app["current_version"]) == (blue, green, "v7")
+    events = await s.events(dep["id"])
+    judged = next(e for e in events if e["kind"] == "stage_advanced" and e["stage"] == 2)["metrics"]
+    return {
+        "mirror_phase_clients": mirroring,
+        "green_copies_of": (copies, sent),
+        "copied_share": round(share, 3),
+        "judge_green_blue": (judged["canary"]["requests"], judged["stable"]["requests"]),
+        "testing": testing,
+        "switch_window": client.seen(promoted, switched + LIVE),
+        "total_s": round(await _at(s, dep["id"], "completed") - _epoch(dep["created_at"]), 1),
+    }
+
+
+async def three_blue_greens(s: Stack, url: str, proxy: str, more: bool = False) -> dict[str, Any]:
+    """Registers the application with a green_port and a stop command, runs the three deployments (and, with
+    `more`, the rollback in the test, the failure after the switch and a mirror test with then: blue_green)
+    with a client hammering the proxy, and returns the figures per phase."""
     blue, green = s.app_port, free_port()
     stop = f"CONTRACT_STATE={s.state_dir} {sys.executable} {APPCTL} stop --host {{host}} --port {{port}}"
     r = await s.api.patch(f"/applications/{s.app['id']}", json={"green_port": green, "stop_command": stop})
@@ -272,6 +439,10 @@ async def three_blue_greens(s: Stack, url: str, proxy: str) -> dict[str, Any]:
         figures["good"] = await _good(s, client, blue, green)
         figures["bad"] = await _bad(s, client, blue, green)
         figures["operator"] = await _operator(s, client, blue, green)
+        if more:
+            figures["operator_in_test"] = await _operator_in_test(s, client, blue, green)
+            figures["fails_after_switch"] = await _fails_after_switch(s, client, blue, green)
+            figures["mirror_then_blue_green"] = await _mirror_then_blue_green(s, client, blue, green)
     finally:
         await client.stop()
         for host in s.hosts:  # the stack stops its own port's instances
@@ -287,10 +458,12 @@ async def three_blue_greens(s: Stack, url: str, proxy: str) -> dict[str, Any]:
 
 
 async def test_blue_green_through_nginx(tmp_path: Path, sqlite_url: str) -> None:
-    """nginx: green gets only test requests while tested, everything after the switch, nothing fails."""
+    """nginx: green gets only test requests while tested, everything after the switch, nothing fails; every
+    rollback (in the test, after the switch, by the watch) is one proxy change; a mirror test with then:
+    blue_green copies requests to green while clients get blue, then tests and switches."""
     async with make_stack(tmp_path, sqlite_url, servers=3) as s:
         await s.register("v1")
-        await three_blue_greens(s, s.proxy_url, "nginx")
+        await three_blue_greens(s, s.proxy_url, "nginx", more=True)
 
 
 async def test_blue_green_through_haproxy(tmp_path: Path, sqlite_url: str) -> None:

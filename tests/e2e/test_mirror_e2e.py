@@ -1,10 +1,11 @@
 """Strategy `mirror` end to end on real nginx, driven through canaryd's API (embedded mode) in front of five
 real app instances, observed from the client side and from the canary's own request counter.
 
-One application gets four mirror tests in a row: a good version passes its mirror phase and completes as a
+One application gets five mirror tests in a row: a good version passes its mirror phase and completes as a
 canary (`then: canary`); a bad one (30 % errors to the copies) is rolled back by the judge; a third is rolled
-back by an operator during its mirror phase; a slow one (300 ms) passes its `then: stop` test and ends
-without promoting, while a keep-alive client measures what a slow mirror costs it. A client sends requests on
+back by an operator during its mirror phase, a fourth during the canary stage after it; a slow one (300 ms)
+passes its `then: stop` test and ends without promoting, while a keep-alive client measures what a slow
+mirror costs it. A client sends requests on
 fresh connections; which version answered each one is counted per phase."""
 
 from __future__ import annotations
@@ -227,6 +228,37 @@ async def _operator_rolls_back(s: Stack, client: Client) -> dict[str, Any]:
     return {"clients": whole}
 
 
+async def _operator_rolls_back_in_canary_stage(s: Stack, client: Client) -> dict[str, Any]:
+    """Past the mirror phase (an operator's promote to the next stage), the canary takes live requests; an
+    operator's rollback cuts them (no client gets the canary once the cut is live) and restores the fleet."""
+    dep_id = await _deploy(s, "v6", {**TEST, "stages": [50, 100], "stage_duration": 120})
+    await _wait_until(s, dep_id, "monitoring")
+    r = await s.api.post(f"/deployments/{dep_id}/promote", json={"to": "next"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 20
+    while len(await _events_at(s, dep_id, "stage_advanced")) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.5)  # the stage's split is live (Traefik's provider throttle: 2 s), then some
+    r = await s.api.post(f"/deployments/{dep_id}/rollback", json={"reason": "canary stage stopped"})
+    assert r.status_code == 202, r.text
+    await s.wait(dep_id, timeout=60)
+    status = await s.status(dep_id)
+    assert status["canary_status"] == "rolled_back", status["reasons"]
+    assert any("canary stage stopped" in reason for reason in status["reasons"]), status["reasons"]
+    assert await s.fleet_versions() == ["v2"] * 5
+    staged, back = (
+        (await _events_at(s, dep_id, "stage_advanced"))[1],
+        (await _events_at(s, dep_id, "rollback_started"))[0],
+    )
+    await asyncio.sleep(max(0.0, back + 3.5 - time.time()))
+    # The operator's rollback is recorded before the tick that cuts the canary: 2.5 s for the cut to be live.
+    live = client.answered(staged + 2.0, back, "v6")
+    after = client.answered(back + 2.5, time.time(), "v6")
+    assert live[1] > 0 and after[0] > 0 and after[1] == 0, (live, after)
+    return {"canary_stage_clients": live, "after_rollback": after}
+
+
 async def _slow_stops(s: Stack, client: Client) -> dict[str, Any]:
     """A slow version (300 ms) mirrored at 100 % with then: stop: it ends without promoting, no client got
     its answers; a keep-alive client's requests wait for the copy of the one before (nginx reads a
@@ -258,8 +290,9 @@ async def _slow_stops(s: Stack, client: Client) -> dict[str, Any]:
 
 
 async def four_mirror_tests(s: Stack, url: str, proxy: str) -> dict[str, Any]:
-    """Good → completed, bad → rolled back by the judge, operator rollback in the mirror phase, slow with
-    then: stop → rolled back without promoting; every failed client request fails the test."""
+    """Good → completed, bad → rolled back by the judge, operator rollback in the mirror phase and in the
+    canary stage after it, slow with then: stop → rolled back without promoting; every failed client request
+    fails the test."""
     client = Client(url).start()
     figures: dict[str, Any] = {}
     try:
@@ -267,6 +300,7 @@ async def four_mirror_tests(s: Stack, url: str, proxy: str) -> dict[str, Any]:
         figures["good"] = await _good_completes(s, client)
         figures["bad"] = await _bad_rolls_back(s, client)
         figures["operator"] = await _operator_rolls_back(s, client)
+        figures["operator_canary_stage"] = await _operator_rolls_back_in_canary_stage(s, client)
         figures["slow_stop"] = await _slow_stops(s, client)
     finally:
         await client.stop()

@@ -253,3 +253,36 @@ async def test_a_blue_green_deployment_says_what_the_proxy_does(
     await w.context.close()
     assert (await s.api.post(f"/deployments/{dep_id}/rollback", json={})).status_code == 202
     await s.wait(dep_id, timeout=30)  # the green instances are stopped
+
+
+async def test_a_rolling_update_shows_its_batches(embedded_stack: Stack, browser: Browser) -> None:
+    """A rolling update is shown as batches, not as a canary's share: which batch is judged, which servers
+    each batch holds and where it stands, live as an operator starts the next batch."""
+    s = embedded_stack
+    await s.register("v1")
+    config = {"stage_duration": 600, "health_check_interval": 5, "rolling": {"batch_size": 2}}
+    r = await s.deploy("v2", config, strategy="rolling")
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    first = (await s.status(dep_id))["batches"][0]
+    names = ", ".join(x["name"] for x in first["servers"])
+    w = await open_page(browser)
+    page = await sign_in(w, s.base, TOKEN, f"/ui#/deployments/{dep_id}")
+    summary = page.locator("#dep-summary")
+    await expect(summary).to_contain_text(
+        f"rolling update: batch 1 of 3 ({names}) is judged against the servers not yet upgraded; "
+        "0 of 5 servers upgraded and passed"
+    )
+    await expect(page.locator(".timeline li.stage").first).to_contain_text(f"batch 1: {names}judged")
+    await expect(page.locator(".timeline li.stage").nth(2)).to_contain_text("to come")
+    await expect(page.locator("#servers")).to_contain_text("batch 1: judged")
+    r = await s.api.post(f"/deployments/{dep_id}/promote", json={"to": "next"})
+    assert r.status_code == 202, r.text
+    await expect(summary).to_contain_text("batch 2 of 3", timeout=30_000)
+    await expect(summary).to_contain_text("2 of 5 servers upgraded and passed")
+    await expect(page.locator(".timeline li.stage").first).to_contain_text("upgraded")
+    assert w.errors == []
+    await w.context.close()
+    assert (await s.api.post(f"/deployments/{dep_id}/rollback", json={})).status_code == 202
+    await s.wait(dep_id, timeout=60)

@@ -792,7 +792,11 @@ MirrorPercent = Annotated[
 ]
 MirrorThen = Annotated[
     str | None,
-    typer.Option("--mirror-then", help="After a mirror test that passed: canary (the default) or stop."),
+    typer.Option(
+        "--mirror-then",
+        help="After a mirror test that passed: canary (the default), stop, or blue_green (the copies go to "
+        "green instances beside blue on the application's green_port, then a blue-green test and switch).",
+    ),
 ]
 IdempotencyKey = Annotated[
     str | None, typer.Option("--idempotency-key", help="Sent as Idempotency-Key: a retry makes no twin.")

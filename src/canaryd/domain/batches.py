@@ -60,4 +60,35 @@ def note(s: Snapshot, index: int) -> str:
     return f"batch {index + 1} of {len(sizes(s))}: servers {names}"
 
 
-__all__ = ["held_back", "in_progress", "note", "servers_of", "settled", "sizes"]
+def progress(
+    state: State, paused_from: State | None, stage_index: int, started: int, sizes: tuple[int, ...]
+) -> tuple[str, ...]:
+    """Where each batch stands, for the status and the console: `upgraded` (judged and passed), `judged`
+    (its stage runs), `deploying` (drained, being deployed), `to come`, `upgrading` (a promotion upgrades
+    the rest), `rolled back` or `not run`. `started`: how many servers the started batches hold;
+    `stage_index`: the last batch judged or being judged (as the module docstring says)."""
+    phase = paused_from if state is State.PAUSED and paused_from is not None else state
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if phase is State.COMPLETED:
+        return ("upgraded",) * len(sizes)
+    if phase in (State.ROLLING_BACK, State.ROLLED_BACK, State.FAILED):
+        return tuple("rolled back" if first < started else "not run" for first in starts)
+    if phase is State.PENDING:
+        return ("to come",) * len(sizes)
+    if phase is State.DEPLOYING:
+        return ("deploying",) + ("to come",) * (len(sizes) - 1)
+    if phase is State.PROMOTING:
+        return tuple("upgraded" if first < started else "upgrading" for first in starts)
+    busy = started > sum(sizes[: stage_index + 1])  # the next batch is being deployed
+    out = []
+    for i in range(len(sizes)):
+        if i < stage_index or (i == stage_index and busy):
+            out.append("upgraded")
+        elif i == stage_index:
+            out.append("judged")
+        else:
+            out.append("deploying" if busy and i == stage_index + 1 else "to come")
+    return tuple(out)
+
+
+__all__ = ["held_back", "in_progress", "note", "progress", "servers_of", "settled", "sizes"]

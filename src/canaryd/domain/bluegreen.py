@@ -1,8 +1,9 @@
 """The steps of a blue-green deployment: the states in which it differs from a canary.
 
-`rollout.decide` hands these states of a `blue_green` deployment to this module; monitoring (the test),
-operator actions, failed steps, gates and history are the canary's own. The proxy side is
-`strategy.BlueGreen.backends`: what each state serves.
+`rollout.decide` hands these states of a `blue_green` deployment to this module, and those of a mirror test
+with `then: blue_green` (whose stage 1 copies requests to green, its stage 2 is the test below); monitoring
+(the test), operator actions, failed steps, gates and history are the canary's own. The proxy side is
+`strategy.BlueGreen.backends` (`MirrorBlueGreen`'s): what each state serves.
 
 - pending: every server is a "canary" (each gets a green instance); nothing is drained.
 - deploying: green (the new version) starts on `green_port` of one server after the other, beside blue (the
@@ -12,7 +13,8 @@ operator actions, failed steps, gates and history are the canary's own. The prox
 - promoting: the switch, one proxy change: every request to green (`switched_at` records when it was live);
   blue keeps running `keep_old` seconds, so that a rollback is one proxy change back. Meanwhile green is
   watched: its health checks, and its error rate since the switch against blue's over the deployment (the
-  `baseline`); either failing switches back at once. Then blue is stopped on
+  `baseline`; against 0 % when blue was never counted, as after an operator's switch at once); either failing
+  switches back at once. Then blue is stopped on
   every server, the proxy serves the same green instances under their servers' own ids, and the
   application's port and green_port trade places (the next blue-green starts beside it on the old port).
 - rolling back (before or after the switch): the proxy serves blue (one change, made in the tick that
@@ -83,11 +85,11 @@ def _deploying(s: Snapshot, o: Observed, now: datetime) -> Plan:
         plan = Plan((DeployServer(srv.id, s.version, event, port=port, record_as=green_id(srv.id)),))
         untouched = all(green_id(x.id) not in s.versions for x in s.servers)
         return checks.gated(s, "pre_deploy", None, plan) if untouched else plan
-    first = routes(s, State.MONITORING, 100.0)
+    # Stage 1: blue_green's test, or (mirror then: blue_green) the mirror phase.
+    first = routes(s, State.MONITORING, s.config.stages[0])
+    others = "every other request" if s.strategy == "blue_green" else "every request"
     return first_stage(
-        s,
-        first,
-        f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves every other request",
+        s, first, f"green healthy on port {port} of all {len(s.servers)} server(s); blue serves {others}"
     )
 
 
@@ -156,11 +158,14 @@ def _after_switch_problems(
     if failures >= config.max_failed_health_checks:
         found.append(f"after the switch green failed {failures} health checks in a row: {'; '.join(failed)}")
     rate, before = green.error_rate, s.baseline.error_rate
-    if rate is not None and before is not None and green.requests >= config.min_requests:
-        over = 100 * (rate - before)
+    if rate is not None and green.requests >= config.min_requests:
+        # Switched before blue's requests were ever counted (an operator's "switch now" at once): nothing
+        # to compare with, so green is held to the threshold itself rather than never judged.
+        blue = f"blue {100 * before:.1f} % before it" if before is not None else "no figures of blue (0 %)"
+        over = 100 * (rate - (before or 0.0))
         if over > config.error_rate_threshold:
             found.append(
-                f"error_rate after the switch: green {100 * rate:.1f} % vs blue {100 * before:.1f} % before it "
+                f"error_rate after the switch: green {100 * rate:.1f} % vs {blue} "
                 f"(+{over:.1f} pp, limit +{config.error_rate_threshold:g} pp)"
             )
     return tuple(found)

@@ -455,8 +455,9 @@ class MirrorSettings(StrictModel):
 
     #: Percent of live requests whose copy goes to the canary (the others' copies are dropped at the proxy).
     percent: int = Field(ge=1, le=100, examples=[20])
-    #: `canary`: go on with the canary stages (`stages`); `stop`: end without promoting (rolled back).
-    then: Literal["canary", "stop"] = "canary"
+    #: `canary`: go on with the canary stages (`stages`); `stop`: end without promoting (rolled back);
+    #: `blue_green`: the copies go to green instances beside blue, then a blue-green test and switch.
+    then: Literal["canary", "stop", "blue_green"] = "canary"
 
 
 class BlueGreenSettings(StrictModel):
@@ -904,11 +905,11 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
             "object",
         ),
         "mirror": (
-            'Strategy mirror only (refused with any other strategy): {"percent": 1-100, "then": "canary"|"stop"}. A copy of percent % of live requests goes to the canary servers while every client gets stable\'s answer; the judge compares the canary\'s answers to the copies with stable\'s. After a mirror phase of stage_duration that passed, `canary` goes on with the canary stages, `stop` ends without promoting (rolled_back); see docs/strategies.md.',
+            'Strategy mirror only (refused with any other strategy): {"percent": 1-100, "then": "canary"|"stop"|"blue_green"}. A copy of percent % of live requests goes to the canary servers while every client gets stable\'s answer; the judge compares the canary\'s answers to the copies with stable\'s. After a mirror phase of stage_duration that passed, `canary` goes on with the canary stages, `stop` ends without promoting (rolled_back), `blue_green` (the copies went to green instances started beside blue on the application\'s green_port) goes on with a blue-green test and switch (settings in blue_green); see docs/strategies.md.',
             "object",
         ),
         "blue_green": (
-            'Strategy blue_green only (refused with any other strategy): {"test_match": [{"header"|"cookie": name, "equals"|"regex": value}, ...], "keep_old": seconds}. The new (green) instance starts on the application\'s green_port of every server; while tested, only requests matching a test_match rule (default X-Canary: always) reach it; then all traffic switches at once and the old (blue) instances keep running keep_old seconds (default 300) for an instant switch back; see docs/strategies.md.',
+            'Strategy blue_green, or mirror with then: blue_green (refused with any other): {"test_match": [{"header"|"cookie": name, "equals"|"regex": value}, ...], "keep_old": seconds}. The new (green) instance starts on the application\'s green_port of every server; while tested, only requests matching a test_match rule (default X-Canary: always) reach it; then all traffic switches at once and the old (blue) instances keep running keep_old seconds (default 300) for an instant switch back; see docs/strategies.md.',
             "object",
         ),
     },

@@ -59,6 +59,7 @@ from canaryd.domain.plan import (
 from canaryd.domain.routing import routes
 from canaryd.domain.selection import Candidate, SelectionError, select_canary_servers
 from canaryd.domain.stages import first_stage
+from canaryd.domain.strategy import runs_green
 from canaryd.domain.types import HostLoad, State
 
 #: Tries of a step that failed for a transient reason before the deployment gives up on it.
@@ -119,7 +120,7 @@ def decide(s: Snapshot, signal: Signal, now: datetime) -> Plan:
     if batches.in_progress(s):
         return rolling.deploy_batch(s, now)
     handler = _HANDLERS.get(s.state)
-    if s.strategy == "blue_green":  # its own steps where it differs (domain/bluegreen.py)
+    if runs_green(s.strategy, s.config):  # blue_green's steps where it differs (domain/bluegreen.py)
         handler = bluegreen.HANDLERS.get(s.state, handler)
     if handler is None:  # finished: nothing to do, schedule nothing
         return Plan(change=Change(next_tick_in=None))

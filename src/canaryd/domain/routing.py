@@ -5,7 +5,7 @@ from __future__ import annotations
 from canaryd.domain import batches
 from canaryd.domain.plan import UNKNOWN_VERSION, Snapshot
 from canaryd.domain.pool import PoolServer
-from canaryd.domain.strategy import STOPPED, green_id, strategy_for
+from canaryd.domain.strategy import STOPPED, green_id, runs_green, strategy_for
 from canaryd.domain.types import Backend, Cohort, State, split_pool
 
 
@@ -39,9 +39,10 @@ def routes(
 
 
 def green_pool(s: Snapshot) -> list[PoolServer]:
-    """blue_green: every server's green instance (on `green_port`, under `green_id`) with the version it runs
-    (STOPPED when it was never started or was stopped; so it is routed only once it runs the new version)."""
-    if s.strategy != "blue_green" or s.green_port is None:
+    """blue_green (and mirror then: blue_green): every server's green instance (on `green_port`, under
+    `green_id`) with the version it runs (STOPPED when it was never started or was stopped; so it is routed
+    only once it runs the new version)."""
+    if not runs_green(s.strategy, s.config) or s.green_port is None:
         return []
     return [
         PoolServer(green_id(srv.id), srv.host, s.green_port, s.versions.get(green_id(srv.id), STOPPED))
@@ -51,7 +52,7 @@ def green_pool(s: Snapshot) -> list[PoolServer]:
 
 def canary_port(s: Snapshot) -> int:
     """The port the new version's instances listen on: blue_green's green_port, else the application's."""
-    return s.green_port if s.strategy == "blue_green" and s.green_port is not None else s.port
+    return s.green_port if runs_green(s.strategy, s.config) and s.green_port is not None else s.port
 
 
 def address_cohorts(s: Snapshot) -> dict[str, Cohort]:

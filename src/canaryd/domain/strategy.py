@@ -20,8 +20,10 @@ back at the weight of the others, then judged for `stage_duration` against the s
 its stages are the batches (`rolling_stages`: the upgraded servers' cumulative share), and the batch being
 deployed is kept out of the pool by domain/batches.py. `mirror` first copies `mirror.percent` % of live
 requests to the canary servers for one stage while clients get only stable's answers (the canary's are
-thrown away by the proxy), then goes on with the canary stages (`then: canary`) or ends without promoting
-(`then: stop`: rolled back, nothing promoted).
+thrown away by the proxy), then goes on with the canary stages (`then: canary`), ends without promoting
+(`then: stop`: rolled back, nothing promoted), or (`then: blue_green`, Flagger's "blue/green with traffic
+mirroring") copies them to green instances started beside blue on every server, then runs blue_green's test
+and switch (`MirrorBlueGreen`).
 `blue_green` starts the new version (green) beside the old one (blue) on every server, on the application's
 `green_port`; green is tested on the requests matching its test rules only, then all traffic switches at once,
 blue keeps running `keep_old` seconds, then stops (domain/bluegreen.py holds its steps; its green instances
@@ -46,6 +48,8 @@ TESTING = frozenset({State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED}
 AB_STAGES = (100.0,)
 #: The stage plan of a mirror test that stops after it (`then: stop`): its one stage, the mirror phase.
 MIRROR_ONLY_STAGES = (100.0,)
+#: The stage plan of `mirror.then: blue_green`: the mirror phase (the value only marks it), then the test.
+MIRROR_GREEN_STAGES = (50.0, 100.0)
 #: Proxy kinds that can copy requests to the canary and report the canary's answers to the copies.
 MIRROR_PROXIES = ("nginx", "traefik")
 
@@ -93,11 +97,11 @@ class Strategy(Protocol):
 STRATEGY_BLOCKS = ("ab", "rolling", "mirror", "blue_green")
 
 
-def only_own_block(config: CanaryConfig, own: str | None) -> CanaryConfig:
+def only_own_block(config: CanaryConfig, *own: str) -> CanaryConfig:
     """`config` without the other strategies' blocks. A deployment's own such block is refused
     (`problems`), so one found here came from the application's defaults: it describes the application's
     tests of that other strategy, not this deployment."""
-    others = {name: None for name in STRATEGY_BLOCKS if name != own and getattr(config, name) is not None}
+    others = {name: None for name in STRATEGY_BLOCKS if name not in own and getattr(config, name) is not None}
     return config.model_copy(update=others) if others else config
 
 
@@ -107,7 +111,7 @@ class Canary:
     name = "canary"
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
-        return only_own_block(config, None)
+        return only_own_block(config)
 
     def backends(
         self,
@@ -264,13 +268,15 @@ class Mirror:
     The mirror phase is stage index 0 of the effective plan: `stages` is `[first / 2, *stages]` (the stage
     plan must stay increasing, and the first value only marks the phase: no split is made of it) with `then:
     canary`, `[100]` with `then: stop`. `backends` knows the phase by that first value, which no later stage
-    can have."""
+    can have. `then: blue_green` is `MirrorBlueGreen`'s."""
 
     name = "mirror"
 
     def effective(self, config: CanaryConfig) -> CanaryConfig:
         if config.mirror is None:  # refused by `problems`; never reached with valid settings
             return config
+        if config.mirror.then == "blue_green":
+            return MIRROR_GREEN.effective(config)
         if config.mirror.then == "stop":
             stages = list(MIRROR_ONLY_STAGES)
         else:
@@ -288,6 +294,9 @@ class Mirror:
         busy: int | None,
         max_weight: int,
     ) -> tuple[Backend, ...]:
+        if config.mirror is not None and config.mirror.then == "blue_green":
+            args = (config, state, pool, canary_ids, new_version, percentage, busy, max_weight)
+            return MIRROR_GREEN.backends(*args)
         if state not in TESTING or config.mirror is None or percentage != config.stages[0]:
             return desired_backends(state, pool, canary_ids, new_version, percentage, busy, max_weight)
         stable = [
@@ -305,12 +314,14 @@ class Mirror:
 
     def expected_share(self, routed: tuple[Backend, ...]) -> float | None:
         percent = mirror_percent(routed)
-        if not percent:
-            return Canary().expected_share(routed)
+        if not percent:  # later stages: a canary's split, or (then: blue_green) the test rules
+            return BlueGreen().expected_share(routed)
         # Every request is stable's, and a copy of `percent` % of them is the canary's.
         return percent / (100.0 + percent)
 
     def stage_note(self, config: CanaryConfig, index: int) -> str:
+        if config.mirror is not None and config.mirror.then == "blue_green":
+            return MIRROR_GREEN.stage_note(config, index)
         if config.mirror is not None and index == 0:
             return f"mirror: {config.mirror.percent} % of requests copied to the canary; clients get stable"
         return f"stage {index} of {len(config.stages) - 1}: {config.stages[index]:g} %"
@@ -318,6 +329,14 @@ class Mirror:
 
 #: How the reason of a `then: stop` mirror test that passed begins (canaryctl exits 0 on it).
 MIRROR_PASSED = "the mirror test passed and mirror.then is stop"
+
+
+def runs_green(strategy: str, config: CanaryConfig) -> bool:
+    """True when the new version starts beside the old on `green_port` of every server (blue_green, and a
+    mirror test with `then: blue_green`): domain/bluegreen.py holds the steps of both."""
+    if strategy == "blue_green":
+        return True
+    return strategy == "mirror" and config.mirror is not None and config.mirror.then == "blue_green"
 
 
 def stops_after_test(strategy: str, config: CanaryConfig) -> bool:
@@ -388,6 +407,54 @@ class BlueGreen:
         return f"blue-green test: requests with {said} go to the new version (green), all others to blue"
 
 
+class MirrorBlueGreen(BlueGreen):
+    """`mirror.then: blue_green`: green beside blue on every server as blue_green's; its stage 1 (the mirror
+    phase) gives blue every request and green copies of `mirror.percent` % of them, whose answers the proxy
+    throws away; stage 2 is blue_green's test, then its switch (domain/bluegreen.py for all the steps)."""
+
+    name = "mirror"
+
+    def effective(self, config: CanaryConfig) -> CanaryConfig:
+        settings = config.blue_green or BlueGreenSettings()
+        return only_own_block(config, "mirror", "blue_green").model_copy(
+            update={"stages": list(MIRROR_GREEN_STAGES), "blue_green": settings}
+        )
+
+    def backends(
+        self,
+        config: CanaryConfig,
+        state: State,
+        pool: Sequence[PoolServer],
+        canary_ids: frozenset[int],
+        new_version: str,
+        percentage: float,
+        busy: int | None,
+        max_weight: int,
+    ) -> tuple[Backend, ...]:
+        args = (config, state, pool, canary_ids, new_version, percentage, busy, max_weight)
+        tested = super().backends(*args)
+        if state not in TESTING or config.mirror is None or percentage != config.stages[0]:
+            return tested
+        # The mirror phase: BlueGreen's test table, with green copied to instead of bound to the rules.
+        copies = [b for b in tested if b.match]
+        if not copies:  # green not running yet (or blue gone): whatever BlueGreen serves
+            return tested
+        mirrors = (
+            Backend(b.server_id, b.host, b.port, 1, "canary", (), config.mirror.percent) for b in copies
+        )
+        return (*(b for b in tested if not b.match), *mirrors)
+
+    def stage_note(self, config: CanaryConfig, index: int) -> str:
+        if config.mirror is not None and index == 0:
+            percent = config.mirror.percent
+            return f"mirror: {percent} % of requests copied to the new version (green); clients get blue"
+        return super().stage_note(config, index)
+
+
+#: The strategy object of `mirror.then: blue_green` (Mirror hands that case to it).
+MIRROR_GREEN = MirrorBlueGreen()
+
+
 def _equal_blue(blue: Sequence[PoolServer], new_version: str) -> list[Backend]:
     return [
         Backend(s.server_id, s.host, s.port, 1, "canary" if s.version == new_version else "stable")
@@ -419,10 +486,11 @@ def problems(strategy: str, own: Mapping[str, Any], config: CanaryConfig | None)
     found: list[Problem] = []
     if strategy not in AVAILABLE:
         return found  # the schema reports it
+    allowed = {strategy, "blue_green"} if _mirror_then(own, config) == "blue_green" else {strategy}
     found += [
-        (("body", "config", block), f"{block} settings apply to strategy {block} only, not {strategy}")
+        (("body", "config", block), _foreign_block(block, strategy))
         for block in STRATEGY_BLOCKS
-        if block != strategy and block in own
+        if block not in allowed and block in own
     ]
     if strategy == "ab":
         found += _ab_problems(own, config)
@@ -490,19 +558,37 @@ def _ab_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Pr
     )
 
 
+def _foreign_block(block: str, strategy: str) -> str:
+    if block == "blue_green":
+        return f"blue_green settings apply to strategy blue_green or mirror with then: blue_green, not {strategy}"
+    return f"{block} settings apply to strategy {block} only, not {strategy}"
+
+
+def _mirror_then(own: Mapping[str, Any], config: CanaryConfig | None) -> object:
+    """A mirror block's `then` (None: no readable block). As sent, the block may be anything (the schema
+    reports that): only a readable `then` counts."""
+    mirror = config.mirror if config is not None else own.get("mirror")
+    if isinstance(mirror, Mapping):
+        return mirror.get("then", "canary")
+    return getattr(mirror, "then", None)
+
+
 def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
     """The problems of a mirror test's settings (`own` and `config` as for `problems`): the mirror block is
-    required; with `then: stop` there are no canary stages, so nothing may name them."""
+    required; with `then: stop` there are no canary stages, so nothing may name them; with `then:
+    blue_green`, blue_green's rules."""
     mirror = config.mirror if config is not None else own.get("mirror")
     if mirror is None:
         return [
             (
                 ("body", "config", "mirror"),
-                'strategy mirror needs config.mirror: {"percent": 1-100, "then": "canary" or "stop"}',
+                'strategy mirror needs config.mirror: {"percent": 1-100, "then": "canary", "stop" or '
+                '"blue_green"}',
             )
         ]
-    # As sent, the block may be anything (the schema reports that): only a readable `then` counts.
-    then = mirror.get("then", "canary") if isinstance(mirror, Mapping) else getattr(mirror, "then", None)
+    then = _mirror_then(own, config)
+    if then == "blue_green":
+        return _blue_green_problems(own, config, "a mirror test with then: blue_green")
     if then != "stop":
         return []
     found: list[Problem] = []
@@ -517,23 +603,30 @@ def _mirror_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> lis
     )
 
 
-def _blue_green_problems(own: Mapping[str, Any], config: CanaryConfig | None) -> list[Problem]:
-    """The problems of a blue-green deployment's settings: one test stage (nothing may name stages), every
-    server at once (no canary share), no A/B rules (its own test rules are config.blue_green.test_match)."""
+def _blue_green_problems(
+    own: Mapping[str, Any], config: CanaryConfig | None, who: str = "blue_green"
+) -> list[Problem]:
+    """The problems of a blue-green deployment's settings (`who`: blue_green, or a mirror test with then:
+    blue_green): fixed stages (nothing may name them), every server at once (no canary share), no A/B rules
+    (its own test rules are config.blue_green.test_match)."""
     found: list[Problem] = []
+    stages = "one test stage" if who == "blue_green" else "a mirror phase and one test stage"
+    tests = (
+        "tests green for one stage" if who == "blue_green" else "tests green on copies, then on test requests"
+    )
     said = {
-        "stages": "stages are the canary's percentages; blue_green tests green for one stage of "
-        "stage_duration, then switches all traffic at once: leave stages out",
-        "canary_server_percentage": "blue_green starts green beside blue on every server: leave "
+        "stages": f"stages are the canary's percentages; {who} {tests} of stage_duration, then switches all "
+        "traffic at once: leave stages out",
+        "canary_server_percentage": f"{who} starts green beside blue on every server: leave "
         "canary_server_percentage out",
     }
     found += [(("body", "config", name), why) for name, why in said.items() if name in own]
     return found + _stage_naming_problems(
         own,
         config,
-        approve_before="approve_before names later stages; blue_green has one test stage (use a "
-        "pre_promote check to hold the switch)",
-        check_stages="check stages name canary percentages; blue_green has one test stage: leave stages out",
+        approve_before=f"approve_before names later stages; {who} has {stages} (use a pre_promote check to "
+        "hold the switch)",
+        check_stages=f"check stages name canary percentages; {who} has {stages}: leave stages out",
     )
 
 
@@ -559,6 +652,8 @@ __all__ = [
     "AB_STAGES",
     "AVAILABLE",
     "GREEN_OFFSET",
+    "MIRROR_GREEN",
+    "MIRROR_GREEN_STAGES",
     "MIRROR_ONLY_STAGES",
     "MIRROR_PASSED",
     "MIRROR_PROXIES",
@@ -568,6 +663,7 @@ __all__ = [
     "BlueGreen",
     "Canary",
     "Mirror",
+    "MirrorBlueGreen",
     "Rolling",
     "Strategy",
     "StrategyName",
@@ -577,6 +673,7 @@ __all__ = [
     "problems",
     "rolling_feasibility",
     "rolling_stages",
+    "runs_green",
     "stops_after_test",
     "strategy_for",
 ]

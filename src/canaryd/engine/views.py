@@ -6,8 +6,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from canaryd.db.models import Deployment, DeploymentEvent, Server
+from canaryd.domain import batches
 from canaryd.domain.checks import redacted
+from canaryd.domain.config import RollingSettings
 from canaryd.domain.lifecycle import Lifecycle
+from canaryd.domain.strategy import batch_sizes
 from canaryd.domain.types import State
 
 #: The triggers an operator may pull; the others belong to the engine.
@@ -26,6 +29,22 @@ def _server_refs(ids: list[Any], servers: dict[int, Server]) -> list[dict[str, A
             {"id": int(sid), "name": server.name if server else None, "host": server.host if server else None}
         )
     return refs
+
+
+def _batches(dep: Deployment, state: State, servers: dict[int, Server]) -> list[dict[str, Any]] | None:
+    """A rolling update's batches: each one's servers and where it stands (None for other strategies)."""
+    if dep.strategy != "rolling":
+        return None
+    order = [int(i) for i in (*dep.canary_server_ids, *dep.stable_server_ids)]
+    settings = RollingSettings.model_validate(dep.canary_config.get("rolling") or {})
+    sizes = batch_sizes(settings, len(order)) if order else ()
+    paused_from = State(dep.paused_from) if dep.paused_from else None
+    where = batches.progress(state, paused_from, dep.current_canary_stage, len(dep.canary_server_ids), sizes)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [
+        {"batch": i + 1, "servers": _server_refs(order[first : first + size], servers), "state": where[i]}
+        for i, (first, size) in enumerate(zip(starts, sizes, strict=True))
+    ]
 
 
 def lifecycle_of(dep: Deployment) -> Lifecycle:
@@ -100,6 +119,7 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "stage_started_at": _iso(dep.canary_stage_started_at) if monitoring_began else None,
         "next_stage_at": _iso(next_stage_at),
         "switched_at": _iso(dep.switched_at),
+        "batches": _batches(dep, state, servers),
         "can_promote": lifecycle.can("promote"),
         "can_rollback": lifecycle.can("rollback"),
         "allowed_actions": sorted(allowed),

@@ -43,6 +43,7 @@ from canaryd.domain.strategy import (
     MIRROR_PROXIES,
     rolling_feasibility,
     rolling_stages,
+    runs_green,
     strategy_for,
 )
 from canaryd.domain.strategy import problems as strategy_problems
@@ -153,8 +154,8 @@ def _effective_settings(app: Application, payload: DeploymentCreate, floor: int)
     if config is not None and payload.strategy == "rolling":  # equal weights: only the batch size can fail
         config, infeasible = _rolling_plan(app, config)
         problems = infeasible + problems
-    elif config is not None and payload.strategy == "blue_green":
-        problems = _blue_green_feasibility(app, config, overrides) + problems
+    elif config is not None and runs_green(payload.strategy, config):  # blue_green, mirror then: blue_green
+        problems = _blue_green_feasibility(app, config, overrides, payload.strategy) + problems
     elif config is not None:
         problems = _feasibility_problems(app, config, overrides, payload.strategy) + problems
     if config is None or problems:
@@ -213,25 +214,27 @@ def _feasibility_problems(
 
 
 def _blue_green_feasibility(
-    app: Application, config: CanaryConfig, overrides: dict[str, Any]
+    app: Application, config: CanaryConfig, overrides: dict[str, Any], strategy: str
 ) -> list[dict[str, Any]]:
     """What the application must offer a blue-green deployment: a second port, a stop command (blue is
-    stopped after the switch, green after a rollback) and a proxy that can route its test rules."""
+    stopped after the switch, green after a rollback) and a proxy that can route its test rules (and, for a
+    mirror test with then: blue_green, copy requests)."""
     found: list[dict[str, Any]] = []
+    who = "strategy blue_green" if strategy == "blue_green" else "a mirror test with then: blue_green"
     if app.green_port is None:
         found.append(
             problem(
                 ["application", "green_port"],
-                "strategy blue_green needs the application's green_port (the second port of every server, "
-                'where the new version starts beside the old): PATCH the application with {"green_port": N}',
+                f"{who} needs the application's green_port (the second port of every server, where the new "
+                'version starts beside the old): PATCH the application with {"green_port": N}',
             )
         )
     if not app.stop_command:
         found.append(
             problem(
                 ["application", "stop_command"],
-                "strategy blue_green needs the application's stop_command ({port} names the instance): the "
-                "old version is stopped after the switch, the new one after a rollback",
+                f"{who} needs the application's stop_command ({{port}} names the instance): the old version "
+                "is stopped after the switch, the new one after a rollback",
             )
         )
     if any(sid >= GREEN_OFFSET for sid in app.server_ids):
@@ -249,7 +252,7 @@ def _blue_green_feasibility(
         problem(where, why)
         for why in matching.proxy_problems(rules, spec.kind, spec.listen, spec.router_rule)
     ]
-    return found
+    return found + (mirror_problems(config, spec) if strategy == "mirror" else [])
 
 
 def _new_deployment(

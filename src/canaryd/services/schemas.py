@@ -274,6 +274,19 @@ class WaitingFor(BaseModel):
     percentage: float = Field(description="its share of requests (%)")
 
 
+class BatchView(BaseModel):
+    """One batch of a rolling update."""
+
+    batch: int = Field(description="1-based, in the order the batches run")
+    servers: list[ServerRef]
+    state: Literal["upgraded", "judged", "deploying", "to come", "upgrading", "rolled back", "not run"] = (
+        Field(
+            description="upgraded (judged and passed), judged (its stage runs), deploying (drained, being "
+            "deployed), to come, upgrading (a promotion upgrades the rest), rolled back, not run"
+        )
+    )
+
+
 class DeploymentStatus(BaseModel):
     """The status object: what a deployment is doing, what it saw, and what an operator may do now."""
 
@@ -320,6 +333,10 @@ class DeploymentStatus(BaseModel):
     switched_at: str | None = Field(
         default=None,
         description="strategy blue_green: when every request went to the new version (null before the switch)",
+    )
+    batches: list[BatchView] | None = Field(
+        default=None,
+        description="strategy rolling: each batch's servers and where it stands (null for other strategies)",
     )
     can_promote: bool
     can_rollback: bool

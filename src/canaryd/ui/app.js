@@ -57,6 +57,34 @@ function mirroring(s) {
     && !["promoting", "completed"].includes(s.canary_status);
 }
 
+// Green beside blue on every server: strategy blue_green, or a mirror test with then: blue_green.
+function blueGreen(s) {
+  return s.strategy === "blue_green"
+    || (s.strategy === "mirror" && !!s.config && !!s.config.mirror && s.config.mirror.then === "blue_green");
+}
+
+// A rolling update's batches (the status's `batches`): what the page says instead of a canary's share.
+const BATCH_CLASS = {
+  upgraded: "done", judged: "current", deploying: "current", upgrading: "current",
+  "to come": "to come", "rolled back": "stopped", "not run": "not run",
+};
+
+function batchNames(b) {
+  return b.servers.map((r) => r.name || `#${r.id}`).join(", ");
+}
+
+function rollingSummary(s) {
+  const batches = s.batches || [];
+  const active = batches.find((b) => b.state === "deploying") || batches.find((b) => b.state === "judged");
+  const count = (state) => batches.filter((b) => b.state === state).reduce((n, b) => n + b.servers.length, 0);
+  const total = batches.reduce((n, b) => n + b.servers.length, 0);
+  const now = !active ? `${batches.length} batches`
+    : active.state === "judged"
+      ? `batch ${active.batch} of ${batches.length} (${batchNames(active)}) is judged against the servers not yet upgraded`
+      : `batch ${active.batch} of ${batches.length} (${batchNames(active)}) is drained and being deployed`;
+  return `rolling update: ${now}; ${count("upgraded")} of ${total} servers upgraded and passed`;
+}
+
 function ms(value) {
   return value === null || value === undefined ? "—" : `${Number(value).toFixed(1)} ms`;
 }
@@ -173,7 +201,7 @@ async function showOverview() {
       el("td", {}, `${d.previous_version} → ${d.version}`),
       el("td", {}, badge(d.canary_status)),
       el("td", {}, d.total_stages ? `${d.current_stage} / ${d.total_stages}` : "—"),
-      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : d.strategy === "blue_green" ? "blue-green" : pct(d.current_traffic_percentage)),
+      el("td", { class: "num" }, d.strategy === "ab" ? "A/B" : blueGreen(d) ? "blue-green" : pct(d.current_traffic_percentage)),
       el("td", {}, fmtTime(d.created_at)))));
     if (!rows.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No deployments.")));
   };
@@ -239,7 +267,7 @@ async function showDeployment(id) {
   const timeline = el("ol", { class: "timeline", "aria-label": "stages" });
   const actions = el("div", { class: "actions", role: "group", "aria-label": "actions" });
   const verdict = el("div", { class: "verdict" });
-  const serverTable = el("tbody");
+  const serverTable = el("tbody", { id: "servers" });
   const history = el("tbody");
   const view = { id, lastSeq: 0, status, socket: null, closed: false, finished: false, retry: null, reached: 0 };
 
@@ -289,8 +317,12 @@ async function showDeployment(id) {
       el("p", { id: "dep-summary" },
         s.strategy === "ab"
           ? `${where} · A/B test: the canary gets only the requests that match its rules`
-          : s.strategy === "blue_green"
+          : mirroring(s) && blueGreen(s)
+            ? `${where} · mirror test: green gets a copy of ${s.config.mirror.percent} % of requests; clients get blue's answers`
+          : blueGreen(s)
             ? `${where} · blue-green: ${BLUE_GREEN_TEXT[s.canary_status] || "blue serves every request"}`
+          : s.strategy === "rolling" && s.batches
+            ? `${where} · ${rollingSummary(s)}`
             : mirroring(s)
               ? `${where} · mirror test: the canary gets a copy of ${s.config.mirror.percent} % of requests; clients get stable's answers`
               : `${where} · canary gets ${pct(s.current_traffic_percentage)} of requests (target ${pct(s.target_traffic_percentage)})`,
@@ -299,8 +331,16 @@ async function showDeployment(id) {
         s.config && s.config.analysis === "observe"
           ? " · analysis: observe only (verdicts are recorded, never acted on: the new version ships)" : ""),
       s.reasons && s.reasons.length ? el("p", { id: "dep-reasons", class: "reasons" }, s.reasons.join(" · ")) : null);
+    const batches = s.strategy === "rolling" && s.batches ? s.batches : null;
     timeline.replaceChildren(...stages.map((share, i) => {
       const n = i + 1;
+      const batch = batches && batches[i];
+      if (batch) {
+        const cls = BATCH_CLASS[batch.state] || "to come";
+        return el("li", { class: `stage ${cls}`, "aria-current": cls === "current" ? "step" : null },
+          el("span", { class: "share" }, `batch ${batch.batch}: ${batchNames(batch)}`),
+          el("span", { class: "label" }, batch.state));
+      }
       let label = "to come";
       if (s.canary_status === "completed" || (s.current_stage > n) || s.canary_status === "promoting") label = "done";
       else if (s.current_stage === n && !TERMINAL.has(s.canary_status)) label = "current";
@@ -314,10 +354,17 @@ async function showDeployment(id) {
     }));
     renderActions(s);
     renderVerdict(s);
+    // Rolling: each server's batch and where it stands instead of canary or stable.
+    const batchOf = new Map((batches || []).flatMap((b) => b.servers.map((r) => [r.id, b])));
+    const roleOf = (role, r) => {
+      const b = batchOf.get(r.id);
+      return b ? [["upgraded", "judged", "deploying", "upgrading"].includes(b.state) ? "canary" : "stable",
+        `batch ${b.batch}: ${b.state}`] : [role, role];
+    };
     serverTable.replaceChildren(...[
       ...s.canary_servers.map((r) => ["canary", r]), ...s.stable_servers.map((r) => ["stable", r])].map(([role, r]) =>
       el("tr", {}, el("td", {}, r.name || `#${r.id}`), el("td", {}, r.host || "—"),
-        el("td", {}, el("span", { class: `role ${role}` }, role)),
+        el("td", {}, el("span", { class: `role ${roleOf(role, r)[0]}` }, roleOf(role, r)[1])),
         el("td", {}, (s.server_versions || {})[String(r.id)] || "—"))));
     if (!s.canary_servers.length && !s.stable_servers.length) {
       serverTable.append(...app.server_ids.map((sid) => el("tr", {},
