@@ -7,6 +7,7 @@ Nothing here is mocked. PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) m
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -72,12 +73,21 @@ def pg_url(pg_template: str) -> Iterator[str]:
     subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", "--force", name], capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database file that each test's own database is copied from (migrating costs ~0.15 s
+    of CPU, a copy next to nothing; as pg_template for PostgreSQL)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "canaryd.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
     """A fresh, migrated SQLite database file for one test."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/canaryd.db"
-    upgrade(url)
-    return url
+    path = tmp_path / "canaryd.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
