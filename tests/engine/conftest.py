@@ -1,5 +1,5 @@
-"""A migrated SQLite file made once per session and copied for each engine test (milliseconds, not the
-half second a migration takes)."""
+"""Copies of the session's migrated SQLite file (tests/conftest.py's sqlite_template) for the engine tests,
+in memory: milliseconds, not the half second a migration takes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from canaryd.db.migrate import upgrade
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("engine-template") / "template.db"
-    upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
 
 
 @pytest.fixture
