@@ -42,8 +42,9 @@ class Watched:
         ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
+    """One Chromium for the module (a launch costs ~1 s of CPU); each test opens its own context."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail(
             f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/setup.sh does)", pytrace=False
