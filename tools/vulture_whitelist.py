@@ -119,3 +119,6 @@ app_update  # unused function (src/canaryd/cli/ctl.py: a typer command, called b
 _._deprecated_names  # unused method (src/canaryd/domain/config.py: a pydantic model validator)
 list_webhook_deliveries  # unused function (src/canaryd/api/webhooks.py)
 secret_set  # unused variable (src/canaryd/services/webhook_schemas.py: a response field)
+pytest_configure  # pytest hook (tests/cpu_accounting.py)
+pytest_unconfigure  # pytest hook (tests/cpu_accounting.py)
+pytest_runtest_protocol  # pytest hook (tests/cpu_accounting.py)
