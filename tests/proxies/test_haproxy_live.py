@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from tests.fixtures.http import Pool, Target
+from tests.fixtures.http import send_many
 
 from canaryd.domain.split import split_weights
 from canaryd.domain.types import Backend, Cohort, MatchRule
@@ -73,17 +73,7 @@ def make_proxy(haproxy: HaproxyInstance, http: httpx.AsyncClient, **overrides: o
 
 async def send(haproxy: HaproxyInstance, n: int, concurrency: int = 8) -> list[tuple[int, str]]:
     """`n` requests through HAProxy, each on a new connection; (status, X-Version) of each."""
-    out: list[tuple[int, str]] = []
-    pool = Pool(Target.of(haproxy.url), size=0)  # a third of httpx's CPU a request
-
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            answer = await pool.get()
-            out.append((answer.status, answer.header("X-Version")))
-
-    share = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
-    await asyncio.gather(*(worker(c) for c in share if c))
-    return out
+    return await send_many(haproxy.url, n, concurrency)
 
 
 def canary_share(responses: list[tuple[int, str]]) -> float:

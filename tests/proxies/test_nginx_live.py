@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from tests.fixtures.http import Pool, Target
+from tests.fixtures.http import send_many
 
 from canaryd.domain.types import Backend, Cohort
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
@@ -78,17 +78,7 @@ def make_proxy(nginx: NginxInstance, http: httpx.AsyncClient, **spec_overrides: 
 
 async def send(nginx: NginxInstance, n: int, concurrency: int = 8) -> list[tuple[int, str]]:
     """`n` requests through nginx, each on a new connection; (status, X-Version) of each."""
-    out: list[tuple[int, str]] = []
-    pool = Pool(Target.of(f"http://127.0.0.1:{nginx.port}/"), size=0)  # a third of httpx's CPU a request
-
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            answer = await pool.get()
-            out.append((answer.status, answer.header("X-Version")))
-
-    share = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
-    await asyncio.gather(*(worker(c) for c in share if c))
-    return out
+    return await send_many(f"http://127.0.0.1:{nginx.port}/", n, concurrency)
 
 
 def read_bytes(path: str) -> bytes:
