@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.fixtures.haproxy import start_haproxy
+from tests.fixtures.http import ServedCounter
 from tests.fixtures.nginx import free_port
 from tests.fixtures.stack import APPCTL, Hit, LoadGenerator, Stack, make_stack
 from tests.fixtures.traefik import start_traefik
@@ -292,42 +291,13 @@ async def _fails_after_switch(s: Stack, client: Client, blue: int, green: int) -
 
 #: mirror then: blue_green: the share of requests copied to green in its mirror phase.
 MIRRORED = 30
-_SERVED = re.compile(r'http_requests_total\{code="\d+",version="([^"]+)"\} (\d+)')
 
 
-@dataclass
-class Served:
-    """Polls the sample app instances on `port` of every host: the requests `version` served, as last seen."""
+def _hosts_of(s: Stack) -> Callable[[], Awaitable[list[str]]]:
+    async def hosts() -> list[str]:
+        return s.hosts
 
-    hosts: list[str]
-    port: int
-    version: str
-    readings: list[tuple[float, int]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=1) as client:
-            while True:
-                served = 0
-                for host in self.hosts:
-                    with contextlib.suppress(httpx.HTTPError):
-                        r = await client.get(f"http://{host}:{self.port}/metrics")
-                        served += sum(int(n) for v, n in _SERVED.findall(r.text) if v == self.version)
-                self.readings.append((time.time(), served))
-                await asyncio.sleep(0.1)
-
-    def start(self) -> Served:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def before(self, t: float) -> int:
-        return max((n for at, n in self.readings if at < t), default=0)
+    return hosts
 
 
 async def _mirror_then_blue_green(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
@@ -343,7 +313,7 @@ async def _mirror_then_blue_green(s: Stack, client: Client, blue: int, green: in
     r = await s.deploy("v7", config, strategy="mirror")
     assert r.status_code == 201, r.text
     dep = r.json()
-    counter = Served(s.hosts, blue, "v7").start()  # blue's old port is the green port now
+    counter = ServedCounter(_hosts_of(s), blue).start()  # blue's old port is the green port now
     try:
         await s.wait(dep["id"], timeout=60)
     finally:
@@ -359,7 +329,7 @@ async def _mirror_then_blue_green(s: Stack, client: Client, blue: int, green: in
     mirroring = client.seen(mirror_from, test_from - 1.0)
     assert _only(mirroring["test"], "v2") and _only(mirroring["other"], "v2"), mirroring
     t0, t1 = mirror_from + 0.3, test_from - 1.0  # the mirror went live just before its event
-    copies = counter.before(t1) - counter.before(t0)
+    copies = counter.served_before(t1, "v7") - counter.served_before(t0, "v7")
     sent = sum(sum(by.values()) for by in client.seen(t0, t1).values())
     share = copies / sent
     assert 0.12 < share < 0.5, f"{copies} copies of {sent} requests"  # ~4 standard deviations at 60 requests

@@ -11,18 +11,15 @@ fresh connections; which version answered each one is counted per phase."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from tests.fixtures.http import Pool, Target
+from tests.fixtures.http import Pool, ServedCounter, Target
 from tests.fixtures.stack import LoadGenerator, Stack, make_stack
 from tests.fixtures.traefik import start_traefik
 
@@ -42,7 +39,6 @@ TEST: dict[str, Any] = {
     "latency_tail_ms": 1000,
     "latency_min_difference_ms": 5000,
 }
-_SERVED = re.compile(r'http_requests_total\{code="\d+",version="([^"]+)"\} (\d+)')
 
 
 class Client(LoadGenerator):
@@ -72,45 +68,14 @@ class KeepAliveClient(Client):
             pool.close()
 
 
-@dataclass
-class CanaryCounter:
-    """Polls the canary servers' own /metrics: the requests each version served, as last seen."""
+def _canary_hosts(s: Stack, dep_id: int) -> Callable[[], Awaitable[list[str]]]:
+    """The canary servers' hosts: chosen once, when the deployment starts, so a counter asks until it has them
+    (a status read costs the API ~5-20 ms of CPU: not ten times a second all along)."""
 
-    stack: Stack
-    dep_id: int
-    readings: list[tuple[float, dict[str, int]]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
+    async def hosts() -> list[str]:
+        return [srv["host"] for srv in (await s.status(dep_id))["canary_servers"]]
 
-    async def _run(self) -> None:
-        hosts: list[str] = []
-        async with httpx.AsyncClient(timeout=1) as client:
-            while True:
-                # The canary servers are chosen once, when the deployment starts: the status (~5-20 ms of the
-                # API's CPU a read) is read until they are known, not ten times a second all along.
-                if not hosts:
-                    hosts = [s["host"] for s in (await self.stack.status(self.dep_id))["canary_servers"]]
-                served: dict[str, int] = {}
-                for host in hosts:
-                    with contextlib.suppress(httpx.HTTPError):
-                        r = await client.get(f"http://{host}:{self.stack.app_port}/metrics")
-                        for version, n in _SERVED.findall(r.text):
-                            served[version] = served.get(version, 0) + int(n)
-                self.readings.append((time.time(), served))
-                await asyncio.sleep(0.1)
-
-    def start(self) -> CanaryCounter:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def served_before(self, t: float, version: str) -> int:
-        """What the canaries running `version` had served at their last reading before `t`."""
-        return max((r.get(version, 0) for at, r in self.readings if at < t), default=0)
+    return hosts
 
 
 def _epoch(iso: str) -> float:
@@ -138,7 +103,7 @@ async def _deploy(s: Stack, version: str, config: dict[str, Any]) -> int:
 async def _good_completes(s: Stack, client: Client) -> dict[str, Any]:
     """Mirror phase: no client gets v2, the canary gets ~PERCENT % copies; then the canary stage and promotion."""
     dep_id = await _deploy(s, "v2", TEST)
-    counter = CanaryCounter(s, dep_id).start()
+    counter = ServedCounter(_canary_hosts(s, dep_id), s.app_port).start()
     try:
         await s.wait(dep_id, timeout=45)
     finally:
