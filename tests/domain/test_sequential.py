@@ -9,6 +9,7 @@ import pytest
 
 from canaryd.domain.sequential import (
     RATIOS,
+    binomial_tail,
     binomial_upper_tails,
     bucket_log_lr,
     calibrated_level,
@@ -262,3 +263,12 @@ def test_calibrated_level_realises_its_target() -> None:
     level = calibrated_level(30.0, 0.1, 0.0064, 0.025)
     assert size(level) <= 0.0064 < size(level * 1.05)
     assert binomial_upper_tails(4, 0.5, 0.4) == pytest.approx([1 / 16, 5 / 16])
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "theta", "expected"),
+    [(4, 4, 0.5, 1 / 16), (4, 3, 0.5, 5 / 16), (4, 0, 0.5, 1.0), (0, 1, 0.5, 0.0), (10, 11, 0.3, 0.0)],
+)
+def test_binomial_tail(n: int, c: int, theta: float, expected: float) -> None:
+    """P(Binomial(n, θ) ≥ c), the exact look's p-value."""
+    assert binomial_tail(n, c, theta) == pytest.approx(expected)

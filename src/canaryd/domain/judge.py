@@ -50,6 +50,7 @@ from typing import Protocol
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.sequential import (
     RATIOS,
+    binomial_tail,
     bucket_log_lr,
     calibrated_level,
     convolve,
@@ -363,10 +364,8 @@ class Stream:
     end_null: tuple[float, ...] = (1.0,)  # distribution of the stage's counted canary events under the null
     end_offset: int = 0  # ... of end_offset, end_offset + 1, ...
     end_counted: int = 0
-    #: the same look without caps: the stage's canary events and their exact (stratified) null distribution,
-    #: used when neither cohort's buckets show over-dispersion
-    free_null: tuple[float, ...] = (1.0,)
-    free_offset: int = 0
+    #: the same look without caps (when neither cohort's buckets show over-dispersion): the stage's canary
+    #: events in the compared buckets
     free_counted: int = 0
     end_p: float | None = None  # the stage-end look's p-value, once it happened
     end_test: str = ""  # which test the look used (END_TESTS), once it happened
@@ -391,8 +390,6 @@ class Stream:
             "end_null": [float(f"{p:.12g}") for p in self.end_null],
             "end_offset": self.end_offset,
             "end_counted": self.end_counted,
-            "free_null": [float(f"{p:.12g}") for p in self.free_null],
-            "free_offset": self.free_offset,
             "free_counted": self.free_counted,
             "end_p": self.end_p,
             "end_test": self.end_test,
@@ -411,7 +408,6 @@ class Stream:
 
         log_lr = _floats(raw.get("log_lr"), len(RATIOS))
         end_null = _floats(raw.get("end_null"))
-        free_null = _floats(raw.get("free_null"))
         end_test = raw.get("end_test")
 
         def number(key: str) -> float | None:
@@ -434,8 +430,6 @@ class Stream:
             end_null=end_null if end_null else (1.0,),
             end_offset=integer("end_offset") if end_null else 0,
             end_counted=integer("end_counted"),
-            free_null=free_null if free_null else (1.0,),
-            free_offset=integer("free_offset") if free_null else 0,
             free_counted=integer("free_counted"),
             end_p=number("end_p"),
             end_test=end_test if end_test in END_TESTS else "",
@@ -744,18 +738,12 @@ def _close_for_end_look(stream: Stream, delta: Tally, margin: float, config: Can
     offset, null = convolve(
         (stream.end_offset, list(stream.end_null)), counted_distribution(x + y, theta0, caps)
     )
-    uncapped = [x + y] * (x + y + 1)
-    free_offset, free_null = convolve(
-        (stream.free_offset, list(stream.free_null)), counted_distribution(x + y, theta0, uncapped)
-    )
     c = stream.counted
     return replace(
         stream,
         end_null=tuple(null),
         end_offset=offset,
         end_counted=stream.end_counted + counted,
-        free_null=tuple(free_null),
-        free_offset=free_offset,
         free_counted=stream.free_counted + x,
         counted=(c[0] + counted, c[1] + nc, c[2] + y, c[3] + ns),
     )
@@ -843,14 +831,19 @@ def _end_test(stream: Stream, bucket: _Bucket) -> str:
 LEVEL_CEILING = 2.0
 
 
+def _exact_null(stream: Stream, margin: float) -> tuple[int, float]:
+    """The exact look's null: the stage's events (compared buckets) and the canary's share θ0 of them."""
+    _, c_requests, s_events, s_requests = stream.counted
+    if c_requests <= 0 or s_requests <= 0:
+        return 0, 0.0
+    return stream.free_counted + int(s_events), null_share(c_requests / (c_requests + s_requests), margin)
+
+
 def _exact_level(stream: Stream, margin: float, target: float) -> float:
     """The exact look's level: the one at which an identical canary with this stage's traffic (its
     events and split) is rolled back with probability `target` (domain/sequential.calibrated_level)."""
-    _, c_requests, s_events, s_requests = stream.counted
-    if c_requests <= 0 or s_requests <= 0:
-        return target
-    theta0 = null_share(c_requests / (c_requests + s_requests), margin)
-    return calibrated_level(stream.free_counted + s_events, theta0, target, LEVEL_CEILING * target)
+    events, theta0 = _exact_null(stream, margin)
+    return calibrated_level(events, theta0, target, LEVEL_CEILING * target)
 
 
 def _end_look(
@@ -860,7 +853,8 @@ def _end_look(
     level calibrated to the independent target; else the capped test, its excess shrunk by the design
     effect, at stage_end_alpha's share."""
     if _end_test(stream, bucket) == EXACT:
-        p = upper_tail(stream.free_offset, stream.free_null, stream.free_counted)
+        events, theta0 = _exact_null(stream, margin)
+        p = binomial_tail(events, stream.free_counted, theta0)
         return replace(stream, end_p=p, end_test=EXACT, end_level=_exact_level(stream, margin, levels[1]))
     p = _end_p_value(stream, bucket, stage, margin)
     return replace(stream, end_p=p, end_test=CAPPED, end_level=levels[0])
@@ -903,11 +897,12 @@ class _EndView:
     target: float  # the false-rollback rate the level stands for
 
 
-def _end_view(stream: Stream, bucket: _Bucket, levels: tuple[float, float]) -> _EndView:
+def _end_view(stream: Stream, bucket: _Bucket, margin: float, levels: tuple[float, float]) -> _EndView:
     """Before the look the exact test's level is its target (it is calibrated at the look)."""
     test = stream.end_test or _end_test(stream, bucket)
     if test == EXACT:
-        mean = sum((stream.free_offset + i) * p for i, p in enumerate(stream.free_null))
+        events, theta0 = _exact_null(stream, margin)
+        mean = events * theta0
         level = levels[1] if stream.end_level is None else stream.end_level
         return _EndView(EXACT, stream.free_counted, mean, level, levels[1])
     return _EndView(CAPPED, stream.end_counted, _null_mean(stream), levels[0], levels[0])
@@ -927,7 +922,7 @@ def _compare_figures(
 ) -> Figures:
     """The figures a comparison's verdict reports: counts, e-values, buckets, the stage-end look, power."""
     alpha = alphas[0]
-    end = _end_view(stream, bucket, alphas[1:])
+    end = _end_view(stream, bucket, margin, alphas[1:])
     return {
         **extra,
         "canary_requests": stage.canary_requests,
@@ -995,7 +990,7 @@ def _failure_reason(
             f"the canary is worse than {worse}"
         )
     if end_look and stream.end_p is not None and stream.end_p <= (stream.end_level or 0.0):
-        end = _end_view(stream, bucket, alphas[1:])
+        end = _end_view(stream, bucket, margin, alphas[1:])
         z = f"dispersion z {dispersion_z(bucket.canary_sums):.2f}/{dispersion_z(bucket.stable_sums):.2f}"
         test = (
             f"exact test, {z} ≤ {DISPERSION_GATE:g}; the level that rolls back an identical canary "
@@ -1005,7 +1000,7 @@ def _failure_reason(
         )
         return (
             f"{metric}: {counts}; at the stage's end {end.counted} canary {what} counted "
-            f"against {end.expected:.1f} expected, p={stream.end_p:.2g} ≤ {end.level:g} ({test}; "
+            f"against {end.expected:.1f} expected, p={stream.end_p:.2g} ≤ {end.level:.2g} ({test}; "
             f"{dispersion}): the canary is worse than {worse}"
         )
     return None

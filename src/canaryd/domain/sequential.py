@@ -376,6 +376,15 @@ def upper_tail(offset: int, dist: list[float] | tuple[float, ...], at: int) -> f
     return min(1.0, max(0.0, sum(dist[at - offset :])))
 
 
+def binomial_tail(n: int, c: int, theta: float) -> float:
+    """P(Binomial(n, θ) ≥ c): the exact one-sided p-value of c events of n at share θ."""
+    if c <= 0:
+        return 1.0
+    if n <= 0 or not 0.0 < theta < 1.0:
+        return float(theta >= 1.0 and c <= n)
+    return _binom_tail(n, c, theta)
+
+
 def binomial_upper_tails(n: int, theta: float, ceiling: float) -> list[float]:
     """P(Binomial(n, θ) ≥ c) for c = n, n − 1, ... while it stays at most `ceiling`: every size an exact
     one-sided test of x out of n can have up to `ceiling`, smallest first (tails below 1e-30 left out)."""
@@ -425,6 +434,7 @@ __all__ = [
     "LOG_WEIGHTS",
     "RATIOS",
     "RATIO_WEIGHTS",
+    "binomial_tail",
     "binomial_upper_tails",
     "bucket_log_lr",
     "calibrated_level",
