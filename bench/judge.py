@@ -21,7 +21,10 @@ one-sided, on the stage's errors (or, for latency truths, on requests slower tha
     .venv/bin/python bench/judge.py --set bucket_max_evidence=4 --only "×3"
 
 Printed per cell: the share of replications rolled back within the stage (a false rollback for A/A, a
-detection otherwise) and, for "after", the median minute and the share that would have passed.
+detection otherwise) and, for "after", the median minute, the share that would have passed and which
+test rolled back (err/lat: error_rate/latency_tail; e: the always-valid test; exact/capped: the
+stage-end look's tests). `--split 9 --noise indep.` run a subset (seeds follow the cell's place in the
+run, so a subset draws other data than the full table; `--seed` moves every cell).
 """
 
 from __future__ import annotations

@@ -691,17 +691,21 @@ class _Bucket:
     design_effect: float
 
 
-def _bucket(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -> _Bucket:
+def _bucket(
+    stream: Stream, delta: Tally, margin: float, config: CanaryConfig, compares: bool = True
+) -> _Bucket:
     """Tempered, capped log likelihood ratios of one bucket (nothing if a cohort had no traffic in it)."""
     nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
     zero = (0.0,) * len(RATIOS)
     if min(nc, ns, x, y) < 0:
         r_c, r_s = excess_correlation(stream.canary_sums), excess_correlation(stream.stable_sums)
         return _Bucket(zero, False, stream.canary_sums, stream.stable_sums, r_c, r_s, 1.0)
-    # A cohort's buckets tell its over-dispersion even when the other cohort had no traffic in them
-    # (a stable burst in a minute without canary requests still shows the service is bursty).
-    canary_sums = _add_sums(stream.canary_sums, nc, x) if nc > 0 else stream.canary_sums
-    stable_sums = _add_sums(stream.stable_sums, ns, y) if ns > 0 else stream.stable_sums
+    # In a stage that compares, a cohort's bucket tells its over-dispersion even when the other cohort had
+    # no request in it (a stable burst in a minute without canary requests still shows bursts). A stage
+    # that compares nothing (100 %) adds nothing: its buckets would inflate the design effect of a pass.
+    lone = compares or (nc > 0 and ns > 0)
+    canary_sums = _add_sums(stream.canary_sums, nc, x) if nc > 0 and lone else stream.canary_sums
+    stable_sums = _add_sums(stream.stable_sums, ns, y) if ns > 0 and lone else stream.stable_sums
     r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
     if nc == 0 or ns == 0:
         return _Bucket(zero, False, canary_sums, stable_sums, r_c, r_s, 1.0)
@@ -785,7 +789,8 @@ def _advance(
         delta = stage  # the counts went backwards (a reset source): start the bucket afresh
     checks = stream.checks + 1
     per_bucket = checks_per_bucket(config)
-    bucket = _bucket(stream, delta, margin, config)
+    compares = stage.canary_requests > 0 and stage.stable_requests > 0
+    bucket = _bucket(stream, delta, margin, config, compares)
     stream = replace(stream, stage_checks=stream.stage_checks + 1)
     if checks < per_bucket and not end_look:
         return replace(stream, checks=checks, pending=bucket.log_lr), bucket
