@@ -21,7 +21,10 @@ one-sided, on the stage's errors (or, for latency truths, on requests slower tha
     .venv/bin/python bench/judge.py --set bucket_max_evidence=4 --only "×3"
 
 Printed per cell: the share of replications rolled back within the stage (a false rollback for A/A, a
-detection otherwise) and, for "after", the median minute and the share that would have passed.
+detection otherwise) and, for "after", the median minute, the share that would have passed and which
+test rolled back (err/lat: error_rate/latency_tail; e: the always-valid test; exact/capped: the
+stage-end look's tests). `--split 9 --noise indep.` run a subset (seeds follow the cell's place in the
+run, so a subset draws other data than the full table; `--seed` moves every cell).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
@@ -188,7 +192,8 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
                     after_at = m + 1
                     for metric in judgement.verdict.metrics:
                         if metric.outcome is Outcome.FAIL:
-                            result.fired[metric.metric] = result.fired.get(metric.metric, 0) + 1
+                            key = f"{metric.metric} {fired_by(metric.reason, metric.figures)}"
+                            result.fired[key] = result.fired.get(key, 0) + 1
             if before is not None and before_at is None:
                 old_obs = before.Observation(
                     canary, stable, stable, canary_share=share, evidence=old_evidence or before.Evidence()
@@ -235,6 +240,23 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
     return result
 
 
+def fired_by(reason: str, figures: Mapping[str, object]) -> str:
+    """Which test of a comparison rolled back: the always-valid one, or the stage-end look's exact or
+    capped test."""
+    if "at the stage's end" in reason:
+        return str(figures.get("stage_end_test", "end"))
+    return "e" if "e=" in reason else "guard"
+
+
+def by_text(fired: dict[str, int]) -> str:
+    short = {"error_rate": "err", "latency_tail": "lat"}
+    parts = []
+    for key, count in sorted(fired.items()):
+        metric, _, test = key.partition(" ")
+        parts.append(f"{short.get(metric, metric)} {test} {count}")
+    return ", ".join(parts) or "-"
+
+
 def pct(fails: list[int] | int, reps: int) -> str:
     count = fails if isinstance(fails, int) else len(fails)
     return f"{100 * count / reps:5.1f} %"
@@ -247,8 +269,12 @@ def cells(args: argparse.Namespace) -> list[Cell]:
         if args.only and args.only not in truth.name:
             continue
         for split in (1, 9):
+            if args.split and split != args.split:
+                continue
             noises = ("indep.", "bursts", "common") if truth is AA or "×3" in truth.name else ("indep.",)
             for noise in noises:
+                if args.noise and noise != args.noise:
+                    continue
                 # Regressions at 2 req/min are not detectable in 30 minutes by any test (Fisher ≤ 5 %),
                 # nor bursty regressions at 200: those cells are left out to keep the run short.
                 for rate in (
@@ -270,6 +296,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=30, help="stage length, one check per minute")
     parser.add_argument("--rates", default="2,10,50,200", help="canary requests per minute (2,10,50,200)")
     parser.add_argument("--only", help="run only truths whose name contains this text")
+    parser.add_argument("--split", type=int, choices=(1, 9), help="run only these cohorts (1 or 9)")
+    parser.add_argument("--noise", choices=("indep.", "bursts", "common"), help="run only this noise")
     parser.add_argument(
         "--before", default=BEFORE, help=f"git revision of the 'before' judge ({BEFORE}; '' for none)"
     )
@@ -297,7 +325,7 @@ def main() -> None:
     print()
     head = (
         "| truth | cohorts | noise | canary req/min | reps | before: rolled back | after: rolled back, median min "
-        "| after: passed | fixed (Fisher 2.5 %) | threshold rule |"
+        "| after: passed | after: rolled back by | fixed (Fisher 2.5 %) | threshold rule |"
     )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -312,7 +340,7 @@ def main() -> None:
             print(
                 f"| {cell.truth.name} | 1:{cell.split} | {cell.noise} | {cell.rate} | {cell.reps} | "
                 f"{pct(r.before, cell.reps) if args.before else '-'} | {pct(r.after, cell.reps)} {median:>2} | "
-                f"{pct(r.after_pass, cell.reps)} | {pct(r.fixed, cell.reps)} | "
+                f"{pct(r.after_pass, cell.reps)} | {by_text(r.fired)} | {pct(r.fixed, cell.reps)} | "
                 f"{pct(r.threshold, cell.reps) if cell.split == 1 else '-'} |",
                 flush=True,
             )

@@ -307,6 +307,32 @@ def test_stage_end_look_catches_what_the_sequential_test_did_not_yet() -> None:
     assert first_fail(off) is None
 
 
+@pytest.mark.parametrize(
+    ("case", "canary", "test", "fails_at"),
+    [
+        # The same 10 canary errors in 300 requests against 30 in 2,700 (1:9), spread or in two bursts.
+        ("spread: the exact test of every event", [(10, 1 if m % 3 == 0 else 0) for m in range(1, 31)],
+         "exact", 30),
+        ("two bursts: the capped test", with_bursts((10, 0), {7, 19}, (10, 5)), "capped", None),
+    ],
+)  # fmt: skip
+def test_stage_end_look_adapts_to_over_dispersion(
+    case: str, canary: list[tuple[int, int]], test: str, fails_at: int | None
+) -> None:
+    """The stage-end look tests every canary event exactly unless a cohort's buckets are over-dispersed
+    (Tarone's z above the gate), and the verdict says which test it used and why."""
+    run = minutes(canary, [(90, 1)] * 30, share=0.1)
+    assert first_fail(run) == fails_at, case
+    figures = run[-1][1].metric("error_rate").figures  # type: ignore[attr-defined]
+    assert figures["stage_end_test"] == test, case
+    z = figures["dispersion_z_canary"]
+    assert isinstance(z, float) and (z > 3 if test == "capped" else z <= 3), case
+    assert figures["stage_end_p_value"] is not None, case
+    if fails_at is not None:
+        reason = run[-1][1].metric("error_rate").reason  # type: ignore[attr-defined]
+        assert f"exact test, dispersion z {z:.2f}/" in reason, reason
+
+
 def test_pass_states_the_tolerance() -> None:
     """A pass says which regression it rules out, and the figures carry the setting."""
     verdict = judge_sequential(judge(stats(2000, 20), stats(2000, 20)), CONFIG).verdict

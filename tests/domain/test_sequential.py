@@ -9,10 +9,14 @@ import pytest
 
 from canaryd.domain.sequential import (
     RATIOS,
+    binomial_tail,
+    binomial_upper_tails,
     bucket_log_lr,
+    calibrated_level,
     convolve,
     counted_distribution,
     design_effect,
+    dispersion_z,
     events_needed,
     events_needed_mixture,
     excess_correlation,
@@ -186,3 +190,85 @@ def test_mixture_exposure_shrinks_with_the_effect() -> None:
     small = events_needed_mixture(0.5, 0.75, 0.016)
     large = events_needed_mixture(0.5, 0.9, 0.016)
     assert small is not None and large is not None and large < small
+
+
+def bucket_sums(buckets: list[tuple[int, int]]) -> list[float]:
+    """[Σn, Σx, Σx², Σx·n, Σn²] of buckets given as (requests, events)."""
+    return [
+        float(sum(n for n, _ in buckets)),
+        float(sum(x for _, x in buckets)),
+        float(sum(x * x for _, x in buckets)),
+        float(sum(x * n for n, x in buckets)),
+        float(sum(n * n for n, _ in buckets)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "buckets", "low", "high"),
+    [
+        # Σ(x − np)²/(p(1 − p)) − Σn over √(2 Σ n(n − 1)), p the cohort's own rate.
+        ("identical buckets: under-dispersed", [(200, 6)] * 20, -math.inf, -3.0),
+        ("two bursts of a fifth of the requests", [(200, 2)] * 18 + [(200, 40)] * 2, 50.0, math.inf),
+        ("one lone error cannot be told from noise", [(2, 1)] + [(2, 0)] * 29, -1.0, 0.0),
+        ("no events", [(100, 0)] * 10, 0.0, 0.0),
+        ("every request an event", [(10, 10)] * 10, 0.0, 0.0),
+        ("buckets of one request", [(1, 1), (1, 0)] * 5, 0.0, 0.0),
+    ],
+)  # fmt: skip
+def test_dispersion_z(case: str, buckets: list[tuple[int, int]], low: float, high: float) -> None:
+    """Tarone's statistic: far above 2 for bursts, at or below 0 for steady counts, 0 when undefined."""
+    assert low <= dispersion_z(bucket_sums(buckets)) <= high, case
+
+
+def test_dispersion_z_is_about_standard_normal_for_independent_requests() -> None:
+    """Binomial buckets (60 × 10 requests at 3 %): the statistic exceeds 2 in a few percent of stages."""
+    rng = random.Random(5)
+    values = []
+    for _ in range(2000):
+        buckets = [(10, sum(rng.random() < 0.03 for _ in range(10))) for _ in range(30)]
+        values.append(dispersion_z(bucket_sums(buckets)))
+    above = sum(v > 2 for v in values) / len(values)
+    assert 0.005 < above < 0.08
+    assert abs(sum(values) / len(values)) < 0.2
+
+
+@pytest.mark.parametrize(
+    ("events", "theta0", "target", "low", "high"),
+    [
+        # 1:9 cohorts, ~30 events in the stage: the exact test realises far less than its level.
+        (30.0, 0.1, 0.0064, 0.0105, 0.012),
+        (6.0, 0.5, 0.0064, 0.02, 0.025),  # 1:1, 6 events: very discrete, up to the ceiling
+        (600.0, 0.1, 0.0064, 0.0064, 0.008),  # many events: about the target
+        (0.0, 0.5, 0.0064, 0.0064, 0.0064),  # nothing to calibrate on
+        (30.0, 0.1, 0.03, 0.03, 0.03),  # a target above the ceiling stays the target
+    ],
+)
+def test_calibrated_level(events: float, theta0: float, target: float, low: float, high: float) -> None:
+    """The level whose realised false-rejection rate at this traffic is the target, within the ceiling."""
+    assert low <= calibrated_level(events, theta0, target, 0.025) <= high
+
+
+def test_calibrated_level_realises_its_target() -> None:
+    """Over N ~ Poisson(30) events at θ0 = 0.1, the exact test at the calibrated level rejects with
+    probability at most the target, and a slightly larger level would exceed it."""
+
+    def size(level: float) -> float:
+        total = 0.0
+        for n in range(1, 90):
+            weight = math.exp(n * math.log(30) - 30 - math.lgamma(n + 1))
+            tails = [t for t in binomial_upper_tails(n, 0.1, 0.025) if t <= level]
+            total += weight * (max(tails) if tails else 0.0)
+        return total
+
+    level = calibrated_level(30.0, 0.1, 0.0064, 0.025)
+    assert size(level) <= 0.0064 < size(level * 1.05)
+    assert binomial_upper_tails(4, 0.5, 0.4) == pytest.approx([1 / 16, 5 / 16])
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "theta", "expected"),
+    [(4, 4, 0.5, 1 / 16), (4, 3, 0.5, 5 / 16), (4, 0, 0.5, 1.0), (0, 1, 0.5, 0.0), (10, 11, 0.3, 0.0)],
+)
+def test_binomial_tail(n: int, c: int, theta: float, expected: float) -> None:
+    """P(Binomial(n, θ) ≥ c), the exact look's p-value."""
+    assert binomial_tail(n, c, theta) == pytest.approx(expected)

@@ -547,6 +547,14 @@ class CanaryConfig(StrictModel):
         "planned duration (shared by the comparisons like alpha; 0 turns the look off). Per stage: a rollout "
         "with s comparing stages adds at most s × this to alpha (default 0.008).",
     )
+    stage_end_alpha_independent: float = Field(
+        default=0.008,
+        ge=0,
+        le=0.2,
+        description="When neither cohort's time buckets show over-dispersion, the stage-end look tests "
+        "every canary event exactly (no burst caps) at the level that rolls back an identical canary with "
+        "the stage's traffic at most this often (shared by the comparisons like alpha; default 0.008).",
+    )
     burst_allowance: float = Field(
         default=1.0,
         ge=0,
@@ -813,6 +821,10 @@ FIELD_DOCS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "stage_end_alpha": (
             "Sequential judge: false-rollback rate of the fixed-sample look at the end of each comparing stage (0 turns it off).",
+            "probability",
+        ),
+        "stage_end_alpha_independent": (
+            "Sequential judge: false-rollback rate of the stage-end look when neither cohort's time buckets show over-dispersion (then an exact test of every canary event, without burst caps, at the level calibrated to this rate at the stage's traffic).",
             "probability",
         ),
         "burst_allowance": (

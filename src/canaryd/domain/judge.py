@@ -50,10 +50,13 @@ from typing import Protocol
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.sequential import (
     RATIOS,
+    binomial_tail,
     bucket_log_lr,
+    calibrated_level,
     convolve,
     counted_distribution,
     design_effect,
+    dispersion_z,
     events_needed_mixture,
     excess_correlation,
     log_e_value,
@@ -63,7 +66,7 @@ from canaryd.domain.sequential import (
 )
 from canaryd.domain.types import CohortStats, HostLoad
 
-Figures = dict[str, float | int | None]
+Figures = dict[str, float | int | str | None]
 
 
 class Outcome(StrEnum):
@@ -361,7 +364,12 @@ class Stream:
     end_null: tuple[float, ...] = (1.0,)  # distribution of the stage's counted canary events under the null
     end_offset: int = 0  # ... of end_offset, end_offset + 1, ...
     end_counted: int = 0
+    #: the same look without caps (when neither cohort's buckets show over-dispersion): the stage's canary
+    #: events in the compared buckets
+    free_counted: int = 0
     end_p: float | None = None  # the stage-end look's p-value, once it happened
+    end_test: str = ""  # which test the look used (END_TESTS), once it happened
+    end_level: float | None = None  # ... and at what level
     #: latency only: both cohorts' histograms at the last bucket boundary (a bucket's slow requests are
     #: counted on its own histogram against the threshold of the check that closes it).
     base_hists: tuple[Histogram, Histogram] = ({}, {})
@@ -382,7 +390,10 @@ class Stream:
             "end_null": [float(f"{p:.12g}") for p in self.end_null],
             "end_offset": self.end_offset,
             "end_counted": self.end_counted,
+            "free_counted": self.free_counted,
             "end_p": self.end_p,
+            "end_test": self.end_test,
+            "end_level": self.end_level,
             "base_hists": [sorted(h.items()) for h in self.base_hists],
         }
 
@@ -397,7 +408,12 @@ class Stream:
 
         log_lr = _floats(raw.get("log_lr"), len(RATIOS))
         end_null = _floats(raw.get("end_null"))
-        end_p = raw.get("end_p")
+        end_test = raw.get("end_test")
+
+        def number(key: str) -> float | None:
+            v = raw.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
         stage_start = raw.get("stage_start", 0.0)
         return cls(
             log_lr=log_lr or (),
@@ -414,7 +430,10 @@ class Stream:
             end_null=end_null if end_null else (1.0,),
             end_offset=integer("end_offset") if end_null else 0,
             end_counted=integer("end_counted"),
-            end_p=float(end_p) if isinstance(end_p, (int, float)) and not isinstance(end_p, bool) else None,
+            free_counted=integer("free_counted"),
+            end_p=number("end_p"),
+            end_test=end_test if end_test in END_TESTS else "",
+            end_level=number("end_level"),
             base_hists=_hists(raw.get("base_hists")),
         )
 
@@ -631,10 +650,32 @@ def _detect_text(config: CanaryConfig, ratio_wins: bool, what: str) -> str:
     return f"+{config.detect_min_increase:g} pp {what}"
 
 
-def stage_end_alpha_shares(config: CanaryConfig) -> dict[str, float]:
-    """Each comparison's part of `stage_end_alpha` (the same weights as alpha's)."""
+def stage_end_alpha_shares(config: CanaryConfig) -> dict[str, tuple[float, float]]:
+    """Each comparison's part of the stage-end look's levels (the same weights as alpha's): of
+    `stage_end_alpha` (the capped test) and of `stage_end_alpha_independent` (the exact test)."""
     total = sum(ALPHA_WEIGHTS[t] for t in COMPARED)
-    return {t: config.stage_end_alpha * ALPHA_WEIGHTS[t] / total for t in COMPARED}
+    return {
+        t: (
+            config.stage_end_alpha * ALPHA_WEIGHTS[t] / total,
+            config.stage_end_alpha_independent * ALPHA_WEIGHTS[t] / total,
+        )
+        for t in COMPARED
+    }
+
+
+#: The stage-end look's two tests: the exact test of every canary event (no over-dispersion seen), and
+#: the capped test (a burst counts like one or two events; the excess shrunk by the design effect).
+EXACT, CAPPED = "exact", "capped"
+END_TESTS = (EXACT, CAPPED)
+#: Tarone's dispersion statistic above which a cohort's buckets count as over-dispersed. About N(0, 1)
+#: for independent requests (above 3 in ~1 % of 30-bucket stages, so the exact test is nearly always
+#: used there); one burst of a fifth of a bucket's requests failing drives it far above, except at a few
+#: requests a minute where a burst is one or two errors (docs/judge.md, "The stage-end look").
+DISPERSION_GATE = 3.0
+#: ... and the exact test needs this many canary requests per bucket on average: in smaller buckets a
+#: burst is one or two errors, which no dispersion test can tell from independent ones (at 2 requests
+#: a minute it saw 8 % of the bursts the bench simulates).
+GATE_MIN_REQUESTS = 5.0
 
 
 @dataclass(frozen=True)
@@ -650,16 +691,24 @@ class _Bucket:
     design_effect: float
 
 
-def _bucket(stream: Stream, delta: Tally, margin: float, config: CanaryConfig) -> _Bucket:
+def _bucket(
+    stream: Stream, delta: Tally, margin: float, config: CanaryConfig, compares: bool = True
+) -> _Bucket:
     """Tempered, capped log likelihood ratios of one bucket (nothing if a cohort had no traffic in it)."""
     nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
     zero = (0.0,) * len(RATIOS)
-    if nc <= 0 or ns <= 0 or x < 0 or y < 0:
+    if min(nc, ns, x, y) < 0:
         r_c, r_s = excess_correlation(stream.canary_sums), excess_correlation(stream.stable_sums)
         return _Bucket(zero, False, stream.canary_sums, stream.stable_sums, r_c, r_s, 1.0)
-    canary_sums = _add_sums(stream.canary_sums, nc, x)
-    stable_sums = _add_sums(stream.stable_sums, ns, y)
+    # In a stage that compares, a cohort's bucket tells its over-dispersion even when the other cohort had
+    # no request in it (a stable burst in a minute without canary requests still shows bursts). A stage
+    # that compares nothing (100 %) adds nothing: its buckets would inflate the design effect of a pass.
+    lone = compares or (nc > 0 and ns > 0)
+    canary_sums = _add_sums(stream.canary_sums, nc, x) if nc > 0 and lone else stream.canary_sums
+    stable_sums = _add_sums(stream.stable_sums, ns, y) if ns > 0 and lone else stream.stable_sums
     r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
+    if nc == 0 or ns == 0:
+        return _Bucket(zero, False, canary_sums, stable_sums, r_c, r_s, 1.0)
     theta0 = null_share(nc / (nc + ns), margin)
     phi = design_effect(r_c, r_s, nc, ns, theta0)
     cap = math.log(config.bucket_max_evidence)
@@ -699,6 +748,7 @@ def _close_for_end_look(stream: Stream, delta: Tally, margin: float, config: Can
         end_null=tuple(null),
         end_offset=offset,
         end_counted=stream.end_counted + counted,
+        free_counted=stream.free_counted + x,
         counted=(c[0] + counted, c[1] + nc, c[2] + y, c[3] + ns),
     )
 
@@ -739,7 +789,8 @@ def _advance(
         delta = stage  # the counts went backwards (a reset source): start the bucket afresh
     checks = stream.checks + 1
     per_bucket = checks_per_bucket(config)
-    bucket = _bucket(stream, delta, margin, config)
+    compares = stage.canary_requests > 0 and stage.stable_requests > 0
+    bucket = _bucket(stream, delta, margin, config, compares)
     stream = replace(stream, stage_checks=stream.stage_checks + 1)
     if checks < per_bucket and not end_look:
         return replace(stream, checks=checks, pending=bucket.log_lr), bucket
@@ -770,6 +821,50 @@ def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin
     )  # fmt: skip
 
 
+def _end_test(stream: Stream, bucket: _Bucket) -> str:
+    """Which test the stage-end look uses: the exact one unless a cohort's buckets are over-dispersed,
+    or the canary's buckets are too small for a burst to show in them."""
+    worst = max(dispersion_z(bucket.canary_sums), dispersion_z(bucket.stable_sums))
+    per_bucket = stream.counted[1] / max(stream.buckets, 1)
+    return EXACT if worst <= DISPERSION_GATE and per_bucket >= GATE_MIN_REQUESTS else CAPPED
+
+
+#: The exact stage-end look's calibrated level is at most this many times its target: at a few events
+#: the calibration would go far higher, and there bursts the gate cannot see (a few requests a bucket)
+#: are what a high level lets through (1:1 cohorts at 10 requests a minute: 1.0 % of bursty A/A runs
+#: rolled back with no ceiling below 0.025, 0.8 % with 0.0125).
+LEVEL_CEILING = 2.0
+
+
+def _exact_null(stream: Stream, margin: float) -> tuple[int, float]:
+    """The exact look's null: the stage's events (compared buckets) and the canary's share θ0 of them."""
+    _, c_requests, s_events, s_requests = stream.counted
+    if c_requests <= 0 or s_requests <= 0:
+        return 0, 0.0
+    return stream.free_counted + int(s_events), null_share(c_requests / (c_requests + s_requests), margin)
+
+
+def _exact_level(stream: Stream, margin: float, target: float) -> float:
+    """The exact look's level: the one at which an identical canary with this stage's traffic (its
+    events and split) is rolled back with probability `target` (domain/sequential.calibrated_level)."""
+    events, theta0 = _exact_null(stream, margin)
+    return calibrated_level(events, theta0, target, LEVEL_CEILING * target)
+
+
+def _end_look(
+    stream: Stream, bucket: _Bucket, stage: Tally, margin: float, levels: tuple[float, float]
+) -> Stream:
+    """The stage-end look: with independent-looking buckets the exact test of every canary event, at the
+    level calibrated to the independent target; else the capped test, its excess shrunk by the design
+    effect, at stage_end_alpha's share."""
+    if _end_test(stream, bucket) == EXACT:
+        events, theta0 = _exact_null(stream, margin)
+        p = binomial_tail(events, stream.free_counted, theta0)
+        return replace(stream, end_p=p, end_test=EXACT, end_level=_exact_level(stream, margin, levels[1]))
+    p = _end_p_value(stream, bucket, stage, margin)
+    return replace(stream, end_p=p, end_test=CAPPED, end_level=levels[0])
+
+
 def _end_p_value(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
     """The stage-end look's p-value: P(counted ≥ observed) under the null, the excess over the null's
     mean shrunk by √(design effect) when the cohorts' own buckets show over-dispersion."""
@@ -795,20 +890,44 @@ def _null_mean(stream: Stream) -> float:
     return sum((stream.end_offset + i) * p for i, p in enumerate(stream.end_null))
 
 
+@dataclass(frozen=True)
+class _EndView:
+    """The stage-end look as a verdict reports it: its test (the one used, or the one the gate picks
+    now), the canary events it counts, their expectation under the null, and its level."""
+
+    test: str
+    counted: int
+    expected: float
+    level: float
+    target: float  # the false-rollback rate the level stands for
+
+
+def _end_view(stream: Stream, bucket: _Bucket, margin: float, levels: tuple[float, float]) -> _EndView:
+    """Before the look the exact test's level is its target (it is calibrated at the look)."""
+    test = stream.end_test or _end_test(stream, bucket)
+    if test == EXACT:
+        events, theta0 = _exact_null(stream, margin)
+        mean = events * theta0
+        level = levels[1] if stream.end_level is None else stream.end_level
+        return _EndView(EXACT, stream.free_counted, mean, level, levels[1])
+    return _EndView(CAPPED, stream.end_counted, _null_mean(stream), levels[0], levels[0])
+
+
 def _compare_figures(
     what: str,
     stage: Tally,
     stream: Stream,
     bucket: _Bucket,
     margin: float,
-    alphas: tuple[float, float],
+    alphas: tuple[float, float, float],
     log_e: float,
     total: Tally,
     config: CanaryConfig,
     extra: Figures,
 ) -> Figures:
     """The figures a comparison's verdict reports: counts, e-values, buckets, the stage-end look, power."""
-    alpha, end_alpha = alphas
+    alpha = alphas[0]
+    end = _end_view(stream, bucket, margin, alphas[1:])
     return {
         **extra,
         "canary_requests": stage.canary_requests,
@@ -826,10 +945,14 @@ def _compare_figures(
         "overdispersion_canary": round(bucket.r_canary, 5),
         "overdispersion_stable": round(bucket.r_stable, 5),
         "design_effect": round(bucket.design_effect, 3),
-        "stage_end_counted": stream.end_counted,
-        "stage_end_expected": round(_null_mean(stream), 3),
+        "dispersion_z_canary": round(dispersion_z(bucket.canary_sums), 3),
+        "dispersion_z_stable": round(dispersion_z(bucket.stable_sums), 3),
+        "stage_end_test": end.test,
+        "stage_end_counted": end.counted,
+        "stage_end_expected": round(end.expected, 3),
         "stage_end_p_value": None if stream.end_p is None else round(stream.end_p, 6),
-        "stage_end_alpha": round(end_alpha, 6),
+        "stage_end_alpha": round(end.level, 6),
+        "stage_end_false_rollback_rate": round(end.target, 6),
         "rollout_canary_requests": total.canary_requests,
         "rollout_stable_requests": total.stable_requests,
         "pass_rules_out_ratio": config.detect_ratio,
@@ -853,13 +976,13 @@ def _failure_reason(
     stream: Stream,
     bucket: _Bucket,
     margin: float,
-    alphas: tuple[float, float],
+    alphas: tuple[float, float, float],
     log_e: float,
     end_look: bool,
     config: CanaryConfig,
 ) -> str | None:
     """Why the canary is shown worse (the e-value at 1/α, or the stage-end look rejecting), else None."""
-    alpha, end_alpha = alphas
+    alpha = alphas[0]
     counts = _counts_text(what, stage)
     worse = "stable" if margin == 1 else f"{margin:g} × stable"
     dispersion = (
@@ -871,11 +994,19 @@ def _failure_reason(
             f"{metric}: {counts}; e={_e(log_e)} ≥ {1 / alpha:g} ({dispersion}): "
             f"the canary is worse than {worse}"
         )
-    if end_look and stream.end_p is not None and stream.end_p <= end_alpha:
+    if end_look and stream.end_p is not None and stream.end_p <= (stream.end_level or 0.0):
+        end = _end_view(stream, bucket, margin, alphas[1:])
+        z = f"dispersion z {dispersion_z(bucket.canary_sums):.2f}/{dispersion_z(bucket.stable_sums):.2f}"
+        test = (
+            f"exact test, {z} ≤ {DISPERSION_GATE:g}; the level that rolls back an identical canary "
+            f"with this traffic {end.target * 100:.2g} % of the time"
+            if end.test == EXACT
+            else f"capped test, {z}, design effect {bucket.design_effect:.2f}"
+        )
         return (
-            f"{metric}: {counts}; at the stage's end {stream.end_counted} canary {what} counted "
-            f"against {_null_mean(stream):.1f} expected, p={stream.end_p:.2g} ≤ {end_alpha:g} ({dispersion}): "
-            f"the canary is worse than {worse}"
+            f"{metric}: {counts}; at the stage's end {end.counted} canary {what} counted "
+            f"against {end.expected:.1f} expected, p={stream.end_p:.2g} ≤ {end.level:.2g} ({test}; "
+            f"{dispersion}): the canary is worse than {worse}"
         )
     return None
 
@@ -966,19 +1097,19 @@ def _compare(
     stage: Tally,
     evidence: Evidence,
     margin: float,
-    alphas: tuple[float, float],
+    alphas: tuple[float, float, float],
     config: CanaryConfig,
     extra: Figures,
     latency: tuple[CohortStats, CohortStats, float] | None = None,
 ) -> tuple[MetricVerdict, Stream]:
     """The bucketed sequential comparison of one metric, plus the stage-end look; its verdict and state."""
-    alpha, end_alpha = alphas
+    alpha, end_alpha, end_independent = alphas
     stream = _open_stream(metric, evidence)
     elapsed = (stream.stage_checks + 1) * config.health_check_interval
     end_look = end_alpha > 0 and stream.end_p is None and elapsed >= config.stage_duration
     stream, bucket = _advance(stream, stage, margin, config, end_look, latency)
     if end_look:
-        stream = replace(stream, end_p=_end_p_value(stream, bucket, stage, margin))
+        stream = _end_look(stream, bucket, stage, margin, (end_alpha, end_independent))
     log_lr = tuple(a + b for a, b in zip(stream.log_lr, stream.pending, strict=False)) or stream.log_lr
     log_e = log_mixture(log_lr)
     total = evidence.prior.get(metric, Tally()) + _compared(stage)
@@ -1055,14 +1186,14 @@ def _error_comparison(
     evidence: Evidence,
     config: CanaryConfig,
     alpha: Mapping[str, float],
-    end_alpha: Mapping[str, float],
+    end_alpha: Mapping[str, tuple[float, float]],
 ) -> tuple[MetricVerdict, Stream, Tally]:
     """The error-rate comparison: its verdict, its stream, and the error counts it judged."""
     canary, stable = obs.canary, obs.stable
     errors = Tally(canary.requests, canary.errors, stable.requests, stable.errors)
     verdict, stream = _compare(
         "error_rate", "errors", errors, evidence, config.error_rate_margin,
-        (alpha["error_rate"], end_alpha["error_rate"]), config,
+        (alpha["error_rate"], *end_alpha["error_rate"]), config,
         {"canary_error_rate": canary.error_rate, "stable_error_rate": stable.error_rate},
     )  # fmt: skip
     return verdict, stream, errors
@@ -1083,7 +1214,7 @@ def _latency_comparison(
     evidence: Evidence,
     config: CanaryConfig,
     alpha: Mapping[str, float],
-    end_alpha: Mapping[str, float],
+    end_alpha: Mapping[str, tuple[float, float]],
 ) -> tuple[MetricVerdict, tuple[Stream, Tally] | None]:
     """The latency-tail comparison: its verdict and, when a threshold is known, its stream and counts."""
     canary, stable = obs.canary, obs.stable
@@ -1106,7 +1237,7 @@ def _latency_comparison(
     )
     verdict, stream = _compare(
         "latency_tail", f"slower than {threshold_ms:.1f} ms", slow, evidence, config.latency_margin,
-        (alpha["latency_tail"], end_alpha["latency_tail"]), config, latency_figures,
+        (alpha["latency_tail"], *end_alpha["latency_tail"]), config, latency_figures,
         (canary, stable, threshold_ms),
     )  # fmt: skip
     return verdict, (stream, slow)

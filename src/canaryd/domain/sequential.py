@@ -307,6 +307,24 @@ def excess_correlation(sums: list[float] | tuple[float, ...]) -> float:
     return min(max(excess / (v * (n2 - n)), 0.0), 1.0)
 
 
+def dispersion_z(sums: list[float] | tuple[float, ...]) -> float:
+    """Tarone's score statistic for over-dispersion of one cohort's per-bucket events, from its sums.
+
+    `sums` as for `excess_correlation`. (Σ (x − n p)² / (p (1 − p)) − Σ n) / √(2 Σ n (n − 1)), p the
+    cohort's own rate: about N(0, 1) when requests are independent, large when events come in bursts.
+    0 when it cannot be told (no events, or buckets of one request).
+    """
+    n, x, x2, xn, n2 = sums
+    if n <= 0 or n2 - n <= 0:
+        return 0.0
+    p = x / n
+    v = p * (1.0 - p)
+    if v <= 0.0:
+        return 0.0
+    excess = x2 - 2.0 * p * xn + p * p * n2 - v * n
+    return excess / (v * math.sqrt(2.0 * (n2 - n)))
+
+
 def design_effect(r_canary: float, r_stable: float, n_canary: int, n_stable: int, theta0: float) -> float:
     """Variance inflation of the canary's share of a bucket's events (1 for independent requests)."""
     return 1.0 + r_canary * max(n_canary - 1, 0) * (1.0 - theta0) + r_stable * max(n_stable - 1, 0) * theta0
@@ -358,15 +376,72 @@ def upper_tail(offset: int, dist: list[float] | tuple[float, ...], at: int) -> f
     return min(1.0, max(0.0, sum(dist[at - offset :])))
 
 
+def binomial_tail(n: int, c: int, theta: float) -> float:
+    """P(Binomial(n, θ) ≥ c): the exact one-sided p-value of c events of n at share θ."""
+    if c <= 0:
+        return 1.0
+    if n <= 0 or not 0.0 < theta < 1.0:
+        return float(theta >= 1.0 and c <= n)
+    return _binom_tail(n, c, theta)
+
+
+def binomial_upper_tails(n: int, theta: float, ceiling: float) -> list[float]:
+    """P(Binomial(n, θ) ≥ c) for c = n, n − 1, ... while it stays at most `ceiling`: every size an exact
+    one-sided test of x out of n can have up to `ceiling`, smallest first (tails below 1e-30 left out)."""
+    sd = math.sqrt(n * theta * (1.0 - theta))
+    top = min(n, math.ceil(n * theta + 12 * sd + 1))
+    out: list[float] = []
+    tail = 0.0
+    for c in range(top, -1, -1):
+        tail += math.exp(_log_binom_pmf(n, c, theta))
+        if tail > ceiling:
+            break
+        if tail > 1e-30:
+            out.append(tail)
+    return out
+
+
+def calibrated_level(events: float, theta0: float, target: float, ceiling: float) -> float:
+    """The largest level ≤ `ceiling` at which an exact test of "x of N events are the canary's, x ~
+    Binomial(N, θ0)" rejects with probability at most `target` over the totals N ~ Poisson(`events`).
+
+    A discrete test realises less than its level (at a few events, far less): this finds the level whose
+    realised rate of false rejections, at this traffic, is `target`. Never below `target`.
+    """
+    if events <= 0 or not 0.0 < theta0 < 1.0 or ceiling <= target:
+        return target
+    sd = math.sqrt(events)
+    steps: dict[float, float] = {}  # a size some N can have -> what reaching it adds to the overall rate
+    for n in range(max(1, math.floor(events - 10 * sd - 1)), math.ceil(events + 10 * sd + 2)):
+        weight = math.exp(n * math.log(events) - events - math.lgamma(n + 1))
+        if weight < 1e-12:
+            continue
+        previous = 0.0
+        for tail in binomial_upper_tails(n, theta0, ceiling):
+            steps[tail] = steps.get(tail, 0.0) + weight * (tail - previous)
+            previous = tail
+    level, size = target, 0.0
+    for tail in sorted(steps):
+        size += steps[tail]
+        if size > target:
+            break
+        level = max(level, tail)
+    return level
+
+
 __all__ = [
     "DEFAULT_K",
     "LOG_WEIGHTS",
     "RATIOS",
     "RATIO_WEIGHTS",
+    "binomial_tail",
+    "binomial_upper_tails",
     "bucket_log_lr",
+    "calibrated_level",
     "convolve",
     "counted_distribution",
     "design_effect",
+    "dispersion_z",
     "events_needed",
     "events_needed_mixture",
     "excess_correlation",
