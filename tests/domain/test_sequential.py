@@ -241,6 +241,7 @@ def test_dispersion_z_is_about_standard_normal_for_independent_requests() -> Non
         (600.0, 0.1, 0.0064, 0.0064, 0.008),  # many events: about the target
         (0.0, 0.5, 0.0064, 0.0064, 0.0064),  # nothing to calibrate on
         (30.0, 0.1, 0.03, 0.03, 0.03),  # a target above the ceiling stays the target
+        (50_000.0, 0.1, 0.0064, 0.0064, 0.0064),  # past CALIBRATION_MAX_EVENTS: the target, no cost
     ],
 )
 def test_calibrated_level(events: float, theta0: float, target: float, low: float, high: float) -> None:
