@@ -289,6 +289,20 @@ def log_e_mixture(x: int, y: int, theta0: float) -> float:
     return log_mixture(bucket_log_lr(x, y, theta0))
 
 
+def _excess(sums: list[float] | tuple[float, ...]) -> tuple[float, float, float] | None:
+    """(Σ (x − n p)² − p (1 − p) Σ n, p (1 − p), Σ n (n − 1)) of one cohort's per-bucket sums, p its own rate:
+    the squared deviations beyond the binomial variance, the variance, and the pairs of requests; None when
+    it cannot be told (no events, or buckets of one request)."""
+    n, x, x2, xn, n2 = sums
+    if n <= 0 or n2 - n <= 0:
+        return None
+    p = x / n
+    v = p * (1.0 - p)
+    if v <= 0.0:
+        return None
+    return x2 - 2.0 * p * xn + p * p * n2 - v * n, v, n2 - n
+
+
 def excess_correlation(sums: list[float] | tuple[float, ...]) -> float:
     """The intra-bucket correlation r̂ (0-1) of one cohort's events, from its per-bucket sums.
 
@@ -296,15 +310,11 @@ def excess_correlation(sums: list[float] | tuple[float, ...]) -> float:
     beta-binomial: Var(x) = n p (1 − p)(1 + (n − 1) r); the excess of the squared deviations from the
     cohort's own rate over the binomial variance, over Σ n(n − 1) p (1 − p). 0 when it cannot be told.
     """
-    n, x, x2, xn, n2 = sums
-    if n <= 0 or n2 - n <= 0:
+    found = _excess(sums)
+    if found is None:
         return 0.0
-    p = x / n
-    v = p * (1.0 - p)
-    if v <= 0.0:
-        return 0.0
-    excess = x2 - 2.0 * p * xn + p * p * n2 - v * n
-    return min(max(excess / (v * (n2 - n)), 0.0), 1.0)
+    excess, v, pairs = found
+    return min(max(excess / (v * pairs), 0.0), 1.0)
 
 
 def dispersion_z(sums: list[float] | tuple[float, ...]) -> float:
@@ -314,15 +324,11 @@ def dispersion_z(sums: list[float] | tuple[float, ...]) -> float:
     cohort's own rate: about N(0, 1) when requests are independent, large when events come in bursts.
     0 when it cannot be told (no events, or buckets of one request).
     """
-    n, x, x2, xn, n2 = sums
-    if n <= 0 or n2 - n <= 0:
+    found = _excess(sums)
+    if found is None:
         return 0.0
-    p = x / n
-    v = p * (1.0 - p)
-    if v <= 0.0:
-        return 0.0
-    excess = x2 - 2.0 * p * xn + p * p * n2 - v * n
-    return excess / (v * math.sqrt(2.0 * (n2 - n)))
+    excess, v, pairs = found
+    return excess / (v * math.sqrt(2.0 * pairs))
 
 
 def design_effect(r_canary: float, r_stable: float, n_canary: int, n_stable: int, theta0: float) -> float:
