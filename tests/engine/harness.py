@@ -254,3 +254,17 @@ async def _register(rt: Runtime, hosts: list[str], app_fields: dict[str, Any]) -
         session.add(app)
         await session.flush()
         return app.id, fields["port"]
+
+
+def record_tables(h: Harness) -> list[tuple[Backend, ...]]:
+    """Every table the proxy is given, from now on."""
+    seen: list[tuple[Backend, ...]] = []
+    proxy = h.outside.memory_proxy
+    apply = proxy.apply
+
+    async def record(table: Any) -> None:
+        seen.append(table.backends)
+        await apply(table)
+
+    proxy.apply = record  # type: ignore[method-assign]
+    return seen

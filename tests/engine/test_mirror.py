@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from canaryd.domain.types import Backend
-
-from .harness import harness
+from .harness import harness, record_tables
 from .world import Behaviour
 
 THEN_CANARY: dict[str, Any] = {"mirror": {"percent": 20}, "stages": [25, 100]}
@@ -22,15 +20,7 @@ async def test_mirror_then_canary_completes(db_url: str, judge: str) -> None:
     """A good version answers the copies of 20 % of requests (clients get stable), passes, then runs the
     canary stages 25 and 100 % and is promoted to every server."""
     async with harness(db_url) as h:
-        seen: list[tuple[Backend, ...]] = []
-        proxy = h.outside.memory_proxy
-        apply = proxy.apply
-
-        async def record(table: Any) -> None:
-            seen.append(table.backends)
-            await apply(table)
-
-        proxy.apply = record  # type: ignore[method-assign]
+        seen = record_tables(h)
         dep_id = await h.deploy("v2", "mirror", judge=judge, **THEN_CANARY)
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from canaryd.domain.strategy import GREEN_OFFSET
-from canaryd.domain.types import Backend
 
-from .harness import Harness
+from .harness import record_tables
 from .test_blue_green import BLUE, GREEN, _app, _fleet, _stops_unrouted, twins
 from .test_crashes import crash_at, run_through_crash
 from .world import Behaviour
@@ -31,26 +30,12 @@ SHORT: dict[str, Any] = {
 }
 
 
-def _record_tables(h: Harness) -> list[tuple[Backend, ...]]:
-    """Every table the proxy is given, from now on."""
-    seen: list[tuple[Backend, ...]] = []
-    proxy = h.outside.memory_proxy
-    apply = proxy.apply
-
-    async def record(table: Any) -> None:
-        seen.append(table.backends)
-        await apply(table)
-
-    proxy.apply = record  # type: ignore[method-assign]
-    return seen
-
-
 async def test_good_version_mirrors_then_tests_then_switches(db_url: str) -> None:
     """Green starts beside blue; in stage 1 it gets copies of 20 % of requests and no live one (the judge
     counts the copies as green's); in stage 2 only the test requests; then the switch, blue kept keep_old
     then stopped, ports traded."""
     async with twins(db_url) as h:
-        seen = _record_tables(h)
+        seen = record_tables(h)
         dep_id = await h.deploy("v2", "mirror", **MIRROR_BG)
         dep = await h.run(dep_id)
         assert dep.canary_status == "completed", dep.reasons
@@ -86,7 +71,7 @@ async def test_bad_version_or_operator_rolls_back_in_each_phase(db_url: str, pha
     """Copies answered with 30 % errors roll back in the mirror phase (green never got a live request nor a
     test request); an operator's rollback in the test phase likewise: blue serves, every green stopped."""
     async with twins(db_url) as h:
-        seen = _record_tables(h)
+        seen = record_tables(h)
         if phase == "mirror":
             h.fleet.behaviours["v2"] = Behaviour(error_rate=0.3)
         dep_id = await h.deploy("v2", "mirror", **MIRROR_BG)
