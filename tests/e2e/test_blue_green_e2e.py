@@ -189,17 +189,22 @@ async def _bad(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any
     return {"testing": testing, "whole": whole, "reason": status["reasons"][0][:100], "total_s": took}
 
 
-async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
-    """An operator switches (promote during the test) and switches back (rollback while blue runs)."""
-    r = await s.deploy(
-        "v4", {**TEST, "stage_duration": 120, "blue_green": {"keep_old": 120}}, strategy="blue_green"
-    )
+async def _switched_at_once(s: Stack, version: str, keep_old: int) -> tuple[dict[str, Any], float]:
+    """Deploys `version` as blue_green and has an operator switch at once (promote during the test); the
+    deployment and when the switch went live."""
+    config = {**TEST, "stage_duration": 120, "blue_green": {"keep_old": keep_old}}
+    r = await s.deploy(version, config, strategy="blue_green")
     assert r.status_code == 201, r.text
-    dep = r.json()
+    dep: dict[str, Any] = r.json()
     await _wait_until(s, dep["id"], "monitoring")
     r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"reason": "switch now"})
     assert r.status_code == 202, r.text
-    switched = await _switched(s, dep["id"])
+    return dep, await _switched(s, dep["id"])
+
+
+async def _operator(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
+    """An operator switches (promote during the test) and switches back (rollback while blue runs)."""
+    dep, switched = await _switched_at_once(s, "v4", keep_old=120)
     await asyncio.sleep(1.5)
     before = await _generation(s)
     r = await s.api.post(f"/deployments/{dep['id']}/rollback", json={"reason": "switch back"})
@@ -264,14 +269,7 @@ async def _operator_in_test(s: Stack, client: Client, blue: int, green: int) -> 
 async def _fails_after_switch(s: Stack, client: Client, blue: int, green: int) -> dict[str, Any]:
     """Green switched to at once (an operator's promote, before the test could judge it) answers 30 %
     errors: the watch while blue still runs switches back, one proxy change, with the reason."""
-    config = {**TEST, "stage_duration": 120, "blue_green": {"keep_old": 60}}
-    r = await s.deploy("v6-bad", config, strategy="blue_green")
-    assert r.status_code == 201, r.text
-    dep = r.json()
-    await _wait_until(s, dep["id"], "monitoring")
-    r = await s.api.post(f"/deployments/{dep['id']}/promote", json={"reason": "switch now"})
-    assert r.status_code == 202, r.text
-    switched = await _switched(s, dep["id"])
+    dep, switched = await _switched_at_once(s, "v6-bad", keep_old=60)
     after_switch = await _generation(s)
     await s.wait(dep["id"], timeout=60)
     status = await s.status(dep["id"])
