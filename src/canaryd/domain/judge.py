@@ -1353,6 +1353,7 @@ def judge_for(config: CanaryConfig) -> Judge:
 
 __all__ = [
     "JUDGES",
+    "LEVEL_CEILING",
     "Evidence",
     "Judge",
     "Judgement",

@@ -441,12 +441,40 @@ def calibrated_level(events: float, theta0: float, target: float, ceiling: float
     return level
 
 
+def attained_size(n: int, theta0: float, level: float) -> float:
+    """What an exact one-sided test of x out of `n` events at share θ0 realises at `level`: the largest
+    P(Binomial(n, θ0) ≥ c) that is at most `level` (0 when no count is that unlikely)."""
+    if n <= 0 or not 0.0 < theta0 < 1.0:
+        return 0.0
+    return max(binomial_upper_tails(n, theta0, level), default=0.0)
+
+
+def exact_look_false_rollback_rate(events: float, theta0: float, target: float, ceiling: float) -> float:
+    """How often the stage-end exact test rolls back an identical canary whose stage has N ~ Poisson(`events`)
+    events: each N tested at the level `calibrated_level` finds from that N itself, as the judge does.
+
+    `calibrated_level` averages over the totals a stage *could* have had around the observed one; this is
+    the rate the test really has when the observed total varies too (docs/judge.md, "The stage-end look").
+    Exact: a sum over N of Poisson weights times each N's attained size (≤ 10 standard deviations out).
+    """
+    if events <= 0 or not 0.0 < theta0 < 1.0:
+        return 0.0
+    sd = math.sqrt(events)
+    rate = 0.0
+    for n in range(max(1, math.floor(events - 10 * sd - 1)), math.ceil(events + 10 * sd + 2)):
+        weight = math.exp(n * math.log(events) - events - math.lgamma(n + 1))
+        if weight >= 1e-12:
+            rate += weight * attained_size(n, theta0, calibrated_level(n, theta0, target, ceiling))
+    return rate
+
+
 __all__ = [
     "CALIBRATION_MAX_EVENTS",
     "DEFAULT_K",
     "LOG_WEIGHTS",
     "RATIOS",
     "RATIO_WEIGHTS",
+    "attained_size",
     "binomial_tail",
     "binomial_upper_tails",
     "bucket_log_lr",
@@ -457,6 +485,7 @@ __all__ = [
     "dispersion_z",
     "events_needed",
     "events_needed_mixture",
+    "exact_look_false_rollback_rate",
     "excess_correlation",
     "log_e_mixture",
     "log_e_value",
