@@ -9,6 +9,7 @@ import pytest
 
 from canaryd.domain.sequential import (
     RATIOS,
+    attained_size,
     binomial_tail,
     binomial_upper_tails,
     bucket_log_lr,
@@ -19,6 +20,7 @@ from canaryd.domain.sequential import (
     dispersion_z,
     events_needed,
     events_needed_mixture,
+    exact_look_false_rollback_rate,
     excess_correlation,
     log_e_mixture,
     log_e_value,
@@ -264,6 +266,63 @@ def test_calibrated_level_realises_its_target() -> None:
     level = calibrated_level(30.0, 0.1, 0.0064, 0.025)
     assert size(level) <= 0.0064 < size(level * 1.05)
     assert binomial_upper_tails(4, 0.5, 0.4) == pytest.approx([1 / 16, 5 / 16])
+
+
+@pytest.mark.parametrize(
+    ("n", "theta0", "level", "expected"),
+    [
+        (4, 0.5, 0.1, 1 / 16),  # x = 4 is the only count that unlikely
+        (4, 0.5, 1 / 16, 1 / 16),  # a level exactly at a size attains it
+        (4, 0.5, 0.06, 0.0),  # below the smallest size: the test can never reject
+        (21, 0.5, 0.0064, binomial_tail(21, 17, 0.5)),  # 17 of 21: 0.36 %; 16 of 21 would be 1.3 %
+        (0, 0.5, 0.1, 0.0),  # no events
+        (5, 0.0, 0.1, 0.0),  # no room for the canary's share
+    ],
+)
+def test_attained_size(n: int, theta0: float, level: float, expected: float) -> None:
+    """The size an exact one-sided binomial test really has at a level: the largest tail not above it."""
+    assert attained_size(n, theta0, level) == pytest.approx(expected)
+
+
+def _brute_force_rate(events: float, theta0: float, target: float, ceiling: float) -> float:
+    """The same rate by scanning each N's critical count with binomial_tail (an independent route)."""
+    total = 0.0
+    for n in range(1, int(events * 4 + 40)):
+        level = calibrated_level(n, theta0, target, ceiling)
+        critical = next(c for c in range(n + 2) if binomial_tail(n, c, theta0) <= level)
+        weight = math.exp(n * math.log(events) - events - math.lgamma(n + 1))
+        total += weight * binomial_tail(n, critical, theta0)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("events", "theta0", "low", "high"),
+    [
+        # The bench's clean A/A cells (stable errors 1 %, 30 minutes): 1:1 at 2 / 10 / 50 req/min, 1:9 at
+        # 2 / 10 / 50; the judge's target 0.64 % (errors' share of stage_end_alpha_independent 0.008).
+        (1.2, 0.5, 0.0, 0.0001),
+        (6.0, 0.5, 0.002, 0.0064),
+        (30.0, 0.5, 0.0055, 0.0064),
+        (6.0, 0.1, 0.004, 0.0064),
+        (30.0, 0.1, 0.0055, 0.0064),
+        (150.0, 0.1, 0.006, 0.0064),
+    ],
+)
+def test_exact_look_false_rollback_rate(events: float, theta0: float, low: float, high: float) -> None:
+    """The stage-end exact test, each stage at the level calibrated on its own total, rolls back an
+    identical canary at most its target of the time at every traffic (and close to it from ~30 events)."""
+    rate = exact_look_false_rollback_rate(events, theta0, 0.0064, 0.0128)
+    assert low <= rate <= high
+    assert rate == pytest.approx(_brute_force_rate(events, theta0, 0.0064, 0.0128), rel=1e-6, abs=1e-12)
+
+
+def test_exact_look_false_rollback_rate_calibration_matters() -> None:
+    """Without the calibration (ceiling = target) the same test realises far less than its target at a few
+    events; nothing to compare, nothing rolled back."""
+    assert exact_look_false_rollback_rate(6.0, 0.5, 0.0064, 0.0064) < 0.001
+    assert exact_look_false_rollback_rate(6.0, 0.5, 0.0064, 0.0128) > 0.002
+    assert exact_look_false_rollback_rate(0.0, 0.5, 0.0064, 0.0128) == 0.0
+    assert exact_look_false_rollback_rate(30.0, 1.0, 0.0064, 0.0128) == 0.0
 
 
 @pytest.mark.parametrize(
