@@ -307,6 +307,20 @@ def test_stage_end_look_catches_what_the_sequential_test_did_not_yet() -> None:
     assert first_fail(off) is None
 
 
+def test_exact_look_rejects_at_a_p_value_equal_to_its_level() -> None:
+    """4 of 10 events on a 1:9 canary: p = P(Binomial(10, 0.1) ≥ 4) = 1.28 % is also the level the
+    calibration picks (one of the test's own sizes); the two, summed in different orders, must not
+    differ by rounding — the look rolls back."""
+    canary = [(10, 1 if m in {5, 12, 19, 26} else 0) for m in range(1, 31)]
+    stable = [(90, 1 if m in {3, 8, 14, 20, 24, 29} else 0) for m in range(1, 31)]
+    run = minutes(canary, stable, share=0.1)
+    assert first_fail(run) == 30
+    m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
+    assert m.figures["stage_end_test"] == "exact"
+    assert m.figures["stage_end_p_value"] == pytest.approx(m.figures["stage_end_alpha"], rel=1e-6)
+    assert "4 canary errors counted against 1.0 expected, p=0.013 ≤ 0.013 (exact test" in m.reason
+
+
 @pytest.mark.parametrize(
     ("case", "canary", "test", "fails_at"),
     [
