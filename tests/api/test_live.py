@@ -17,6 +17,7 @@ from canaryd.db.models import utcnow
 from canaryd.db.repositories import EventRepository
 from canaryd.domain.plan import Event, EventKind
 from canaryd.engine.store import event_row
+from canaryd.engine.views import event_view
 from canaryd.runtime import open_runtime
 from canaryd.services import live
 
@@ -127,9 +128,7 @@ async def test_gaps_are_filled_and_duplicates_dropped(embedded_stack: Stack) -> 
                 row = await EventRepository(session).append(
                     event_row(dep_id, Event(EventKind.HEALTH_CHECK, (f"synthetic {i}",)), utcnow(), None)
                 )
-                rows.append(
-                    {"type": "event", "deployment_id": dep_id, "seq": row.seq, "kind": "health_check"}
-                )
+                rows.append({"type": "event", **event_view(row)})  # as every writer publishes them
         # Published: the 3rd first (a gap of two), then the 1st and 2nd (duplicates by then), the 4th twice;
         # the 5th and 6th never (lost by the bus).
         # Another deployment's messages (a misrouted publish) neither end nor disturb the stream.
