@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from tests.fixtures.stack import TOKEN, Stack
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -261,6 +261,25 @@ async def test_tokens_are_believed_for_token_cache_seconds(embedded_stack: Stack
         await asyncio.sleep(1.1)  # past its expiry (wall clock), well within the cache's 2 s (frozen clock)
         assert await principals.resolve(rt, short) is None
         assert await principals.resolve(rt, "cdt_unknown") is None
+
+
+async def test_concurrent_requests_share_one_token_lookup(embedded_stack: Stack) -> None:
+    """Requests that arrive while a token is being looked up wait for that lookup instead of each making
+    their own (when a busy process's belief runs out, its queued requests would otherwise all query)."""
+    async with open_runtime(embedded_stack.settings, "api") as rt:
+        async with unit_of_work(rt.sessions) as session:
+            token, _ = await create_token_row(session, "busy", "read")
+        lookups: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "api_tokens" in statement:
+                lookups.append(statement)
+
+        event.listen(rt.db_engine.sync_engine, "before_cursor_execute", record)
+        principals = Principals(2.0)
+        got = await asyncio.gather(*(principals.resolve(rt, token) for _ in range(20)))
+        assert got == [Principal("busy", "read")] * 20
+        assert len(lookups) == 1
 
 
 async def test_websocket_auth(embedded_stack: Stack) -> None:
