@@ -41,6 +41,15 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """A session for a route that only reads (never committed; on PostgreSQL in autocommit)."""
+    async with rt.read_sessions() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
 # scope="function": commit BEFORE the response is sent. FastAPI's default for yield dependencies ends them
 # after the response, so a client could get 201 for a row that is not committed yet (its next request
 # does not see it) or never is (a failed commit after a success answer).

@@ -15,6 +15,7 @@ from canaryd.api.deps import (
     DeployAccess,
     OperateAccess,
     ReadAccess,
+    ReadSessionDep,
     RuntimeDep,
     SessionDep,
     principals_of,
@@ -267,7 +268,9 @@ async def list_deployments(
     response_model=DeploymentStatus,
     responses=errors(404),
 )
-async def get_deployment(deployment_id: DeploymentId, session: SessionDep, _: ReadAccess) -> dict[str, Any]:
+async def get_deployment(
+    deployment_id: DeploymentId, session: ReadSessionDep, _: ReadAccess
+) -> dict[str, Any]:
     """The status object (read scope). For a live view, open the WebSocket
     `/api/v1/deployments/{deployment_id}/ws` (see the API description above)."""
     return await deployments.get_status(session, deployment_id)

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.repositories import EventRepository
+from canaryd.engine.views import event_view
 from canaryd.runtime import Runtime
 from canaryd.services import deployments
 
@@ -58,13 +59,15 @@ class EventOrder:
 async def _events_after(
     session: AsyncSession, deployment_id: int, after: int, upto: int | None = None
 ) -> list[dict[str, Any]]:
+    # The events alone (the status read found the deployment): the idle poll of every client runs this.
     out: list[dict[str, Any]] = []
+    events = EventRepository(session)
     while True:
-        page = await deployments.list_events(session, deployment_id, after, _PAGE)
-        out += [{"type": "event", **e} for e in page if upto is None or e["seq"] <= upto]
-        if len(page) < _PAGE or (upto is not None and page[-1]["seq"] >= upto):
+        page = await events.list(deployment_id, after, _PAGE)
+        out += [{"type": "event", **event_view(e)} for e in page if upto is None or e.seq <= upto]
+        if len(page) < _PAGE or (upto is not None and page[-1].seq >= upto):
             return out
-        after = page[-1]["seq"]
+        after = page[-1].seq
 
 
 def _finished(message: dict[str, Any]) -> bool:
@@ -86,7 +89,7 @@ class _Relay:
         """Every committed event not sent yet (the backlog, or what the bus lost)."""
         if session is not None:
             return self._sending(await _events_after(session, self.deployment_id, self.order.last_sent))
-        async with self.rt.sessions() as session:
+        async with self.rt.read_sessions() as session:
             return self._sending(await _events_after(session, self.deployment_id, self.order.last_sent))
 
     async def relay(self, message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,7 +100,7 @@ class _Relay:
             seq = int(message["seq"])
             batch = [message]
             if self.order.gap_before(seq):
-                async with self.rt.sessions() as session:
+                async with self.rt.read_sessions() as session:
                     batch = await _events_after(session, self.deployment_id, self.order.last_sent, upto=seq)
             return self._sending(batch)
         at = str(message.get("updated_at") or "")
@@ -141,12 +144,16 @@ async def follow(
         try:
             # One connection for the status, where the sequence stands and the backlog: 500 clients
             # connecting at once queued for the pool when each of these took a connection of its own.
-            async with rt.sessions() as session:
+            async with rt.read_sessions() as session:
                 status = await deployments.get_status(session, deployment_id)
                 if after_seq is None:
-                    after_seq = await EventRepository(session).last_seq(deployment_id)
-                relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
-                backlog = await relay.catch_up(session)
+                    # Nothing to catch up on: an event after this seq commits after this read, hence is
+                    # published after the subscription above was confirmed.
+                    last = await EventRepository(session).last_seq(deployment_id)
+                    relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
+                else:
+                    relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
+                    backlog = await relay.catch_up(session)
             yield {"type": "status", **status}
             for event in backlog:
                 yield event
@@ -161,7 +168,7 @@ async def follow(
                 for item in out:
                     yield item
             # The final word comes from the database, after every event of the end was sent.
-            async with rt.sessions() as session:
+            async with rt.read_sessions() as session:
                 final = await deployments.get_status(session, deployment_id)
             for event in await relay.catch_up():
                 yield event
