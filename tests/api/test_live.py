@@ -65,6 +65,8 @@ async def test_stream_is_ordered_resumable_and_closes_when_finished(any_stack: S
         assert r.status_code == 201, r.text
         dep_id = r.json()["id"]
         async with connect(ws_url(s, dep_id, "?after_seq=0"), additional_headers=AUTH) as whole:
+            # The client offers permessage-deflate; the server declines (api/app.py SERVER_OPTIONS).
+            assert whole.response is not None and "Sec-WebSocket-Extensions" not in whole.response.headers
             # A second client reads three events, drops, and comes back with the last seq it saw.
             async with connect(ws_url(s, dep_id, "?after_seq=0"), additional_headers=AUTH) as first_half:
                 part1 = await read_until_closed(first_half, limit=3)
