@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ async def status_reads(port: int, rate: float, seconds: float, n: int) -> dict[s
     }
 
 
-async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
+async def fan_out(base: str, subscribers: int, rounds: int, api_cpu: Callable[[], float]) -> dict[str, float]:
     import httpx
     from websockets.asyncio.client import connect
 
@@ -131,6 +132,7 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
                 raise SystemExit(f"a subscriber failed: {failed[0].exception()!r}")
     sent: list[float] = []
     post_ms: list[float] = []
+    cpu_before = api_cpu()
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         for r in range(rounds):
             action = "pause" if r % 2 == 0 else "resume"
@@ -142,6 +144,7 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
             deadline = time.perf_counter() + 10
             while len(got[r]) < subscribers and time.perf_counter() < deadline:
                 await asyncio.sleep(0.01)
+    cpu_events = api_cpu() - cpu_before  # the rounds alone: each POST and its fan-out, not the connecting
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -156,6 +159,7 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
         "p99_ms": pct(lat, 0.99),
         "max_ms": max(lat, default=float("nan")),
         "within_100ms_pct": 100 * sum(1 for x in lat if x <= 100) / (subscribers * rounds),
+        "api_cpu_ms_per_event": cpu_events * 1000 / rounds,
     }
 
 
@@ -214,7 +218,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         cpu0 = cpu_seconds(api.pid)
         reads = asyncio.run(status_reads(args.api_port, args.rate, args.seconds, args.deployments))
         cpu1 = cpu_seconds(api.pid)
-        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds))
+        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds, lambda: cpu_seconds(api.pid)))
         reads["api_cpu_ms_per_read"] = (cpu1 - cpu0) * 1000 / reads["requests"]
         fan["api_cpu_s"] = cpu_seconds(api.pid) - cpu1
     finally:
