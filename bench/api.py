@@ -4,8 +4,9 @@
 
 Production mode on real parts: one `canaryd serve` process (nice 10) on PostgreSQL 127.0.0.1:5432 (a fresh
 database, dropped afterwards) and Redis (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2, flushed).
-`--deployments` monitoring deployments are written in bulk as in bench/scale.py; no worker runs (nothing
-here needs one, and no proxy or server is contacted).
+`--deployments` monitoring deployments are written in bulk as in bench/scale.py, with one stored API token
+(operate scope) that every request carries, as users' tokens are; no worker runs (nothing here needs one,
+and no proxy or server is contacted).
 
 1. Status reads: `GET /api/v1/deployments/{random id}` sent open-loop at `--rate` per second (a request
    is sent on schedule whether or not earlier ones came back, so a slow server cannot hide its queue) for
@@ -13,6 +14,9 @@ here needs one, and no proxy or server is contacted).
 2. Fan-out: `--subscribers` WebSockets on one deployment's live stream; each round pauses or resumes the
    deployment through the API (`POST .../pause|resume`, which commits the event and publishes it on the
    bus, as every writer does); latency from sending the POST to each subscriber holding the event.
+
+API CPU (utime + stime of the API process, robust on a shared machine where latency is not): per status
+read over phase 1, and per event over phase 2's rounds (the POST and its fan-out, not the connecting).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def token_list() -> None:
 def token_revoke(
     token_id: Annotated[int, typer.Argument(help="Token id (see `canaryd token list`).")],
 ) -> None:
-    """Revokes a token: every canaryd process refuses it from its next request on."""
+    """Revokes a token: every canaryd process refuses it within CANARYD_TOKEN_CACHE_SECONDS (2 s)."""
     from canaryd.services.errors import ServiceError
     from canaryd.services.tokens import revoke_token
 
