@@ -88,11 +88,10 @@ class RedisBus:
 
     A process holds one pub/sub connection, subscribed once to each deployment that has local subscribers;
     one reader task decodes each message once and hands it, with the text it came as, to every local
-    subscriber's queue. (A connection
-    per WebSocket made Redis send, and this process read and decode, every message once per subscriber: 500
-    subscribers of one deployment took seconds to all hear an event.) When the connection is lost, every
-    local stream ends with ConnectionError (the live view falls back to reading the database) and the next
-    subscription opens a new connection."""
+    subscriber's queue. (A connection per WebSocket made Redis send, and this process read and decode, every
+    message once per subscriber: 500 subscribers of one deployment took seconds to all hear an event.)
+    When the connection is lost, every local stream ends with ConnectionError (the live view falls back to
+    reading the database) and the next subscription opens a new connection."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
