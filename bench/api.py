@@ -4,8 +4,9 @@
 
 Production mode on real parts: one `canaryd serve` process (nice 10) on PostgreSQL 127.0.0.1:5432 (a fresh
 database, dropped afterwards) and Redis (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2, flushed).
-`--deployments` monitoring deployments are written in bulk as in bench/scale.py; no worker runs (nothing
-here needs one, and no proxy or server is contacted).
+`--deployments` monitoring deployments are written in bulk as in bench/scale.py, with one stored API token
+(operate scope) that every request carries, as users' tokens are; no worker runs (nothing here needs one,
+and no proxy or server is contacted).
 
 1. Status reads: `GET /api/v1/deployments/{random id}` sent open-loop at `--rate` per second (a request
    is sent on schedule whether or not earlier ones came back, so a slow server cannot hide its queue) for
@@ -13,12 +14,16 @@ here needs one, and no proxy or server is contacted).
 2. Fan-out: `--subscribers` WebSockets on one deployment's live stream; each round pauses or resumes the
    deployment through the API (`POST .../pause|resume`, which commits the event and publishes it on the
    bus, as every writer does); latency from sending the POST to each subscriber holding the event.
+
+API CPU (utime + stime of the API process, robust on a shared machine where latency is not): per status
+read over phase 1, and per event over phase 2's rounds (the POST and its fan-out, not the connecting).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -26,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import PG_ADMIN, REDIS, ROOT, bulk_insert, cpu_seconds, pct, source_tree
 
-TOKEN = "bench-" + os.urandom(16).hex()
+BOOTSTRAP = "bench-" + os.urandom(16).hex()
+#: Requests carry a token stored in the database (operate scope), as users' tokens are, not the bootstrap
+#: token (which is checked against the setting, without a database lookup).
+TOKEN = "cdt_bench" + os.urandom(16).hex()
 MAX_SUBSCRIBERS = 2000
 
 
@@ -94,7 +103,7 @@ async def status_reads(port: int, rate: float, seconds: float, n: int) -> dict[s
     }
 
 
-async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
+async def fan_out(base: str, subscribers: int, rounds: int, api_cpu: Callable[[], float]) -> dict[str, float]:
     import httpx
     from websockets.asyncio.client import connect
 
@@ -115,17 +124,19 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
                     seen += 1
 
     tasks = []
-    for i in range(subscribers):
-        tasks.append(asyncio.create_task(subscriber(i)))
-        if i % 50 == 49:
-            await asyncio.sleep(0.2)  # do not trip the API's connection backlog
-    for _ in range(subscribers):
-        await asyncio.wait_for(connected.acquire(), 120)
-        failed = [t for t in tasks if t.done()]
-        if failed:
-            raise SystemExit(f"a subscriber failed: {failed[0].exception()!r}")
+    for first in range(0, subscribers, 50):
+        # 50 at a time, each wave once the last one has its status: opening is not what is measured, and a
+        # starved API (a loaded machine) would otherwise queue hundreds of openings for its database pool.
+        wave = range(first, min(first + 50, subscribers))
+        tasks += [asyncio.create_task(subscriber(i)) for i in wave]
+        for _ in wave:
+            await asyncio.wait_for(connected.acquire(), 120)
+            failed = [t for t in tasks if t.done()]
+            if failed:
+                raise SystemExit(f"a subscriber failed: {failed[0].exception()!r}")
     sent: list[float] = []
     post_ms: list[float] = []
+    cpu_before = api_cpu()
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         for r in range(rounds):
             action = "pause" if r % 2 == 0 else "resume"
@@ -137,6 +148,7 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
             deadline = time.perf_counter() + 10
             while len(got[r]) < subscribers and time.perf_counter() < deadline:
                 await asyncio.sleep(0.01)
+    cpu_events = api_cpu() - cpu_before  # the rounds alone: each POST and its fan-out, not the connecting
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -151,7 +163,21 @@ async def fan_out(base: str, subscribers: int, rounds: int) -> dict[str, float]:
         "p99_ms": pct(lat, 0.99),
         "max_ms": max(lat, default=float("nan")),
         "within_100ms_pct": 100 * sum(1 for x in lat if x <= 100) / (subscribers * rounds),
+        "api_cpu_ms_per_event": cpu_events * 1000 / rounds,
     }
+
+
+async def store_token(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, scope, created_at) VALUES ('bench', $1, 'operate', now())",
+            hashlib.sha256(TOKEN.encode()).hexdigest(),
+        )
+    finally:
+        await conn.close()
 
 
 def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
@@ -162,7 +188,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         "PYTHONPATH": str(src),
         "CANARYD_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://"),
         "CANARYD_REDIS_URL": REDIS,
-        "CANARYD_BOOTSTRAP_TOKEN": TOKEN,
+        "CANARYD_BOOTSTRAP_TOKEN": BOOTSTRAP,
         "CANARYD_LOG_LEVEL": "WARNING",
     }
     subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", name], check=True, capture_output=True)
@@ -175,6 +201,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
     subprocess.run(["redis-cli", "-u", REDIS, "flushdb"], check=True, capture_output=True)
     far = datetime.now(UTC) + timedelta(days=1)  # no tick is due: no worker runs here
     asyncio.run(bulk_insert(dsn, args.deployments, 3, args.history, far, 14))
+    asyncio.run(store_token(dsn))
     base = f"http://127.0.0.1:{args.api_port}"
     api = subprocess.Popen(
         ["nice", "-n", "10", str(ROOT / ".venv/bin/canaryd"), "serve", "--port", str(args.api_port)], env=env
@@ -195,7 +222,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         cpu0 = cpu_seconds(api.pid)
         reads = asyncio.run(status_reads(args.api_port, args.rate, args.seconds, args.deployments))
         cpu1 = cpu_seconds(api.pid)
-        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds))
+        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds, lambda: cpu_seconds(api.pid)))
         reads["api_cpu_ms_per_read"] = (cpu1 - cpu0) * 1000 / reads["requests"]
         fan["api_cpu_s"] = cpu_seconds(api.pid) - cpu1
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Literal
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from canaryd.db.engine import make_engine, make_sessionmaker
+from canaryd.db.engine import make_engine, make_read_sessionmaker, make_sessionmaker
 from canaryd.engine.bus import EventBus, LocalBus, RedisBus
 from canaryd.engine.driver import LeaseTerms, RolloutDriver
 from canaryd.engine.locks import DeploymentLocks
@@ -48,6 +49,11 @@ class Runtime:
     #: Names this process in leases, so a stuck lease can be traced to its owner.
     owner: str
     clock: Clock
+
+    @functools.cached_property
+    def read_sessions(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for reads that change nothing (status reads, the live view); never committed."""
+        return make_read_sessionmaker(self.db_engine)
 
     @property
     def settings_bootstrap_hash(self) -> str | None:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: Largest request body and WebSocket message accepted, in bytes; larger ones get 413 (WebSocket: close
     #: 1009) before they are read in full.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: How long an API process believes a token it looked up; a revoked token is refused by every replica
+    #: within this many seconds (by the one that revoked it at once). 0 looks every request's token up.
+    token_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     #: "text" (one readable line per record) or "json" (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
     #: A `canaryd worker` serves its own /metrics on this port when set (the API's /metrics has no

@@ -12,14 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from tests.fixtures.stack import TOKEN, Stack
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from canaryd.api.app import create_app
+from canaryd.api.principals import Principals
 from canaryd.db.engine import make_engine, make_sessionmaker, unit_of_work
-from canaryd.services.tokens import SCOPES, create_token
+from canaryd.runtime import Runtime, open_runtime
+from canaryd.services.tokens import SCOPES, Principal, create_token, create_token_row
 from canaryd.settings import Settings
 
 API = "/api/v1"
@@ -195,11 +197,13 @@ async def test_tokens_are_stored_hashed(embedded_stack: Stack) -> None:
             for who, token in tokens.items():
                 r = await client.get("/servers", headers={"Authorization": f"bearer {token}"})
                 assert r.status_code == 200, (who, r.text)
-            # A revoked token is refused.
+            # A token revoked behind the server's back (`canaryd token revoke` is another process) is refused
+            # once what the server looked up a moment ago is stale: token_cache_seconds (2 s by default).
             async with engine.begin() as conn:
                 await conn.execute(
                     text("UPDATE api_tokens SET revoked_at = created_at WHERE name = 'api-admin'")
                 )
+            await asyncio.sleep(s.settings.token_cache_seconds)
             r = await client.get("/servers", headers={"Authorization": f"Bearer {tokens['admin/api']}"})
             assert r.status_code == 401, r.text
             r = await client.get("/servers", headers={"Authorization": f"Bearer {tokens['admin/cli']}"})
@@ -219,6 +223,63 @@ async def test_tokens_are_stored_hashed(embedded_stack: Stack) -> None:
                 await create_token(session, "x", "root")
     finally:
         await engine.dispose()
+
+
+async def _revoke_in_database(rt: Runtime, token_id: int) -> None:
+    async with rt.db_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE api_tokens SET revoked_at = created_at WHERE id = :id"), {"id": token_id}
+        )
+
+
+async def test_tokens_are_believed_for_token_cache_seconds(embedded_stack: Stack) -> None:
+    """A token looked up is believed for token_cache_seconds, then looked up again; forgetting it (revoking
+    through this process) makes the next request look it up, and a lookup racing the revocation is not
+    believed afterwards; an expired token is refused at once although it was believed a moment ago."""
+    now = [100.0]
+    principals = Principals(2.0, clock=lambda: now[0])
+    async with open_runtime(embedded_stack.settings, "api") as rt:
+        async with unit_of_work(rt.sessions) as session:
+            revoked, revoked_row = await create_token_row(session, "revoked-elsewhere", "read")
+            raced, raced_row = await create_token_row(session, "raced", "operate")
+            short, _ = await create_token_row(session, "short", "read", expires_in=1)
+
+        assert await principals.resolve(rt, revoked) == Principal("revoked-elsewhere", "read")
+        await _revoke_in_database(rt, revoked_row.id)  # another process: nothing tells this one
+        now[0] += 1.9
+        assert await principals.resolve(rt, revoked) == Principal("revoked-elsewhere", "read")
+        now[0] += 0.2
+        assert await principals.resolve(rt, revoked) is None
+
+        assert await principals.resolve(rt, raced) == Principal("raced", "operate")
+        principals.forget(raced_row.id)  # DELETE /tokens/{id} forgets it before its revocation commits
+        assert await principals.resolve(rt, raced) == Principal("raced", "operate")  # read before the commit
+        await _revoke_in_database(rt, raced_row.id)
+        assert await principals.resolve(rt, raced) is None
+
+        assert await principals.resolve(rt, short) == Principal("short", "read")
+        await asyncio.sleep(1.1)  # past its expiry (wall clock), well within the cache's 2 s (frozen clock)
+        assert await principals.resolve(rt, short) is None
+        assert await principals.resolve(rt, "cdt_unknown") is None
+
+
+async def test_concurrent_requests_share_one_token_lookup(embedded_stack: Stack) -> None:
+    """Requests that arrive while a token is being looked up wait for that lookup instead of each making
+    their own (when a busy process's belief runs out, its queued requests would otherwise all query)."""
+    async with open_runtime(embedded_stack.settings, "api") as rt:
+        async with unit_of_work(rt.sessions) as session:
+            token, _ = await create_token_row(session, "busy", "read")
+        lookups: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if "api_tokens" in statement:
+                lookups.append(statement)
+
+        event.listen(rt.db_engine.sync_engine, "before_cursor_execute", record)
+        principals = Principals(2.0)
+        got = await asyncio.gather(*(principals.resolve(rt, token) for _ in range(20)))
+        assert got == [Principal("busy", "read")] * 20
+        assert len(lookups) == 1
 
 
 async def test_websocket_auth(embedded_stack: Stack) -> None:

@@ -17,6 +17,7 @@ from canaryd.db.models import utcnow
 from canaryd.db.repositories import EventRepository
 from canaryd.domain.plan import Event, EventKind
 from canaryd.engine.store import event_row
+from canaryd.engine.views import event_view
 from canaryd.runtime import open_runtime
 from canaryd.services import live
 
@@ -64,6 +65,8 @@ async def test_stream_is_ordered_resumable_and_closes_when_finished(any_stack: S
         assert r.status_code == 201, r.text
         dep_id = r.json()["id"]
         async with connect(ws_url(s, dep_id, "?after_seq=0"), additional_headers=AUTH) as whole:
+            # The client offers permessage-deflate; the server declines (api/app.py SERVER_OPTIONS).
+            assert whole.response is not None and "Sec-WebSocket-Extensions" not in whole.response.headers
             # A second client reads three events, drops, and comes back with the last seq it saw.
             async with connect(ws_url(s, dep_id, "?after_seq=0"), additional_headers=AUTH) as first_half:
                 part1 = await read_until_closed(first_half, limit=3)
@@ -127,9 +130,7 @@ async def test_gaps_are_filled_and_duplicates_dropped(embedded_stack: Stack) -> 
                 row = await EventRepository(session).append(
                     event_row(dep_id, Event(EventKind.HEALTH_CHECK, (f"synthetic {i}",)), utcnow(), None)
                 )
-                rows.append(
-                    {"type": "event", "deployment_id": dep_id, "seq": row.seq, "kind": "health_check"}
-                )
+                rows.append({"type": "event", **event_view(row)})  # as every writer publishes them
         # Published: the 3rd first (a gap of two), then the 1st and 2nd (duplicates by then), the 4th twice;
         # the 5th and 6th never (lost by the bus).
         # Another deployment's messages (a misrouted publish) neither end nor disturb the stream.

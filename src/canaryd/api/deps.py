@@ -8,15 +8,28 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, WebSocket, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
+from canaryd.api.principals import Principals
 from canaryd.db.engine import unit_of_work
 from canaryd.runtime import Runtime
-from canaryd.services.tokens import Principal, authenticate
+from canaryd.services.tokens import Principal
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+# async although it awaits nothing: FastAPI runs a plain `def` dependency in its thread pool, a thread
+# hand-off on every request.
+async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
     return runtime
+
+
+def principals_of(connection: HTTPConnection) -> Principals:
+    principals: Principals = connection.app.state.principals
+    return principals
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -26,6 +39,15 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: commits if the route succeeds, rolls back if it raises."""
     async with unit_of_work(rt.sessions) as session:
         yield session
+
+
+async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """A session for a route that only reads (never committed; on PostgreSQL in autocommit)."""
+    async with rt.read_sessions() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 
 
 # scope="function": commit BEFORE the response is sent. FastAPI's default for yield dependencies ends them
@@ -39,13 +61,6 @@ def bearer(header: str | None) -> str | None:
         return None
     kind, _, token = header.partition(" ")
     return token.strip() if kind.lower() == "bearer" and token.strip() else None
-
-
-async def principal_for(rt: Runtime, token: str | None) -> Principal | None:
-    if not token:
-        return None
-    async with rt.sessions() as session:
-        return await authenticate(session, token, rt.settings_bootstrap_hash)
 
 
 #: The security scheme /docs shows (its Authorize button); the token is checked by `require`, not here.
@@ -62,8 +77,8 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits tokens whose scope includes `scope` (401 without a valid token, 403 if weak)."""
 
     async def check(request: Request, credentials: Credentials) -> Principal:
-        rt = get_runtime(request)
-        principal = await principal_for(rt, credentials.credentials.strip() if credentials else None)
+        token = credentials.credentials.strip() if credentials else None
+        principal = await principals_of(request).resolve(runtime_of(request), token)
         if principal is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
@@ -81,9 +96,8 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 async def websocket_principal(websocket: WebSocket) -> Principal | None:
     """WebSockets authenticate with the Authorization header, or `?token=` where a browser cannot set it."""
-    rt: Runtime = websocket.app.state.runtime
     token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
-    return await principal_for(rt, token)
+    return await principals_of(websocket).resolve(runtime_of(websocket), token)
 
 
 ReadAccess = Annotated[Principal, Depends(require("read"))]

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 
-from canaryd.api.deps import AdminAccess, DeployAccess, OperateAccess, ReadAccess, RuntimeDep, SessionDep
+from canaryd.api.deps import (
+    AdminAccess,
+    DeployAccess,
+    OperateAccess,
+    ReadAccess,
+    ReadSessionDep,
+    RuntimeDep,
+    SessionDep,
+    principals_of,
+)
 from canaryd.db.models import Application, Server
 from canaryd.services import deployments, inventory, tokens
 from canaryd.services.schemas import (
@@ -259,7 +268,9 @@ async def list_deployments(
     response_model=DeploymentStatus,
     responses=errors(404),
 )
-async def get_deployment(deployment_id: DeploymentId, session: SessionDep, _: ReadAccess) -> dict[str, Any]:
+async def get_deployment(
+    deployment_id: DeploymentId, session: ReadSessionDep, _: ReadAccess
+) -> dict[str, Any]:
     """The status object (read scope). For a live view, open the WebSocket
     `/api/v1/deployments/{deployment_id}/ws` (see the API description above)."""
     return await deployments.get_status(session, deployment_id)
@@ -469,8 +480,12 @@ async def list_tokens(
     response_model=TokenRow,
     responses=errors(404, 409, e409="The token was already revoked."),
 )
-async def revoke_token(token_id: TokenId, session: SessionDep, _: AdminAccess) -> dict[str, Any]:
-    """Revokes a token (admin scope): every replica refuses it (401) from the next request on."""
+async def revoke_token(
+    token_id: TokenId, request: Request, session: SessionDep, _: AdminAccess
+) -> dict[str, Any]:
+    """Revokes a token (admin scope): this replica refuses it (401) from the next request on, every other
+    replica within `CANARYD_TOKEN_CACHE_SECONDS` (2 s by default)."""
+    principals_of(request).forget(token_id)  # before the revocation commits (see api/principals.py)
     return await tokens.revoke_token(session, token_id)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from canaryd.api.deps import websocket_principal
+from canaryd.engine.bus import BusMessage, encode
 from canaryd.runtime import Runtime
 from canaryd.services import live
 from canaryd.services.errors import NotFound
@@ -82,22 +82,35 @@ async def deployment_ws(websocket: WebSocket, deployment_id: int) -> None:
         await websocket.close(code=CLOSE_BAD_REQUEST, reason=after_seq)
         return
     stream = live.follow(rt, deployment_id, after_seq)
-    receiver = asyncio.create_task(_drain(websocket))
+    # Two tasks for the connection's life, not per message: sending ends when the stream does, receiving
+    # when the client goes away; whichever ends first ends the other.
+    sending = asyncio.create_task(_send(websocket, stream))
+    receiving = asyncio.create_task(_drain(websocket))
     try:
-        async for message in _until_closed(stream, receiver):
-            await websocket.send_json(message)
+        await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sending.cancel()
+        receiving.cancel()
+        sent, _ = await asyncio.gather(sending, receiving, return_exceptions=True)
+        await stream.aclose()
+    if isinstance(sent, Exception) and not isinstance(sent, (WebSocketDisconnect, RuntimeError)):
+        raise sent  # a fault of ours (the client going away is not one)
+
+
+def _text(message: dict[str, Any]) -> str:
+    """A bus message's text was made once for every subscriber; the rest are this client's own."""
+    return message.text if isinstance(message, BusMessage) else encode(message)
+
+
+async def _send(websocket: WebSocket, stream: AsyncIterator[dict[str, Any]]) -> None:
+    try:
+        async for message in stream:
+            await websocket.send_text(_text(message))
             if message.get("final"):
                 await websocket.close(code=CLOSE_NORMAL, reason="the deployment has finished")
                 return
     except NotFound as exc:
         await websocket.close(code=CLOSE_NOT_FOUND, reason=exc.message[:120])
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-            await receiver
-        await stream.aclose()
 
 
 async def _drain(websocket: WebSocket) -> None:
@@ -105,23 +118,4 @@ async def _drain(websocket: WebSocket) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
-            return
-
-
-async def _until_closed(
-    messages: AsyncIterator[dict[str, Any]], receiver: asyncio.Task[None]
-) -> AsyncIterator[dict[str, Any]]:
-    """Messages until the client goes away."""
-    iterator = messages.__aiter__()
-    while True:
-        nxt = asyncio.ensure_future(iterator.__anext__())
-        done, _ = await asyncio.wait({nxt, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done and nxt not in done:
-            nxt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await nxt
-            return
-        try:
-            yield nxt.result()
-        except StopAsyncIteration:
             return

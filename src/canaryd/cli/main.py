@@ -106,7 +106,7 @@ def serve(
 
     import uvicorn
 
-    from canaryd.api.app import create_app
+    from canaryd.api.app import SERVER_OPTIONS, create_app
 
     log.info(
         "canaryd serving on http://%s:%d (%s mode, database %s)",
@@ -121,7 +121,7 @@ def serve(
         port=port,
         log_config=None,  # configure_logging() already set the format and levels
         access_log=settings.log_level.upper() == "DEBUG",
-        ws="websockets-sansio",
+        **SERVER_OPTIONS,
     )
 
 
@@ -178,7 +178,7 @@ def token_list() -> None:
 def token_revoke(
     token_id: Annotated[int, typer.Argument(help="Token id (see `canaryd token list`).")],
 ) -> None:
-    """Revokes a token: every canaryd process refuses it from its next request on."""
+    """Revokes a token: every canaryd process refuses it within CANARYD_TOKEN_CACHE_SECONDS (2 s)."""
     from canaryd.services.errors import ServiceError
     from canaryd.services.tokens import revoke_token
 

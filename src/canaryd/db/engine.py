@@ -41,6 +41,15 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def make_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads that change nothing: on PostgreSQL in autocommit, so that a status read is its
+    SELECT, without BEGIN and COMMIT round trips (each statement sees what was committed when it began,
+    as in the default READ COMMITTED transaction); on SQLite the ordinary sessions."""
+    if engine.dialect.name != "postgresql":
+        return make_sessionmaker(engine)
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
 @asynccontextmanager
 async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One transaction: commits when the block succeeds, rolls back when it raises. The only commit point."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import JSON, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployment, DeploymentEvent, Server
@@ -14,6 +15,26 @@ from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployme
 def _is_postgresql(session: AsyncSession) -> bool:
     """Row locks exist on PostgreSQL; SQLite relies on process-local locks (engine/locks.py)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+class ServerName(NamedTuple):
+    """What a status shows of a server."""
+
+    name: str
+    host: str
+
+
+# The servers a deployment names (canary and stable, JSON arrays of ids), as [[id, name, host], ...]: a
+# subquery of the status read, so that one round trip answers it. PostgreSQL gets the ids as an array
+# (index scan on servers' primary key); SQLite's json_each is its equivalent.
+_NAMED_SERVERS = {
+    "postgresql": """(SELECT json_agg(json_build_array(s.id, s.name, s.host)) FROM servers AS s
+        WHERE s.id = ANY(ARRAY(SELECT json_array_elements_text(deployments.canary_server_ids)::int)
+                         || ARRAY(SELECT json_array_elements_text(deployments.stable_server_ids)::int)))""",
+    "sqlite": """(SELECT json_group_array(json_array(s.id, s.name, s.host)) FROM servers AS s
+        WHERE s.id IN (SELECT value FROM json_each(deployments.canary_server_ids)
+                       UNION ALL SELECT value FROM json_each(deployments.stable_server_ids)))""",
+}
 
 
 class ServerRepository:
@@ -103,6 +124,20 @@ class DeploymentRepository:
             stmt = stmt.with_for_update()
         stmt = stmt.execution_options(populate_existing=True)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def with_server_names(self, deployment_id: int) -> tuple[Deployment, dict[int, ServerName]] | None:
+        """A deployment and the name and host of each server it names, in one query (the status read)."""
+        named = literal_column(_NAMED_SERVERS[self.session.get_bind().dialect.name], JSON)
+        stmt = (
+            select(Deployment, named)
+            .where(Deployment.id == deployment_id)
+            .execution_options(populate_existing=True)
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        if row is None:
+            return None
+        servers: list[Any] = row[1] or []
+        return row[0], {int(sid): ServerName(str(name), str(host)) for sid, name, host in servers}
 
     async def with_application(self, deployment_id: int) -> tuple[Deployment, Application] | None:
         """A deployment and its application, read in one query."""

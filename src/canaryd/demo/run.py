@@ -29,7 +29,7 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import connect
 
-from canaryd.api.app import create_app
+from canaryd.api.app import SERVER_OPTIONS, create_app
 from canaryd.db.migrate import upgrade
 from canaryd.settings import Settings
 
@@ -134,7 +134,7 @@ class Demo:
         )
         await asyncio.to_thread(upgrade, settings.database_url)
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=self.api_port, log_level="warning"
+            create_app(settings), host="127.0.0.1", port=self.api_port, log_level="warning", **SERVER_OPTIONS
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

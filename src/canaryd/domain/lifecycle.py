@@ -158,9 +158,14 @@ def _or_list(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
+_ALLOWED: dict[State, frozenset[str]] = {
+    state: frozenset(rule.trigger for rule in TRANSITIONS if state in rule.sources) for state in State
+}
+
+
 def allowed_triggers(state: State) -> frozenset[str]:
     """Triggers that may fire in `state` (for a paused deployment, `resume` included)."""
-    return frozenset(rule.trigger for rule in TRANSITIONS if state in rule.sources)
+    return _ALLOWED[state]
 
 
 def _resumes_to(target: State) -> Any:

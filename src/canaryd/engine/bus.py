@@ -19,6 +19,29 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 
+def encode(message: dict[str, Any]) -> str:
+    """A message as JSON text: compact, as a WebSocket frame carries it."""
+    return json.dumps(message, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+class BusMessage(dict[str, Any]):
+    """A message as the bus hands it to every local subscriber: one object for all of them, with its JSON
+    text made once (500 WebSockets on a deployment used to encode each message 500 times). Not to be
+    changed once published."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, message: dict[str, Any], text: str | None = None) -> None:
+        super().__init__(message)
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = encode(self)
+        return self._text
+
+
 class EventBus(Protocol):
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None: ...
 
@@ -36,8 +59,9 @@ class LocalBus:
         self._queues: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
+        shared = BusMessage(message)  # a copy: the publisher may reuse its dict
         for queue in list(self._queues.get(deployment_id, ())):
-            queue.put_nowait(message)
+            queue.put_nowait(shared)
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
@@ -63,11 +87,11 @@ class RedisBus:
     """Redis pub/sub, so a subscriber on any API replica sees events published by any worker.
 
     A process holds one pub/sub connection, subscribed once to each deployment that has local subscribers;
-    one reader task decodes each message once and hands it to every local subscriber's queue. (A connection
-    per WebSocket made Redis send, and this process read and decode, every message once per subscriber: 500
-    subscribers of one deployment took seconds to all hear an event.) When the connection is lost, every
-    local stream ends with ConnectionError (the live view falls back to reading the database) and the next
-    subscription opens a new connection."""
+    one reader task decodes each message once and hands it, with the text it came as, to every local
+    subscriber's queue. (A connection per WebSocket made Redis send, and this process read and decode, every
+    message once per subscriber: 500 subscribers of one deployment took seconds to all hear an event.)
+    When the connection is lost, every local stream ends with ConnectionError (the live view falls back to
+    reading the database) and the next subscription opens a new connection."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -86,7 +110,7 @@ class RedisBus:
         return f"canaryd:db{self._db}:deployment:{deployment_id}"
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
-        await self._redis.publish(self._channel(deployment_id), json.dumps(message, default=str))
+        await self._redis.publish(self._channel(deployment_id), encode(message))
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
@@ -157,7 +181,8 @@ class RedisBus:
                     if confirmed is not None and not confirmed.done():
                         confirmed.set_result(None)
                 elif raw["type"] == "message":
-                    message = json.loads(raw["data"])
+                    text = raw["data"].decode() if isinstance(raw["data"], bytes) else str(raw["data"])
+                    message = BusMessage(json.loads(text), text)
                     for queue in self._queues.get(channel, ()):
                         queue.put_nowait(message)
         except (RedisError, ConnectionError, OSError) as exc:

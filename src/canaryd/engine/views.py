@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from canaryd.db.models import Deployment, DeploymentEvent, Server
+from canaryd.db.models import Deployment, DeploymentEvent
 from canaryd.domain import batches
 from canaryd.domain.checks import redacted
 from canaryd.domain.config import RollingSettings
-from canaryd.domain.lifecycle import Lifecycle
+from canaryd.domain.lifecycle import allowed_triggers
 from canaryd.domain.strategy import batch_sizes
 from canaryd.domain.types import State
 
@@ -21,7 +22,17 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _server_refs(ids: list[Any], servers: dict[int, Server]) -> list[dict[str, Any]]:
+class Named(Protocol):
+    """A server as a status shows it (a Server row, or the status read's ServerName)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+
+def _server_refs(ids: list[Any], servers: Mapping[int, Named]) -> list[dict[str, Any]]:
     refs = []
     for sid in ids:
         server = servers.get(int(sid))
@@ -31,7 +42,7 @@ def _server_refs(ids: list[Any], servers: dict[int, Server]) -> list[dict[str, A
     return refs
 
 
-def _batches(dep: Deployment, state: State, servers: dict[int, Server]) -> list[dict[str, Any]] | None:
+def _batches(dep: Deployment, state: State, servers: Mapping[int, Named]) -> list[dict[str, Any]] | None:
     """A rolling update's batches: each one's servers and where it stands (None for other strategies)."""
     if dep.strategy != "rolling":
         return None
@@ -45,10 +56,6 @@ def _batches(dep: Deployment, state: State, servers: dict[int, Server]) -> list[
         {"batch": i + 1, "servers": _server_refs(order[first : first + size], servers), "state": where[i]}
         for i, (first, size) in enumerate(zip(starts, sizes, strict=True))
     ]
-
-
-def lifecycle_of(dep: Deployment) -> Lifecycle:
-    return Lifecycle(State(dep.canary_status), State(dep.paused_from) if dep.paused_from else None)
 
 
 def _next_stage_at(dep: Deployment, state: State) -> datetime | None:
@@ -85,18 +92,20 @@ def _stage_after(dep: Deployment, stages: list[float]) -> dict[str, Any]:
     return {"stage": dep.current_canary_stage + 2, "percentage": stages[dep.current_canary_stage + 1]}
 
 
-def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, Any]:
+def deployment_status(dep: Deployment, servers: Mapping[int, Named]) -> dict[str, Any]:
     """The status object of the HTTP contract."""
     config = dep.canary_config
     stages: list[float] = list(config.get("stages", []))
     state = State(dep.canary_status)
     next_stage_at = _next_stage_at(dep, state)
     target = _target_percentage(dep, state, stages)
-    lifecycle = lifecycle_of(dep)
+    # The table answers what may fire in a state; building a `transitions` machine for that cost more than
+    # the rest of the view (a status read is the API's most frequent request).
+    triggers = allowed_triggers(state)
     staged = (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
     monitoring_began = state in staged and dep.canary_stage_started_at is not None
     waiting = state is State.WAITING_FOR_APPROVAL and dep.current_canary_stage + 1 < len(stages)
-    allowed = lifecycle.allowed() & MANUAL_ACTIONS | ({"resume"} if waiting else set())
+    allowed = triggers & MANUAL_ACTIONS | ({"resume"} if waiting else set())
     return {
         "id": dep.id,
         "application_id": dep.application_id,
@@ -120,8 +129,8 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "next_stage_at": _iso(next_stage_at),
         "switched_at": _iso(dep.switched_at),
         "batches": _batches(dep, state, servers),
-        "can_promote": lifecycle.can("promote"),
-        "can_rollback": lifecycle.can("rollback"),
+        "can_promote": "promote" in triggers,
+        "can_rollback": "rollback" in triggers,
         "allowed_actions": sorted(allowed),
         "waiting_for": _stage_after(dep, stages) if waiting else None,
         "reasons": dep.reasons,

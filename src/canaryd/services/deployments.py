@@ -352,11 +352,10 @@ async def _replay(session: AsyncSession, earlier: Deployment, fingerprint: str) 
 
 
 async def get_status(session: AsyncSession, deployment_id: int) -> dict[str, Any]:
-    dep = await DeploymentRepository(session).get(deployment_id)
-    if dep is None:
+    found = await DeploymentRepository(session).with_server_names(deployment_id)
+    if found is None:
         raise NotFound(f"deployment {deployment_id} not found")
-    servers = await ServerRepository(session).many([*dep.canary_server_ids, *dep.stable_server_ids])
-    return deployment_status(dep, servers)
+    return deployment_status(*found)
 
 
 async def list_deployments(

@@ -25,8 +25,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.repositories import EventRepository
+from canaryd.engine.views import event_view
 from canaryd.runtime import Runtime
 from canaryd.services import deployments
 
@@ -55,21 +57,17 @@ class EventOrder:
 
 
 async def _events_after(
-    rt: Runtime, deployment_id: int, after: int, upto: int | None = None
+    session: AsyncSession, deployment_id: int, after: int, upto: int | None = None
 ) -> list[dict[str, Any]]:
+    # The events alone (the status read found the deployment): the idle poll of every client runs this.
     out: list[dict[str, Any]] = []
-    async with rt.sessions() as session:
-        while True:
-            page = await deployments.list_events(session, deployment_id, after, _PAGE)
-            out += [{"type": "event", **e} for e in page if upto is None or e["seq"] <= upto]
-            if len(page) < _PAGE or (upto is not None and page[-1]["seq"] >= upto):
-                return out
-            after = page[-1]["seq"]
-
-
-async def last_seq(rt: Runtime, deployment_id: int) -> int:
-    async with rt.sessions() as session:
-        return await EventRepository(session).last_seq(deployment_id)
+    events = EventRepository(session)
+    while True:
+        page = await events.list(deployment_id, after, _PAGE)
+        out += [{"type": "event", **event_view(e)} for e in page if upto is None or e.seq <= upto]
+        if len(page) < _PAGE or (upto is not None and page[-1].seq >= upto):
+            return out
+        after = page[-1].seq
 
 
 def _finished(message: dict[str, Any]) -> bool:
@@ -87,9 +85,12 @@ class _Relay:
         self.last_status_at = str(status.get("updated_at") or "")
         self.finished = _finished(status)
 
-    async def catch_up(self) -> list[dict[str, Any]]:
+    async def catch_up(self, session: AsyncSession | None = None) -> list[dict[str, Any]]:
         """Every committed event not sent yet (the backlog, or what the bus lost)."""
-        return self._sending(await _events_after(self.rt, self.deployment_id, self.order.last_sent))
+        if session is not None:
+            return self._sending(await _events_after(session, self.deployment_id, self.order.last_sent))
+        async with self.rt.read_sessions() as session:
+            return self._sending(await _events_after(session, self.deployment_id, self.order.last_sent))
 
     async def relay(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         """What to send for one message from the bus (nothing, or the message with any events it skipped)."""
@@ -99,7 +100,8 @@ class _Relay:
             seq = int(message["seq"])
             batch = [message]
             if self.order.gap_before(seq):
-                batch = await _events_after(self.rt, self.deployment_id, self.order.last_sent, upto=seq)
+                async with self.rt.read_sessions() as session:
+                    batch = await _events_after(session, self.deployment_id, self.order.last_sent, upto=seq)
             return self._sending(batch)
         at = str(message.get("updated_at") or "")
         if message.get("type") == "status" and at >= self.last_status_at:
@@ -140,16 +142,25 @@ async def follow(
 
         pumping = asyncio.create_task(pump())
         try:
-            async with rt.sessions() as session:
+            # One connection for the status, where the sequence stands and the backlog: 500 clients
+            # connecting at once queued for the pool when each of these took a connection of its own.
+            async with rt.read_sessions() as session:
                 status = await deployments.get_status(session, deployment_id)
-            order = EventOrder(after_seq if after_seq is not None else await last_seq(rt, deployment_id))
-            relay = _Relay(rt, deployment_id, order, status)
+                if after_seq is None:
+                    # Nothing to catch up on: an event after this seq commits after this read, hence is
+                    # published after the subscription above was confirmed.
+                    last = await EventRepository(session).last_seq(deployment_id)
+                    relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
+                else:
+                    relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
+                    backlog = await relay.catch_up(session)
             yield {"type": "status", **status}
-            for event in await relay.catch_up():
+            for event in backlog:
                 yield event
             while not relay.finished:
                 try:
-                    message = await asyncio.wait_for(inbox.get(), idle_poll)
+                    async with asyncio.timeout(idle_poll):  # no task per message, unlike wait_for
+                        message = await inbox.get()
                 except TimeoutError:
                     out = await relay.catch_up()
                 else:
@@ -157,7 +168,7 @@ async def follow(
                 for item in out:
                     yield item
             # The final word comes from the database, after every event of the end was sent.
-            async with rt.sessions() as session:
+            async with rt.read_sessions() as session:
                 final = await deployments.get_status(session, deployment_id)
             for event in await relay.catch_up():
                 yield event

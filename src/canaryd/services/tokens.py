@@ -1,7 +1,8 @@
 """API tokens: generated with enough entropy that a plain SHA-256 is a safe way to store them.
 
-Every request looks its token up in the database (one indexed query), so a revoked or expired token is
-refused at once by every replica: there is no cache to invalidate.
+A request's token is looked up by its hash (one indexed query); the API keeps what it found for a few
+seconds (api/principals.py), so a revoked token is refused by every replica within
+CANARYD_TOKEN_CACHE_SECONDS, and an expired one at once.
 """
 
 from __future__ import annotations
@@ -62,14 +63,29 @@ async def create_token_row(
     return token, row
 
 
-async def authenticate(session: AsyncSession, token: str, bootstrap_hash: str | None) -> Principal | None:
-    digest = hash_token(token)
-    if bootstrap_hash is not None and hmac.compare_digest(digest, bootstrap_hash):
-        return Principal("bootstrap", "admin")
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What a token's row says: who it is, and until when it may be believed."""
+
+    principal: Principal
+    token_id: int
+    expires_at: datetime | None
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= utcnow()
+
+
+def is_bootstrap(digest: str, bootstrap_hash: str | None) -> bool:
+    return bootstrap_hash is not None and hmac.compare_digest(digest, bootstrap_hash)
+
+
+async def verify(session: AsyncSession, digest: str) -> Verified | None:
+    """The token stored with this hash, if it is neither revoked nor expired."""
     row = await TokenRepository(session).by_hash(digest)
-    if row is None or (row.expires_at is not None and row.expires_at <= utcnow()):
+    if row is None:
         return None
-    return Principal(row.name, row.scope)
+    verified = Verified(Principal(row.name, row.scope), row.id, row.expires_at)
+    return None if verified.expired() else verified
 
 
 def _iso(value: datetime | None) -> str | None:
