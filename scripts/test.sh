@@ -5,6 +5,10 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=.venv/bin
+# Let the suite's hundreds of Python processes share compiled modules (setup.sh compiled the libraries and
+# src/; this adds the tests' assertion-rewritten modules, which pytest caches only when bytecode may be
+# written). With PYTHONDONTWRITEBYTECODE set, every process compiled them again.
+unset PYTHONDONTWRITEBYTECODE
 SMOKE=../shared/contract/smoke.py
 failed=()
 
