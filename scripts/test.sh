@@ -5,10 +5,14 @@ set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=.venv/bin
+# Let the suite's hundreds of Python processes share compiled modules (setup.sh compiled the libraries and
+# src/; this adds the tests' assertion-rewritten modules, which pytest caches only when bytecode may be
+# written). With PYTHONDONTWRITEBYTECODE set, every process compiled them again.
+unset PYTHONDONTWRITEBYTECODE
 SMOKE=../shared/contract/smoke.py
 failed=()
 
-header() { printf '\n==> %s\n' "$*"; }
+header() { printf "\n==> %s  [%d s]\n" "$*" "$SECONDS"; }
 
 # run_step NAME CMD...: runs CMD under a header and remembers NAME if it fails.
 run_step() {
@@ -88,6 +92,13 @@ ensure_service Redis 127.0.0.1:6379 redis_up start_redis || exit 1
 if [[ ! -x $BIN/pytest ]]; then
   echo "error: $BIN/pytest not found; run 'make setup' first" >&2
   exit 1
+fi
+
+# The container-image test builds FROM a Debian base made with debootstrap (minutes of downloads and dpkg,
+# once per machine). On a whole run, start making it now: it then overlaps lint and the first tests instead of
+# holding a pytest worker. The test waits for it (make-base.sh takes a lock) and reports any failure itself.
+if (($# == 0)); then
+  bash deploy/image/make-base.sh >/dev/null 2>&1 &
 fi
 
 # --- checks --------------------------------------------------------------------------------------------------

@@ -58,12 +58,22 @@ def failure_of(exc: BaseException) -> StepFailed:
     return StepFailed(reason, permanent)
 
 
+#: PostgreSQL's SQLSTATEs for a server that is going away or not yet back: admin_shutdown, crash_shutdown,
+#: cannot_connect_now ("the database system is shutting down / starting up"). Class 08 is a lost connection.
+SERVER_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 def database_down(exc: BaseException) -> bool:
     """Whether `exc` says the database did not answer (not that a statement was wrong): a refused or lost
-    connection (asyncpg's refusal comes through unwrapped), or SQLite's "database is locked"."""
+    connection (asyncpg's refusal comes through unwrapped), a server shutting down or starting up (asyncpg
+    raises those as plain DBAPIError at connect time, not as a lost connection), or SQLite's "database is
+    locked"."""
     if isinstance(exc, OperationalError | InterfaceError | ConnectionError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return bool(exc.connection_invalidated) or sqlstate.startswith("08") or sqlstate in SERVER_GONE_STATES
 
 
 @dataclass(frozen=True, slots=True)
