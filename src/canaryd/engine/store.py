@@ -49,7 +49,7 @@ def status_of(state: State) -> str:
 
 
 def new_token(deployment_id: int) -> str:
-    """A fresh tick token (also the arq job id): never reused, so a stale tick knows it is stale."""
+    """A fresh tick token (also its member of the Redis tick queue): never reused, so a stale tick knows it is stale."""
     return f"tick:{deployment_id}:{uuid.uuid4().hex}"
 
 

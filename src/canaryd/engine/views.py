@@ -9,7 +9,7 @@ from canaryd.db.models import Deployment, DeploymentEvent, Server
 from canaryd.domain import batches
 from canaryd.domain.checks import redacted
 from canaryd.domain.config import RollingSettings
-from canaryd.domain.lifecycle import Lifecycle
+from canaryd.domain.lifecycle import allowed_triggers
 from canaryd.domain.strategy import batch_sizes
 from canaryd.domain.types import State
 
@@ -45,10 +45,6 @@ def _batches(dep: Deployment, state: State, servers: dict[int, Server]) -> list[
         {"batch": i + 1, "servers": _server_refs(order[first : first + size], servers), "state": where[i]}
         for i, (first, size) in enumerate(zip(starts, sizes, strict=True))
     ]
-
-
-def lifecycle_of(dep: Deployment) -> Lifecycle:
-    return Lifecycle(State(dep.canary_status), State(dep.paused_from) if dep.paused_from else None)
 
 
 def _next_stage_at(dep: Deployment, state: State) -> datetime | None:
@@ -92,11 +88,12 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
     state = State(dep.canary_status)
     next_stage_at = _next_stage_at(dep, state)
     target = _target_percentage(dep, state, stages)
-    lifecycle = lifecycle_of(dep)
+    # The triggers of the state alone (no state machine is built: a status is made at every tick).
+    triggers = allowed_triggers(state)
     staged = (State.MONITORING, State.WAITING_FOR_APPROVAL, State.PAUSED)
     monitoring_began = state in staged and dep.canary_stage_started_at is not None
     waiting = state is State.WAITING_FOR_APPROVAL and dep.current_canary_stage + 1 < len(stages)
-    allowed = lifecycle.allowed() & MANUAL_ACTIONS | ({"resume"} if waiting else set())
+    allowed = triggers & MANUAL_ACTIONS | ({"resume"} if waiting else set())
     return {
         "id": dep.id,
         "application_id": dep.application_id,
@@ -120,8 +117,8 @@ def deployment_status(dep: Deployment, servers: dict[int, Server]) -> dict[str, 
         "next_stage_at": _iso(next_stage_at),
         "switched_at": _iso(dep.switched_at),
         "batches": _batches(dep, state, servers),
-        "can_promote": lifecycle.can("promote"),
-        "can_rollback": lifecycle.can("rollback"),
+        "can_promote": "promote" in triggers,
+        "can_rollback": "rollback" in triggers,
         "allowed_actions": sorted(allowed),
         "waiting_for": _stage_after(dep, stages) if waiting else None,
         "reasons": dep.reasons,
