@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from asyncpg.exceptions import CannotConnectNowError
 from sqlalchemy import event, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from canaryd.db.engine import unit_of_work
@@ -17,6 +19,7 @@ from canaryd.db.repositories import ApplicationRepository
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.plan import Change, Event, EventKind, Facts
 from canaryd.engine.batch import Batcher
+from canaryd.engine.driver import database_down
 from canaryd.engine.locks import DeploymentLocks
 from canaryd.engine.store import Acquired, Committed, LeaseLost, Loaded, RolloutStore
 
@@ -192,3 +195,12 @@ async def test_takes_and_commits_of_several_ticks_share_transactions(
         (a, 1, "stage_advanced"),
         (a, 2, "health_check"),
     ]
+
+
+def test_a_server_shutting_down_or_starting_up_counts_as_the_database_down() -> None:
+    """asyncpg's refusal while PostgreSQL shuts down or starts up reaches the driver as the SQLAlchemy
+    adapter's bare `Error` (not a DBAPIError); a tick must retry it, not take it for a bug."""
+    adapted = AsyncAdapt_asyncpg_dbapi.Error("the database system is shutting down")
+    adapted.__cause__ = CannotConnectNowError("the database system is shutting down")
+    assert database_down(adapted)
+    assert not database_down(AsyncAdapt_asyncpg_dbapi.Error("syntax error"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from asyncpg.exceptions import OperatorInterventionError, PostgresConnectionError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from canaryd.domain.lifecycle import ACTIVE_STATES
@@ -60,10 +61,17 @@ def failure_of(exc: BaseException) -> StepFailed:
 
 def database_down(exc: BaseException) -> bool:
     """Whether `exc` says the database did not answer (not that a statement was wrong): a refused or lost
-    connection (asyncpg's refusal comes through unwrapped), or SQLite's "database is locked"."""
+    connection (asyncpg's refusal comes through unwrapped), a server shutting down or starting up (asyncpg's
+    CannotConnectNowError at connect, which reaches us as the driver adapter's bare `Error`), or SQLite's
+    "database is locked"."""
     if isinstance(exc, OperationalError | InterfaceError | ConnectionError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    cause = exc.__cause__
+    return isinstance(cause, OperatorInterventionError | PostgresConnectionError) or (
+        cause is not None and cause is not exc and database_down(cause)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +131,7 @@ class RolloutDriver:
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
-        except (DBAPIError, ConnectionError) as exc:
+        except Exception as exc:
             if not database_down(exc):
                 raise
             if len(self._interrupted) < MAX_INTERRUPTED:

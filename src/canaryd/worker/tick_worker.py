@@ -4,8 +4,9 @@ outbox.
 One loop per worker: take up to the free room of due ticks off the sorted set in one atomic step
 (engine/scheduler.RedisScheduler.pop_due), start each as a task, repeat; when nothing more is due, wait
 POLL_DELAY_SECONDS. Ticks in flight that reach the database together share its transactions
-(engine/batch.py). A busy tick (another holds the lease) goes back on the queue BUSY_RETRY_SECONDS later, a
-tick the database did not answer DATABASE_RETRY_SECONDS later, both under the same token.
+(engine/batch.py). A busy tick (another holds the lease) goes back on the queue BUSY_RETRY_SECONDS later,
+under the same token; a tick the database did not answer is run again by the same worker every
+DATABASE_RETRY_SECONDS (it takes back its own lease).
 """
 
 from __future__ import annotations
@@ -131,19 +132,30 @@ class TickWorker:
 
     async def _tick(self, queue: RedisScheduler, driver: RolloutDriver, token: str) -> None:
         deployment_id = deployment_of(token)
-        try:
-            if await driver.tick(deployment_id, token):
+        while True:
+            try:
+                if await driver.tick(deployment_id, token):
+                    return
+                break
+            except DatabaseUnavailableError as exc:
+                # Retried here, not through the shared queue: only this worker knows the lease its cut-short
+                # attempt still holds, and taking that lease back lets the retry start at once.
+                log.warning("%s; trying again in %.0f s", exc, DATABASE_RETRY_SECONDS)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+            except (RedisError, OSError) as exc:
+                # Recorded, but its events were not published or its next tick not queued: the reconciler
+                # schedules it again once it is overdue.
+                log.warning(
+                    "deployment %s: Redis did not take its messages or next tick (%s)", deployment_id, exc
+                )
                 return
-            retry = BUSY_RETRY_SECONDS
-        except DatabaseUnavailableError as exc:
-            log.warning("%s; trying again in %.0f s", exc, DATABASE_RETRY_SECONDS)
-            retry = DATABASE_RETRY_SECONDS
-        except Exception:  # a bug: the reconciler picks the deployment up again
-            log.exception("tick of deployment %s failed", deployment_id)
-            return
-        at = datetime.now(UTC) + timedelta(seconds=retry)
-        try:
-            await queue.schedule(deployment_id, token, at)
+            except Exception:  # a bug: the reconciler picks the deployment up again
+                log.exception("tick of deployment %s failed", deployment_id)
+                return
+        try:  # busy: another tick holds the lease; any worker may try again shortly
+            await queue.schedule(
+                deployment_id, token, datetime.now(UTC) + timedelta(seconds=BUSY_RETRY_SECONDS)
+            )
         except (RedisError, OSError) as exc:
             log.warning(
                 "deployment %s: cannot re-queue its tick (%s); the reconciler will", deployment_id, exc
