@@ -297,8 +297,10 @@ class EventRepository:
                     "actor": event.actor or "canaryd",
                 }
             )
-        stmt = insert(DeploymentEvent).returning(DeploymentEvent, sort_by_parameter_order=True)
-        return list((await self.session.scalars(stmt, values)).all())
+        # Only the ids come back: the rows are built from what was sent (their metrics are not decoded again).
+        stmt = insert(DeploymentEvent).returning(DeploymentEvent.id, sort_by_parameter_order=True)
+        new_ids = (await self.session.execute(stmt, values)).scalars().all()
+        return [DeploymentEvent(id=i, **row) for i, row in zip(new_ids, values, strict=True)]
 
     async def last_seq(self, deployment_id: int) -> int:
         """The seq of the deployment's latest event (0 when it has none)."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from redis.asyncio import Redis
+
+from canaryd.engine.batch import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +106,15 @@ class RedisScheduler:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pop = redis.register_script(POP_DUE)
+        #: Ticks scheduled together (a batch of ticks' next ones) go in one ZADD.
+        self._adds: Batcher[tuple[str, float], None] = Batcher(self._schedule_many, 500)
 
     async def schedule(self, deployment_id: int, token: str, at: datetime) -> None:
-        await self._redis.zadd(TICKS_KEY, {token: at.timestamp()})
+        await self._adds.submit((token, at.timestamp()))
+
+    async def _schedule_many(self, ticks: Sequence[tuple[str, float]]) -> list[None]:
+        await self._redis.zadd(TICKS_KEY, dict(ticks))
+        return [None] * len(ticks)
 
     async def pop_due(self, now: datetime, limit: int) -> list[str]:
         """Takes up to `limit` ticks due by `now` off the queue (no other worker gets them)."""
