@@ -433,7 +433,9 @@ class RolloutStore:
                 outcomes[n] = Committed(
                     messages, status, dep.application_id, schedule, State(dep.canary_status), decided
                 )
-        return [outcome for outcome in outcomes if outcome is not None]
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(commits), "every commit of the batch gets an outcome"
+        return done
 
     async def operate(
         self, deployment_id: int, decide: Callable[[Snapshot], Change], now: datetime
