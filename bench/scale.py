@@ -1,11 +1,11 @@
-"""Controller scale: how many concurrent canary deployments one API process and W arq workers supervise.
+"""Controller scale: how many concurrent canary deployments one API process and W workers supervise.
 
     .venv/bin/python bench/scale.py --deployments 1000 --duration 120 [--workers 1] [--compare main]
 
 Production mode on real parts: PostgreSQL 127.0.0.1:5432 (a fresh database, dropped afterwards), Redis
 (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2: the bench flushes that database), one `canaryd
-serve` process and W worker processes. The workers run canaryd's own arq worker (`make_worker`: same
-functions, concurrency and timings as `canaryd worker`) and its own `RolloutDriver`, except that proxies
+serve` process and W worker processes. The workers run canaryd's own worker loop (`TickWorker`: same
+queue, concurrency and timings as `canaryd worker`) and its own `RolloutDriver`, except that proxies
 and servers are replaced by `bench/standin.NullOutside`, which does no I/O (bench only: no setting of
 canaryd can select it).
 
@@ -13,7 +13,7 @@ Setup (documented shortcut): N servers sets, N applications and N deployments ar
 COPY, not through 3 N API calls. Each deployment is already monitoring (its canary deployed, at stage 1-3
 of 10/25/50/75/100 %, health check every 30 s, stage_duration 300-600 s, stages started at random
 times, so stage changes are spread out); its next tick is due at a random time in the first 30 s and
-enqueued on arq as the engine would. `--history K` adds K old events per deployment.
+put on the Redis tick queue as the engine would. `--history K` adds K old events per deployment.
 
 Tick lag is `now - Loaded.due` as the driver measures it (the `canaryd_tick_lag_seconds` figure), over
 every tick due inside the window; ticks still not started at the end count with their lag so far (a
@@ -54,15 +54,13 @@ MAX_DURATION = 900
 def worker_process(out: Path) -> None:
     """A `canaryd worker` whose driver uses the no-I/O stand-in and records every tick's lag."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from arq.worker import Worker
     from sqlalchemy import event
     from standin import NullOutside
 
     from canaryd.engine.driver import LeaseTerms, RolloutDriver
     from canaryd.observability import Metrics
-    from canaryd.runtime import open_runtime
+    from canaryd.runtime import Runtime
     from canaryd.settings import Settings
-    from canaryd.worker import arq_worker
 
     class LagMetrics(Metrics):
         def __init__(self) -> None:
@@ -76,23 +74,21 @@ def worker_process(out: Path) -> None:
 
     settings = Settings()
     metrics = LagMetrics()
+    background: list[asyncio.Task[None]] = []
 
-    async def startup(ctx: dict[str, Any]) -> None:
-        stack = contextlib.AsyncExitStack()
-        rt = await stack.enter_async_context(open_runtime(settings, "worker"))
+    def make_driver(rt: Runtime) -> RolloutDriver:
+        """canaryd's own driver over the runtime, with the stand-in outside; starts the lag recorder."""
         terms = LeaseTerms(settings.lease_seconds, settings.max_retry_backoff)
-        driver = RolloutDriver(
-            rt.store, NullOutside(), rt.clock, rt.bus, rt.scheduler, metrics, terms, rt.owner
-        )
-        ctx["stack"], ctx["driver"] = stack, driver
 
         def count(*_: Any) -> None:
             metrics.statements += 1
 
         event.listen(rt.db_engine.sync_engine, "before_cursor_execute", count)
-        ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
-        ctx["flusher"] = asyncio.create_task(flush_forever())
+        background.append(asyncio.create_task(flush_forever()))
         out.with_suffix(".ready").touch()
+        return RolloutDriver(
+            rt.store, NullOutside(), rt.clock, rt.bus, rt.scheduler, metrics, terms, rt.owner
+        )
 
     async def flush_forever() -> None:
         """Appends the lags noted since the last second, and the statement count so far, to `out`."""
@@ -104,12 +100,32 @@ def worker_process(out: Path) -> None:
                 f.write(json.dumps({"lags": lags, "statements": metrics.statements}) + "\n")
                 f.flush()
 
+    try:
+        from canaryd.worker.tick_worker import TickWorker
+    except ImportError:  # a revision before the Redis tick queue (--compare): its workers were arq's
+        arq_worker_process(settings, make_driver, background)
+        return
+    asyncio.run(TickWorker(settings, make_driver=make_driver).async_run())
+
+
+def arq_worker_process(settings: Any, make_driver: Any, background: list[Any]) -> None:
+    """The same worker for a revision whose `canaryd worker` was arq's (worker/arq_worker.py)."""
+    from canaryd.runtime import open_runtime
+    from canaryd.worker import arq_worker
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        stack = contextlib.AsyncExitStack()
+        rt = await stack.enter_async_context(open_runtime(settings, "worker"))
+        ctx["stack"], ctx["driver"] = stack, make_driver(rt)
+        ctx["reconciler"] = asyncio.create_task(rt.reconcile_forever())
+
     async def shutdown(ctx: dict[str, Any]) -> None:
-        ctx["flusher"].cancel()
+        for task in background:
+            task.cancel()
         await arq_worker.shutdown(ctx)
 
     async def run() -> None:
-        worker: Worker = arq_worker.make_worker(settings)
+        worker = arq_worker.make_worker(settings)
         worker.on_startup, worker.on_shutdown = startup, shutdown
         try:
             await worker.async_run()
@@ -226,8 +242,21 @@ async def bulk_insert(dsn: str, n: int, servers: int, history: int, t0: datetime
     return jobs
 
 
-async def enqueue(jobs: list[Any]) -> None:
-    """The first tick of each deployment, enqueued as ArqScheduler does."""
+async def enqueue(jobs: list[Any], src: Path) -> None:
+    """The first tick of each deployment, scheduled as `src`'s scheduler does: on the Redis tick queue, or
+    as arq jobs for a revision before it (--compare)."""
+    if (src / "canaryd" / "worker" / "tick_worker.py").exists():
+        from redis.asyncio import Redis
+
+        from canaryd.engine.scheduler import TICKS_KEY
+
+        redis = Redis.from_url(REDIS)
+        try:
+            for i in range(0, len(jobs), 1000):
+                await redis.zadd(TICKS_KEY, {token: due.timestamp() for _, token, due in jobs[i : i + 1000]})
+        finally:
+            await redis.aclose()
+        return
     from arq import create_pool
     from arq.connections import RedisSettings
 
@@ -350,7 +379,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         started = time.monotonic()
         t0 = datetime.now(UTC) + timedelta(seconds=5 + args.deployments / 1500)
         jobs = asyncio.run(bulk_insert(dsn, args.deployments, args.servers, args.history, t0, args.seed))
-        asyncio.run(enqueue(jobs))
+        asyncio.run(enqueue(jobs, src))
         setup_s = time.monotonic() - started
         late = (datetime.now(UTC) - t0).total_seconds()
         if late > 0:

@@ -40,7 +40,6 @@ CHATTY_LOGGERS = (
     "httpx",
     "httpcore",
     "transitions",
-    "arq",
     "asyncssh",
     "uvicorn.access",
     "aiosqlite",

@@ -23,7 +23,7 @@ from canaryd.engine.locks import DeploymentLocks
 from canaryd.engine.outbox import DeliveryTerms, Outbox
 from canaryd.engine.ports import Clock, RealOutside, SystemClock
 from canaryd.engine.reconcile import reconcile
-from canaryd.engine.scheduler import ArqScheduler, LocalScheduler, TickScheduler
+from canaryd.engine.scheduler import LocalScheduler, RedisScheduler, TickScheduler
 from canaryd.engine.store import RolloutStore
 from canaryd.observability import Metrics
 from canaryd.settings import Settings
@@ -120,13 +120,11 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
     if settings.embedded:
         bus, scheduler = LocalBus(), LocalScheduler()
     else:
-        from arq import create_pool
-        from arq.connections import RedisSettings
         from redis.asyncio import Redis
 
         assert settings.redis_url is not None
         bus = RedisBus(Redis.from_url(settings.redis_url))
-        scheduler = ArqScheduler(await create_pool(RedisSettings.from_dsn(settings.redis_url)))
+        scheduler = RedisScheduler(Redis.from_url(settings.redis_url))
     runtime = Runtime(
         settings=settings,
         db_engine=engine,

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     #: Empty = SQLite at <data_dir>/canaryd.db.
     database_url: str = ""
-    #: Unset = embedded mode (in-process scheduler and event bus); set = arq workers and Redis pub/sub.
+    #: Unset = embedded mode (in-process scheduler and event bus); set = workers popping ticks from Redis, and Redis pub/sub.
     redis_url: str | None = None
     bootstrap_token: str | None = None
     #: The spec's floor for stage_duration; lower it only for tests and demos.

@@ -17,7 +17,7 @@ ACTIONS = ("pause", "resume", "promote", "rollback")
 
 @pytest.fixture(params=["embedded_stack", "production_stack"])
 def stack(request: pytest.FixtureRequest) -> Stack:
-    """The embedded (SQLite) and the production (PostgreSQL, Redis, two arq workers) stack."""
+    """The embedded (SQLite) and the production (PostgreSQL, Redis, two workers) stack."""
     value: Stack = request.getfixturevalue(request.param)
     return value
 

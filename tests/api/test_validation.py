@@ -223,7 +223,7 @@ async def test_hostile_applications_are_refused(embedded_stack: Stack) -> None:
 
 @pytest.fixture(params=["embedded_stack", "production_stack"])
 def stack(request: pytest.FixtureRequest) -> Stack:
-    """The embedded (SQLite) and the production (PostgreSQL, Redis, arq) stack."""
+    """The embedded (SQLite) and the production (PostgreSQL, Redis, workers) stack."""
     value: Stack = request.getfixturevalue(request.param)
     return value
 

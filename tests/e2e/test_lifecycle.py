@@ -1,5 +1,5 @@
 """End to end on real parts: canaryd's API on a real port, real nginx, five real app instances on loopback,
-SQLite + in-process scheduler (embedded) or PostgreSQL + Redis + arq workers (production)."""
+SQLite + in-process scheduler (embedded) or PostgreSQL + Redis + workers (production)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def test_healthy_canary_completes_embedded(embedded_stack: Stack) -> None:
 
 
 async def test_healthy_canary_completes_production(production_stack: Stack) -> None:
-    """Production mode (PostgreSQL, Redis, two arq workers): the same, with no stage applied twice."""
+    """Production mode (PostgreSQL, Redis, two workers): the same, with no stage applied twice."""
     await run_healthy_canary(production_stack)
 
 

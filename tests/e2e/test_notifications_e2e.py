@@ -36,7 +36,7 @@ FAST = {
 async def test_rollout_events_reach_the_receivers_in_order(
     mode: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Embedded (SQLite, in-process loop) and production (PostgreSQL, two arq workers deliver): the json
+    """Embedded (SQLite, in-process loop) and production (PostgreSQL, two workers deliver): the json
     receiver gets each subscribed event once acknowledged, in history order, validly signed, with the first
     delivery sent again after its 500 under the same key; the Slack receiver accepts every message."""
     if mode == "embedded":

@@ -1,5 +1,5 @@
 """A production-mode worker serves its own /metrics on CANARYD_WORKER_METRICS_PORT (PostgreSQL, Redis, a
-real arq worker), and frees the port when it stops."""
+real worker), and frees the port when it stops."""
 
 from __future__ import annotations
 

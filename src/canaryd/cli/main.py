@@ -127,8 +127,8 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Runs an arq worker that advances deployments (production mode, needs CANARYD_REDIS_URL)."""
-    from canaryd.worker.arq_worker import run_worker
+    """Runs a worker that advances deployments (production mode, needs CANARYD_REDIS_URL)."""
+    from canaryd.worker.tick_worker import run_worker
 
     settings = _settings()
     if not settings.redis_url:

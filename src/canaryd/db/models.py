@@ -155,7 +155,7 @@ class Deployment(Base):
     reasons: Mapped[list[Any]] = mapped_column(default=list)
     #: Bumped by every change of state or stage; a tick only acts if it is unchanged since it looked.
     state_version: Mapped[int] = mapped_column(Integer, default=0)
-    #: Identity of the one scheduled tick that may run next (also its arq job id).
+    #: Identity of the one scheduled tick that may run next (also its member of the Redis tick queue).
     tick_token: Mapped[str | None] = mapped_column(String(80), default=None)
     next_tick_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     lease_owner: Mapped[str | None] = mapped_column(String(80), default=None)

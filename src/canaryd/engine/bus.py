@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from canaryd.engine.batch import Batcher
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -105,12 +107,20 @@ class RedisBus:
         #: Channels whose SUBSCRIBE was sent, resolved when Redis confirms it.
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._guard = asyncio.Lock()
+        #: Messages published together (many ticks' events and statuses) go in one pipeline, one round trip.
+        self._publishes: Batcher[tuple[str, str], Any] = Batcher(self._publish_many, 500)
 
     def _channel(self, deployment_id: int) -> str:
         return f"canaryd:db{self._db}:deployment:{deployment_id}"
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
-        await self._redis.publish(self._channel(deployment_id), encode(message))
+        await self._publishes.submit((self._channel(deployment_id), encode(message)))
+
+    async def _publish_many(self, messages: Sequence[tuple[str, str]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, data in messages:
+                pipe.publish(channel, data)
+            return list(await pipe.execute())
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from asyncpg.exceptions import OperatorInterventionError, PostgresConnectionError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from canaryd.domain.lifecycle import ACTIVE_STATES
@@ -66,14 +67,19 @@ SERVER_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
 def database_down(exc: BaseException) -> bool:
     """Whether `exc` says the database did not answer (not that a statement was wrong): a refused or lost
     connection (asyncpg's refusal comes through unwrapped), a server shutting down or starting up (asyncpg
-    raises those as plain DBAPIError at connect time, not as a lost connection), or SQLite's "database is
-    locked"."""
+    raises those at connect time, reaching us as a DBAPIError or as the driver adapter's bare `Error`, with
+    the SQLSTATE or asyncpg's own error as the cause), or SQLite's "database is locked"."""
     if isinstance(exc, OperationalError | InterfaceError | ConnectionError):
         return True
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    return bool(exc.connection_invalidated) or sqlstate.startswith("08") or sqlstate in SERVER_GONE_STATES
+    if isinstance(exc, OperatorInterventionError | PostgresConnectionError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    if sqlstate.startswith("08") or sqlstate in SERVER_GONE_STATES:
+        return True
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and database_down(cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +139,7 @@ class RolloutDriver:
         except LeaseLost as exc:
             log.warning("%s; another worker carries the deployment on", exc)
             return True
-        except (DBAPIError, ConnectionError) as exc:
+        except Exception as exc:
             if not database_down(exc):
                 raise
             if len(self._interrupted) < MAX_INTERRUPTED:

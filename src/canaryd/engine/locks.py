@@ -7,8 +7,8 @@ embedded mode runs in one process, so a process-local lock per deployment serial
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from weakref import WeakValueDictionary
 
 
@@ -27,4 +27,12 @@ class DeploymentLocks:
             lock = asyncio.Lock()
             self._locks[deployment_id] = lock
         async with lock:
+            yield
+
+    @asynccontextmanager
+    async def hold_all(self, deployment_ids: Iterable[int]) -> AsyncIterator[None]:
+        """hold() for several deployments, taken in id order (as PostgreSQL's row locks are)."""
+        async with AsyncExitStack() as stack:
+            for deployment_id in sorted(set(deployment_ids)):
+                await stack.enter_async_context(self.hold(deployment_id))
             yield

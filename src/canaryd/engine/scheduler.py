@@ -1,18 +1,25 @@
-"""Scheduling ticks: an in-process timer (embedded mode) or arq jobs on Redis (production mode).
+"""Scheduling ticks: an in-process timer (embedded mode) or a Redis sorted set (production mode).
 
 Each scheduled tick has a token, stored on the deployment in the same transaction that decided it and used
-as the arq `_job_id`. A token is never reused, so arq's refusal of a job id that is queued, deferred or has a
-kept result (arq issues 167, 221, 432) can never block a tick; a tick whose token is no longer the
-deployment's current one finds itself stale and does nothing.
+as the tick's member of the sorted set (score: when it is due). A token is never reused, so a tick whose
+token is no longer the deployment's current one finds itself stale and does nothing.
+
+Workers pop due ticks in batches with one Lua script (ZRANGEBYSCORE + ZREM, atomic on the Redis server, so
+two workers never get the same tick). A tick popped by a worker that then dies is gone from Redis; the
+reconciler re-schedules it from the database's `next_tick_at` once its lease has expired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from canaryd.engine.batch import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +84,42 @@ class LocalScheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class ArqScheduler:
-    """Enqueues `tick` jobs for arq workers, deferred to the tick's time."""
+#: The sorted set of scheduled ticks: member = token, score = when it is due (Unix seconds).
+TICKS_KEY = "canaryd:ticks"
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+#: Pops at most ARGV[2] members due by ARGV[1] (ties in token order), atomically.
+POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+def deployment_of(token: str) -> int:
+    """The deployment a tick token belongs to (tokens are `tick:<deployment id>:<random>`)."""
+    return int(token.split(":", 2)[1])
+
+
+class RedisScheduler:
+    """Ticks in a Redis sorted set, popped by `canaryd worker`s in batches (worker/tick_worker.py)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pop = redis.register_script(POP_DUE)
+        #: Ticks scheduled together (a batch of ticks' next ones) go in one ZADD.
+        self._adds: Batcher[tuple[str, float], None] = Batcher(self._schedule_many, 500)
 
     async def schedule(self, deployment_id: int, token: str, at: datetime) -> None:
-        await self._pool.enqueue_job("tick", deployment_id, token, _job_id=token, _defer_until=at)
+        await self._adds.submit((token, at.timestamp()))
+
+    async def _schedule_many(self, ticks: Sequence[tuple[str, float]]) -> list[None]:
+        await self._redis.zadd(TICKS_KEY, dict(ticks))
+        return [None] * len(ticks)
+
+    async def pop_due(self, now: datetime, limit: int) -> list[str]:
+        """Takes up to `limit` ticks due by `now` off the queue (no other worker gets them)."""
+        popped = await self._pop(keys=[TICKS_KEY], args=[now.timestamp(), limit])
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in popped]
 
     async def close(self) -> None:
-        await self._pool.aclose()
+        await self._redis.aclose()

@@ -9,7 +9,7 @@ another worker took over) writes nothing more.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -30,6 +30,7 @@ from canaryd.domain.judge import Evidence
 from canaryd.domain.lifecycle import Lifecycle
 from canaryd.domain.plan import Change, CheckProgress, Event, Facts, ServerRef, Snapshot, Trigger
 from canaryd.domain.types import CohortStats, State
+from canaryd.engine.batch import Batcher
 from canaryd.engine.locks import DeploymentLocks
 from canaryd.engine.outbox import enqueue
 from canaryd.engine.views import deployment_status, event_view
@@ -48,7 +49,7 @@ def status_of(state: State) -> str:
 
 
 def new_token(deployment_id: int) -> str:
-    """A fresh tick token (also the arq job id): never reused, so a stale tick knows it is stale."""
+    """A fresh tick token (also its member of the Redis tick queue): never reused, so a stale tick knows it is stale."""
     return f"tick:{deployment_id}:{uuid.uuid4().hex}"
 
 
@@ -243,40 +244,100 @@ def event_row(deployment_id: int, event: Event, at: datetime, proxy: ProxyFacts 
     )
 
 
+#: Most ticks one transaction takes or records at once (a worker runs at most this many side by side anyway).
+MAX_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    deployment_id: int
+    token: str
+    lease: str
+    now: datetime
+    until: datetime
+    max_backoff: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    deployment_id: int
+    lease: str
+    seen_state_version: int
+    facts: Facts
+    change: Change
+    proxy: ProxyFacts | None
+    now: datetime
+    servers: dict[int, Server] | None
+    tick_started: datetime | None
+
+
 class RolloutStore:
-    """Deployments as the engine reads and writes them, each write one short, locked transaction."""
+    """Deployments as the engine reads and writes them, each write one short, locked transaction.
+
+    A tick's lease-and-load and its commit go through a Batcher: ticks that reach either step while the
+    previous batch is in flight share one transaction with set-based statements (docs/design.md, "Batched
+    ticks"); each keeps its own lease, fencing and outcome."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], locks: DeploymentLocks) -> None:
         self.sessions = sessions
         self.locks = locks
+        self._takes: Batcher[_Take, Loaded | Acquired] = Batcher(self._take_many, MAX_BATCH)
+        self._commits: Batcher[_Commit, Committed] = Batcher(self._commit_many, MAX_BATCH)
 
     async def take(
         self, deployment_id: int, token: str, lease: str, now: datetime, until: datetime, max_backoff: float
     ) -> Loaded | Acquired:
         """Takes the tick's lease and loads the deployment in one transaction: its snapshot when the lease is
         ours, else BUSY (another tick holds a live lease) or STALE (the token is no longer scheduled)."""
+        return await self._takes.submit(_Take(deployment_id, token, lease, now, until, max_backoff))
+
+    async def _take_many(self, takes: Sequence[_Take]) -> list[Loaded | Acquired]:
+        # Two takes of one deployment in a batch (a stale tick beside its successor): the later is BUSY and
+        # tried again shortly, when it finds out which it is.
+        first: dict[int, _Take] = {}
+        for t in takes:
+            first.setdefault(t.deployment_id, t)
+        # The batch's earliest clock reading: a lease that expired by then has expired for every take.
+        now, until = min(t.now for t in takes), min(t.until for t in takes)
         async with unit_of_work(self.sessions) as session:
             deployments = DeploymentRepository(session)
-            if not await deployments.acquire_lease(deployment_id, token, lease, now, until):
-                dep = await deployments.get(deployment_id)
-                return Acquired.STALE if dep is None or dep.tick_token != token else Acquired.BUSY
-            found = await deployments.with_application(deployment_id)
-            assert found is not None
-            dep, app = found
-            spec = ProxySpec.model_validate(app.proxy)
-            servers = await ServerRepository(session).many([*app.server_ids, spec.server_id])
-            status = deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
-        return Loaded(
-            snapshot_of(dep, app, servers, max_backoff),
-            app,
-            servers[spec.server_id],
-            {sid: servers[sid] for sid in app.server_ids},
-            dep.state_version,
-            list(app.proxy_applied),
-            app.proxy_generation,
-            dep.next_tick_at,
-            status,
-        )
+            wanted = {i: (t.token, t.lease) for i, t in first.items()}
+            got = await deployments.acquire_leases(wanted, now, until)
+            missed = [i for i in first if i not in got]
+            tokens = await deployments.tick_tokens(missed) if missed else {}
+            found = await deployments.with_applications(sorted(got)) if got else {}
+            specs = {i: ProxySpec.model_validate(app.proxy) for i, (_, app) in found.items()}
+            server_ids = {sid for _, app in found.values() for sid in app.server_ids}
+            server_ids |= {spec.server_id for spec in specs.values()}
+            servers = await ServerRepository(session).many(sorted(server_ids)) if server_ids else {}
+            statuses = {
+                i: deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
+                for i, (dep, _) in found.items()
+            }
+        outcomes: list[Loaded | Acquired] = []
+        for t in takes:
+            if first[t.deployment_id] is not t:
+                outcomes.append(Acquired.BUSY)
+            elif t.deployment_id not in got:
+                stale = tokens.get(t.deployment_id) != t.token
+                outcomes.append(Acquired.STALE if stale else Acquired.BUSY)
+            else:
+                dep, app = found[t.deployment_id]
+                spec = specs[t.deployment_id]
+                outcomes.append(
+                    Loaded(
+                        snapshot_of(dep, app, servers, t.max_backoff),
+                        app,
+                        servers[spec.server_id],
+                        {sid: servers[sid] for sid in app.server_ids},
+                        dep.state_version,
+                        list(app.proxy_applied),
+                        app.proxy_generation,
+                        dep.next_tick_at,
+                        statuses[t.deployment_id],
+                    )
+                )
+        return outcomes
 
     async def renew(self, deployment_id: int, lease: str, until: datetime) -> bool:
         async with unit_of_work(self.sessions) as session:
@@ -308,32 +369,73 @@ class RolloutStore:
         tick_started: datetime | None = None,
     ) -> Committed:
         """Records a tick's plan: facts always, the change only if nobody changed the deployment meanwhile;
-        releases the lease. `servers` (the tick's own, when given) spares reading them again for the status;
-        `tick_started` is when the tick began (the next one is due `next_tick_in` after that).
-        The application row is read only when this tick changed it (routes pushed, canaries chosen, version
-        finished)."""
-        async with self.locks.hold(deployment_id), unit_of_work(self.sessions) as session:
-            dep = await self._fenced(session, deployment_id, lease)
-            decided = dep.state_version == seen_state_version
-            app = None
-            if touches_application(proxy, change if decided else None):
-                app = await ApplicationRepository(session).get(dep.application_id)
-                assert app is not None
-            record_facts(dep, facts)
-            if proxy is not None:
-                if app is not None:
-                    app.proxy_applied, app.proxy_generation = proxy.applied, proxy.generation
-                dep.canary_traffic_percentage = proxy.canary_share
-            events, schedule = list(facts.events), None
-            if decided:
-                schedule = record_change(
-                    dep, app, change, now, proxy.live_at if proxy else None, tick_started
+        releases the lease. Raises LeaseLost when the lease is no longer this tick's. `servers` (the tick's
+        own, when given) spares reading them again for the status; `tick_started` is when the tick began
+        (the next one is due `next_tick_in` after that)."""
+        return await self._commits.submit(
+            _Commit(
+                deployment_id, lease, seen_state_version, facts, change, proxy, now, servers, tick_started
+            )
+        )
+
+    async def _commit_many(self, commits: Sequence[_Commit]) -> list[Committed | BaseException]:
+        """One transaction for a batch of commits. The application row is read only for the ticks that
+        changed it (routes pushed, canaries chosen, version finished)."""
+        ids = [c.deployment_id for c in commits]
+        async with self.locks.hold_all(ids), unit_of_work(self.sessions) as session:
+            deps = await DeploymentRepository(session).many_for_update(ids)
+            # Each commit whose lease still holds, by its place in the batch; the others get LeaseLost.
+            fenced: dict[int, tuple[_Commit, Deployment, bool]] = {}
+            outcomes: list[Committed | BaseException | None] = []
+            for n, c in enumerate(commits):
+                dep = deps.get(c.deployment_id)
+                if dep is None or dep.lease_owner != c.lease or dep.lease_owner is None:
+                    outcomes.append(
+                        LeaseLost(f"deployment {c.deployment_id}: the lease {c.lease} is no longer held")
+                    )
+                    continue
+                dep.lease_owner = None  # a second commit under the same lease in this batch is not fenced
+                fenced[n] = (c, dep, dep.state_version == c.seen_state_version)
+                outcomes.append(None)
+            app_ids = {
+                dep.application_id
+                for c, dep, decided in fenced.values()
+                if touches_application(c.proxy, c.change if decided else None)
+            }
+            apps = await ApplicationRepository(session).many(sorted(app_ids)) if app_ids else {}
+            written: dict[int, tuple[list[Event], tuple[str, datetime] | None]] = {}
+            for n, (c, dep, decided) in fenced.items():
+                app = apps.get(dep.application_id) if dep.application_id in app_ids else None
+                record_facts(dep, c.facts)
+                if c.proxy is not None:
+                    if app is not None:
+                        app.proxy_applied, app.proxy_generation = c.proxy.applied, c.proxy.generation
+                    dep.canary_traffic_percentage = c.proxy.canary_share
+                events, schedule = list(c.facts.events), None
+                if decided:
+                    live_at = c.proxy.live_at if c.proxy else None
+                    schedule = record_change(dep, app, c.change, c.now, live_at, c.tick_started)
+                    events += c.change.events
+                dep.lease_owner, dep.lease_until = None, None
+                dep.updated_at = c.now
+                written[n] = (events, schedule)
+            rows = await EventRepository(session).append_many(
+                [
+                    event_row(dep.id, event, c.now, c.proxy)
+                    for n, (c, dep, _) in fenced.items()
+                    for event in written[n][0]
+                ]
+            )
+            for n, (c, dep, decided) in fenced.items():
+                mine, rows = rows[: len(written[n][0])], rows[len(written[n][0]) :]
+                messages, status = await self._finish(session, dep, mine, c.servers)
+                schedule = written[n][1]
+                outcomes[n] = Committed(
+                    messages, status, dep.application_id, schedule, State(dep.canary_status), decided
                 )
-                events += change.events
-            dep.lease_owner, dep.lease_until = None, None
-            dep.updated_at = now
-            messages, status = await self._finish(session, dep, events, now, proxy, servers)
-        return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), decided)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(commits), "every commit of the batch gets an outcome"
+        return done
 
     async def operate(
         self, deployment_id: int, decide: Callable[[Snapshot], Change], now: datetime
@@ -350,7 +452,9 @@ class RolloutStore:
             change: Change = decide(snapshot_of(dep, app, servers, 0.0))
             schedule = record_change(dep, app, change, now, None)
             dep.updated_at = now
-            messages, status = await self._finish(session, dep, list(change.events), now, None)
+            repo = EventRepository(session)
+            rows = [await repo.append(event_row(deployment_id, e, now, None)) for e in change.events]
+            messages, status = await self._finish(session, dep, rows)
         return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), True)
 
     async def _fenced(self, session: AsyncSession, deployment_id: int, lease: str) -> Deployment:
@@ -363,16 +467,12 @@ class RolloutStore:
         self,
         session: AsyncSession,
         dep: Deployment,
-        events: list[Event],
-        now: datetime,
-        proxy: ProxyFacts | None,
+        rows: list[DeploymentEvent],
         known: dict[int, Server] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Appends the events; returns them and the new status as messages to publish, and the status."""
-        messages: list[dict[str, Any]] = []
-        repo = EventRepository(session)
-        rows = [await repo.append(event_row(dep.id, event, now, proxy)) for event in events]
-        messages += [{"type": "event", **event_view(row)} for row in rows]
+        """Queues the events' webhook deliveries; returns the events and the new status as messages to
+        publish, and the status."""
+        messages: list[dict[str, Any]] = [{"type": "event", **event_view(row)} for row in rows]
         await enqueue(session, dep, rows)  # webhook deliveries commit with their events
         ids = [int(sid) for sid in (*dep.canary_server_ids, *dep.stable_server_ids)]
         if known is not None and all(sid in known for sid in ids):
