@@ -250,7 +250,10 @@ async def test_read_traffic_partial_line_and_rotation(
 ) -> None:
     """A trailing partial line is left for the next read; a rotated (smaller) log is read from its start."""
     proxy = make_proxy(nginx_instance, http)
-    await proxy.apply(fleet.table(generation=1, canary_weight=1, stable_weight=1))
+    table = fleet.table(generation=1, canary_weight=1, stable_weight=1)
+    await proxy.apply(table)
+    # `nginx -s reload` returns before the master has bound the new listen port: wait until it serves.
+    assert await proxy.verify(table)
     await send(nginx_instance, 50)
     first = await proxy.read_traffic(0, fleet.cohort_of)
     assert first.cohorts["canary"].requests + first.cohorts["stable"].requests == 50
