@@ -290,7 +290,13 @@ async def test_read_traffic_partial_line_and_rotation(
             break
         await asyncio.sleep(0.01)
     await send(nginx_instance, 3)
-    in_new_file = read_bytes(log).count(b"\n")
+    # nginx writes a request's log line after its response: wait until the new file stops growing.
+    in_new_file = -1
+    for _ in range(100):
+        if (now := read_bytes(log).count(b"\n")) == in_new_file:
+            break
+        in_new_file = now
+        await asyncio.sleep(0.05)
     rotated = await proxy.read_traffic(done.next_offset, fleet.cohort_of)
     assert rotated.cohorts["canary"].requests + rotated.cohorts["stable"].requests == in_new_file >= 4
     assert rotated.next_offset == os.path.getsize(log)
