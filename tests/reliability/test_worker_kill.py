@@ -46,12 +46,14 @@ def pid_of(lease_owner: str) -> int:
 async def chaos(c: Cluster, dsn: str, stats: Chaos) -> None:
     """Up to MAX_KILLS times, every 2-5 s, SIGKILL a worker (one that holds a lease, when there is one),
     restart it shortly after; remember which deployments it held. While fewer than MIN_MID_TICK kills hit a
-    tick, it waits up to 3 s for a worker that holds a lease (ticks are short, and between rounds none runs)."""
+    tick, it waits up to 10 s for a worker that holds a lease and kills it (ticks are short, and between rounds none runs)."""
     conn = await asyncpg.connect(dsn)
     try:
         while stats.kills < MAX_KILLS:
             await asyncio.sleep(random.uniform(2.0, 5.0))
-            look_until = time.monotonic() + (3.0 if stats.mid_tick < MIN_MID_TICK else 0.0)
+            # Batched ticks hold a lease for milliseconds: look longer and closer for a worker inside one.
+            needs_mid_tick = stats.mid_tick < MIN_MID_TICK
+            look_until = time.monotonic() + (10.0 if needs_mid_tick else 0.0)
             while True:
                 rows = await conn.fetch(
                     "SELECT id, lease_owner FROM deployments WHERE lease_until > now() AT TIME ZONE 'utc'"
@@ -63,8 +65,9 @@ async def chaos(c: Cluster, dsn: str, stats: Chaos) -> None:
                 }
                 if busy or time.monotonic() >= look_until:
                     break
-                await asyncio.sleep(0.05)
-            name = random.choice(list(busy)) if busy and random.random() < 0.8 else random.choice(WORKERS)
+                await asyncio.sleep(0.02)
+            prefer_busy = needs_mid_tick or random.random() < 0.8
+            name = random.choice(list(busy)) if busy and prefer_busy else random.choice(WORKERS)
             held = [r["id"] for r in rows if pids.get(pid_of(r["lease_owner"])) == name]
             c.kill(name)
             now = time.monotonic()
