@@ -169,18 +169,8 @@ def test_counted_distribution_and_convolution_are_exact() -> None:
 
 def test_excess_correlation_sees_bursts_not_steady_rates() -> None:
     """Per-bucket counts that vary far beyond binomial noise give r̂ > 0; steady counts give 0."""
-
-    def sums(buckets: list[tuple[int, int]]) -> list[float]:
-        return [
-            float(sum(n for n, _ in buckets)),
-            float(sum(x for _, x in buckets)),
-            float(sum(x * x for _, x in buckets)),
-            float(sum(x * n for n, x in buckets)),
-            float(sum(n * n for n, _ in buckets)),
-        ]
-
-    steady = sums([(200, 6)] * 20)
-    bursty = sums([(200, 2)] * 18 + [(200, 40)] * 2)
+    steady = bucket_sums([(200, 6)] * 20)
+    bursty = bucket_sums([(200, 2)] * 18 + [(200, 40)] * 2)
     assert excess_correlation(steady) == 0.0
     assert 0.05 < excess_correlation(bursty) < 0.3
     assert design_effect(0.0, 0.0, 200, 200, 0.5) == 1.0
