@@ -12,6 +12,7 @@ from canaryd.domain.judge import (
     Evidence,
     Observation,
     Outcome,
+    Stream,
     Tally,
     alpha_shares,
     checks_per_bucket,
@@ -400,6 +401,20 @@ def test_exact_look_in_small_buckets_needs_the_capped_test_when_the_canary_clust
         ), m.reason
     elif fails_at is not None:
         assert "capped test agrees" not in m.reason, m.reason
+
+
+def test_capped_agreement_survives_the_evidence_round_trip() -> None:
+    """The capped test's p-value, once the look asked for it, is carried in the evidence's JSON."""
+    stream = Stream(end_p=0.005, end_p_capped=0.18, end_test="exact", end_level=0.011)
+    evidence = Evidence(streams={"error_rate": stream})
+    raw = json.loads(json.dumps(evidence.to_json()))
+    assert Evidence.from_json(raw).streams["error_rate"].end_p_capped == 0.18
+    assert (
+        Evidence.from_json(json.loads(json.dumps(Evidence(streams={"error_rate": Stream()}).to_json())))
+        .streams["error_rate"]
+        .end_p_capped
+        is None
+    )
 
 
 def test_pass_states_the_tolerance() -> None:
