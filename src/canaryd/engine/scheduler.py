@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -87,6 +88,13 @@ class LocalScheduler:
 #: The sorted set of scheduled ticks: member = token, score = when it is due (Unix seconds).
 TICKS_KEY = "canaryd:ticks"
 
+#: What an idle worker waits on between looks at the queue (BLPOP): scheduling a tick that is due at once (an
+#: operator's action, a new deployment) pushes an entry, so one idle worker starts it within a round trip
+#: instead of at its next look (POLL_DELAY_SECONDS of worker/tick_worker.py later, 50 ms on average).
+WAKE_KEY = "canaryd:ticks:wake"
+#: Entries kept on the wake list while no worker waits: each one only makes a worker look once more.
+WAKE_KEEP = 16
+
 #: Pops at most ARGV[2] members due by ARGV[1] (ties in token order), atomically.
 POP_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -103,8 +111,9 @@ def deployment_of(token: str) -> int:
 class RedisScheduler:
     """Ticks in a Redis sorted set, popped by `canaryd worker`s in batches (worker/tick_worker.py)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
+        self._clock = clock
         self._pop = redis.register_script(POP_DUE)
         #: Ticks scheduled together (a batch of ticks' next ones) go in one ZADD.
         self._adds: Batcher[tuple[str, float], None] = Batcher(self._schedule_many, 500)
@@ -113,8 +122,18 @@ class RedisScheduler:
         await self._adds.submit((token, at.timestamp()))
 
     async def _schedule_many(self, ticks: Sequence[tuple[str, float]]) -> list[None]:
-        await self._redis.zadd(TICKS_KEY, dict(ticks))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(TICKS_KEY, dict(ticks))
+            if min(at for _, at in ticks) <= self._clock():  # due now: wake an idle worker
+                pipe.rpush(WAKE_KEY, 1)
+                pipe.ltrim(WAKE_KEY, -WAKE_KEEP, -1)
+            await pipe.execute()
         return [None] * len(ticks)
+
+    async def wait_for_due(self, seconds: float) -> None:
+        """Returns after `seconds`, or as soon as a tick is scheduled for now (by any process)."""
+        # BLPOP takes a fractional timeout since Redis 6; redis-py's typing says whole seconds.
+        await self._redis.execute_command("BLPOP", WAKE_KEY, seconds)  # type: ignore[no-untyped-call]
 
     async def pop_due(self, now: datetime, limit: int) -> list[str]:
         """Takes up to `limit` ticks due by `now` off the queue (no other worker gets them)."""

@@ -3,8 +3,8 @@ outbox.
 
 One loop per worker: take up to the free room of due ticks off the sorted set in one atomic step
 (engine/scheduler.RedisScheduler.pop_due), start each as a task, repeat; when nothing more is due, wait
-POLL_DELAY_SECONDS. Ticks in flight that reach the database together share its transactions
-(engine/batch.py). A busy tick (another holds the lease) goes back on the queue BUSY_RETRY_SECONDS later,
+POLL_DELAY_SECONDS, or less when a tick is scheduled for now (RedisScheduler.wait_for_due). Ticks in
+flight that reach the database together share its transactions (engine/batch.py). A busy tick (another holds the lease) goes back on the queue BUSY_RETRY_SECONDS later,
 under the same token; a tick the database did not answer is run again by the same worker every
 DATABASE_RETRY_SECONDS (it takes back its own lease).
 """
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 #: A busy deployment (another tick holds its lease) is retried this often.
 BUSY_RETRY_SECONDS = 0.5
-#: How long a worker waits before looking again when no tick was due: the floor of tick lag. Each look is
-#: one Lua call on Redis.
+#: How long a worker waits before looking again when no tick was due: the floor of tick lag for ticks due
+#: later; a tick due at once wakes the worker (scheduler.WAKE_KEY). Each look is one Lua call on Redis.
 POLL_DELAY_SECONDS = 0.1
 #: Ticks a worker runs side by side. Ticks that reach the database together share its transactions
 #: (engine/batch.py), so more of them in flight means fewer round trips per tick, not more connections.
@@ -124,7 +124,16 @@ class TickWorker:
             if self.burst and not tokens and not self.tasks:
                 return
             if len(tokens) < room:  # nothing more is due now
-                await self._pause(POLL_DELAY_SECONDS)
+                await self._idle(queue)
+
+    async def _idle(self, queue: RedisScheduler) -> None:
+        """Waits POLL_DELAY_SECONDS, or less when a tick is scheduled for now or the worker stops."""
+        if self._stopping.is_set():
+            return
+        try:
+            await queue.wait_for_due(POLL_DELAY_SECONDS)
+        except (RedisError, OSError):
+            await self._pause(POLL_DELAY_SECONDS)  # the next pop_due reports it and backs off
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
