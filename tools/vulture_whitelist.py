@@ -122,3 +122,4 @@ secret_set  # unused variable (src/canaryd/services/webhook_schemas.py: a respon
 pytest_configure  # pytest hook (tests/cpu_accounting.py)
 pytest_unconfigure  # pytest hook (tests/cpu_accounting.py)
 pytest_runtest_protocol  # pytest hook (tests/cpu_accounting.py)
+_drop_closed  # pool check-out listener (src/canaryd/db/engine.py)
