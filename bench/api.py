@@ -1,6 +1,6 @@
 """API and WebSocket: status reads at a fixed rate, and one event fanned out to many WebSocket subscribers.
 
-    .venv/bin/python bench/api.py [--rate 300] [--seconds 20] [--subscribers 500] [--rounds 20] [--compare main]
+    .venv/bin/python bench/api.py [--rate 300] [--seconds 20] [--subscribers 500] [--rounds 20] [--api-workers 1] [--compare main]
 
 Production mode on real parts: one `canaryd serve` process (nice 10) on PostgreSQL 127.0.0.1:5432 (a fresh
 database, dropped afterwards) and Redis (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2, flushed).
@@ -15,7 +15,7 @@ and no proxy or server is contacted).
    deployment through the API (`POST .../pause|resume`, which commits the event and publishes it on the
    bus, as every writer does); latency from sending the POST to each subscriber holding the event.
 
-API CPU (utime + stime of the API process, robust on a shared machine where latency is not): per status
+API CPU (utime + stime of the API processes, robust on a shared machine where latency is not): per status
 read over phase 1, and per event over phase 2's rounds (the POST and its fan-out, not the connecting).
 """
 
@@ -180,6 +180,25 @@ async def store_token(dsn: str) -> None:
         await conn.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live descendants (`canaryd serve` with CANARYD_API_WORKERS above 1
+    runs the API in child processes)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current)
+        todo += children.get(current, [])
+    return total
+
+
 def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
     name = f"canaryd_bench_api_{os.getpid()}_{label}"
     dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
@@ -190,6 +209,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         "CANARYD_REDIS_URL": REDIS,
         "CANARYD_BOOTSTRAP_TOKEN": BOOTSTRAP,
         "CANARYD_LOG_LEVEL": "WARNING",
+        "CANARYD_API_WORKERS": str(args.api_workers),  # a tree without the setting ignores it
     }
     subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", name], check=True, capture_output=True)
     subprocess.run(["createdb", *PG_ADMIN, name], check=True, capture_output=True)
@@ -219,12 +239,12 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit("the API did not start within 180 s")
             time.sleep(0.3)
-        cpu0 = cpu_seconds(api.pid)
+        cpu0 = tree_cpu_seconds(api.pid)
         reads = asyncio.run(status_reads(args.api_port, args.rate, args.seconds, args.deployments))
-        cpu1 = cpu_seconds(api.pid)
-        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds, lambda: cpu_seconds(api.pid)))
+        cpu1 = tree_cpu_seconds(api.pid)
+        fan = asyncio.run(fan_out(base, args.subscribers, args.rounds, lambda: tree_cpu_seconds(api.pid)))
         reads["api_cpu_ms_per_read"] = (cpu1 - cpu0) * 1000 / reads["requests"]
-        fan["api_cpu_s"] = cpu_seconds(api.pid) - cpu1
+        fan["api_cpu_s"] = tree_cpu_seconds(api.pid) - cpu1
     finally:
         api.send_signal(signal.SIGTERM)
         try:
@@ -247,15 +267,21 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0, help="old events per deployment")
     parser.add_argument("--compare", metavar="REV", help="run REV's src first (e.g. main), then this tree's")
     parser.add_argument("--api-port", type=int, default=18095)
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="CANARYD_API_WORKERS for every run (a tree without it: 1)"
+    )
     args = parser.parse_args()
     if not (1 <= args.rate <= 2000 and 1 <= args.seconds <= 120 and 1 <= args.subscribers <= MAX_SUBSCRIBERS):
         parser.error(f"--rate 1..2000, --seconds 1..120, --subscribers 1..{MAX_SUBSCRIBERS}")
+    if not 1 <= args.api_workers <= 8:
+        parser.error("--api-workers 1..8")
     if not (1 <= args.rounds <= 200 and 1 <= args.deployments <= 20_000 and 0 <= args.history <= 1000):
         parser.error("--rounds 1..200, --deployments 1..20000, --history 0..1000")
     runs = []
     if args.compare:
         runs.append(run_once(args, source_tree(args.compare), args.compare.replace("/", "_")))
     runs.append(run_once(args, ROOT / "src", "this"))
+    print(f"API processes: CANARYD_API_WORKERS={args.api_workers} (trees without the setting: 1)")
     print(f"status reads: {args.rate:g}/s for {args.seconds:g} s over {args.deployments} deployments")
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in runs[0]["reads"]:

@@ -122,3 +122,7 @@ secret_set  # unused variable (src/canaryd/services/webhook_schemas.py: a respon
 pytest_configure  # pytest hook (tests/cpu_accounting.py)
 pytest_unconfigure  # pytest hook (tests/cpu_accounting.py)
 pytest_runtest_protocol  # pytest hook (tests/cpu_accounting.py)
+_drop_closed  # pool check-out listener (src/canaryd/db/engine.py)
+create_app_from_environment  # uvicorn's factory for worker processes (src/canaryd/cli/main.py names it)
+_one_embedded_process  # settings validator (src/canaryd/settings.py)
+_measure  # run by name in a fresh interpreter (bench/api_read_cpu.py)

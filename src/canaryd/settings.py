@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     #: How long an API process believes a token it looked up; a revoked token is refused by every replica
     #: within this many seconds (by the one that revoked it at once). 0 looks every request's token up.
     token_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    #: Processes `canaryd serve` runs the API in (production mode only: embedded mode's scheduler and event
+    #: bus live in its one process). Each has its own database pool, token cache and Redis subscription, and
+    #: sends live events to its own WebSockets; the kernel spreads connections over them. /metrics answers
+    #: from whichever process takes the scrape: its request figures are that process's own.
+    api_workers: int = Field(default=1, ge=1, le=64)
     #: "text" (one readable line per record) or "json" (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
     #: A `canaryd worker` serves its own /metrics on this port when set (the API's /metrics has no
@@ -78,6 +83,15 @@ class Settings(BaseSettings):
     def _default_database(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'canaryd.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _one_embedded_process(self) -> Settings:
+        if self.api_workers > 1 and self.embedded:
+            raise ValueError(
+                "api_workers above 1 needs production mode (CANARYD_REDIS_URL): embedded mode's scheduler and "
+                "event bus live in one process"
+            )
         return self
 
     @property

@@ -23,6 +23,7 @@ from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.api.principals import Principals
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.engine.scheduler import LocalScheduler
+from canaryd.observability import configure_logging
 from canaryd.runtime import Runtime, open_runtime
 from canaryd.services.deployments import stage_floor_problems, strategy_body_problems
 from canaryd.services.errors import Invalid, ServiceError
@@ -115,6 +116,13 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app, settings)
     _add_operations_routes(app)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one of `canaryd serve`'s worker processes (CANARYD_API_WORKERS above 1)."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
 
 def _add_error_handlers(app: FastAPI, settings: Settings) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.engine import make_url
@@ -115,14 +115,23 @@ def serve(
         "embedded" if settings.embedded else "production",
         _where(settings),
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,  # configure_logging() already set the format and levels
-        access_log=settings.log_level.upper() == "DEBUG",
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,  # configure_logging() already set the format and levels
+        "access_log": settings.log_level.upper() == "DEBUG",
         **SERVER_OPTIONS,
-    )
+    }
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Each worker process builds the app from the same environment (uvicorn imports the factory).
+        uvicorn.run(
+            "canaryd.api.app:create_app_from_environment",
+            factory=True,
+            workers=settings.api_workers,
+            **options,
+        )
 
 
 @app.command()

@@ -44,11 +44,42 @@ class BusMessage(dict[str, Any]):
         return self._text
 
 
+class Subscription:
+    """One subscriber's messages: `await get()` for the next one (it raises the error that ended the
+    subscription, such as a lost Redis connection); also an async iterator. A queue rather than an async
+    generator, so the live view waits on it directly, under a timeout, with no task in between to relay
+    each message (a task switch per message per subscriber), and a timeout loses nothing."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+
+    def put(self, item: dict[str, Any] | Exception) -> None:
+        self._queue.put_nowait(item)
+
+    def ready(self) -> bool:
+        """A message (or the error) is waiting: get() returns without waiting."""
+        return not self._queue.empty()
+
+    async def get(self) -> dict[str, Any]:
+        item = await self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.get()
+
+
 class EventBus(Protocol):
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None: ...
 
     def subscribe(self, deployment_id: int) -> Any:
-        """An async context manager yielding an async iterator of messages."""
+        """An async context manager yielding a Subscription."""
         ...
 
     async def close(self) -> None: ...
@@ -58,24 +89,19 @@ class LocalBus:
     """Subscribers in this process only. Slow subscribers lose nothing: queues are unbounded but short-lived."""
 
     def __init__(self) -> None:
-        self._queues: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self._queues: dict[int, set[Subscription]] = defaultdict(set)
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
         shared = BusMessage(message)  # a copy: the publisher may reuse its dict
         for queue in list(self._queues.get(deployment_id, ())):
-            queue.put_nowait(shared)
+            queue.put(shared)
 
     @asynccontextmanager
-    async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    async def subscribe(self, deployment_id: int) -> AsyncIterator[Subscription]:
+        queue = Subscription()
         self._queues[deployment_id].add(queue)
-
-        async def messages() -> AsyncIterator[dict[str, Any]]:
-            while True:
-                yield await queue.get()
-
         try:
-            yield messages()
+            yield queue
         finally:
             self._queues[deployment_id].discard(queue)
             if not self._queues[deployment_id]:
@@ -103,7 +129,7 @@ class RedisBus:
         self._db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._queues: dict[str, set[asyncio.Queue[dict[str, Any] | Exception]]] = {}
+        self._queues: dict[str, set[Subscription]] = {}
         #: Channels whose SUBSCRIBE was sent, resolved when Redis confirms it.
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._guard = asyncio.Lock()
@@ -123,26 +149,18 @@ class RedisBus:
             return list(await pipe.execute())
 
     @asynccontextmanager
-    async def subscribe(self, deployment_id: int) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    async def subscribe(self, deployment_id: int) -> AsyncIterator[Subscription]:
         """Returns once Redis confirmed the subscription, so that anything published after this returns is
         delivered (the WebSocket reads the database's backlog after subscribing)."""
         channel = self._channel(deployment_id)
-        queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+        queue = Subscription()
         await self._join(channel, queue)
-
-        async def messages() -> AsyncIterator[dict[str, Any]]:
-            while True:
-                item = await queue.get()
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-
         try:
-            yield messages()
+            yield queue
         finally:
             await self._leave(channel, queue)
 
-    async def _join(self, channel: str, queue: asyncio.Queue[dict[str, Any] | Exception]) -> None:
+    async def _join(self, channel: str, queue: Subscription) -> None:
         async with self._guard:
             confirmed = self._pending.get(channel)
             if confirmed is None and channel not in self._queues:
@@ -164,7 +182,7 @@ class RedisBus:
                 raise ConnectionError("Redis did not confirm the subscription within 10 s") from None
         self._queues.setdefault(channel, set()).add(queue)
 
-    async def _leave(self, channel: str, queue: asyncio.Queue[dict[str, Any] | Exception]) -> None:
+    async def _leave(self, channel: str, queue: Subscription) -> None:
         async with self._guard:  # an UNSUBSCRIBE never overtakes a later SUBSCRIBE of the same channel
             queues = self._queues.get(channel)
             if queues is None:
@@ -194,7 +212,7 @@ class RedisBus:
                     text = raw["data"].decode() if isinstance(raw["data"], bytes) else str(raw["data"])
                     message = BusMessage(json.loads(text), text)
                     for queue in self._queues.get(channel, ()):
-                        queue.put_nowait(message)
+                        queue.put(message)
         except (RedisError, ConnectionError, OSError) as exc:
             self._lost(pubsub, exc)
             with contextlib.suppress(RedisError, ConnectionError, OSError):
@@ -208,7 +226,7 @@ class RedisBus:
                 confirmed.set_exception(ConnectionError(f"lost Redis: {exc}"))
         for queues in self._queues.values():
             for queue in queues:
-                queue.put_nowait(ConnectionError(f"lost Redis: {exc}"))
+                queue.put(ConnectionError(f"lost Redis: {exc}"))
         self._pending.clear()
         self._queues.clear()
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from canaryd.db.engine import unit_of_work
+from canaryd.db.engine import read, unit_of_work
 from canaryd.db.models import Application, Deployment, DeploymentEvent
 from canaryd.db.repositories import (
     ApplicationRepository,
@@ -349,6 +349,11 @@ async def _replay(session: AsyncSession, earlier: Deployment, fingerprint: str) 
         raise Conflict("this Idempotency-Key was already used with a different request")
     servers = await ServerRepository(session).many([*earlier.canary_server_ids, *earlier.stable_server_ids])
     return deployment_status(earlier, servers)
+
+
+async def read_status(sessions: async_sessionmaker[AsyncSession], deployment_id: int) -> dict[str, Any]:
+    """The status in a read session of its own (once more on a fresh connection if its connection was dead)."""
+    return await read(sessions, lambda session: get_status(session, deployment_id))
 
 
 async def get_status(session: AsyncSession, deployment_id: int) -> dict[str, Any]:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from canaryd.db.repositories import EventRepository
+from canaryd.engine.bus import Subscription
 from canaryd.engine.views import event_view
 from canaryd.runtime import Runtime
 from canaryd.services import deployments
@@ -116,15 +117,15 @@ class _Relay:
         return fresh
 
 
-async def _subscribe(
-    stack: contextlib.AsyncExitStack, rt: Runtime, deployment_id: int
-) -> AsyncIterator[dict[str, Any]] | None:
-    """The deployment's messages on the bus; None without a bus (the stream then polls the database)."""
+async def _subscribe(stack: contextlib.AsyncExitStack, rt: Runtime, deployment_id: int) -> Subscription:
+    """The deployment's messages on the bus; without a bus, a subscription that never hears anything (the
+    stream then polls the database)."""
     try:
-        return await stack.enter_async_context(rt.bus.subscribe(deployment_id))
+        subscription: Subscription = await stack.enter_async_context(rt.bus.subscribe(deployment_id))
     except (ConnectionError, OSError, RedisError) as exc:
         log.warning("event bus unavailable for deployment %s (%s): polling the database", deployment_id, exc)
-        return None
+        return Subscription()
+    return subscription
 
 
 async def follow(
@@ -132,48 +133,42 @@ async def follow(
 ) -> AsyncGenerator[dict[str, Any]]:
     """Messages for one WebSocket client; raises NotFound for an unknown deployment before yielding."""
     async with contextlib.AsyncExitStack() as stack:
-        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        messages = await _subscribe(stack, rt, deployment_id)
-
-        async def pump() -> None:
-            if messages is not None:
-                async for message in messages:
-                    inbox.put_nowait(message)
-
-        pumping = asyncio.create_task(pump())
-        try:
-            # One connection for the status, where the sequence stands and the backlog: 500 clients
-            # connecting at once queued for the pool when each of these took a connection of its own.
-            async with rt.read_sessions() as session:
-                status = await deployments.get_status(session, deployment_id)
-                if after_seq is None:
-                    # Nothing to catch up on: an event after this seq commits after this read, hence is
-                    # published after the subscription above was confirmed.
-                    last = await EventRepository(session).last_seq(deployment_id)
-                    relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
+        inbox = await _subscribe(stack, rt, deployment_id)
+        # One connection for the status, where the sequence stands and the backlog: 500 clients
+        # connecting at once queued for the pool when each of these took a connection of its own.
+        async with rt.read_sessions() as session:
+            status = await deployments.get_status(session, deployment_id)
+            if after_seq is None:
+                # Nothing to catch up on: an event after this seq commits after this read, hence is
+                # published after the subscription above was confirmed.
+                last = await EventRepository(session).last_seq(deployment_id)
+                relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
+            else:
+                relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
+                backlog = await relay.catch_up(session)
+        yield {"type": "status", **status}
+        for event in backlog:
+            yield event
+        while not relay.finished:
+            try:
+                if inbox.ready():  # e.g. the status right behind its event: no timer to arm and cancel
+                    message = await inbox.get()
                 else:
-                    relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
-                    backlog = await relay.catch_up(session)
-            yield {"type": "status", **status}
-            for event in backlog:
-                yield event
-            while not relay.finished:
-                try:
                     async with asyncio.timeout(idle_poll):  # no task per message, unlike wait_for
                         message = await inbox.get()
-                except TimeoutError:
-                    out = await relay.catch_up()
-                else:
-                    out = await relay.relay(message)
-                for item in out:
-                    yield item
-            # The final word comes from the database, after every event of the end was sent.
-            async with rt.read_sessions() as session:
-                final = await deployments.get_status(session, deployment_id)
-            for event in await relay.catch_up():
-                yield event
-            yield {"type": "status", "final": True, **final}
-        finally:
-            pumping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pumping
+            except TimeoutError:
+                out = await relay.catch_up()
+            except (ConnectionError, OSError, RedisError) as exc:
+                log.warning("event bus lost for deployment %s (%s): polling the database", deployment_id, exc)
+                inbox = Subscription()
+                out = await relay.catch_up()
+            else:
+                out = await relay.relay(message)
+            for item in out:
+                yield item
+        # The final word comes from the database, after every event of the end was sent.
+        async with rt.read_sessions() as session:
+            final = await deployments.get_status(session, deployment_id)
+        for event in await relay.catch_up():
+            yield event
+        yield {"type": "status", "final": True, **final}
