@@ -17,6 +17,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from canaryd.db.engine import make_engine, make_read_sessionmaker, make_sessionmaker
+from canaryd.db.latest_seq import LatestSeqs
 from canaryd.engine.bus import EventBus, LocalBus, RedisBus
 from canaryd.engine.driver import LeaseTerms, RolloutDriver
 from canaryd.engine.locks import DeploymentLocks
@@ -54,6 +55,11 @@ class Runtime:
     def read_sessions(self) -> async_sessionmaker[AsyncSession]:
         """Sessions for reads that change nothing (status reads, the live view); never committed."""
         return make_read_sessionmaker(self.db_engine)
+
+    @functools.cached_property
+    def latest_seqs(self) -> LatestSeqs:
+        """Each deployment's newest event seq, one read shared by this process's live streams."""
+        return LatestSeqs()
 
     @property
     def settings_bootstrap_hash(self) -> str | None:

@@ -11,7 +11,8 @@ deployment, allocated under the deployment's lock and published only after commi
    a backlog event); when an event arrives past a gap, read the missing ones from the database first (they
    are committed: seq N+1 is allocated only after seq N's transaction committed);
 3. when nothing arrives for `idle_poll` seconds, read the database anyway, so a message the bus lost (Redis
-   restarted, a subscriber fell behind) costs at most that long;
+   restarted, a subscriber fell behind) costs at most that long (plus up to a second: the newest seq is
+   read once per deployment and second for every stream of the process, db/latest_seq.py);
 4. after an event or status that reaches a terminal state, read the final status from the database, send
    it, and end.
 """
@@ -157,7 +158,10 @@ async def follow(
                     async with asyncio.timeout(idle_poll):  # no task per message, unlike wait_for
                         message = await inbox.get()
             except TimeoutError:
-                out = await relay.catch_up()
+                # The idle poll: one query per deployment and second, shared with this process's other
+                # streams, says whether the bus lost anything; only then are the events read.
+                newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
+                out = await relay.catch_up() if newest > relay.order.last_sent else []
             except (ConnectionError, OSError, RedisError) as exc:
                 log.warning("event bus lost for deployment %s (%s): polling the database", deployment_id, exc)
                 inbox = Subscription()
