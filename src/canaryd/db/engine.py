@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from canaryd.db.jsontext import column_text, parse
+
 
 def make_engine(database_url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL, foreign keys and a generous busy timeout."""
@@ -34,7 +36,16 @@ def make_engine(database_url: str) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # orjson for the JSON columns (db/jsontext.py): PostgreSQL only, where the values it refuses (NaN) could
+    # not be stored anyway; an embedded SQLite database keeps the standard library's text.
+    return create_async_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        json_serializer=column_text,
+        json_deserializer=parse,
+    )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
