@@ -28,8 +28,13 @@ def message_text(message: Any) -> str:
     return orjson.dumps(message, default=str, option=_LIKE_STDLIB).decode()
 
 
+def canonical(value: Any) -> bytes:
+    """`value` as JSON with sorted keys: equal values give equal bytes (a cache key)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
 def parse(text: str | bytes) -> Any:
     return orjson.loads(text)
 
 
-__all__ = ["column_text", "message_text", "parse"]
+__all__ = ["canonical", "column_text", "message_text", "parse"]

@@ -188,6 +188,7 @@ class RolloutDriver:
             self.clock.now(),
             loaded.servers,
             started,
+            loaded.row,
         )
         return replace(done, messages=[*io.published, *done.messages])
 
