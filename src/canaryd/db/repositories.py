@@ -351,9 +351,9 @@ class EventRepository:
         return (await self.session.scalars(stmt)).one()
 
     async def append_many(self, events: Sequence[DeploymentEvent]) -> list[DeploymentEvent]:
-        """Adds `events` in order, each with its deployment's next sequence number, in two statements
-        whatever their number (the latest seq of each deployment, then one INSERT … RETURNING). Callers
-        hold the deployments' locks."""
+        """Adds `events` (objects not in the session) in order, each with its deployment's next sequence
+        number, in two statements whatever their number (the latest seq of each deployment, then one
+        INSERT … RETURNING); returns them with their id and seq set. Callers hold the deployments' locks."""
         if not events:
             return []
         ids = sorted({e.deployment_id for e in events})
@@ -367,9 +367,10 @@ class EventRepository:
         )
         rows = await self.session.execute(select(Deployment.id, latest).where(Deployment.id.in_(ids)))
         last = {int(d): int(seq or 0) for d, seq in rows.all()}
-        values = []
+        values, assigned = [], []
         for event in events:
             last[event.deployment_id] = seq = last.get(event.deployment_id, 0) + 1
+            assigned.append(seq)
             values.append(
                 {
                     "deployment_id": event.deployment_id,
@@ -385,10 +386,16 @@ class EventRepository:
                     "actor": event.actor or "canaryd",
                 }
             )
-        # Only the ids come back: the rows are built from what was sent (their metrics are not decoded again).
+        # Only the ids come back: the given objects are completed with what was sent (their metrics are not
+        # decoded again, and no second object is made for each).
         stmt = insert(DeploymentEvent).returning(DeploymentEvent.id, sort_by_parameter_order=True)
         new_ids = (await self.session.execute(stmt, values)).scalars().all()
-        return [DeploymentEvent(id=i, **row) for i, row in zip(new_ids, values, strict=True)]
+        for event, new_id, seq in zip(events, new_ids, assigned, strict=True):
+            event.id, event.seq = new_id, seq
+            event.metrics = event.metrics if event.metrics is not None else {}
+            event.reasons = event.reasons if event.reasons is not None else []
+            event.actor = event.actor or "canaryd"
+        return list(events)
 
     async def last_seq(self, deployment_id: int) -> int:
         """The seq of the deployment's latest event (0 when it has none)."""
