@@ -177,7 +177,9 @@ def run_cell(cell: Cell, seed: int, minutes: int, overrides: dict[str, str], bef
         {"health_check_interval": 60, "stage_duration": 60 * minutes, **overrides}
     )
     threshold_config = CanaryConfig(judge="threshold")
-    before_config = config.model_copy(update={"alpha": 0.025})  # the default the issue measured
+    # The judge issue 16 found ran at its default alpha 0.025; any other revision (e.g. `--before main`)
+    # runs with the same settings as "after", so the two columns differ only by the code.
+    before_config = config.model_copy(update={"alpha": 0.025}) if before_rev == BEFORE else config
     before = load_before(before_rev) if before_rev else None
     p_canary, p_stable = bucket_probs(cell.truth, True), bucket_probs(cell.truth, False)
     share = 1 / (1 + cell.split)
@@ -340,7 +342,10 @@ def main() -> None:
     parser.add_argument("--split", type=int, choices=(1, 9), help="run only these cohorts (1 or 9)")
     parser.add_argument("--noise", choices=("indep.", "bursts", "common"), help="run only this noise")
     parser.add_argument(
-        "--before", default=BEFORE, help=f"git revision of the 'before' judge ({BEFORE}; '' for none)"
+        "--before",
+        default=BEFORE,
+        help=f"git revision of the 'before' judge ({BEFORE}, at alpha 0.025 as issue 16 found it; another "
+        "revision, e.g. main, runs with the same settings as 'after'; '' for none)",
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument(

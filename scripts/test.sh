@@ -101,22 +101,52 @@ if (($# == 0)); then
   bash deploy/image/make-base.sh >/dev/null 2>&1 &
 fi
 
-# --- checks --------------------------------------------------------------------------------------------------
+# --- checks ------------------------------------------------------------------------------------------------
+# The contract smoke tests (both modes side by side) spend most of their ~60 s waiting for stages, while lint
+# keeps one core busy for about as long: they run together, before pytest, and each one's output is shown
+# whole, in order, once both are done.
+SMOKE_OUT=$(mktemp -d)
+trap 'rm -rf "$SMOKE_OUT"' EXIT
+smoke_pids=()
+if [[ -f $SMOKE ]]; then
+  "$BIN/python" "$SMOKE" >"$SMOKE_OUT/embedded" 2>&1 &
+  smoke_pids+=($!)
+  "$BIN/python" "$SMOKE" --production >"$SMOKE_OUT/production" 2>&1 &
+  smoke_pids+=($!)
+fi
+
 run_step "lint: ruff check" "$BIN/ruff" check .
 run_step "lint: ruff format --check" "$BIN/ruff" format --check .
 run_step "types: mypy" "$BIN/mypy"
 run_step "layers: lint-imports" "$BIN/lint-imports"
 run_step "dead code: vulture" "$BIN/vulture" src/canaryd tests bench tools/vulture_whitelist.py --min-confidence 60 --exclude src/canaryd/migrations
 
-# Most end-to-end tests spend their time waiting for real stages to pass, so three pytest-xdist workers on two
-# cores cut the wall time. Four (tried again once every process loaded compiled modules, when three kept
-# only ~1.15 of the two cores busy) cut pytest from ~720 s to ~600 s but failed a timing-sensitive proxy test
-# in each of three runs. PYTEST_WORKERS=0 runs them one by one.
+# smoke_result MODE PID: waits for that smoke run, shows its output, remembers a failure.
+smoke_result() {
+  local mode=$1 pid=$2 rc=0
+  wait "$pid" || rc=$?
+  header "contract smoke test: $mode mode"
+  cat "$SMOKE_OUT/$mode"
+  if ((rc != 0)); then failed+=("contract smoke test: $mode mode"); fi
+}
+
+if ((${#smoke_pids[@]})); then
+  smoke_result embedded "${smoke_pids[0]}"
+  smoke_result production "${smoke_pids[1]}"
+else
+  header "contract smoke tests: skipped ($SMOKE not found)"
+fi
+
+# Most end-to-end tests spend their time waiting for real stages to pass, so more pytest-xdist workers than
+# cores cut the wall time: with three, the machine's two cores were ~60 % busy. Four cut pytest from ~720 s to
+# ~600 s; the timing-sensitive proxy tests that failed under four in earlier runs now wait for what they
+# check (nginx's reload bound, its log written, Traefik's counters after a restart). PYTEST_WORKERS overrides
+# it; 0 runs the tests one by one.
 # Tests marked `solo` load every core on purpose (a CPU hog): they run afterwards, one at a time, so that no
 # real-time test shares the machine with them. Either run may select nothing when arguments narrow it down.
 pytest_step() {
   local rc=0 solo_rc=0
-  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-3}" --dist worksteal --durations=15 -m "not solo" "$@" || rc=$?
+  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-4}" --dist worksteal --durations=15 -m "not solo" "$@" || rc=$?
   "$BIN/pytest" -q -n 0 -m solo "$@" || solo_rc=$?
   if ((rc == 5 && solo_rc == 5)); then
     echo "error: pytest collected no tests" >&2
@@ -127,33 +157,6 @@ pytest_step() {
   return $((rc != 0 ? rc : solo_rc))
 }
 run_step "tests: pytest -q $*" pytest_step "$@"
-
-# The two modes share nothing (own ports, loopback addresses, database and Redis database) and spend most of
-# their time waiting for stages, so they run side by side; each one's output is shown whole, in order.
-smoke_both() {
-  local dir rc=0 embedded production
-  dir=$(mktemp -d)
-  "$BIN/python" "$SMOKE" >"$dir/embedded" 2>&1 &
-  embedded=$!
-  "$BIN/python" "$SMOKE" --production >"$dir/production" 2>&1 &
-  production=$!
-  wait "$embedded" || rc=1
-  header "contract smoke test: embedded mode"
-  cat "$dir/embedded"
-  if ((rc != 0)); then failed+=("contract smoke test: embedded mode"); fi
-  rc=0
-  wait "$production" || rc=1
-  header "contract smoke test: production mode"
-  cat "$dir/production"
-  if ((rc != 0)); then failed+=("contract smoke test: production mode"); fi
-  rm -rf "$dir"
-}
-
-if [[ -f $SMOKE ]]; then
-  smoke_both
-else
-  header "contract smoke tests: skipped ($SMOKE not found)"
-fi
 
 # --- summary -------------------------------------------------------------------------------------------------
 if ((${#failed[@]})); then

@@ -37,6 +37,5 @@ async def spec_stack(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Stack]:
                 yield stack
     finally:
         if stack is not None:
-            for host in stack.hosts:
-                await stack.appctl("stop", host)
+            await stack.stop_fleet()
         nginx.cleanup()

@@ -182,8 +182,7 @@ async def test_migrate_serve_and_a_canary_in_the_container(image: str, volume: s
         finally:
             podman("rm", "--force", "--time", "5", container, check=False)
             if stack is not None:
-                for host in hosts:
-                    await stack.appctl("stop", host)
+                await stack.stop_fleet()
             nginx.cleanup()
 
 
@@ -208,8 +207,7 @@ def logs(container: str) -> str:
 async def register_over_ssh(stack: Stack, ssh_port: int, proxy_host: str) -> dict[str, Any]:
     """Starts v1 on every host and registers servers, the proxy's host and the application, all reached over
     SSH (the container has neither the apps nor nginx: commands run on the host, through sshd)."""
-    for host in stack.hosts:
-        await stack.appctl("start", host, "v1")
+    await stack.start_fleet("v1")
     ssh = {"transport": "ssh", "ssh_port": ssh_port, "ssh_user": "root"}
     for i, host in enumerate(stack.hosts):
         r = await stack.api.post("/servers", json={"name": f"s{i}", "host": host, **ssh})

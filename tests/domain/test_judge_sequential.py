@@ -12,6 +12,7 @@ from canaryd.domain.judge import (
     Evidence,
     Observation,
     Outcome,
+    Stream,
     Tally,
     alpha_shares,
     checks_per_bucket,
@@ -345,6 +346,75 @@ def test_stage_end_look_adapts_to_over_dispersion(
     if fails_at is not None:
         reason = run[-1][1].metric("error_rate").reason  # type: ignore[attr-defined]
         assert f"exact test, dispersion z {z:.2f}/" in reason, reason
+
+
+def canary_minutes(doubles: set[int], singles: set[int], requests: int = 10) -> list[tuple[int, int]]:
+    """30 minutes of `requests` canary requests: 2 errors in the `doubles` minutes, 1 in the `singles`."""
+    return [(requests, 2 if m in doubles else 1 if m in singles else 0) for m in range(1, 31)]
+
+
+@pytest.mark.parametrize(
+    ("case", "canary", "stable", "fails_at", "capped_p"),
+    [
+        # 1:9, ~10 canary requests a bucket (too few for the gate to see a burst of two errors), against
+        # 30 stable errors of 2,700; every case's exact test is at its level (p ≤ ~0.011).
+        # 10 errors spread one a minute: canary z -1.27, no sign of clustering, the exact test decides
+        ("spread", canary_minutes(set(), {3, 6, 9, 12, 15, 18, 21, 24, 27, 30}), [(90, 1)] * 30, 30, None),
+        # 10 errors, 8 of them in four 2-error minutes: z 2.11; the capped test counts 6 — no rollback
+        ("four bursts of 2", canary_minutes({4, 13, 22, 27}, {7, 17}), [(90, 1)] * 30, None, (0.17, 0.19)),
+        # 10 errors, three 2-error minutes: z 1.27; capped p 0.0135 just above the level 0.011
+        ("three bursts of 2", canary_minutes({4, 6, 13}, {2, 7, 10, 17}), [(90, 1)] * 30, None, (0.013, 0.014)),
+        # 11 errors, four 2-error minutes: z 1.68; the capped test counts 10 and agrees (p 0.0051): rolled back
+        ("more than bursts", canary_minutes({4, 6, 13, 18}, {2, 7, 10}), [(90, 1)] * 30, 30, (0.005, 0.0052)),
+        # ~50 canary requests a bucket: a burst shows to the gate, the exact test decides alone
+        ("50/min", canary_minutes({4, 13, 22, 27}, {7, 17}, 50), [(450, 4)] * 30, None, None),
+    ],
+)  # fmt: skip
+def test_exact_look_in_small_buckets_needs_the_capped_test_when_the_canary_clusters(
+    case: str,
+    canary: list[tuple[int, int]],
+    stable: list[tuple[int, int]],
+    fails_at: int | None,
+    capped_p: tuple[float, float] | None,
+) -> None:
+    """Where the canary's buckets are too small for the dispersion gate to see bursts (under 20 requests
+    on average) and its dispersion z is above 1, the exact look rolls back only if the capped test —
+    each bucket's events counted up to its allowance — gives a p-value at the same level; both p-values
+    are in the figures, and a rollback's reason says the capped test agreed."""
+    run = minutes(canary, stable, share=0.1)
+    assert first_fail(run) == fails_at, case
+    m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
+    figures = m.figures
+    assert figures["stage_end_test"] == "exact", case
+    p, level = figures["stage_end_p_value"], figures["stage_end_alpha"]
+    assert isinstance(p, float) and isinstance(level, float)
+    assert (p <= level) is (case != "50/min"), case
+    capped = figures["stage_end_capped_p_value"]
+    if capped_p is None:
+        assert capped is None, case
+    else:
+        assert isinstance(capped, float) and capped_p[0] <= capped <= capped_p[1], (case, capped)
+    if fails_at is not None and capped_p is not None:
+        assert (
+            "canary's z is above 1: the capped test agrees, 10 counted against 4.1 expected, p=0.0051"
+            in m.reason
+        ), m.reason
+    elif fails_at is not None:
+        assert "capped test agrees" not in m.reason, m.reason
+
+
+def test_capped_agreement_survives_the_evidence_round_trip() -> None:
+    """The capped test's p-value, once the look asked for it, is carried in the evidence's JSON."""
+    stream = Stream(end_p=0.005, end_p_capped=0.18, end_test="exact", end_level=0.011)
+    evidence = Evidence(streams={"error_rate": stream})
+    raw = json.loads(json.dumps(evidence.to_json()))
+    assert Evidence.from_json(raw).streams["error_rate"].end_p_capped == 0.18
+    assert (
+        Evidence.from_json(json.loads(json.dumps(Evidence(streams={"error_rate": Stream()}).to_json())))
+        .streams["error_rate"]
+        .end_p_capped
+        is None
+    )
 
 
 def test_pass_states_the_tolerance() -> None:

@@ -91,8 +91,7 @@ async def served_stack(tmp_path: Path, **env: str) -> AsyncIterator[ServedStack]
             process.kill()
             process.wait()
         if stack is not None:
-            for host in stack.hosts:
-                await stack.appctl("stop", host)
+            await stack.stop_fleet()
         nginx.cleanup()
 
 

@@ -234,7 +234,10 @@ async def test_healthy_canary_through_traefik_with_a_restart(tmp_path: Path, sql
                 canary, stable = e["metrics"]["canary"]["requests"], e["metrics"]["stable"]["requests"]
                 if stage and canary + stable >= 50:
                     judged[float(stage.group(1))] = round(100 * canary / (canary + stable), 1)
-        assert set(judged) >= {25.0, 50.0, 100.0}, judged
+        # The 25 % stage spans the restart, after which Traefik counts from zero: on a loaded machine (four
+        # test workers) what that stage's event counted was once under the 50 requests a share needs. Its
+        # share is still checked whenever it has them; the stages after the restart must always have them.
+        assert set(judged) >= {50.0, 100.0}, judged
         for pct, share in judged.items():
             assert abs(share - pct) <= 6.0, judged
         assert judged[100.0] == 100.0, "traffic of the 50 % split was counted in the 100 % stage"

@@ -157,8 +157,7 @@ class Cluster:
         net = random.randint(10, 250)
         hosts = [f"127.{net}.{len(self.apps) + 1}.{11 + i}" for i in range(servers)]
         port = free_port()
-        for host in hosts:
-            await self.appctl("start", host, port, version)
+        await asyncio.gather(*(self.appctl("start", host, port, version) for host in hosts))
         if self._proxy_server_id is None:
             r = await api.post("/servers", json={"name": "proxy", "host": "127.0.0.1", "transport": "local"})
             assert r.status_code == 201, r.text
@@ -237,9 +236,7 @@ async def cluster(tmp_path: Path, database_url: str, redis_url: str, **env: str)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for app in c.apps:
-            for host in app.hosts:
-                await c.appctl("stop", host, app.port)
+        await asyncio.gather(*(c.appctl("stop", host, app.port) for app in c.apps for host in app.hosts))
         nginx.cleanup()
 
 

@@ -70,8 +70,7 @@ async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host
     (state / "hang.py").write_text(HANG)
     (state / "deploy.sh").write_text(DEPLOY.format(py=sys.executable, appctl=APPCTL))
     (state / "proxytest.sh").write_text(PROXY_TEST.format(test=s.nginx.test_command))
-    for host in s.hosts:
-        await s.appctl("start", host, "v1")
+    await s.start_fleet("v1")
     transport = transport or {"transport": "local"}
     for i, host in enumerate(s.hosts):
         r = await s.api.post("/servers", json={"name": f"s{i}", "host": host, **transport})
