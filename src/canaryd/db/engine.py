@@ -10,6 +10,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from canaryd.db.jsontext import column_text, parse
+
 _T = TypeVar("_T")
 
 
@@ -37,7 +39,11 @@ def make_engine(database_url: str) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_async_engine(database_url, pool_size=10, max_overflow=10)
+    # orjson for the JSON columns (db/jsontext.py): PostgreSQL only, where the values it refuses (NaN) could
+    # not be stored anyway; an embedded SQLite database keeps the standard library's text.
+    engine = create_async_engine(
+        database_url, pool_size=10, max_overflow=10, json_serializer=column_text, json_deserializer=parse
+    )
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _drop_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

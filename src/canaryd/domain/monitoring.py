@@ -81,7 +81,13 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
         health_failures=failures,
         metrics_snapshot=figures,
     )
-    return checks.during(s, _act(s, decision, facts, figures, now))
+    return checks.during(s, _act(s, decision, facts, _event_figures(figures), now))
+
+
+def _event_figures(figures: dict[str, Any]) -> dict[str, Any]:
+    """What an event keeps of a check's figures: all of them but the judge's state, which is the judge's
+    memory between checks (the deployment's snapshot carries it), not a figure (~1.3 KB of ~5 KB)."""
+    return {k: v for k, v in figures.items() if k != "judge_state"}
 
 
 def _stage_decision(s: Snapshot, judged: _Judged, now: datetime) -> Decision:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,25 @@ def _equal(servers: Iterable[PoolServer], new_version: str) -> list[Backend]:
 def desired_backends(
     state: State,
     servers: Sequence[PoolServer],
+    canary_ids: frozenset[int],
+    new_version: str,
+    percentage: float,
+    busy_server_id: int | None,
+    max_weight: int,
+) -> tuple[Backend, ...]:
+    """See _desired_backends."""
+    return _desired_backends(
+        state, tuple(servers), canary_ids, new_version, percentage, busy_server_id, max_weight
+    )
+
+
+# Cached: a tick asks for the same deployment's routes two or three times (re-assert, the judge's expected
+# share, the check's event), and building them was ~3 % of a worker's CPU per tick. The result is a tuple
+# of frozen Backends, so callers can share it.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _desired_backends(
+    state: State,
+    servers: tuple[PoolServer, ...],
     canary_ids: frozenset[int],
     new_version: str,
     percentage: float,

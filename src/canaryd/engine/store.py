@@ -8,7 +8,9 @@ another worker took over) writes nothing more.
 
 from __future__ import annotations
 
+import functools
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from canaryd.db.engine import unit_of_work
+from canaryd.db.jsontext import canonical, parse
 from canaryd.db.models import Application, Deployment, DeploymentEvent, Server
 from canaryd.db.repositories import (
     ApplicationRepository,
@@ -79,6 +82,9 @@ class Loaded:
     due: datetime | None
     #: The status object as the API shows it (what webhook checks are sent); empty without checks.
     status: dict[str, Any] = field(default_factory=dict)
+    #: The deployment's row as read with the lease (not attached to any session): the commit changes and
+    #: writes it when nothing else has written the deployment since.
+    row: Deployment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +111,33 @@ class Committed:
     decided: bool  # False when an operator had changed the deployment meanwhile
 
 
+# Validating a deployment's settings was ~3 % of a worker's CPU per tick, for settings that seldom change:
+# the validated objects are kept by their canonical JSON (a few microseconds to make). The domain treats
+# them as values and never changes them, so one object may serve every tick that has the same settings.
+@functools.lru_cache(maxsize=2048)
+def _config_of(text: bytes) -> CanaryConfig:
+    return CanaryConfig.model_validate(parse(text), context={"min_stage_duration": 1})
+
+
+@functools.lru_cache(maxsize=2048)
+def _proxy_spec_of(text: bytes) -> ProxySpec:
+    return ProxySpec.model_validate(parse(text))
+
+
+def proxy_spec_of(app: Application) -> ProxySpec:
+    """The application's proxy settings, validated."""
+    return _proxy_spec_of(canonical(app.proxy))
+
+
 def snapshot_of(
-    dep: Deployment, app: Application, servers: dict[int, Server], max_backoff: float
+    dep: Deployment,
+    app: Application,
+    servers: dict[int, Server],
+    max_backoff: float,
+    server_ids: list[int] | None = None,
 ) -> Snapshot:
-    """The decision's view of a deployment's rows."""
-    spec = ProxySpec.model_validate(app.proxy)
+    """The decision's view of a deployment's rows (`server_ids`: the application's, when read apart)."""
+    spec = proxy_spec_of(app)
     stats = dep.stage_stats
     return Snapshot(
         deployment_id=dep.id,
@@ -118,8 +146,11 @@ def snapshot_of(
         paused_from=State(dep.paused_from) if dep.paused_from else None,
         version=dep.version,
         previous_version=dep.previous_version,
-        config=CanaryConfig.model_validate(dep.canary_config, context={"min_stage_duration": 1}),
-        servers=tuple(ServerRef(sid, servers[sid].name, servers[sid].host) for sid in app.server_ids),
+        config=_config_of(canonical(dep.canary_config)),
+        servers=tuple(
+            ServerRef(sid, servers[sid].name, servers[sid].host)
+            for sid in (app.server_ids if server_ids is None else server_ids)
+        ),
         port=app.port,
         weight_limit=spec.weight_limit,
         canary_ids=tuple(int(i) for i in dep.canary_server_ids),
@@ -244,6 +275,36 @@ def event_row(deployment_id: int, event: Event, at: datetime, proxy: ProxyFacts 
     )
 
 
+#: The columns a tick's commit may change (record_facts, record_change, fire and the lease): what is written
+#: when the commit changes the tick's own row object (see RolloutStore._commit_many).
+COMMIT_COLUMNS = (
+    "stage_stats",
+    "baseline_stats",
+    "log_offset",
+    "consecutive_health_failures",
+    "canary_metrics_snapshot",
+    "attempts",
+    "check_state",
+    "canary_status",
+    "paused_from",
+    "status",
+    "active_application_id",
+    "finished_at",
+    "current_canary_stage",
+    "canary_stage_started_at",
+    "canary_server_ids",
+    "stable_server_ids",
+    "reasons",
+    "switched_at",
+    "state_version",
+    "tick_token",
+    "next_tick_at",
+    "canary_traffic_percentage",
+    "lease_owner",
+    "lease_until",
+    "updated_at",
+)
+
 #: Most ticks one transaction takes or records at once (a worker runs at most this many side by side anyway).
 MAX_BATCH = 100
 
@@ -269,6 +330,7 @@ class _Commit:
     now: datetime
     servers: dict[int, Server] | None
     tick_started: datetime | None
+    row: Deployment | None
 
 
 class RolloutStore:
@@ -283,6 +345,9 @@ class RolloutStore:
         self.locks = locks
         self._takes: Batcher[_Take, Loaded | Acquired] = Batcher(self._take_many, MAX_BATCH)
         self._commits: Batcher[_Commit, Committed] = Batcher(self._commit_many, MAX_BATCH)
+        #: Loaded rows a commit has begun to change: a batch that failed is run again tick by tick, and
+        #: those ticks must read their rows again (making a copy of each row cost ~3 % of a tick's CPU).
+        self._spent: weakref.WeakSet[Deployment] = weakref.WeakSet()
 
     async def take(
         self, deployment_id: int, token: str, lease: str, now: datetime, until: datetime, max_backoff: float
@@ -306,8 +371,10 @@ class RolloutStore:
             missed = [i for i in first if i not in got]
             tokens = await deployments.tick_tokens(missed) if missed else {}
             found = await deployments.with_applications(sorted(got)) if got else {}
-            specs = {i: ProxySpec.model_validate(app.proxy) for i, (_, app) in found.items()}
-            server_ids = {sid for _, app in found.values() for sid in app.server_ids}
+            specs = {i: proxy_spec_of(app) for i, (_, app) in found.items()}
+            app_ids = sorted({app.id for _, app in found.values()})
+            links = await ApplicationRepository(session).server_ids(app_ids) if app_ids else {}
+            server_ids = {sid for _, app in found.values() for sid in links.get(app.id, [])}
             server_ids |= {spec.server_id for spec in specs.values()}
             servers = await ServerRepository(session).many(sorted(server_ids)) if server_ids else {}
             statuses = {
@@ -323,18 +390,19 @@ class RolloutStore:
                 outcomes.append(Acquired.STALE if stale else Acquired.BUSY)
             else:
                 dep, app = found[t.deployment_id]
-                spec = specs[t.deployment_id]
+                spec, app_servers = specs[t.deployment_id], links.get(app.id, [])
                 outcomes.append(
                     Loaded(
-                        snapshot_of(dep, app, servers, t.max_backoff),
+                        snapshot_of(dep, app, servers, t.max_backoff, app_servers),
                         app,
                         servers[spec.server_id],
-                        {sid: servers[sid] for sid in app.server_ids},
+                        {sid: servers[sid] for sid in app_servers},
                         dep.state_version,
                         list(app.proxy_applied),
                         app.proxy_generation,
                         dep.next_tick_at,
                         statuses[t.deployment_id],
+                        dep,
                     )
                 )
         return outcomes
@@ -367,34 +435,74 @@ class RolloutStore:
         now: datetime,
         servers: dict[int, Server] | None = None,
         tick_started: datetime | None = None,
+        row: Deployment | None = None,
     ) -> Committed:
         """Records a tick's plan: facts always, the change only if nobody changed the deployment meanwhile;
         releases the lease. Raises LeaseLost when the lease is no longer this tick's. `servers` (the tick's
         own, when given) spares reading them again for the status; `tick_started` is when the tick began
-        (the next one is due `next_tick_in` after that)."""
+        (the next one is due `next_tick_in` after that); `row` (Loaded.row) spares reading the deployment
+        again when nothing has written it since."""
         return await self._commits.submit(
             _Commit(
-                deployment_id, lease, seen_state_version, facts, change, proxy, now, servers, tick_started
+                deployment_id,
+                lease,
+                seen_state_version,
+                facts,
+                change,
+                proxy,
+                now,
+                servers,
+                tick_started,
+                row,
             )
         )
 
     async def _commit_many(self, commits: Sequence[_Commit]) -> list[Committed | BaseException]:
         """One transaction for a batch of commits. The application row is read only for the ticks that
-        changed it (routes pushed, canaries chosen, version finished)."""
+        changed it (routes pushed, canaries chosen, version finished).
+
+        The batch's rows are locked, and only their lease, state_version and updated_at read. A row that
+        nobody has written since the tick read it with its lease (updated_at unchanged: every write of a
+        deployment sets it) is not read again: the commit changes the tick's own row object and writes
+        COMMIT_COLUMNS of all such rows in one executemany. The others (an operator acted, a server's
+        version was recorded, the lease renewed, or no row given) are read and written through the ORM."""
         ids = [c.deployment_id for c in commits]
         async with self.locks.hold_all(ids), unit_of_work(self.sessions) as session:
-            deps = await DeploymentRepository(session).many_for_update(ids)
+            repo = DeploymentRepository(session)
+            fences = await repo.fences_for_update(ids)
+
+            def unchanged(c: _Commit) -> bool:
+                fence = fences.get(c.deployment_id)
+                return (
+                    c.row is not None
+                    and c.row not in self._spent
+                    and fence is not None
+                    and fence.updated_at == c.row.updated_at
+                    and fence.state_version == c.row.state_version
+                )
+
+            reread = [c.deployment_id for c in commits if not unchanged(c)]
+            deps = await repo.many_for_update(reread) if reread else {}
             # Each commit whose lease still holds, by its place in the batch; the others get LeaseLost.
             fenced: dict[int, tuple[_Commit, Deployment, bool]] = {}
+            own_rows: list[Deployment] = []
             outcomes: list[Committed | BaseException | None] = []
             for n, c in enumerate(commits):
-                dep = deps.get(c.deployment_id)
-                if dep is None or dep.lease_owner != c.lease or dep.lease_owner is None:
+                fence = fences.get(c.deployment_id)
+                if fence is None or fence.lease_owner != c.lease or fence.lease_owner is None:
                     outcomes.append(
                         LeaseLost(f"deployment {c.deployment_id}: the lease {c.lease} is no longer held")
                     )
                     continue
-                dep.lease_owner = None  # a second commit under the same lease in this batch is not fenced
+                # A second commit under the same lease in this batch is not fenced.
+                fences[c.deployment_id] = fence._replace(lease_owner=None)
+                if c.deployment_id in deps:
+                    dep = deps[c.deployment_id]
+                else:
+                    assert c.row is not None
+                    dep = c.row
+                    self._spent.add(dep)
+                    own_rows.append(dep)
                 fenced[n] = (c, dep, dep.state_version == c.seen_state_version)
                 outcomes.append(None)
             app_ids = {
@@ -419,6 +527,8 @@ class RolloutStore:
                 dep.lease_owner, dep.lease_until = None, None
                 dep.updated_at = c.now
                 written[n] = (events, schedule)
+            if own_rows:
+                await repo.write_columns(COMMIT_COLUMNS, own_rows)
             rows = await EventRepository(session).append_many(
                 [
                     event_row(dep.id, event, c.now, c.proxy)
