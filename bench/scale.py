@@ -148,6 +148,23 @@ def config_of(rng: random.Random) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+def applied_routes(sids: list[int], srv_rows: list[Any], percentage: float) -> str:
+    """The proxy routes the deployment's stage put in place (its first server the canary), as the
+    application records them: a monitoring tick then finds nothing to push, as it would in a real rollout
+    that reached this stage. Left empty, every deployment's first tick in the window pushed its routes and
+    rewrote the application (about half the ticks of a 60 s window)."""
+    from canaryd.domain.config import DEFAULT_MAX_WEIGHT
+    from canaryd.domain.pool import PoolServer, desired_backends
+    from canaryd.domain.types import State
+    from canaryd.engine.proxies import backends_json
+
+    pool = [PoolServer(sid, srv_rows[sid - 1][2], 8000, "v2" if sid == sids[0] else "v1") for sid in sids]
+    backends = desired_backends(
+        State.MONITORING, pool, frozenset(sids[:1]), "v2", percentage, None, DEFAULT_MAX_WEIGHT
+    )
+    return json.dumps(backends_json(backends))
+
+
 async def bulk_insert(dsn: str, n: int, servers: int, history: int, t0: datetime, seed: int) -> list[Any]:
     """Writes servers, applications, deployments (and old events) with COPY; returns (id, token, due)."""
     import asyncpg
@@ -183,10 +200,11 @@ async def bulk_insert(dsn: str, n: int, servers: int, history: int, t0: datetime
         event_id = 0
         for a in range(1, n + 1):
             sids = list(range((a - 1) * servers + 1, a * servers + 1))
-            app_rows.append((a, f"app{a}", 8000, "/health", "v1", "true", None, proxy, 1, "[]", now))
-            link_rows += [(a, sid) for sid in sids]
             config = config_of(rng)
             stage = rng.randrange(0, 3)
+            applied = applied_routes(sids, srv_rows, STAGES[stage])
+            app_rows.append((a, f"app{a}", 8000, "/health", "v1", "true", None, proxy, 1, applied, now))
+            link_rows += [(a, sid) for sid in sids]
             started = now - timedelta(seconds=rng.uniform(0, config["stage_duration"]))
             due = t0 + timedelta(seconds=rng.uniform(0, HEALTH_INTERVAL))
             token = f"tick:{a}:{uuid.uuid4().hex}"
