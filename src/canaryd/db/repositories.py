@@ -390,6 +390,10 @@ class EventRepository:
         last = {int(d): int(seq or 0) for d, seq in rows.all()}
         values, assigned = [], []
         for event in events:
+            # The columns' defaults, set on the objects too: they are returned as sent, not read back.
+            event.metrics = event.metrics if event.metrics is not None else {}
+            event.reasons = event.reasons if event.reasons is not None else []
+            event.actor = event.actor or "canaryd"
             last[event.deployment_id] = seq = last.get(event.deployment_id, 0) + 1
             assigned.append(seq)
             values.append(
@@ -402,9 +406,9 @@ class EventRepository:
                     "to_state": event.to_state,
                     "stage": event.stage,
                     "traffic_percentage": event.traffic_percentage,
-                    "metrics": event.metrics if event.metrics is not None else {},
-                    "reasons": event.reasons if event.reasons is not None else [],
-                    "actor": event.actor or "canaryd",
+                    "metrics": event.metrics,
+                    "reasons": event.reasons,
+                    "actor": event.actor,
                 }
             )
         # Only the ids come back: the given objects are completed with what was sent (their metrics are not
@@ -413,9 +417,6 @@ class EventRepository:
         new_ids = (await self.session.execute(stmt, values)).scalars().all()
         for event, new_id, seq in zip(events, new_ids, assigned, strict=True):
             event.id, event.seq = new_id, seq
-            event.metrics = event.metrics if event.metrics is not None else {}
-            event.reasons = event.reasons if event.reasons is not None else []
-            event.actor = event.actor or "canaryd"
         return list(events)
 
     async def last_seq(self, deployment_id: int) -> int:

@@ -562,8 +562,9 @@ class RolloutStore:
             change: Change = decide(snapshot_of(dep, app, servers, 0.0))
             schedule = record_change(dep, app, change, now, None)
             dep.updated_at = now
-            repo = EventRepository(session)
-            rows = [await repo.append(event_row(deployment_id, e, now, None)) for e in change.events]
+            rows = await EventRepository(session).append_many(
+                [event_row(deployment_id, e, now, None) for e in change.events]
+            )
             messages, status = await self._finish(session, dep, rows)
         return Committed(messages, status, dep.application_id, schedule, State(dep.canary_status), True)
 
