@@ -72,6 +72,9 @@ def main() -> None:
     a = p.parse_args()
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.daemon_threads = True
+    # socketserver's default backlog is 5: a burst of new connections while the process waits for a core
+    # overflows it, and the kernel drops their SYNs (a 1 s retransmit each). Servers' usual backlog instead.
+    ThreadingHTTPServer.request_queue_size = 128
     ThreadingHTTPServer((a.host, a.port), handler_for(a.version)).serve_forever()
 
 
