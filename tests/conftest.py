@@ -30,6 +30,17 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
 ]
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keeps the call phase's report on the item (`item.report_call`): fixtures print diagnostics on
+    teardown only when the test failed."""
+    report = yield
+    if call.when == "call":
+        item.report_call = report  # type: ignore[attr-defined]
+    return report
+
+
 PG_ADMIN = ("-h", "127.0.0.1", "-U", "postgres")
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"
 #: Developers running several suites at once give each its own redis-server with CANARYD_TEST_REDIS_PORT.
