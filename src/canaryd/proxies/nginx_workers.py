@@ -33,6 +33,7 @@ _WORKER_TITLE = b"nginx: worker process"
 _MASTER_TITLE = b"nginx: master process"
 _SHUTTING_DOWN = b"is shutting down"
 _PROC_LIMIT = 4096
+_REPORT_MARK = "canaryd-workers"
 
 
 async def _proc(transport: Transport, path: str) -> bytes | None:
@@ -61,15 +62,60 @@ async def accepting_workers(transport: Transport, master: int) -> frozenset[int]
     return frozenset(p for p, title in zip(pids, titles, strict=True) if _accepting(title))
 
 
+async def answering_worker(http: httpx.AsyncClient, url: str, timeout: float = 1.0) -> int | None:
+    """The pid of the worker that answers the generation probe `url`; None when there is no such answer."""
+    try:
+        response = await http.get(url, headers={"Connection": "close"}, timeout=timeout)
+        return int(response.headers[WORKER_HEADER])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def workers_script(worker: int) -> str:
+    """Shell lines (builtins only: no process started) printing `canaryd-workers <master> <children>`: the
+    parent of `worker` and all its children now. Run by the install script just before the reload, where a
+    snapshot taken from here could race the reload; prints nothing when /proc cannot be read."""
+    if worker <= 0:
+        raise ValueError("worker must be a pid")
+    return (
+        f"if read -r st </proc/{worker}/stat; then st=${{st##*)}}; set -- $st; kids=; "
+        '{ read -r kids; } </proc/"$2"/task/"$2"/children; '
+        f'echo "{_REPORT_MARK} $2 $kids"; fi 2>/dev/null'
+    )
+
+
+async def reported_workers(
+    transport: Transport, stdout: str, worker: int
+) -> tuple[int, frozenset[int]] | None:
+    """(master pid, its children before the reload) from what `workers_script` printed, checked as `snapshot`
+    checks its chain: `worker` among the children, the parent's title nginx's master's. The children may
+    include processes that were not accepting (a cache manager, workers already shutting down): harmless,
+    since `still_accepting` only asks whether any of them accepts now."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_REPORT_MARK + " "):
+            fields = line.split()[1:]
+            break
+    else:
+        return None
+    try:
+        master, *children = (int(f) for f in fields)
+    except ValueError:
+        return None
+    if worker not in children:
+        return None
+    title = await _proc(transport, f"/proc/{master}/cmdline")
+    if not (title or b"").startswith(_MASTER_TITLE):
+        return None
+    return master, frozenset(children)
+
+
 async def snapshot(
     http: httpx.AsyncClient, url: str, transport: Transport
 ) -> tuple[int, frozenset[int]] | None:
     """(master pid, workers accepting now), found from the worker that answers `url` (the generation probe);
     None when that chain cannot be followed and checked (see the module's docstring)."""
-    try:
-        response = await http.get(url, headers={"Connection": "close"}, timeout=1.0)
-        worker = int(response.headers[WORKER_HEADER])
-    except (httpx.HTTPError, KeyError, ValueError):
+    worker = await answering_worker(http, url)
+    if worker is None:
         return None
     stat = await _proc(transport, f"/proc/{worker}/stat")
     try:
