@@ -35,7 +35,7 @@ def test_refuses_the_delimiter_and_odd_tokens() -> None:
 def test_quotes_and_dollars_arrive_as_written(tmp_path: Path) -> None:
     """The file's bytes go through untouched (a quoted here-document: no expansion), and so do the paths."""
     live = tmp_path / "it's $HOME.conf"
-    data = b"log_format x '{\"a\":\"$msec\"}';\n`uname` \\n $(true)\n"
+    data = b'log_format x \'{"a":"$msec"}\';\n`uname` \\n $(true)\n'
     result = run(install_script(str(live), data, "true", "true", "ab12"))
     assert failed_step(result) is None
     assert live.read_bytes() == data

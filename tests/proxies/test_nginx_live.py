@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,9 +16,10 @@ import pytest
 from tests.fixtures.http import send_many
 
 from canaryd.domain.types import Backend, Cohort
+from canaryd.proxies import nginx_workers
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.proxies.nginx import NginxProxy, render_nginx
-from canaryd.proxies.nginx_workers import accepting_workers, snapshot
+from canaryd.proxies.nginx_workers import accepting_workers, forget_masters, known_master, snapshot
 from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport
 
@@ -73,6 +74,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
     """The client canaryd would hand to the proxy adapter."""
     async with httpx.AsyncClient() as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def no_known_masters() -> Iterator[None]:
+    """No nginx master remembered from another test (a port may serve another nginx now)."""
+    forget_masters()
+    yield
+    forget_masters()
 
 
 def make_proxy(
@@ -489,13 +498,37 @@ async def test_one_command_over_ssh(
     again = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
     table = fleet.table(generation=2, canary_weight=0, stable_weight=1)
     await again.apply(table)
-    assert again._before_reload is not None and again._before_reload[0] == nginx_instance.master_pid()
+    master = nginx_instance.master_pid()
+    assert again._before_reload is not None and again._before_reload[0] == master
     assert await again.verify(table)
+    assert known_master(f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation") == master
+    # The next change lists that master's children without asking the probe first.
+    third = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    table = fleet.table(generation=3, canary_weight=0, stable_weight=1)
+    await third.apply(table)
+    assert third._before_reload is not None and third._before_reload[0] == master
+    assert await third.verify(table)
     before = read_bytes(nginx_instance.config_path)
     missing = os.path.join(nginx_instance.dir, "nope", "a.log")
     bad = NginxProxy(transport, nginx_instance.spec(access_log=missing), "127.0.0.1", http)
     with pytest.raises(ProxyConfigError, match="No such file or directory"):
-        await bad.apply(fleet.table(generation=3))
+        await bad.apply(fleet.table(generation=4))
     assert read_bytes(nginx_instance.config_path) == before
     assert listing(nginx_instance) == ["app.conf"]
     assert canary_share(await send(nginx_instance, 40), "v2") == 0.0
+
+
+async def test_one_command_stale_master_is_not_trusted(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered master that no longer serves the probe's URL (here: this test's own process) proves
+    nothing: that change falls back to the settle time and the master is forgotten."""
+    await make_proxy(nginx_instance, http, True).apply(fleet.table(generation=1))
+    url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
+    monkeypatch.setitem(nginx_workers._masters, url, os.getpid())
+    proxy = make_proxy(nginx_instance, http, True)
+    table = fleet.table(generation=2)
+    await proxy.apply(table)
+    assert proxy._before_reload is None
+    assert known_master(url) is None
+    assert await proxy.verify(table)

@@ -19,7 +19,8 @@ The rules this adapter keeps:
   A renderer must never emit injected syntax.
 * `apply` never leaves a file in place that did not pass the test command: the new text goes to a temp file
   in the same directory whose name does not match `*.conf`, is renamed over the live file, tested, and on a
-  failed test or reload the previous bytes are put back (or the file removed if there was none).
+  failed test or reload the previous bytes are put back (or the file removed if there was none). Over SSH
+  (`one_command`) the same steps are one shell script, one round trip (files.install_in_one_command).
 * `verify` asks nginx itself: the server block answers `/.canaryd/generation` with the generation it was
   rendered for (and the answering worker's pid in `X-Canaryd-Worker`). The new number on a fresh connection,
   and every worker that accepted connections before the reload exited or shutting down (nginx_workers.py,
@@ -60,6 +61,7 @@ from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
 from canaryd.proxies.nginx_workers import (
     WORKER_HEADER,
     answering_worker,
+    known_master,
     reported_workers,
     snapshot,
     still_accepting,
@@ -632,9 +634,14 @@ class NginxProxy:
 
     async def _install_in_one_command(self, data: bytes | None) -> None:
         """Write, test and reload in one command; the workers accepting before the reload are listed by the
-        script itself, just before it reloads (from the worker that answered the probe just now)."""
+        script itself, just before it reloads: the children of the master found at the last change, else of
+        the parent of the worker that answers the probe just now (nginx_workers.py)."""
         url = self.generation_url() if self.observe_workers else None
-        worker = await answering_worker(self.http, url, WORKER_PROBE_TIMEOUT) if url else None
+        master = known_master(url) if url else None
+        worker = None
+        if url and master is None:
+            worker = await answering_worker(self.http, url, WORKER_PROBE_TIMEOUT)
+        listing = workers_script(worker=worker, master=master) if worker or master else ""
         path = self.spec.config_path
         result = await install_in_one_command(
             self.transport,
@@ -643,7 +650,7 @@ class NginxProxy:
             self.spec.test_command,
             self.spec.reload_command,
             COMMAND_TIMEOUT,
-            workers_script(worker) if worker is not None else "",
+            listing,
         )
         step = failed_step(result)
         if step == "test":
@@ -652,8 +659,10 @@ class NginxProxy:
             raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
         if step is not None:
             raise TransportError(f"cannot {step} {path} (exit {result.exit_status}): {result.tail()}")
-        if worker is not None:
-            self._before_reload = await reported_workers(self.transport, result.stdout, worker)
+        if url and listing:
+            self._before_reload = await reported_workers(
+                self.transport, result.stdout, self.http, url, worker
+            )
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
