@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -299,6 +300,7 @@ class World:
     stable: Any
     http: httpx.AsyncClient
     transports: dict[str, Any]  # name -> Transport
+    host: str = "127.0.0.1"  # where the proxies listen
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
@@ -307,15 +309,25 @@ def nginx_rigs(world: World) -> list[Rig]:
 
     from canaryd.proxies.nginx import NginxProxy, render_nginx
 
-    nginx = start_nginx()
+    nginx = start_nginx(world.host)
     world.stack.callback(nginx.cleanup)
     spec = nginx.spec(access_log=None)
     rigs = []
     for tname, transport in world.transports.items():
         shared = make_shared(world.canary, world.stable, spec.weight_limit)
 
-        def proxy(observe: bool, t: Any = transport) -> Any:
-            return NginxProxy(t, spec, "127.0.0.1", world.http, observe_workers=observe)
+        def proxy(observe: bool, t: Any = transport, one_command: bool | None = None) -> Any:
+            choice = {} if one_command is None else {"one_command": one_command}
+            return NginxProxy(t, spec, world.host, world.http, observe_workers=observe, **choice)
+
+        # A tree from before NginxProxy.one_command (`PYTHONPATH=<main>/src`) runs without that row.
+        has_other = "one_command" in inspect.signature(NginxProxy).parameters
+        other_way = has_other and not NginxProxy(transport, spec, world.host, world.http).one_command
+        other = (
+            "canaryd now, in one command (file, test, reload)"
+            if other_way
+            else "canaryd now, step by step (SFTP file, 2 commands)"
+        )
 
         async def prepare(shared: Shared = shared) -> None:
             table = shared.table("rolling_back", 0.0)
@@ -339,24 +351,30 @@ def nginx_rigs(world: World) -> list[Rig]:
                 raise RuntimeError("nginx -t failed")
             await bare()
 
-        rigs.append(
-            Rig(
-                f"nginx {nginx_version()}, {tname} transport",
-                nginx.listen,
-                switcher(shared, lambda proxy=proxy: proxy(True), "monitoring", 50.0),
-                {
-                    "bare: nginx -s reload (file in place)": PathSpec(prepare, bare_run),  # type: ignore[arg-type]
-                    "bare: nginx -t, then nginx -s reload": PathSpec(prepare, tested_run),  # type: ignore[arg-type]
-                    "canaryd before: switch, fixed 150 ms settle": PathSpec(
-                        None, switcher(shared, lambda proxy=proxy: proxy(False), "rolling_back", 0.0)
-                    ),
-                    "canaryd now: switch, old workers observed": PathSpec(
-                        None, switcher(shared, lambda proxy=proxy: proxy(True), "rolling_back", 0.0)
-                    ),
-                },
-                lambda: sleep_step(0.3),
-            )
+        rig = Rig(
+            f"nginx {nginx_version()}, {tname} transport",
+            nginx.listen,
+            switcher(shared, lambda proxy=proxy: proxy(True), "monitoring", 50.0),
+            {
+                "bare: nginx -s reload (file in place)": PathSpec(prepare, bare_run),  # type: ignore[arg-type]
+                "bare: nginx -t, then nginx -s reload": PathSpec(prepare, tested_run),  # type: ignore[arg-type]
+                "canaryd before: switch, fixed 150 ms settle": PathSpec(
+                    None, switcher(shared, lambda proxy=proxy: proxy(False), "rolling_back", 0.0)
+                ),
+                "canaryd now: switch, old workers observed": PathSpec(
+                    None, switcher(shared, lambda proxy=proxy: proxy(True), "rolling_back", 0.0)
+                ),
+            },
+            lambda: sleep_step(0.3),
         )
+        if has_other:  # the other way of installing than the transport's default (NginxProxy.one_command)
+            rig.paths[other] = PathSpec(
+                None,
+                switcher(
+                    shared, lambda proxy=proxy, o=other_way: proxy(True, one_command=o), "rolling_back", 0.0
+                ),
+            )
+        rigs.append(rig)
     return rigs
 
 
@@ -481,6 +499,12 @@ async def main() -> None:
     parser.add_argument("--proxies", default="nginx,haproxy,traefik")
     parser.add_argument("--transports", default="local,ssh")
     parser.add_argument("--throttles", default="2s,100ms", help="Traefik providersThrottleDuration values")
+    parser.add_argument(
+        "--net",
+        type=int,
+        help="use 127.0.NET.0/24 for the apps, sshd and nginx (default: a random NET in 10..250; "
+        "HAProxy and Traefik listen on 127.0.0.1)",
+    )
     args = parser.parse_args()
     if args.client:
         await client_main(args.client, args.interval / 1000)
@@ -492,7 +516,9 @@ async def main() -> None:
 
     from canaryd.transports.local import LocalTransport
 
-    net = random.randint(10, 250)
+    if args.net is not None and not 1 <= args.net <= 254:
+        parser.error("--net must be 1..254")
+    net = args.net if args.net is not None else random.randint(10, 250)
     with contextlib.ExitStack() as stack:
         canary = start_app(f"127.0.{net}.2", "v2")
         stack.callback(canary.stop)
@@ -519,7 +545,7 @@ async def main() -> None:
         )
         try:
             async with httpx.AsyncClient() as http:
-                world = World(canary, stable, http, transports, stack)
+                world = World(canary, stable, http, transports, f"127.0.{net}.4", stack)
                 proxies = args.proxies.split(",")
                 todo: list[tuple[Callable[[], list[Rig]], int]] = []
                 if "nginx" in proxies:

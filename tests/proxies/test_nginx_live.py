@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,15 +16,19 @@ import pytest
 from tests.fixtures.http import send_many
 
 from canaryd.domain.types import Backend, Cohort
+from canaryd.proxies import nginx_workers
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.proxies.nginx import NginxProxy, render_nginx
-from canaryd.proxies.nginx_workers import accepting_workers, snapshot
+from canaryd.proxies.nginx_workers import accepting_workers, forget_masters, known_master, snapshot
 from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport
 
 if TYPE_CHECKING:
     from tests.fixtures.apps import AppFleet, AppInstance
     from tests.fixtures.nginx import NginxInstance
+    from tests.fixtures.sshd import SshServer
+
+    from canaryd.transports.ssh import SshPool
 
 pytestmark = pytest.mark.e2e
 
@@ -72,8 +76,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def make_proxy(nginx: NginxInstance, http: httpx.AsyncClient, **spec_overrides: object) -> NginxProxy:
-    return NginxProxy(LocalTransport(), nginx.spec(**spec_overrides), "127.0.0.1", http)
+@pytest.fixture(autouse=True)
+def no_known_masters() -> Iterator[None]:
+    """No nginx master remembered from another test (a port may serve another nginx now)."""
+    forget_masters()
+    yield
+    forget_masters()
+
+
+def make_proxy(
+    nginx: NginxInstance, http: httpx.AsyncClient, one_command: bool = False, **spec_overrides: object
+) -> NginxProxy:
+    """`one_command`: install, test and reload in one command (the SSH transport's way) over the local one."""
+    return NginxProxy(
+        LocalTransport(), nginx.spec(**spec_overrides), "127.0.0.1", http, one_command=one_command
+    )
+
+
+#: The tests of a change's safety run both ways: the file steps one by one, and one command.
+both_ways = pytest.mark.parametrize("one_command", [False, True], ids=["steps", "one_command"])
 
 
 async def send(nginx: NginxInstance, n: int, concurrency: int = 8) -> list[tuple[int, str]]:
@@ -90,11 +111,12 @@ def canary_share(responses: list[tuple[int, str]], canary_version: str) -> float
     return 100.0 * sum(1 for _, v in responses if v == canary_version) / len(responses)
 
 
+@both_ways
 async def test_weights_give_the_requested_share(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """1 canary at weight 4 and 4 stable at weight 3 give the canary 25 % of requests (±5 points)."""
-    proxy = make_proxy(nginx_instance, http)
+    proxy = make_proxy(nginx_instance, http, one_command)
     table = fleet.table(generation=1)
     await proxy.apply(table)
     assert await proxy.verify(table)
@@ -128,22 +150,25 @@ async def test_verify_tells_new_from_old(
     assert not await proxy.verify(fleet.table(generation=6))
 
 
+@both_ways
 async def test_verify_waits_until_old_workers_stop_accepting(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """After a reload, verify() returns only once every worker that accepted before it has exited or is
     shutting down (nginx's master lets them accept for 100 ms more), found through the probe and /proc."""
     transport = LocalTransport()
-    first, registered = make_proxy(nginx_instance, http), fleet.table(generation=1)
+    first, registered = make_proxy(nginx_instance, http, one_command), fleet.table(generation=1)
     await first.apply(registered)
     assert await first.verify(registered)  # the probe exists only once that reload is done
     url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
     before = await snapshot(http, url, transport)
     assert before is not None and before[0] == nginx_instance.master_pid() and before[1]
-    proxy = make_proxy(nginx_instance, http)
+    proxy = make_proxy(nginx_instance, http, one_command)
     table = fleet.table(generation=2, canary_weight=0, stable_weight=1)
     await proxy.apply(table)
     assert await proxy.verify(table)
+    if one_command:  # listed by the install script itself, just before its reload
+        assert proxy._before_reload is not None and proxy._before_reload[0] == before[0]
     still = await accepting_workers(transport, before[0])
     assert still is not None and still and not still & before[1]
     assert canary_share(await send(nginx_instance, 40), "v2") == 0.0
@@ -168,16 +193,17 @@ async def test_verify_catches_a_reload_nginx_refused(
     assert await proxy.verify(fleet.table(generation=1))
 
 
+@both_ways
 async def test_rejected_config_keeps_old_file_and_split(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """A configuration `nginx -t` refuses raises ProxyConfigError; the old file stays byte-identical and live."""
-    good = make_proxy(nginx_instance, http)
+    good = make_proxy(nginx_instance, http, one_command)
     await good.apply(fleet.table(generation=1))
     assert await good.verify(fleet.table(generation=1))  # old workers gone before traffic is counted below
     before = read_bytes(nginx_instance.config_path)
     missing_dir = os.path.join(nginx_instance.dir, "no-such-dir", "access.log")
-    bad = make_proxy(nginx_instance, http, access_log=missing_dir)
+    bad = make_proxy(nginx_instance, http, one_command, access_log=missing_dir)
     with pytest.raises(ProxyConfigError, match="No such file or directory"):
         await bad.apply(fleet.table(generation=2, canary_weight=1, stable_weight=100))
     assert read_bytes(nginx_instance.config_path) == before
@@ -186,34 +212,39 @@ async def test_rejected_config_keeps_old_file_and_split(
     assert abs(canary_share(await send(nginx_instance, 160), "v2") - 25.0) <= 5.0
 
 
+@both_ways
 async def test_rejected_first_config_leaves_no_file(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """When there was no file before, a refused configuration is removed again."""
-    bad = make_proxy(nginx_instance, http, access_log=os.path.join(nginx_instance.dir, "nope", "a.log"))
+    bad = make_proxy(
+        nginx_instance, http, one_command, access_log=os.path.join(nginx_instance.dir, "nope", "a.log")
+    )
     with pytest.raises(ProxyConfigError):
         await bad.apply(fleet.table(generation=1))
     assert os.listdir(os.path.dirname(nginx_instance.config_path)) == []
 
 
+@both_ways
 async def test_failed_reload_restores_old_file(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """A reload command that fails puts the previous bytes back and reports nginx's words."""
-    good = make_proxy(nginx_instance, http)
+    good = make_proxy(nginx_instance, http, one_command)
     await good.apply(fleet.table(generation=1))
     before = read_bytes(nginx_instance.config_path)
-    bad = make_proxy(nginx_instance, http, reload_command="echo 'reload refused' >&2; exit 3")
+    bad = make_proxy(nginx_instance, http, one_command, reload_command="echo 'reload refused' >&2; exit 3")
     with pytest.raises(ProxyConfigError, match="reload refused"):
         await bad.apply(fleet.table(generation=2))
     assert read_bytes(nginx_instance.config_path) == before
 
 
+@both_ways
 async def test_without_listen_verify_reports_test_and_reload(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, one_command: bool
 ) -> None:
     """Without a server block verify() can only say whether test and reload of that generation passed."""
-    proxy = make_proxy(nginx_instance, http, listen=None)
+    proxy = make_proxy(nginx_instance, http, one_command, listen=None)
     table = fleet.table(generation=3)
     assert not await proxy.verify(table)
     await proxy.apply(table)
@@ -376,3 +407,128 @@ async def test_transport_failure_is_unavailable_and_restores(
         await proxy.apply(fleet.table(generation=2))
     assert read_bytes(nginx_instance.config_path) == before
     assert sorted(os.listdir(os.path.dirname(nginx_instance.config_path))) == ["app.conf"]
+
+
+def listing(nginx: NginxInstance) -> list[str]:
+    return sorted(os.listdir(os.path.dirname(nginx.config_path)))
+
+
+async def test_one_command_timeout_puts_back(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install script that times out in its test (killed with its process group) is followed by the
+    put-back: the previous file in place, no temp or kept file left, nothing reloaded."""
+    good = make_proxy(nginx_instance, http, True)
+    await good.apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    monkeypatch.setattr("canaryd.proxies.nginx.COMMAND_TIMEOUT", 0.5)
+    slow = make_proxy(nginx_instance, http, True, test_command="sleep 5")
+    with pytest.raises(ProxyUnavailableError, match="timed out"):
+        await slow.apply(fleet.table(generation=2))
+    assert read_bytes(nginx_instance.config_path) == before
+    assert listing(nginx_instance) == ["app.conf"]
+    assert await good.verify(fleet.table(generation=1))
+
+
+async def test_one_command_cancelled_puts_back(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """Cancelled while the script runs its test: the previous file is put back, nothing else is left."""
+    await make_proxy(nginx_instance, http, True).apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    slow = make_proxy(nginx_instance, http, True, test_command="sleep 5")
+    task = asyncio.ensure_future(slow.apply(fleet.table(generation=2)))
+    deadline = time.monotonic() + 5
+    while read_bytes(nginx_instance.config_path) == before:  # the new file is in place, the test runs
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert read_bytes(nginx_instance.config_path) == before
+    assert listing(nginx_instance) == ["app.conf"]
+
+
+async def test_one_command_remove(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
+) -> None:
+    """remove() in one command deletes the file and reloads; a refused test puts the file back."""
+    proxy = make_proxy(nginx_instance, http, True)
+    await proxy.apply(fleet.table(generation=1))
+    before = read_bytes(nginx_instance.config_path)
+    refused = make_proxy(nginx_instance, http, True, test_command="echo 'no way' >&2; exit 1")
+    with pytest.raises(ProxyConfigError, match="no way"):
+        await refused.remove(1)
+    assert read_bytes(nginx_instance.config_path) == before
+    await proxy.remove(1)
+    assert listing(nginx_instance) == []
+    assert await proxy.verify_removed(1)
+
+
+async def test_one_command_odd_content_takes_the_steps(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot travel inside a command (here: too large) is installed step by step instead."""
+    monkeypatch.setattr("canaryd.proxies.files.INLINE_LIMIT", 10)
+    proxy = make_proxy(nginx_instance, http, True)
+    commands: list[str] = []
+    run = proxy.transport.run
+
+    async def spy(command: str, timeout: float) -> CommandResult:
+        commands.append(command)
+        return await run(command, timeout)
+
+    monkeypatch.setattr(proxy.transport, "run", spy)
+    table = fleet.table(generation=1)
+    await proxy.apply(table)
+    assert await proxy.verify(table)
+    assert commands == [nginx_instance.test_command, nginx_instance.reload_command]
+
+
+async def test_one_command_over_ssh(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, ssh_pool: SshPool, sshd: SshServer
+) -> None:
+    """Over the SSH transport the change is one command by default: applied, workers listed before the
+    reload, proven live; a refused configuration leaves the old file alone."""
+    transport = ssh_pool.transport(sshd.host, sshd.port, sshd.user)
+    proxy = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    assert proxy.one_command
+    await proxy.apply(fleet.table(generation=1))
+    assert await proxy.verify(fleet.table(generation=1))
+    again = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    table = fleet.table(generation=2, canary_weight=0, stable_weight=1)
+    await again.apply(table)
+    master = nginx_instance.master_pid()
+    assert again._before_reload is not None and again._before_reload[0] == master
+    assert await again.verify(table)
+    assert known_master(f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation") == master
+    # The next change lists that master's children without asking the probe first.
+    third = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    table = fleet.table(generation=3, canary_weight=0, stable_weight=1)
+    await third.apply(table)
+    assert third._before_reload is not None and third._before_reload[0] == master
+    assert await third.verify(table)
+    before = read_bytes(nginx_instance.config_path)
+    missing = os.path.join(nginx_instance.dir, "nope", "a.log")
+    bad = NginxProxy(transport, nginx_instance.spec(access_log=missing), "127.0.0.1", http)
+    with pytest.raises(ProxyConfigError, match="No such file or directory"):
+        await bad.apply(fleet.table(generation=4))
+    assert read_bytes(nginx_instance.config_path) == before
+    assert listing(nginx_instance) == ["app.conf"]
+    assert canary_share(await send(nginx_instance, 40), "v2") == 0.0
+
+
+async def test_one_command_stale_master_is_not_trusted(
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered master that no longer serves the probe's URL (here: this test's own process) proves
+    nothing: that change falls back to the settle time and the master is forgotten."""
+    await make_proxy(nginx_instance, http, True).apply(fleet.table(generation=1))
+    url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
+    monkeypatch.setitem(nginx_workers._masters, url, os.getpid())
+    proxy = make_proxy(nginx_instance, http, True)
+    table = fleet.table(generation=2)
+    await proxy.apply(table)
+    assert proxy._before_reload is None
+    assert known_master(url) is None
+    assert await proxy.verify(table)

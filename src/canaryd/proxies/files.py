@@ -8,7 +8,7 @@ import secrets
 import shlex
 from collections.abc import Awaitable, Callable
 
-from canaryd.transports.base import Transport, TransportError
+from canaryd.transports.base import CommandResult, Transport, TransportError
 
 
 def sibling_path(config_path: str, suffix: str, work_dir: str | None = None) -> str:
@@ -93,6 +93,141 @@ async def install(
     except BaseException:
         await put_back(transport, path, previous, work_dir)
         raise
+
+
+#: Largest file `install_in_one_command` sends inside its command: the script is one argument of
+#: `/bin/sh -c`, and Linux refuses a single argument over 128 KiB. Larger files go through `install`.
+INLINE_LIMIT = 64 * 1024
+#: What the script prints on stdout: the step that failed, or that everything passed.
+FAILED_MARK = "canaryd-failed "
+INSTALLED_MARK = "canaryd-installed"
+
+
+def inlinable(data: bytes | None) -> bool:
+    """Whether `data` can travel as a here-document inside a command: UTF-8 text of lines (it ends with a
+    newline), no NUL byte, small enough (INLINE_LIMIT). None (removing the file) always can."""
+    if data is None:
+        return True
+    if len(data) > INLINE_LIMIT or not data.endswith(b"\n") or b"\0" in data:
+        return False
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _names(path: str, token: str) -> str:
+    """The script's file names as shell assignments: the live file, the new one (a temp beside it), the
+    previous one kept as a hard link (`keep`), and a marker saying there was no previous file (`gone`)."""
+    names = {
+        "live": path,
+        "new": sibling_path(path, f"new-{token}"),
+        "keep": sibling_path(path, f"old-{token}"),
+        "gone": sibling_path(path, f"none-{token}"),
+    }
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in names.items())
+
+
+def install_script(
+    path: str,
+    data: bytes | None,
+    test_command: str | None,
+    reload_command: str,
+    token: str,
+    before_reload: str = "",
+) -> str:
+    """One shell script that does what `install` does over many round trips: write `data` (a here-document)
+    to a temp file, keep the live file (a hard link, or a copy) or note that there was none, rename the new
+    file over the live one (or remove it, for None), test, run `before_reload` (shell lines that may print on
+    stdout), reload. A step that fails puts the previous file back (or removes the new one) and ends the
+    script with that step's status, printing `canaryd-failed <step>`; success prints `canaryd-installed`.
+    The operator's commands run as `( eval COMMAND )` (a subshell: their `exit` cannot skip the put-back)
+    with stdout sent to stderr, so that stdout carries only the script's own lines. `token`: hex, fresh per
+    call (names the temp files and ends the here-document)."""
+    if not token.isalnum():
+        raise ValueError("token must be letters and digits")
+    if not inlinable(data):
+        raise ValueError("data cannot be sent inside a command (see inlinable)")
+    delimiter = f"CANARYD_EOF_{token}"
+    text = data.decode() if data is not None else ""
+    if any(line == delimiter for line in text.split("\n")):
+        raise ValueError("data contains the here-document's delimiter")
+    lines = [
+        _names(path, token),
+        f"test={shlex.quote(test_command or '')} reload={shlex.quote(reload_command)}",
+        'back() { if [ -e "$keep" ]; then mv -f "$keep" "$live"; elif [ -e "$gone" ]; then rm -f "$live"; fi; '
+        'rm -f "$new" "$keep" "$keep.cp" "$gone"; }',
+        'fail() { s=$?; back; echo "' + FAILED_MARK + '$1"; exit "$s"; }',
+        # Nothing is kept yet: clean up without touching the live file (a half-made copy must not go back).
+        'fail_early() { s=$?; rm -f "$new" "$keep" "$keep.cp" "$gone"; echo "'
+        + FAILED_MARK
+        + '$1"; exit "$s"; }',
+    ]
+    if data is None:
+        lines.append('if [ -e "$live" ]; then mv -f "$live" "$keep"; else : >"$gone"; fi || fail_early keep')
+    else:
+        lines += [
+            f"cat >\"$new\" <<'{delimiter}' || fail_early write",
+            text + delimiter,
+            'if [ -e "$live" ]; then ln -f "$live" "$keep" 2>/dev/null || '
+            '{ cp -p "$live" "$keep.cp" && mv -f "$keep.cp" "$keep"; }; else : >"$gone"; fi || fail_early keep',
+            'mv -f "$new" "$live" || fail install',
+        ]
+    if test_command:
+        lines.append('( eval "$test" ) </dev/null >&2 || fail test')
+    if before_reload:
+        lines.append(before_reload)
+    lines += [
+        '( eval "$reload" ) </dev/null >&2 || fail reload',
+        'rm -f "$keep" "$gone"',
+        f"echo {INSTALLED_MARK}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def put_back_script(path: str, token: str) -> str:
+    """After an `install_script` whose outcome is unknown (timed out, cancelled, connection lost): the kept
+    previous file back, or the new file removed when there was none; nothing when the script never kept
+    anything (the live file was not touched) or had finished (it removed what it kept)."""
+    return (
+        f"{_names(path, token)}\n"
+        'if [ -e "$keep" ]; then mv -f "$keep" "$live"; elif [ -e "$gone" ]; then rm -f "$live"; fi\n'
+        'rm -f "$new" "$keep" "$keep.cp" "$gone"\n'
+    )
+
+
+async def install_in_one_command(
+    transport: Transport,
+    path: str,
+    data: bytes | None,
+    test_command: str | None,
+    reload_command: str,
+    timeout: float,
+    before_reload: str = "",
+) -> CommandResult:
+    """`install_script` in one command: one round trip instead of a read, a write, a rename and two commands
+    (each one round trip or more over SSH). The script puts the previous file back itself when a step fails;
+    when its outcome is unknown (an exception here, a cancellation included), `put_back_script` runs before
+    the error is raised again. Returns the script's result for the caller to read (`failed_step`)."""
+    token = secrets.token_hex(8)
+    script = install_script(path, data, test_command, reload_command, token, before_reload)
+    try:
+        return await transport.run(script, timeout)
+    except BaseException:
+        await transport.run(put_back_script(path, token), timeout)
+        raise
+
+
+def failed_step(result: CommandResult) -> str | None:
+    """The step an `install_script` reported as failed (write, keep, install, test, reload); "unknown" when
+    it failed without saying (it could not start); None when it succeeded."""
+    if result.ok and INSTALLED_MARK in result.stdout.splitlines():
+        return None
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(FAILED_MARK):
+            return line.removeprefix(FAILED_MARK).strip()
+    return "unknown"
 
 
 #: One change at a time per proxy file within a process and event loop (an asyncio.Lock belongs to one loop);

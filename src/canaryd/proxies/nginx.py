@@ -19,7 +19,8 @@ The rules this adapter keeps:
   A renderer must never emit injected syntax.
 * `apply` never leaves a file in place that did not pass the test command: the new text goes to a temp file
   in the same directory whose name does not match `*.conf`, is renamed over the live file, tested, and on a
-  failed test or reload the previous bytes are put back (or the file removed if there was none).
+  failed test or reload the previous bytes are put back (or the file removed if there was none). Over SSH
+  (`one_command`) the same steps are one shell script, one round trip (files.install_in_one_command).
 * `verify` asks nginx itself: the server block answers `/.canaryd/generation` with the generation it was
   rendered for (and the answering worker's pid in `X-Canaryd-Worker`). The new number on a fresh connection,
   and every worker that accepted connections before the reload exited or shutting down (nginx_workers.py,
@@ -48,11 +49,27 @@ from canaryd.domain.matching import equals_problems, name_problems, regex_proble
 from canaryd.domain.types import Backend, Cohort, MatchRule, match_rules
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable, TrafficReading
 from canaryd.proxies.checks import check_int, logged_before, reject_syntax
-from canaryd.proxies.files import file_lock, install, read_optional
+from canaryd.proxies.files import (
+    failed_step,
+    file_lock,
+    inlinable,
+    install,
+    install_in_one_command,
+    read_optional,
+)
 from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
-from canaryd.proxies.nginx_workers import WORKER_HEADER, snapshot, still_accepting
+from canaryd.proxies.nginx_workers import (
+    WORKER_HEADER,
+    answering_worker,
+    known_master,
+    reported_workers,
+    snapshot,
+    still_accepting,
+    workers_script,
+)
 from canaryd.proxies.polling import poll_until
 from canaryd.transports.base import CommandResult, Transport, TransportError
+from canaryd.transports.ssh import SshTransport
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +82,9 @@ MIRROR_PATH = "/.canaryd/mirror"
 MIRROR_CONNECT_TIMEOUT = 1
 MIRROR_TIMEOUT = 5
 COMMAND_TIMEOUT = 30.0
+#: How long the install script waits for the probe naming a worker (nginx_workers.py) before it goes
+#: without: the reload is not held up for a slow answer, the settle time is the proof then.
+WORKER_PROBE_TIMEOUT = 0.5
 
 _PATH = re.compile(r"/[A-Za-z0-9_./@+-]{0,1023}")
 _FORBIDDEN = re.compile(r"[\s;{}#'\"`$\\\x00-\x1f\x7f]")
@@ -541,6 +561,7 @@ class NginxProxy:
         poll_interval: float = 0.01,
         settle: float = 0.15,
         observe_workers: bool = True,
+        one_command: bool | None = None,
     ) -> None:
         self.transport = transport
         self.spec = spec
@@ -550,6 +571,9 @@ class NginxProxy:
         self.poll_interval = poll_interval
         self.settle = settle
         self.observe_workers = observe_workers
+        #: Install, test and reload in one command (files.install_in_one_command): where each round trip
+        #: costs (SSH, by default), rather than a read, a write, a rename and two commands.
+        self.one_command = isinstance(transport, SshTransport) if one_command is None else one_command
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
         #: (master pid, workers accepting) just before this object's last reload; None: not known.
         self._before_reload: tuple[int, frozenset[int]] | None = None
@@ -581,6 +605,10 @@ class NginxProxy:
         """Under the file lock: note the workers accepting now (nginx_workers.py; `verify` waits until they
         stopped accepting) while the file is read, written and tested, then reload."""
         self._before_reload = None
+        data = text.encode() if text is not None else None
+        if self.one_command and inlinable(data):
+            await self._install_in_one_command(data)
+            return
         url = self.generation_url() if self.observe_workers else None
         workers = asyncio.ensure_future(snapshot(self.http, url, self.transport)) if url else None
 
@@ -599,11 +627,42 @@ class NginxProxy:
 
         try:
             previous = await read_optional(self.transport, self.spec.config_path)
-            data = text.encode() if text is not None else None
             await install(self.transport, self.spec.config_path, data, previous, test_and_reload)
         finally:
             if workers is not None and not workers.done():
                 workers.cancel()
+
+    async def _install_in_one_command(self, data: bytes | None) -> None:
+        """Write, test and reload in one command; the workers accepting before the reload are listed by the
+        script itself, just before it reloads: the children of the master found at the last change, else of
+        the parent of the worker that answers the probe just now (nginx_workers.py)."""
+        url = self.generation_url() if self.observe_workers else None
+        master = known_master(url) if url else None
+        worker = None
+        if url and master is None:
+            worker = await answering_worker(self.http, url, WORKER_PROBE_TIMEOUT)
+        listing = workers_script(worker=worker, master=master) if worker or master else ""
+        path = self.spec.config_path
+        result = await install_in_one_command(
+            self.transport,
+            path,
+            data,
+            self.spec.test_command,
+            self.spec.reload_command,
+            COMMAND_TIMEOUT,
+            listing,
+        )
+        step = failed_step(result)
+        if step == "test":
+            raise ProxyConfigError(f"nginx rejected the configuration: {result.tail()}")
+        if step == "reload":
+            raise ProxyConfigError(f"nginx reload failed (exit {result.exit_status}): {result.tail()}")
+        if step is not None:
+            raise TransportError(f"cannot {step} {path} (exit {result.exit_status}): {result.tail()}")
+        if url and listing:
+            self._before_reload = await reported_workers(
+                self.transport, result.stdout, self.http, url, worker
+            )
 
     async def _run(self, command: str) -> CommandResult:
         return await self.transport.run(command, timeout=COMMAND_TIMEOUT)
