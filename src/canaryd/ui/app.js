@@ -391,28 +391,36 @@ async function showDeployment(id) {
           el("td", { class: "figures" }, Object.entries(m.figures || {}).map(([k, val]) => `${k}=${typeof val === "number" ? +val.toFixed(4) : JSON.stringify(val)}`).join(", ")))))))); 
   }
 
+  // The action bar is built once per page and its buttons updated in place on each status: rebuilt on every
+  // status, it threw away a reason being typed and the focus of the button about to be pressed.
+  let bar = null;
   function renderActions(s) {
     const allowed = new Set(s.allowed_actions || []);
     const operate = can("operate");
-    actions.replaceChildren();
-    if (!operate) {
-      actions.append(el("p", { class: "muted" }, `Read-only view: the token's scope (${state.who.scope}) cannot act on deployments.`));
+    if (!bar) {
+      const reason = el("input", { id: "action-reason", type: "text", maxlength: 500, placeholder: "reason (kept in the history)", disabled: !operate });
+      const button = (action, label, body, cls = "") => el("button", {
+        type: "button", class: cls, "data-action": action + (body && body.to ? `-${body.to}` : ""),
+        "data-verb": action, "data-label": label, onclick: () => act(action, body || {}, reason),
+      }, label);
+      bar = [
+        button("promote", "Promote to next stage", { to: "next" }),
+        button("promote", "Promote fully", { to: "full" }),
+        button("pause", "Pause"),
+        button("resume", "Resume"),
+        el("label", { for: "action-reason", class: "sr" }, "Reason"),
+        reason,
+        button("rollback", "Roll back", null, "danger"),
+      ];
+      actions.replaceChildren(
+        ...(operate ? [] : [el("p", { class: "muted" }, `Read-only view: the token's scope (${state.who.scope}) cannot act on deployments.`)]),
+        ...bar);
     }
-    const reason = el("input", { id: "action-reason", type: "text", maxlength: 500, placeholder: "reason (kept in the history)", disabled: !operate });
-    const button = (action, label, body, cls = "") => el("button", {
-      type: "button", class: cls, "data-action": action + (body && body.to ? `-${body.to}` : ""),
-      disabled: !operate || !allowed.has(action),
-      title: !operate ? "needs the operate scope" : allowed.has(action) ? label : `not possible while ${s.canary_status}`,
-      onclick: () => act(action, body || {}, reason),
-    }, label);
-    actions.append(
-      button("promote", "Promote to next stage", { to: "next" }),
-      button("promote", "Promote fully", { to: "full" }),
-      button("pause", "Pause"),
-      button("resume", "Resume"),
-      el("label", { for: "action-reason", class: "sr" }, "Reason"),
-      reason,
-      button("rollback", "Roll back", null, "danger"));
+    for (const b of bar.filter((node) => node.tagName === "BUTTON")) {
+      const verb = b.dataset.verb;
+      b.disabled = !operate || !allowed.has(verb);
+      b.title = !operate ? "needs the operate scope" : allowed.has(verb) ? b.dataset.label : `not possible while ${s.canary_status}`;
+    }
   }
 
   async function act(action, body, reasonInput) {
