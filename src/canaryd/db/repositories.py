@@ -31,6 +31,14 @@ def _is_postgresql(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+# The tables of the tick's statements. Statements on tables rather than on mapped classes are plain Core:
+# the session hands them to the connection without the ORM's compile and load steps, which were about a
+# fifth of a worker's SQLAlchemy time per tick (docs/benchmarks.md, "Third pass").
+_DEPLOYMENTS = cast(Table, Deployment.__table__)
+_EVENTS = cast(Table, DeploymentEvent.__table__)
+_APP_SERVERS = cast(Table, ApplicationServer.__table__)
+
+
 class Fence(NamedTuple):
     """What a batch's commit checks of a deployment's row before writing it."""
 
@@ -122,10 +130,11 @@ class ApplicationRepository:
 
     async def server_ids(self, app_ids: Sequence[int]) -> dict[int, list[int]]:
         """The servers of each application, in the order of `Application.server_ids` (by id)."""
+        t = _APP_SERVERS
         rows = await self.session.execute(
-            select(ApplicationServer.application_id, ApplicationServer.server_id)
-            .where(ApplicationServer.application_id.in_(app_ids))
-            .order_by(ApplicationServer.application_id, ApplicationServer.server_id)
+            select(t.c.application_id, t.c.server_id)
+            .where(t.c.application_id.in_(app_ids))
+            .order_by(t.c.application_id, t.c.server_id)
         )
         ids: dict[int, list[int]] = {}
         for app_id, server_id in rows.all():
@@ -199,10 +208,11 @@ class DeploymentRepository:
     async def fences_for_update(self, ids: Sequence[int]) -> dict[int, Fence]:
         """The lease, state_version and updated_at of deployments by id, taking their row locks on PostgreSQL
         in id order (as many_for_update), without reading the rest of the rows."""
+        t = _DEPLOYMENTS
         stmt = (
-            select(Deployment.id, Deployment.lease_owner, Deployment.state_version, Deployment.updated_at)
-            .where(Deployment.id.in_(ids))
-            .order_by(Deployment.id)
+            select(t.c.id, t.c.lease_owner, t.c.state_version, t.c.updated_at)
+            .where(t.c.id.in_(ids))
+            .order_by(t.c.id)
         )
         if _is_postgresql(self.session):
             stmt = stmt.with_for_update()
@@ -212,7 +222,7 @@ class DeploymentRepository:
     async def write_columns(self, columns: Sequence[str], rows: Sequence[Deployment]) -> None:
         """Writes `columns` of each deployment in `rows` (objects not in this session) by id, as one
         executemany UPDATE."""
-        table = cast(Table, Deployment.__table__)
+        table = _DEPLOYMENTS
         stmt = (
             update(table)
             .where(table.c.id == bindparam("key_id", type_=table.c.id.type))
@@ -223,9 +233,8 @@ class DeploymentRepository:
 
     async def tick_tokens(self, ids: Sequence[int]) -> dict[int, str | None]:
         """The scheduled tick token of each existing deployment among `ids`."""
-        rows = await self.session.execute(
-            select(Deployment.id, Deployment.tick_token).where(Deployment.id.in_(ids))
-        )
+        t = _DEPLOYMENTS
+        rows = await self.session.execute(select(t.c.id, t.c.tick_token).where(t.c.id.in_(ids)))
         return {int(i): token for i, token in rows.all()}
 
     async def with_applications(self, ids: Sequence[int]) -> dict[int, tuple[Deployment, Application]]:
@@ -291,22 +300,18 @@ class DeploymentRepository:
     ) -> set[int]:
         """acquire_lease for many deployments in one statement: `wanted` maps a deployment to (token, lease);
         returns the deployments whose lease was taken."""
-        token = case({i: t for i, (t, _) in wanted.items()}, value=Deployment.id)
-        owner = case({i: o for i, (_, o) in wanted.items()}, value=Deployment.id)
+        t = _DEPLOYMENTS
+        token = case({i: tok for i, (tok, _) in wanted.items()}, value=t.c.id)
+        owner = case({i: o for i, (_, o) in wanted.items()}, value=t.c.id)
         result = await self.session.execute(
-            update(Deployment)
+            update(t)
             .where(
-                Deployment.id.in_(list(wanted)),
-                Deployment.tick_token == token,
-                or_(
-                    Deployment.lease_until.is_(None),
-                    Deployment.lease_until < now,
-                    Deployment.lease_owner == owner,
-                ),
+                t.c.id.in_(list(wanted)),
+                t.c.tick_token == token,
+                or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner),
             )
             .values(lease_owner=owner, lease_until=until)
-            .returning(Deployment.id)
-            .execution_options(synchronize_session=False)
+            .returning(t.c.id)
         )
         return {int(i) for i in result.scalars()}
 
@@ -381,12 +386,9 @@ class EventRepository:
         # One max(seq) subquery per deployment, each an index-only backward scan of (deployment_id, seq)
         # that reads one entry; `max … GROUP BY deployment_id` would read every event of the batch's
         # deployments (10 ms for 50 deployments with 300 events each, growing with history).
-        latest = (
-            select(func.max(DeploymentEvent.seq))
-            .where(DeploymentEvent.deployment_id == Deployment.id)
-            .scalar_subquery()
-        )
-        rows = await self.session.execute(select(Deployment.id, latest).where(Deployment.id.in_(ids)))
+        ev, dep = _EVENTS, _DEPLOYMENTS
+        latest = select(func.max(ev.c.seq)).where(ev.c.deployment_id == dep.c.id).scalar_subquery()
+        rows = await self.session.execute(select(dep.c.id, latest).where(dep.c.id.in_(ids)))
         last = {int(d): int(seq or 0) for d, seq in rows.all()}
         values, assigned = [], []
         for event in events:
@@ -413,7 +415,7 @@ class EventRepository:
             )
         # Only the ids come back: the given objects are completed with what was sent (their metrics are not
         # decoded again, and no second object is made for each).
-        stmt = insert(DeploymentEvent).returning(DeploymentEvent.id, sort_by_parameter_order=True)
+        stmt = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
         new_ids = (await self.session.execute(stmt, values)).scalars().all()
         for event, new_id, seq in zip(events, new_ids, assigned, strict=True):
             event.id, event.seq = new_id, seq
