@@ -280,7 +280,13 @@ class DeploymentRepository:
             .where(table.c.id == bindparam("key_id", type_=table.c.id.type))
             .values({c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
         )
-        params = [{"key_id": dep.id, **{f"new_{c}": getattr(dep, c) for c in columns}} for dep in rows]
+        # Straight from each object's __dict__, where its loaded and changed values are (~1 % of a tick's CPU
+        # went to the instrumented attribute reads); getattr for any that is not there.
+        params = [
+            {"key_id": dep.id, **{f"new_{c}": values[c] if c in values else getattr(dep, c) for c in columns}}
+            for dep in rows
+            for values in [vars(dep)]
+        ]
         await self.session.execute(stmt, params)
 
     async def tick_tokens(self, ids: Sequence[int]) -> dict[int, str | None]:
