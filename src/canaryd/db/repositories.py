@@ -366,7 +366,7 @@ class DeploymentRepository:
         """acquire_lease for many deployments in one statement: `wanted` maps a deployment to (token, lease);
         returns the deployments whose lease was taken."""
         if _is_postgresql(self.session):
-            ids = list(wanted)
+            ids = sorted(wanted)  # joined in this order: rows locked in id order, as the commit locks them
             result = await self.session.execute(
                 _TAKE_LEASES_PG,
                 {
