@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -74,6 +75,16 @@ def worker_process(out: Path) -> None:
 
     settings = Settings()
     metrics = LagMetrics()
+    # CPU seconds spent in the garbage collector (this wrapper, so both sides of --compare report it).
+    collector = {"cpu_s": 0.0, "since": 0.0}
+
+    def time_collections(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            collector["since"] = time.process_time()
+        else:
+            collector["cpu_s"] += time.process_time() - collector["since"]
+
+    gc.callbacks.append(time_collections)
     background: list[asyncio.Task[None]] = []
 
     def make_driver(rt: Runtime) -> RolloutDriver:
@@ -97,7 +108,8 @@ def worker_process(out: Path) -> None:
             while True:
                 await asyncio.sleep(1.0)
                 lags, written = metrics.lags[written:], len(metrics.lags)
-                f.write(json.dumps({"lags": lags, "statements": metrics.statements}) + "\n")
+                chunk = {"lags": lags, "statements": metrics.statements, "gc_cpu_s": collector["cpu_s"]}
+                f.write(json.dumps(chunk) + "\n")
                 f.flush()
 
     try:
@@ -424,13 +436,14 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
                 p.kill()
         subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", "--force", name], capture_output=True)
     t0s, ends = t0.timestamp(), end.timestamp()
-    lags, statements, all_ticks = [], 0, 0
+    lags, statements, all_ticks, gc_cpu = [], 0, 0, 0.0
     for out in outs:
         if out.exists():
             chunks = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
             noted = [pair for chunk in chunks for pair in chunk["lags"]]
             lags += [lag for at, lag in noted if t0s <= at - lag < ends]
             statements += chunks[-1]["statements"] if chunks else 0
+            gc_cpu += chunks[-1].get("gc_cpu_s", 0.0) if chunks else 0.0
             all_ticks += len(noted)
     ticks = len(lags)
     lags += left
@@ -456,6 +469,8 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         "snapshot_json_bytes": snapshot_bytes,
         "event_json_bytes": event_bytes,
         "sql_per_tick": statements / all_ticks if all_ticks else float("nan"),
+        # Over the worker's whole run (every tick it ran, not only the window's): its collector's share.
+        "gc_cpu_ms_per_tick": gc_cpu * 1000 / all_ticks if all_ticks else float("nan"),
         "setup_s": setup_s,
     }
 
@@ -507,7 +522,7 @@ def main() -> None:
         runs.append(run_once(args, source_tree(args.compare), args.compare.replace("/", "_")))
     runs.append(run_once(args, ROOT / "src", "this"))
     keys = ["ticks", "not_started", "ticks_per_s", "p50_lag_ms", "p99_lag_ms", "max_lag_ms",
-            "worker_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
+            "worker_cpu_ms_per_tick", "gc_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in keys:
         print(f"{key:24}" + "".join(f"{r[key]:>14.1f}" for r in runs))

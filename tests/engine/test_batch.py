@@ -204,3 +204,32 @@ def test_a_server_shutting_down_or_starting_up_counts_as_the_database_down() -> 
     adapted.__cause__ = CannotConnectNowError("the database system is shutting down")
     assert database_down(adapted)
     assert not database_down(AsyncAdapt_asyncpg_dbapi.Error("syntax error"))
+
+
+async def test_the_judges_state_stays_in_the_row_and_out_of_the_status(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The take's deployment and servers are read with Core, outside the session; the commit writes the row
+    back with the check's figures and the judge's state, which the next take reads, while the status to
+    publish shows the figures without that state."""
+    ((dep_id, token),) = await monitoring_deployments(sessions, 1)
+    store = RolloutStore(sessions, DeploymentLocks(process_local=True))
+    got = await store.take(dep_id, token, "lease-1", NOW, NOW + timedelta(seconds=15), 60.0)
+    assert isinstance(got, Loaded) and got.row is not None
+    assert [s.name for s in got.servers.values()] == ["s0-0", "s0-1"] and got.proxy_server.name == "proxy"
+    figures = {
+        "judge": "sequential",
+        "verdict": {"outcome": "pass"},
+        "judge_state": {"stage": 1, "checks": 3},
+    }
+    done = await store.commit(
+        dep_id, "lease-1", got.state_version, Facts(metrics_snapshot=figures), Change(next_tick_in=30.0),
+        None, NOW + timedelta(seconds=1), got.servers, NOW, got.row,
+    )  # fmt: skip
+    assert done.status["metrics"] == {"judge": "sequential", "verdict": {"outcome": "pass"}}
+    assert done.schedule is not None
+    async with sessions() as session:
+        row = await session.get(Deployment, dep_id)
+        assert row is not None and row.canary_metrics_snapshot == figures and row.lease_owner is None
+    again = await store.take(dep_id, done.schedule[0], "lease-2", NOW, NOW + timedelta(seconds=15), 60.0)
+    assert isinstance(again, Loaded) and again.snapshot.evidence.stage == 1

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    Integer,
     Select,
+    String,
     Table,
     bindparam,
     case,
@@ -18,17 +20,69 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
+from sqlalchemy.orm.attributes import manager_of_class
 
-from canaryd.db.models import ApiToken, Application, ApplicationServer, Deployment, DeploymentEvent, Server
+from canaryd.db.models import (
+    ApiToken,
+    Application,
+    ApplicationServer,
+    Deployment,
+    DeploymentEvent,
+    Server,
+    UTCDateTime,
+    utcnow,
+)
 
 
 def _is_postgresql(session: AsyncSession) -> bool:
     """Row locks exist on PostgreSQL; SQLite relies on process-local locks (engine/locks.py)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+# The tables of the tick's statements. Statements on tables rather than on mapped classes are plain Core:
+# the session hands them to the connection without the ORM's compile and load steps, which were about a
+# fifth of a worker's SQLAlchemy time per tick (docs/benchmarks.md, "Third pass").
+_DEPLOYMENTS = cast(Table, Deployment.__table__)
+_EVENTS = cast(Table, DeploymentEvent.__table__)
+_APP_SERVERS = cast(Table, ApplicationServer.__table__)
+_SERVERS = cast(Table, Server.__table__)
+
+_Mapped = TypeVar("_Mapped")
+
+
+def _detached(cls: type[_Mapped], values: Mapping[str, Any]) -> _Mapped:
+    """An instance of a mapped class (no relationships) holding a Core row's values, made as the ORM's
+    loading makes one but outside any session: no identity map, no load events. For the tick's rows, which
+    it reads and writes back with Core; building them this way cost half of the ORM's loading."""
+    instance: _Mapped = manager_of_class(cls).new_instance()
+    instance.__dict__.update(values)
+    return instance
+
+
+# acquire_leases on PostgreSQL: the batch's (id, token, lease) triples go as three arrays, so the statement is
+# one fixed text whatever the batch; building the portable CASE form (two bound values per tick, compiled and
+# keyed anew each batch) was ~5 % of a worker's CPU. updated_at is set as the column's onupdate would.
+_TAKE_LEASES_PG = text(
+    """UPDATE deployments AS d SET lease_owner = w.lease, lease_until = :until, updated_at = :stamp
+    FROM unnest(CAST(:ids AS integer[]), CAST(:tokens AS varchar[]), CAST(:leases AS varchar[]))
+        AS w(id, token, lease)
+    WHERE d.id = w.id AND d.tick_token = w.token
+        AND (d.lease_until IS NULL OR d.lease_until < :now OR d.lease_owner = w.lease)
+    RETURNING d.id"""
+).bindparams(
+    bindparam("until", type_=UTCDateTime()),
+    bindparam("stamp", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("ids", type_=ARRAY(Integer())),
+    bindparam("tokens", type_=ARRAY(String())),
+    bindparam("leases", type_=ARRAY(String())),
+)
 
 
 class Fence(NamedTuple):
@@ -93,6 +147,12 @@ class ServerRepository:
         rows = await self.session.execute(select(Server).where(Server.id.in_(list(ids))))
         return {s.id: s for s in rows.scalars()}
 
+    async def detached(self, ids: Sequence[int]) -> dict[int, Server]:
+        """Servers by id, read with Core and not attached to the session: for reading only (a change to
+        them is never written)."""
+        rows = await self.session.execute(select(_SERVERS).where(_SERVERS.c.id.in_(list(ids))))
+        return {int(row.id): _detached(Server, dict(row._mapping)) for row in rows}
+
     async def list(self, limit: int, offset: int) -> Sequence[Server]:
         rows = await self.session.execute(select(Server).order_by(Server.id).limit(limit).offset(offset))
         return rows.scalars().all()
@@ -122,10 +182,11 @@ class ApplicationRepository:
 
     async def server_ids(self, app_ids: Sequence[int]) -> dict[int, list[int]]:
         """The servers of each application, in the order of `Application.server_ids` (by id)."""
+        t = _APP_SERVERS
         rows = await self.session.execute(
-            select(ApplicationServer.application_id, ApplicationServer.server_id)
-            .where(ApplicationServer.application_id.in_(app_ids))
-            .order_by(ApplicationServer.application_id, ApplicationServer.server_id)
+            select(t.c.application_id, t.c.server_id)
+            .where(t.c.application_id.in_(app_ids))
+            .order_by(t.c.application_id, t.c.server_id)
         )
         ids: dict[int, list[int]] = {}
         for app_id, server_id in rows.all():
@@ -199,10 +260,11 @@ class DeploymentRepository:
     async def fences_for_update(self, ids: Sequence[int]) -> dict[int, Fence]:
         """The lease, state_version and updated_at of deployments by id, taking their row locks on PostgreSQL
         in id order (as many_for_update), without reading the rest of the rows."""
+        t = _DEPLOYMENTS
         stmt = (
-            select(Deployment.id, Deployment.lease_owner, Deployment.state_version, Deployment.updated_at)
-            .where(Deployment.id.in_(ids))
-            .order_by(Deployment.id)
+            select(t.c.id, t.c.lease_owner, t.c.state_version, t.c.updated_at)
+            .where(t.c.id.in_(ids))
+            .order_by(t.c.id)
         )
         if _is_postgresql(self.session):
             stmt = stmt.with_for_update()
@@ -212,35 +274,47 @@ class DeploymentRepository:
     async def write_columns(self, columns: Sequence[str], rows: Sequence[Deployment]) -> None:
         """Writes `columns` of each deployment in `rows` (objects not in this session) by id, as one
         executemany UPDATE."""
-        table = cast(Table, Deployment.__table__)
+        table = _DEPLOYMENTS
         stmt = (
             update(table)
             .where(table.c.id == bindparam("key_id", type_=table.c.id.type))
             .values({c: bindparam(f"new_{c}", type_=table.c[c].type) for c in columns})
         )
-        params = [{"key_id": dep.id, **{f"new_{c}": getattr(dep, c) for c in columns}} for dep in rows]
+        # Straight from each object's __dict__, where its loaded and changed values are (~1 % of a tick's CPU
+        # went to the instrumented attribute reads); getattr for any that is not there.
+        params = [
+            {"key_id": dep.id, **{f"new_{c}": values[c] if c in values else getattr(dep, c) for c in columns}}
+            for dep in rows
+            for values in [vars(dep)]
+        ]
         await self.session.execute(stmt, params)
 
     async def tick_tokens(self, ids: Sequence[int]) -> dict[int, str | None]:
         """The scheduled tick token of each existing deployment among `ids`."""
-        rows = await self.session.execute(
-            select(Deployment.id, Deployment.tick_token).where(Deployment.id.in_(ids))
-        )
+        t = _DEPLOYMENTS
+        rows = await self.session.execute(select(t.c.id, t.c.tick_token).where(t.c.id.in_(ids)))
         return {int(i): token for i, token in rows.all()}
 
     async def with_applications(self, ids: Sequence[int]) -> dict[int, tuple[Deployment, Application]]:
-        """Deployments and their applications, read in one query. The applications come without their
-        `server_links` (reading them raises): ask `ApplicationRepository.server_ids` for their servers. Making
-        the link objects was ~5 % of a worker's CPU per tick."""
+        """Deployments and their applications, read in one query. The deployments are read with Core and are
+        not attached to the session (RolloutStore writes them back with write_columns). The applications come
+        without their `server_links` (reading them raises): ask `ApplicationRepository.server_ids` for their
+        servers. Making the link objects was ~5 % of a worker's CPU per tick."""
+        dep = _DEPLOYMENTS
         stmt = (
-            select(Deployment, Application)
-            .join(Application, Application.id == Deployment.application_id)
-            .where(Deployment.id.in_(ids))
+            select(Application, *dep.c)
+            .select_from(dep)
+            .join(Application, Application.id == dep.c.application_id)
+            .where(dep.c.id.in_(ids))
             .options(raiseload(Application.server_links))
             .execution_options(populate_existing=True)
         )
-        rows = await self.session.execute(stmt)
-        return {dep.id: (dep, app) for dep, app in rows.all()}
+        keys = dep.c.keys()
+        found: dict[int, tuple[Deployment, Application]] = {}
+        for row in await self.session.execute(stmt):
+            deployment = _detached(Deployment, dict(zip(keys, row[1:], strict=True)))
+            found[deployment.id] = (deployment, row[0])
+        return found
 
     async def delete_for_application(self, app_id: int) -> None:
         """Deletes every deployment of the application (their events go with them: ON DELETE CASCADE)."""
@@ -291,22 +365,32 @@ class DeploymentRepository:
     ) -> set[int]:
         """acquire_lease for many deployments in one statement: `wanted` maps a deployment to (token, lease);
         returns the deployments whose lease was taken."""
-        token = case({i: t for i, (t, _) in wanted.items()}, value=Deployment.id)
-        owner = case({i: o for i, (_, o) in wanted.items()}, value=Deployment.id)
+        if _is_postgresql(self.session):
+            ids = sorted(wanted)  # joined in this order: rows locked in id order, as the commit locks them
+            result = await self.session.execute(
+                _TAKE_LEASES_PG,
+                {
+                    "ids": ids,
+                    "tokens": [wanted[i][0] for i in ids],
+                    "leases": [wanted[i][1] for i in ids],
+                    "until": until,
+                    "now": now,
+                    "stamp": utcnow(),
+                },
+            )
+            return {int(i) for i in result.scalars()}
+        t = _DEPLOYMENTS
+        token = case({i: tok for i, (tok, _) in wanted.items()}, value=t.c.id)
+        owner = case({i: o for i, (_, o) in wanted.items()}, value=t.c.id)
         result = await self.session.execute(
-            update(Deployment)
+            update(t)
             .where(
-                Deployment.id.in_(list(wanted)),
-                Deployment.tick_token == token,
-                or_(
-                    Deployment.lease_until.is_(None),
-                    Deployment.lease_until < now,
-                    Deployment.lease_owner == owner,
-                ),
+                t.c.id.in_(list(wanted)),
+                t.c.tick_token == token,
+                or_(t.c.lease_until.is_(None), t.c.lease_until < now, t.c.lease_owner == owner),
             )
             .values(lease_owner=owner, lease_until=until)
-            .returning(Deployment.id)
-            .execution_options(synchronize_session=False)
+            .returning(t.c.id)
         )
         return {int(i) for i in result.scalars()}
 
@@ -381,12 +465,9 @@ class EventRepository:
         # One max(seq) subquery per deployment, each an index-only backward scan of (deployment_id, seq)
         # that reads one entry; `max … GROUP BY deployment_id` would read every event of the batch's
         # deployments (10 ms for 50 deployments with 300 events each, growing with history).
-        latest = (
-            select(func.max(DeploymentEvent.seq))
-            .where(DeploymentEvent.deployment_id == Deployment.id)
-            .scalar_subquery()
-        )
-        rows = await self.session.execute(select(Deployment.id, latest).where(Deployment.id.in_(ids)))
+        ev, dep = _EVENTS, _DEPLOYMENTS
+        latest = select(func.max(ev.c.seq)).where(ev.c.deployment_id == dep.c.id).scalar_subquery()
+        rows = await self.session.execute(select(dep.c.id, latest).where(dep.c.id.in_(ids)))
         last = {int(d): int(seq or 0) for d, seq in rows.all()}
         values, assigned = [], []
         for event in events:
@@ -413,7 +494,7 @@ class EventRepository:
             )
         # Only the ids come back: the given objects are completed with what was sent (their metrics are not
         # decoded again, and no second object is made for each).
-        stmt = insert(DeploymentEvent).returning(DeploymentEvent.id, sort_by_parameter_order=True)
+        stmt = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
         new_ids = (await self.session.execute(stmt, values)).scalars().all()
         for event, new_id, seq in zip(events, new_ids, assigned, strict=True):
             event.id, event.seq = new_id, seq

@@ -376,7 +376,7 @@ class RolloutStore:
             links = await ApplicationRepository(session).server_ids(app_ids) if app_ids else {}
             server_ids = {sid for _, app in found.values() for sid in links.get(app.id, [])}
             server_ids |= {spec.server_id for spec in specs.values()}
-            servers = await ServerRepository(session).many(sorted(server_ids)) if server_ids else {}
+            servers = await ServerRepository(session).detached(sorted(server_ids)) if server_ids else {}
             statuses = {
                 i: deployment_status(dep, servers) if dep.canary_config.get("checks") else {}
                 for i, (dep, _) in found.items()
