@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -32,17 +32,24 @@ class BusMessage(dict[str, Any]):
     text made once (500 WebSockets on a deployment used to encode each message 500 times). Not to be
     changed once published."""
 
-    __slots__ = ("_text",)
+    __slots__ = ("_text", "_wire")
 
     def __init__(self, message: dict[str, Any], text: str | None = None) -> None:
         super().__init__(message)
         self._text = text
+        self._wire: bytes | None = None
 
     @property
     def text(self) -> str:
         if self._text is None:
             self._text = encode(self)
         return self._text
+
+    def wire(self, make: Callable[[str], bytes]) -> bytes:
+        """The text as a transport carries it (a WebSocket frame), made once by `make` for every subscriber."""
+        if self._wire is None:
+            self._wire = make(self.text)
+        return self._wire
 
 
 class Subscription:
@@ -65,6 +72,13 @@ class Subscription:
 
     async def get(self) -> dict[str, Any]:
         item = await self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def get_nowait(self) -> dict[str, Any]:
+        """The next message when ready() (asyncio.QueueEmpty otherwise), without a turn of the loop."""
+        item = self._queue.get_nowait()
         if isinstance(item, Exception):
             raise item
         return item

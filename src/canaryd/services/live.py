@@ -133,6 +133,20 @@ async def follow(
     rt: Runtime, deployment_id: int, after_seq: int | None, idle_poll: float = 5.0
 ) -> AsyncGenerator[dict[str, Any]]:
     """Messages for one WebSocket client; raises NotFound for an unknown deployment before yielding."""
+    batches = follow_batches(rt, deployment_id, after_seq, idle_poll)
+    try:
+        async for batch in batches:
+            for message in batch:
+                yield message
+    finally:
+        await batches.aclose()
+
+
+async def follow_batches(
+    rt: Runtime, deployment_id: int, after_seq: int | None, idle_poll: float = 5.0
+) -> AsyncGenerator[list[dict[str, Any]]]:
+    """`follow`'s messages, in lists of those ready together (an event and the status behind it), so that
+    the WebSocket writes them to its client at once."""
     async with contextlib.AsyncExitStack() as stack:
         inbox = await _subscribe(stack, rt, deployment_id)
         # One connection for the status, where the sequence stands and the backlog: 500 clients
@@ -147,9 +161,7 @@ async def follow(
             else:
                 relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
                 backlog = await relay.catch_up(session)
-        yield {"type": "status", **status}
-        for event in backlog:
-            yield event
+        yield [{"type": "status", **status}, *backlog]
         while not relay.finished:
             try:
                 if inbox.ready():  # e.g. the status right behind its event: no timer to arm and cancel
@@ -162,17 +174,31 @@ async def follow(
                 # streams, says whether the bus lost anything; only then are the events read.
                 newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
                 out = await relay.catch_up() if newest > relay.order.last_sent else []
-            except (ConnectionError, OSError, RedisError) as exc:
-                log.warning("event bus lost for deployment %s (%s): polling the database", deployment_id, exc)
-                inbox = Subscription()
+            except _BUS_LOST as exc:
+                inbox = _lost(deployment_id, exc)
                 out = await relay.catch_up()
             else:
                 out = await relay.relay(message)
-            for item in out:
-                yield item
+                # What the bus handed over in the same turn (the status behind its event) joins the batch.
+                while inbox.ready() and not relay.finished:
+                    try:
+                        message = inbox.get_nowait()
+                    except _BUS_LOST as exc:
+                        inbox = _lost(deployment_id, exc)
+                        out += await relay.catch_up()
+                        break
+                    out += await relay.relay(message)
+            if out:
+                yield out
         # The final word comes from the database, after every event of the end was sent.
         async with rt.read_sessions() as session:
             final = await deployments.get_status(session, deployment_id)
-        for event in await relay.catch_up():
-            yield event
-        yield {"type": "status", "final": True, **final}
+        yield [*await relay.catch_up(), {"type": "status", "final": True, **final}]
+
+
+_BUS_LOST = (ConnectionError, OSError, RedisError)
+
+
+def _lost(deployment_id: int, exc: Exception) -> Subscription:
+    log.warning("event bus lost for deployment %s (%s): polling the database", deployment_id, exc)
+    return Subscription()
