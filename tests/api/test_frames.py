@@ -22,7 +22,7 @@ def test_text_frame_is_what_websockets_sends(size: int) -> None:
 
 @pytest.mark.parametrize("offered", [True, False])
 async def test_live_view_writes_ready_made_frames(
-    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch, offered: bool
+    any_stack: Stack, monkeypatch: pytest.MonkeyPatch, offered: bool
 ) -> None:
     """Through the server's frame writer, or through ASGI when it declines (a slow client), a client gets
     the same messages: the status, then each event followed by the status."""
@@ -36,7 +36,7 @@ async def test_live_view_writes_ready_made_frames(
 
     original = FramedWebSocketProtocol._write_frames
     monkeypatch.setattr(FramedWebSocketProtocol, "_write_frames", write)
-    s = embedded_stack
+    s = any_stack
     await s.register("v1")
     r = await s.deploy("v2", STILL)
     assert r.status_code == 201, r.text
@@ -49,5 +49,6 @@ async def test_live_view_writes_ready_made_frames(
         got = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
     assert [m["type"] for m in got] == ["event", "status"]
     assert got[0]["kind"] == "paused" and got[1]["canary_status"] == "paused"
-    # The first status alone, then the event and its status in one write (one turn of the bus).
+    # The first status alone, then the event and its status in one write: they were published together
+    # (in production, in one Redis pipeline) and heard in one turn of the bus.
     assert len(writes) == (2 if offered else 0), writes

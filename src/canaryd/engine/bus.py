@@ -93,6 +93,11 @@ class Subscription:
 class EventBus(Protocol):
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None: ...
 
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        """Messages of one write (its events, then the status), in order and together: a subscriber hears
+        them in the same turn and sends them to its WebSocket client at once."""
+        ...
+
     def subscribe(self, deployment_id: int) -> Any:
         """An async context manager yielding a Subscription."""
         ...
@@ -110,6 +115,10 @@ class LocalBus:
         shared = BusMessage(message)  # a copy: the publisher may reuse its dict
         for queue in list(self._queues.get(deployment_id, ())):
             queue.put(shared)
+
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        for message in messages:
+            await self.publish(deployment_id, message)
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[Subscription]:
@@ -156,6 +165,12 @@ class RedisBus:
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
         await self._publishes.submit((self._channel(deployment_id), encode(message)))
+
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        # One pipeline: Redis sends them to each subscriber together. Published one after the other, the
+        # event reached every WebSocket a round trip before its status: two wake-ups and sends per client.
+        channel = self._channel(deployment_id)
+        await self._publishes.submit_many([(channel, encode(m)) for m in messages])
 
     async def _publish_many(self, messages: Sequence[tuple[str, str]]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
