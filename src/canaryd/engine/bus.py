@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -55,30 +55,39 @@ class BusMessage(dict[str, Any]):
 class Subscription:
     """One subscriber's messages: `await get()` for the next one (it raises the error that ended the
     subscription, such as a lost Redis connection); also an async iterator. A queue rather than an async
-    generator, so the live view waits on it directly, under a timeout, with no task in between to relay
-    each message (a task switch per message per subscriber), and a timeout loses nothing."""
+    generator, so the live view waits on it directly, with no task in between to relay each message (a task
+    switch per message per subscriber). One reader; a get() cancelled while waiting loses nothing. A deque
+    and one future rather than asyncio.Queue, whose bookkeeping for join() cost every message of every
+    subscriber."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+        self._items: deque[dict[str, Any] | Exception] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: dict[str, Any] | Exception) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def ready(self) -> bool:
         """A message (or the error) is waiting: get() returns without waiting."""
-        return not self._queue.empty()
+        return bool(self._items)
 
     async def get(self) -> dict[str, Any]:
-        item = await self._queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
 
     def get_nowait(self) -> dict[str, Any]:
-        """The next message when ready() (asyncio.QueueEmpty otherwise), without a turn of the loop."""
-        item = self._queue.get_nowait()
+        """The next message when ready() (IndexError otherwise), without a turn of the loop."""
+        item = self._items.popleft()
         if isinstance(item, Exception):
             raise item
         return item
