@@ -1,6 +1,7 @@
 """API and WebSocket: status reads at a fixed rate, and one event fanned out to many WebSocket subscribers.
 
     .venv/bin/python bench/api.py [--rate 300] [--seconds 20] [--subscribers 500] [--rounds 20] [--api-workers 1] [--compare main]
+        [--api-host 127.0.0.1] [--api-port 18095]
 
 Production mode on real parts: one `canaryd serve` process (nice 10) on PostgreSQL 127.0.0.1:5432 (a fresh
 database, dropped afterwards) and Redis (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2, flushed).
