@@ -1,6 +1,7 @@
 """API and WebSocket: status reads at a fixed rate, and one event fanned out to many WebSocket subscribers.
 
     .venv/bin/python bench/api.py [--rate 300] [--seconds 20] [--subscribers 500] [--rounds 20] [--api-workers 1] [--compare main]
+        [--api-host 127.0.0.1] [--api-port 18095]
 
 Production mode on real parts: one `canaryd serve` process (nice 10) on PostgreSQL 127.0.0.1:5432 (a fresh
 database, dropped afterwards) and Redis (CANARYD_BENCH_REDIS, default redis://127.0.0.1:6394/2, flushed).
@@ -64,10 +65,10 @@ class RawClient:
         return int(lines[0].split()[1])
 
 
-async def status_reads(port: int, rate: float, seconds: float, n: int) -> dict[str, float]:
+async def status_reads(host: str, port: int, rate: float, seconds: float, n: int) -> dict[str, float]:
     connections: asyncio.Queue[RawClient] = asyncio.Queue()
     for _ in range(64):
-        connections.put_nowait(RawClient(*await asyncio.open_connection("127.0.0.1", port)))
+        connections.put_nowait(RawClient(*await asyncio.open_connection(host, port)))
     latencies: list[float] = []
     errors = 0
 
@@ -222,9 +223,20 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
     far = datetime.now(UTC) + timedelta(days=1)  # no tick is due: no worker runs here
     asyncio.run(bulk_insert(dsn, args.deployments, 3, args.history, far, 14))
     asyncio.run(store_token(dsn))
-    base = f"http://127.0.0.1:{args.api_port}"
+    base = f"http://{args.api_host}:{args.api_port}"
     api = subprocess.Popen(
-        ["nice", "-n", "10", str(ROOT / ".venv/bin/canaryd"), "serve", "--port", str(args.api_port)], env=env
+        [
+            "nice",
+            "-n",
+            "10",
+            str(ROOT / ".venv/bin/canaryd"),
+            "serve",
+            "--host",
+            args.api_host,
+            "--port",
+            str(args.api_port),
+        ],
+        env=env,
     )
     try:
         import httpx
@@ -240,7 +252,9 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
                 raise SystemExit("the API did not start within 180 s")
             time.sleep(0.3)
         cpu0 = tree_cpu_seconds(api.pid)
-        reads = asyncio.run(status_reads(args.api_port, args.rate, args.seconds, args.deployments))
+        reads = asyncio.run(
+            status_reads(args.api_host, args.api_port, args.rate, args.seconds, args.deployments)
+        )
         cpu1 = tree_cpu_seconds(api.pid)
         fan = asyncio.run(fan_out(base, args.subscribers, args.rounds, lambda: tree_cpu_seconds(api.pid)))
         reads["api_cpu_ms_per_read"] = (cpu1 - cpu0) * 1000 / reads["requests"]
@@ -266,6 +280,7 @@ def main() -> None:
     parser.add_argument("--deployments", type=int, default=1000)
     parser.add_argument("--history", type=int, default=0, help="old events per deployment")
     parser.add_argument("--compare", metavar="REV", help="run REV's src first (e.g. main), then this tree's")
+    parser.add_argument("--api-host", default="127.0.0.1", help="loopback address the API listens on")
     parser.add_argument("--api-port", type=int, default=18095)
     parser.add_argument(
         "--api-workers", type=int, default=1, help="CANARYD_API_WORKERS for every run (a tree without it: 1)"

@@ -26,6 +26,19 @@ from canaryd.engine.store import Acquired, Committed, LeaseLost, Loaded, Rollout
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+async def test_requests_submitted_together_go_in_one_batch_in_order() -> None:
+    """submit_many (a write's events and status, published together) puts its requests in one batch."""
+    batches: list[list[int]] = []
+
+    async def run(requests: Sequence[int]) -> list[int]:
+        batches.append(list(requests))
+        return [r * 10 for r in requests]
+
+    batcher: Batcher[int, int] = Batcher(run, max_size=10)
+    assert await batcher.submit_many([1, 2, 3]) == [10, 20, 30]
+    assert batches == [[1, 2, 3]]
+
+
 async def test_requests_arriving_during_a_batch_form_the_next_one() -> None:
     """The first request runs at once, alone; the ones submitted while it runs go together next."""
     batches: list[list[int]] = []

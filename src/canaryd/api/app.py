@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from canaryd import __version__
 from canaryd.api import routes, traefik_provider, ui, webhooks, ws
+from canaryd.api.frames import FramedWebSocketProtocol
 from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.api.principals import Principals
 from canaryd.db.repositories import DeploymentRepository
@@ -74,7 +75,9 @@ TAGS = [
 #: How uvicorn serves the app (`canaryd serve`, the demo, the tests' servers). No permessage-deflate:
 #: compressing every frame for every subscriber was a fifth of the CPU of fanning an event out to 500
 #: WebSockets, and each connection's zlib state takes hundreds of KB; status and event frames are a few KB.
-SERVER_OPTIONS: dict[str, Any] = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
+#: The protocol is uvicorn's websockets-sansio one that also lets the live view write a message's frame, made
+#: once, to each subscriber (api/frames.py).
+SERVER_OPTIONS: dict[str, Any] = {"ws": FramedWebSocketProtocol, "ws_per_message_deflate": False}
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from canaryd.api.deps import websocket_principal
+from canaryd.api.frames import frame_writer, text_frame
 from canaryd.engine.bus import BusMessage, encode
 from canaryd.runtime import Runtime
 from canaryd.services import live
@@ -81,7 +82,7 @@ async def deployment_ws(websocket: WebSocket, deployment_id: int) -> None:
     if isinstance(after_seq, str):
         await websocket.close(code=CLOSE_BAD_REQUEST, reason=after_seq)
         return
-    stream = live.follow(rt, deployment_id, after_seq)
+    stream = live.follow_batches(rt, deployment_id, after_seq)
     # Two tasks for the connection's life, not per message: sending ends when the stream does, receiving
     # when the client goes away; whichever ends first ends the other.
     sending = asyncio.create_task(_send(websocket, stream))
@@ -102,11 +103,21 @@ def _text(message: dict[str, Any]) -> str:
     return message.text if isinstance(message, BusMessage) else encode(message)
 
 
-async def _send(websocket: WebSocket, stream: AsyncIterator[dict[str, Any]]) -> None:
+def _frame(message: dict[str, Any]) -> bytes:
+    """A bus message's frame is made once for every subscriber."""
+    return message.wire(text_frame) if isinstance(message, BusMessage) else text_frame(encode(message))
+
+
+async def _send(websocket: WebSocket, stream: AsyncGenerator[list[dict[str, Any]]]) -> None:
+    # Ready-made frames, all of a batch in one write, where the server offers it (api/frames.py); else
+    # each message through ASGI.
+    write = frame_writer(websocket.scope)
     try:
-        async for message in stream:
-            await websocket.send_text(_text(message))
-            if message.get("final"):
+        async for batch in stream:
+            if write is None or not write(b"".join(map(_frame, batch))):
+                for message in batch:
+                    await websocket.send_text(_text(message))
+            if batch[-1].get("final"):
                 await websocket.close(code=CLOSE_NORMAL, reason="the deployment has finished")
                 return
     except NotFound as exc:

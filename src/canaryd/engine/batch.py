@@ -37,6 +37,15 @@ class Batcher(Generic[Req, Res]):
             self._draining = asyncio.create_task(self._drain())
         return await future
 
+    async def submit_many(self, requests: Sequence[Req]) -> list[Res]:
+        """Several requests that go in the same batch, in order (unless it is full)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Res]] = [loop.create_future() for _ in requests]
+        self._queue += zip(requests, futures, strict=True)
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
     async def _drain(self) -> None:
         batch: list[tuple[Req, asyncio.Future[Res]]] = []
         try:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -32,11 +32,12 @@ class BusMessage(dict[str, Any]):
     text made once (500 WebSockets on a deployment used to encode each message 500 times). Not to be
     changed once published."""
 
-    __slots__ = ("_text",)
+    __slots__ = ("_text", "_wire")
 
     def __init__(self, message: dict[str, Any], text: str | None = None) -> None:
         super().__init__(message)
         self._text = text
+        self._wire: bytes | None = None
 
     @property
     def text(self) -> str:
@@ -44,27 +45,49 @@ class BusMessage(dict[str, Any]):
             self._text = encode(self)
         return self._text
 
+    def wire(self, make: Callable[[str], bytes]) -> bytes:
+        """The text as a transport carries it (a WebSocket frame), made once by `make` for every subscriber."""
+        if self._wire is None:
+            self._wire = make(self.text)
+        return self._wire
+
 
 class Subscription:
     """One subscriber's messages: `await get()` for the next one (it raises the error that ended the
     subscription, such as a lost Redis connection); also an async iterator. A queue rather than an async
-    generator, so the live view waits on it directly, under a timeout, with no task in between to relay
-    each message (a task switch per message per subscriber), and a timeout loses nothing."""
+    generator, so the live view waits on it directly, with no task in between to relay each message (a task
+    switch per message per subscriber). One reader; a get() cancelled while waiting loses nothing. A deque
+    and one future rather than asyncio.Queue, whose bookkeeping for join() cost every message of every
+    subscriber."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+        self._items: deque[dict[str, Any] | Exception] = deque()
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: dict[str, Any] | Exception) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def ready(self) -> bool:
         """A message (or the error) is waiting: get() returns without waiting."""
-        return not self._queue.empty()
+        return bool(self._items)
 
     async def get(self) -> dict[str, Any]:
-        item = await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
+
+    def get_nowait(self) -> dict[str, Any]:
+        """The next message when ready() (IndexError otherwise), without a turn of the loop."""
+        item = self._items.popleft()
         if isinstance(item, Exception):
             raise item
         return item
@@ -78,6 +101,11 @@ class Subscription:
 
 class EventBus(Protocol):
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None: ...
+
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        """Messages of one write (its events, then the status), in order and together: a subscriber hears
+        them in the same turn and sends them to its WebSocket client at once."""
+        ...
 
     def subscribe(self, deployment_id: int) -> Any:
         """An async context manager yielding a Subscription."""
@@ -96,6 +124,10 @@ class LocalBus:
         shared = BusMessage(message)  # a copy: the publisher may reuse its dict
         for queue in list(self._queues.get(deployment_id, ())):
             queue.put(shared)
+
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        for message in messages:
+            await self.publish(deployment_id, message)
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[Subscription]:
@@ -142,6 +174,12 @@ class RedisBus:
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
         await self._publishes.submit((self._channel(deployment_id), encode(message)))
+
+    async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
+        # One pipeline: Redis sends them to each subscriber together. Published one after the other, the
+        # event reached every WebSocket a round trip before its status: two wake-ups and sends per client.
+        channel = self._channel(deployment_id)
+        await self._publishes.submit_many([(channel, encode(m)) for m in messages])
 
     async def _publish_many(self, messages: Sequence[tuple[str, str]]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

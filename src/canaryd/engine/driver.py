@@ -95,8 +95,8 @@ async def announce(
     """Logs and counts a write's decisions, publishes its events and status, then schedules its tick
     (always after the commit)."""
     record_events(metrics, done.application_id, [m for m in done.messages if m.get("type") == "event"])
-    for message in done.messages:
-        await bus.publish(deployment_id, message)
+    if done.messages:
+        await bus.publish_many(deployment_id, done.messages)
     if done.schedule is not None:
         await scheduler.schedule(deployment_id, *done.schedule)
 
