@@ -9,6 +9,7 @@ import pytest
 
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.judge import (
+    LEVEL_CEILING,
     Evidence,
     Observation,
     Outcome,
@@ -17,7 +18,9 @@ from canaryd.domain.judge import (
     alpha_shares,
     checks_per_bucket,
     judge_sequential,
+    stage_end_alpha_shares,
 )
+from canaryd.domain.sequential import exact_look_false_rollback_rate
 from canaryd.domain.types import CohortStats, HostLoad
 
 CONFIG = CanaryConfig()
@@ -237,6 +240,28 @@ def with_bursts(
     base: tuple[int, int], at: set[int], burst: tuple[int, int], n: int = 30
 ) -> list[tuple[int, int]]:
     return [burst if m in at else base for m in range(1, n + 1)]
+
+
+@pytest.mark.parametrize(
+    ("events", "theta0", "rate"),
+    [
+        # The bench's clean A/A cells (stable errors 1 %, 30 minutes): 1:1 at 10 / 50 req/min, 1:9 at
+        # 2 / 10 / 50 req/min. The default's target (0.68 %) is spent where the test's sizes allow it.
+        (6.0, 0.5, 0.00231),
+        (30.0, 0.5, 0.00644),
+        (6.0, 0.1, 0.00478),
+        (30.0, 0.1, 0.00619),
+        (150.0, 0.1, 0.00672),
+    ],
+)
+def test_default_exact_look_false_rollback_rate(events: float, theta0: float, rate: float) -> None:
+    """With the defaults the errors' exact look targets 0.68 % (4/5 of stage_end_alpha_independent
+    0.0085) and, computed, rolls back an identical canary at most that often at the bench's traffic."""
+    target = stage_end_alpha_shares(CanaryConfig())["error_rate"][1]
+    assert target == pytest.approx(0.0068)
+    computed = exact_look_false_rollback_rate(events, theta0, target, LEVEL_CEILING * target)
+    assert computed == pytest.approx(rate, abs=5e-6)
+    assert computed <= target
 
 
 @pytest.mark.parametrize(
