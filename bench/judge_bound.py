@@ -28,7 +28,7 @@ CELLS = (
     ("errors +5 pp, 10 req/min, 1:1", 10, 1, STABLE_ERROR + 0.05),
     ("errors ×3, 10 req/min, 1:9", 10, 9, 3 * STABLE_ERROR),
 )
-LEVELS = (0.0064, 0.008, 0.01)
+LEVELS = (0.0064, 0.0068, 0.008, 0.01)
 NULL_RATES = np.arange(0.0025, 0.1, 0.00125)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from canaryd.domain.config import CanaryConfig
 from canaryd.domain.judge import (
+    LEVEL_CEILING,
     Evidence,
     Observation,
     Outcome,
@@ -17,7 +18,9 @@ from canaryd.domain.judge import (
     alpha_shares,
     checks_per_bucket,
     judge_sequential,
+    stage_end_alpha_shares,
 )
+from canaryd.domain.sequential import exact_look_false_rollback_rate
 from canaryd.domain.types import CohortStats, HostLoad
 
 CONFIG = CanaryConfig()
@@ -240,6 +243,28 @@ def with_bursts(
 
 
 @pytest.mark.parametrize(
+    ("events", "theta0", "rate"),
+    [
+        # The bench's clean A/A cells (stable errors 1 %, 30 minutes): 1:1 at 10 / 50 req/min, 1:9 at
+        # 2 / 10 / 50 req/min. The default's target (0.68 %) is spent where the test's sizes allow it.
+        (6.0, 0.5, 0.00231),
+        (30.0, 0.5, 0.00644),
+        (6.0, 0.1, 0.00478),
+        (30.0, 0.1, 0.00619),
+        (150.0, 0.1, 0.00672),
+    ],
+)
+def test_default_exact_look_false_rollback_rate(events: float, theta0: float, rate: float) -> None:
+    """With the defaults the errors' exact look targets 0.68 % (4/5 of stage_end_alpha_independent
+    0.0085) and, computed, rolls back an identical canary at most that often at the bench's traffic."""
+    target = stage_end_alpha_shares(CanaryConfig())["error_rate"][1]
+    assert target == pytest.approx(0.0068)
+    computed = exact_look_false_rollback_rate(events, theta0, target, LEVEL_CEILING * target)
+    assert computed == pytest.approx(rate, abs=5e-6)
+    assert computed <= target
+
+
+@pytest.mark.parametrize(
     ("case", "canary", "stable", "share", "fails_by"),
     [
         # independent bursts on the canary (20 % errors for a minute) among healthy minutes: not a rollback
@@ -311,10 +336,12 @@ def test_stage_end_look_catches_what_the_sequential_test_did_not_yet() -> None:
 def test_exact_look_rejects_at_a_p_value_equal_to_its_level() -> None:
     """4 of 10 events on a 1:9 canary: p = P(Binomial(10, 0.1) ≥ 4) = 1.28 % is also the level the
     calibration picks (one of the test's own sizes); the two, summed in different orders, must not
-    differ by rounding — the look rolls back."""
+    differ by rounding — the look rolls back. (At the target 0.008 this case was found with; the default
+    0.0085 calibrates to the next size up, 1.31 %.)"""
     canary = [(10, 1 if m in {5, 12, 19, 26} else 0) for m in range(1, 31)]
     stable = [(90, 1 if m in {3, 8, 14, 20, 24, 29} else 0) for m in range(1, 31)]
-    run = minutes(canary, stable, share=0.1)
+    config = MINUTE.model_copy(update={"stage_end_alpha_independent": 0.008})
+    run = minutes(canary, stable, config, share=0.1)
     assert first_fail(run) == 30
     m = run[-1][1].metric("error_rate")  # type: ignore[attr-defined]
     assert m.figures["stage_end_test"] == "exact"

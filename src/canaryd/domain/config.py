@@ -548,12 +548,12 @@ class CanaryConfig(StrictModel):
         "with s comparing stages adds at most s × this to alpha (default 0.008).",
     )
     stage_end_alpha_independent: float = Field(
-        default=0.008,
+        default=0.0085,
         ge=0,
         le=0.2,
         description="When neither cohort's time buckets show over-dispersion, the stage-end look tests "
         "every canary event exactly (no burst caps) at the level that rolls back an identical canary with "
-        "the stage's traffic at most this often (shared by the comparisons like alpha; default 0.008).",
+        "the stage's traffic at most this often (shared by the comparisons like alpha; default 0.0085).",
     )
     burst_allowance: float = Field(
         default=1.0,
