@@ -41,7 +41,9 @@ BUSY_RETRY_SECONDS = 0.5
 POLL_DELAY_SECONDS = 0.1
 #: Ticks a worker runs side by side. Ticks that reach the database together share its transactions
 #: (engine/batch.py), so more of them in flight means fewer round trips per tick, not more connections.
-MAX_JOBS = 100
+#: At 10,000 deployments one worker ran 309-322 ticks/s with 100, 341-345 with 200-250; 500 made each tick
+#: wait behind more in flight (docs/benchmarks.md, controller scale).
+MAX_JOBS = 250
 #: Longest wait between attempts to reach Redis again after it was lost.
 MAX_REDIS_BACKOFF_SECONDS = 30.0
 #: How long a stopping worker lets its ticks in flight finish before cancelling them (a cancelled tick's
