@@ -126,6 +126,5 @@ _drop_closed  # pool check-out listener (src/canaryd/db/engine.py)
 create_app_from_environment  # uvicorn's factory for worker processes (src/canaryd/cli/main.py names it)
 _one_embedded_process  # settings validator (src/canaryd/settings.py)
 _measure  # run by name in a fresh interpreter (bench/api_read_cpu.py)
-no_known_masters  # unused function (tests/proxies/test_nginx_live.py:79): an autouse pytest fixture
 pytest_runtest_makereport  # pytest hook (tests/conftest.py)
 _.request_queue_size  # socketserver reads it when it listens (src/canaryd/demo/sampleapp.py)

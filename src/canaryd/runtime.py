@@ -27,6 +27,7 @@ from canaryd.engine.reconcile import reconcile
 from canaryd.engine.scheduler import LocalScheduler, RedisScheduler, TickScheduler
 from canaryd.engine.store import RolloutStore
 from canaryd.observability import Metrics
+from canaryd.proxies.nginx_workers import KnownMasters
 from canaryd.settings import Settings
 from canaryd.transports.factory import TransportFactory
 from canaryd.transports.ssh import SshPool
@@ -55,6 +56,11 @@ class Runtime:
     def read_sessions(self) -> async_sessionmaker[AsyncSession]:
         """Sessions for reads that change nothing (status reads, the live view); never committed."""
         return make_read_sessionmaker(self.db_engine)
+
+    @functools.cached_property
+    def nginx_masters(self) -> KnownMasters:
+        """nginx masters found at earlier changes, shared by the proxy adapters this process builds."""
+        return KnownMasters()
 
     @functools.cached_property
     def latest_seqs(self) -> LatestSeqs:
@@ -103,7 +109,9 @@ class Runtime:
 
     def driver(self) -> RolloutDriver:
         """The rollout driver over this process's clients."""
-        outside = RealOutside(self.transports, self.http, self.settings.health_check_timeout)
+        outside = RealOutside(
+            self.transports, self.http, self.settings.health_check_timeout, self.nginx_masters
+        )
         terms = LeaseTerms(self.settings.lease_seconds, self.settings.max_retry_backoff)
         return RolloutDriver(
             self.store, outside, self.clock, self.bus, self.scheduler, self.metrics, terms, self.owner

@@ -219,7 +219,9 @@ async def serves_recorded(w: World, app_id: int) -> bool:
         assert app is not None
         # The shipped verify timeout, not the injected steps' short one: this must succeed, and a loaded
         # machine's nginx takes longer than 0.6 s to retire the workers of a restored configuration.
-        proxy = make_proxy(app, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+        proxy = make_proxy(
+            app, await _proxy_server(w, session), w.rt.transports, w.rt.http, w.rt.nginx_masters
+        )
         table = table_from_applied(app.id, app.name, list(app.proxy_applied), app.proxy_generation)
     if not await proxy.verify(table):
         return False
@@ -245,7 +247,9 @@ async def serves_nothing(w: World, app_id: int, name: str) -> bool:
     async with w.rt.sessions() as session:
         server = await _proxy_server(w, session)
     ghost = Application(id=app_id, name=name, proxy=w.spec)
-    return await make_proxy(ghost, server, w.rt.transports, w.rt.http).verify_removed(app_id)
+    return await make_proxy(ghost, server, w.rt.transports, w.rt.http, w.rt.nginx_masters).verify_removed(
+        app_id
+    )
 
 
 STEPS = {
@@ -308,7 +312,9 @@ async def test_a_failure_at_any_step_leaves_the_last_proven_configuration(
         async with w.rt.sessions() as session:
             stored = await ApplicationRepository(session).get(app.id)
             assert stored is not None
-            proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+            proxy = w.make_proxy(
+                stored, await _proxy_server(w, session), w.rt.transports, w.rt.http, w.rt.nginx_masters
+            )
         last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
         canary = tuple(
             Backend(b.server_id, b.host, b.port, 1 if i == 0 else 2, "canary" if i == 0 else "stable")
@@ -350,7 +356,9 @@ async def _special_canary_in_and_out(w: World, kind: str, special: Callable[[Bac
     async with w.rt.sessions() as session:
         stored = await ApplicationRepository(session).get(app.id)
         assert stored is not None
-        proxy = w.make_proxy(stored, await _proxy_server(w, session), w.rt.transports, w.rt.http)
+        proxy = w.make_proxy(
+            stored, await _proxy_server(w, session), w.rt.transports, w.rt.http, w.rt.nginx_masters
+        )
     last = table_from_applied(app.id, app.name, list(stored.proxy_applied), stored.proxy_generation)
     changed = RouteTable(
         app.id, app.name, (special(last.backends[0]), *last.backends[1:]), last.generation + 1

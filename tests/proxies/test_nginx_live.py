@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,10 +16,9 @@ import pytest
 from tests.fixtures.http import send_many
 
 from canaryd.domain.types import Backend, Cohort
-from canaryd.proxies import nginx_workers
 from canaryd.proxies.base import ProxyConfigError, ProxyUnavailableError, RouteTable
 from canaryd.proxies.nginx import NginxProxy, render_nginx
-from canaryd.proxies.nginx_workers import accepting_workers, forget_masters, known_master, snapshot
+from canaryd.proxies.nginx_workers import KnownMasters, accepting_workers, snapshot
 from canaryd.transports.base import CommandResult, TransportError
 from canaryd.transports.local import LocalTransport
 
@@ -76,20 +75,22 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture(autouse=True)
-def no_known_masters() -> Iterator[None]:
-    """No nginx master remembered from another test (a port may serve another nginx now)."""
-    forget_masters()
-    yield
-    forget_masters()
-
-
 def make_proxy(
-    nginx: NginxInstance, http: httpx.AsyncClient, one_command: bool = False, **spec_overrides: object
+    nginx: NginxInstance,
+    http: httpx.AsyncClient,
+    one_command: bool = False,
+    masters: KnownMasters | None = None,
+    **spec_overrides: object,
 ) -> NginxProxy:
-    """`one_command`: install, test and reload in one command (the SSH transport's way) over the local one."""
+    """`one_command`: install, test and reload in one command (the SSH transport's way) over the local one;
+    `masters`: the memory of masters shared between adapters, as a runtime's (a fresh one if None)."""
     return NginxProxy(
-        LocalTransport(), nginx.spec(**spec_overrides), "127.0.0.1", http, one_command=one_command
+        LocalTransport(),
+        nginx.spec(**spec_overrides),
+        "127.0.0.1",
+        http,
+        one_command=one_command,
+        masters=masters,
     )
 
 
@@ -491,19 +492,20 @@ async def test_one_command_over_ssh(
     """Over the SSH transport the change is one command by default: applied, workers listed before the
     reload, proven live; a refused configuration leaves the old file alone."""
     transport = ssh_pool.transport(sshd.host, sshd.port, sshd.user)
-    proxy = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    masters = KnownMasters()
+    proxy = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http, masters=masters)
     assert proxy.one_command
     await proxy.apply(fleet.table(generation=1))
     assert await proxy.verify(fleet.table(generation=1))
-    again = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    again = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http, masters=masters)
     table = fleet.table(generation=2, canary_weight=0, stable_weight=1)
     await again.apply(table)
     master = nginx_instance.master_pid()
     assert again._before_reload is not None and again._before_reload[0] == master
     assert await again.verify(table)
-    assert known_master(f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation") == master
+    assert masters.get(f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation") == master
     # The next change lists that master's children without asking the probe first.
-    third = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http)
+    third = NginxProxy(transport, nginx_instance.spec(), "127.0.0.1", http, masters=masters)
     table = fleet.table(generation=3, canary_weight=0, stable_weight=1)
     await third.apply(table)
     assert third._before_reload is not None and third._before_reload[0] == master
@@ -519,16 +521,17 @@ async def test_one_command_over_ssh(
 
 
 async def test_one_command_stale_master_is_not_trusted(
-    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    nginx_instance: NginxInstance, fleet: Fleet, http: httpx.AsyncClient
 ) -> None:
     """A remembered master that no longer serves the probe's URL (here: this test's own process) proves
     nothing: that change falls back to the settle time and the master is forgotten."""
-    await make_proxy(nginx_instance, http, True).apply(fleet.table(generation=1))
+    masters = KnownMasters()
+    await make_proxy(nginx_instance, http, True, masters).apply(fleet.table(generation=1))
     url = f"http://127.0.0.1:{nginx_instance.port}/.canaryd/generation"
-    monkeypatch.setitem(nginx_workers._masters, url, os.getpid())
-    proxy = make_proxy(nginx_instance, http, True)
+    masters.remember(url, os.getpid())
+    proxy = make_proxy(nginx_instance, http, True, masters)
     table = fleet.table(generation=2)
     await proxy.apply(table)
     assert proxy._before_reload is None
-    assert known_master(url) is None
+    assert masters.get(url) is None
     assert await proxy.verify(table)

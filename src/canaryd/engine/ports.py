@@ -20,6 +20,7 @@ from canaryd.metrics.health import HealthResult, check_health
 from canaryd.metrics.host import read_host_load
 from canaryd.metrics.prometheus import CohortQuery, PrometheusReader
 from canaryd.proxies.base import Proxy
+from canaryd.proxies.nginx_workers import KnownMasters
 from canaryd.transports.base import Transport, TransportError
 from canaryd.transports.factory import TransportFactory
 
@@ -71,13 +72,20 @@ class Outside(Protocol):
 
 
 class RealOutside:
-    def __init__(self, transports: TransportFactory, http: httpx.AsyncClient, health_timeout: float) -> None:
+    def __init__(
+        self,
+        transports: TransportFactory,
+        http: httpx.AsyncClient,
+        health_timeout: float,
+        nginx_masters: KnownMasters,
+    ) -> None:
         self.transports = transports
         self.http = http
         self.health_timeout = health_timeout
+        self.nginx_masters = nginx_masters
 
     def proxy(self, app: Application, proxy_server: Server) -> Proxy:
-        return make_proxy(app, proxy_server, self.transports, self.http)
+        return make_proxy(app, proxy_server, self.transports, self.http, self.nginx_masters)
 
     def transport(self, server: Server) -> Transport:
         return self.transports.for_server(server.transport, server.host, server.ssh_port, server.ssh_user)

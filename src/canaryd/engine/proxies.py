@@ -11,18 +11,23 @@ from canaryd.domain.config import ProxySpec
 from canaryd.domain.types import Backend
 from canaryd.proxies.base import Proxy
 from canaryd.proxies.nginx import NginxProxy
+from canaryd.proxies.nginx_workers import KnownMasters
 from canaryd.transports.factory import TransportFactory
 
 
 def make_proxy(
-    app: Application, proxy_server: Server, transports: TransportFactory, http: httpx.AsyncClient
+    app: Application,
+    proxy_server: Server,
+    transports: TransportFactory,
+    http: httpx.AsyncClient,
+    nginx_masters: KnownMasters,
 ) -> Proxy:
     spec = ProxySpec.model_validate(app.proxy)
     transport = transports.for_server(
         proxy_server.transport, proxy_server.host, proxy_server.ssh_port, proxy_server.ssh_user
     )
     if spec.kind == "nginx":
-        return NginxProxy(transport, spec, proxy_server.host, http)
+        return NginxProxy(transport, spec, proxy_server.host, http, masters=nginx_masters)
     if spec.kind == "haproxy":
         from canaryd.proxies.haproxy import HaproxyProxy
 

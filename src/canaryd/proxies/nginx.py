@@ -60,8 +60,8 @@ from canaryd.proxies.files import (
 from canaryd.proxies.logs import ParsedLog, cohort_lookup, log_size, tail
 from canaryd.proxies.nginx_workers import (
     WORKER_HEADER,
+    KnownMasters,
     answering_worker,
-    known_master,
     reported_workers,
     snapshot,
     still_accepting,
@@ -562,6 +562,7 @@ class NginxProxy:
         settle: float = 0.15,
         observe_workers: bool = True,
         one_command: bool | None = None,
+        masters: KnownMasters | None = None,
     ) -> None:
         self.transport = transport
         self.spec = spec
@@ -574,6 +575,8 @@ class NginxProxy:
         #: Install, test and reload in one command (files.install_in_one_command): where each round trip
         #: costs (SSH, by default), rather than a read, a write, a rename and two commands.
         self.one_command = isinstance(transport, SshTransport) if one_command is None else one_command
+        #: Masters found at earlier changes: the runtime's, shared by the adapters it builds.
+        self.masters = KnownMasters() if masters is None else masters
         self._loaded_generation: int | None = None  # last generation this object tested and reloaded
         #: (master pid, workers accepting) just before this object's last reload; None: not known.
         self._before_reload: tuple[int, frozenset[int]] | None = None
@@ -637,7 +640,7 @@ class NginxProxy:
         script itself, just before it reloads: the children of the master found at the last change, else of
         the parent of the worker that answers the probe just now (nginx_workers.py)."""
         url = self.generation_url() if self.observe_workers else None
-        master = known_master(url) if url else None
+        master = self.masters.get(url) if url else None
         worker = None
         if url and master is None:
             worker = await answering_worker(self.http, url, WORKER_PROBE_TIMEOUT)
@@ -661,7 +664,7 @@ class NginxProxy:
             raise TransportError(f"cannot {step} {path} (exit {result.exit_status}): {result.tail()}")
         if url and listing:
             self._before_reload = await reported_workers(
-                self.transport, result.stdout, self.http, url, worker
+                self.transport, result.stdout, self.http, url, worker, self.masters
             )
 
     async def _run(self, command: str) -> CommandResult:

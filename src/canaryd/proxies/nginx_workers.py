@@ -89,37 +89,46 @@ def workers_script(*, worker: int | None = None, master: int | None = None) -> s
     )
 
 
-#: The master last found behind each generation probe's URL (this process): the next change lists that
-#: master's children in its install script without asking the probe first, which would delay the reload
-#: (~10 ms on the loaded 2-core test machine). Checked after the reload; dropped when the check fails.
-_masters: dict[str, int] = {}
+class KnownMasters:
+    """The master last found behind each generation probe's URL: the next change lists that master's
+    children in its install script without asking the probe first, which would delay the reload (~10 ms on
+    the loaded 2-core test machine). Checked after the reload; dropped when the check fails. One per
+    runtime (proxy adapters are built per use and would forget it)."""
 
+    def __init__(self) -> None:
+        self._by_url: dict[str, int] = {}
 
-def known_master(url: str) -> int | None:
-    """The master pid last proven to serve `url`, if any."""
-    return _masters.get(url)
+    def get(self, url: str) -> int | None:
+        """The master pid last proven to serve `url`, if any."""
+        return self._by_url.get(url)
 
+    def remember(self, url: str, master: int) -> None:
+        self._by_url[url] = master
 
-def forget_masters() -> None:
-    """Forgets every known master (tests start from nothing)."""
-    _masters.clear()
+    def forget(self, url: str) -> None:
+        self._by_url.pop(url, None)
 
 
 async def reported_workers(
-    transport: Transport, stdout: str, http: httpx.AsyncClient, url: str, worker: int | None
+    transport: Transport,
+    stdout: str,
+    http: httpx.AsyncClient,
+    url: str,
+    worker: int | None,
+    masters: KnownMasters,
 ) -> tuple[int, frozenset[int]] | None:
     """(master pid, its children before the reload) from what `workers_script` printed, checked as `snapshot`
     checks its chain: the worker that answered the probe (`worker`, before the script; else asked now) is
     among those children or, asked after the reload, is a child of that master; the master's title is
-    nginx's master's. The master is remembered for `url` (`known_master`), or forgotten when a check fails.
+    nginx's master's. The master is remembered for `url` in `masters`, or forgotten when a check fails.
     The children may include processes that were not accepting (a cache manager, workers already shutting
     down): harmless, since `still_accepting` only asks whether any of them accepts now."""
     found = _reported(stdout)
     proven = found is not None and await _chain_holds(transport, http, url, worker, *found)
     if found is None or not proven:
-        _masters.pop(url, None)
+        masters.forget(url)
         return None
-    _masters[url] = found[0]
+    masters.remember(url, found[0])
     return found
 
 
@@ -142,7 +151,7 @@ async def _chain_holds(
     master: int,
     children: frozenset[int],
 ) -> bool:
-    if worker is None:  # the master came from known_master: ask which worker serves the URL now
+    if worker is None:  # the master came from KnownMasters: ask which worker serves the URL now
         worker = await answering_worker(http, url)
         if worker is None:
             return False

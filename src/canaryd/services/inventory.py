@@ -66,7 +66,7 @@ async def create_application(rt: Runtime, payload: ApplicationCreate) -> Applica
     backends = desired_backends(
         State.PENDING, pool, frozenset(), app.current_version, 0.0, None, payload.proxy.weight_limit
     )
-    proxy = make_proxy(app, proxy_server, rt.transports, rt.http)
+    proxy = make_proxy(app, proxy_server, rt.transports, rt.http, rt.nginx_masters)
     table = RouteTable(app.id, app.name, tuple(backends), 1)
     try:
         await switch(proxy, table, last=None)  # on failure the proxy no longer has the application
@@ -220,7 +220,7 @@ async def _proxy_of(rt: Runtime, app: Application) -> Proxy:
         server = await ServerRepository(session).get(ProxySpec.model_validate(app.proxy).server_id)
     if server is None:
         raise ProxyFailed(f"the proxy server of application {app.id} no longer exists")
-    return make_proxy(app, server, rt.transports, rt.http)
+    return make_proxy(app, server, rt.transports, rt.http, rt.nginx_masters)
 
 
 def _last_table(app: Application, generation: int) -> RouteTable:
@@ -486,8 +486,14 @@ async def _moved_table(
     )
     proxy_server = known[spec.server_id]
     return _Move(
-        old=make_proxy(app, proxy_server, rt.transports, rt.http),
-        new=make_proxy(app, moved if spec.server_id == server_id else proxy_server, rt.transports, rt.http),
+        old=make_proxy(app, proxy_server, rt.transports, rt.http, rt.nginx_masters),
+        new=make_proxy(
+            app,
+            moved if spec.server_id == server_id else proxy_server,
+            rt.transports,
+            rt.http,
+            rt.nginx_masters,
+        ),
         last=_last_table(app, generation),
         table=RouteTable(app.id, app.name, tuple(backends), generation + 1),
         applied=backends_json(backends),
