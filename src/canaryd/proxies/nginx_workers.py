@@ -62,6 +62,15 @@ async def accepting_workers(transport: Transport, master: int) -> frozenset[int]
     return frozenset(p for p, title in zip(pids, titles, strict=True) if _accepting(title))
 
 
+async def _parent(transport: Transport, pid: int) -> int | None:
+    """The parent pid from /proc/<pid>/stat; None when it cannot be read."""
+    stat = await _proc(transport, f"/proc/{pid}/stat")
+    try:
+        return int(stat.rsplit(b")", 1)[1].split()[1]) if stat is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
 async def answering_worker(http: httpx.AsyncClient, url: str, timeout: float = 1.0) -> int | None:
     """The pid of the worker that answers the generation probe `url`; None when there is no such answer."""
     try:
@@ -155,14 +164,8 @@ async def _chain_holds(
         worker = await answering_worker(http, url)
         if worker is None:
             return False
-    if worker not in children:
-        stat = await _proc(transport, f"/proc/{worker}/stat")
-        try:
-            parent = int(stat.rsplit(b")", 1)[1].split()[1]) if stat is not None else None
-        except (IndexError, ValueError):
-            return False
-        if parent != master:
-            return False
+    if worker not in children and await _parent(transport, worker) != master:
+        return False
     title = await _proc(transport, f"/proc/{master}/cmdline")
     return (title or b"").startswith(_MASTER_TITLE)
 
@@ -175,11 +178,7 @@ async def snapshot(
     worker = await answering_worker(http, url)
     if worker is None:
         return None
-    stat = await _proc(transport, f"/proc/{worker}/stat")
-    try:
-        master = int(stat.rsplit(b")", 1)[1].split()[1]) if stat is not None else None
-    except (IndexError, ValueError):
-        return None
+    master = await _parent(transport, worker)
     if master is None:
         return None
     title, workers = await asyncio.gather(
