@@ -165,32 +165,29 @@ async def follow_batches(
         alarm = _Alarm(inbox, idle_poll)
         try:
             while not relay.finished:
-                try:
-                    message = await inbox.get()
-                except _IdleError:
-                    # The idle poll: one query per deployment and second, shared with this process's other
-                    # streams, says whether the bus lost anything; only then are the events read.
-                    alarm.rearm()
-                    newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
-                    out = await relay.catch_up() if newest > relay.order.last_sent else []
-                except _BUS_LOST as exc:
-                    inbox = alarm.inbox = _lost(deployment_id, exc)
-                    out = await relay.catch_up()
-                else:
+                # One batch: the next message, and what the bus handed over in the same turn (the status
+                # behind its event).
+                out: list[dict[str, Any]] = []
+                while True:
+                    try:
+                        message = inbox.get_nowait() if out else await inbox.get()
+                    except _IdleError:
+                        alarm.rearm()
+                        if not out:
+                            # The idle poll (not when the bus was just heard): one query per deployment and
+                            # second, shared with this process's other streams, says whether the bus lost
+                            # anything; only then are the events read.
+                            newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
+                            out = await relay.catch_up() if newest > relay.order.last_sent else []
+                        break
+                    except _BUS_LOST as exc:
+                        inbox = alarm.inbox = _lost(deployment_id, exc)
+                        out += await relay.catch_up()
+                        break
                     alarm.heard()
-                    out = await relay.relay(message)
-                    # What the bus handed over in the same turn (the status behind its event) joins the batch.
-                    while inbox.ready() and not relay.finished:
-                        try:
-                            message = inbox.get_nowait()
-                        except _IdleError:
-                            alarm.rearm()  # the bus was just heard: nothing to poll for
-                            break
-                        except _BUS_LOST as exc:
-                            inbox = alarm.inbox = _lost(deployment_id, exc)
-                            out += await relay.catch_up()
-                            break
-                        out += await relay.relay(message)
+                    out += await relay.relay(message)
+                    if not out or relay.finished or not inbox.ready():
+                        break
                 if out:
                     yield out
         finally:
