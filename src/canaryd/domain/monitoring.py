@@ -9,6 +9,7 @@ the proxy's own figures. A rollback cuts the canary's traffic in the same tick a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -81,12 +82,15 @@ def monitor(s: Snapshot, o: Observed, now: datetime) -> Plan:
         health_failures=failures,
         metrics_snapshot=figures,
     )
-    return checks.during(s, _act(s, decision, facts, _event_figures(figures), now))
+    return checks.during(s, _act(s, decision, facts, dict(shown_figures(figures)), now))
 
 
-def _event_figures(figures: dict[str, Any]) -> dict[str, Any]:
-    """What an event keeps of a check's figures: all of them but the judge's state, which is the judge's
-    memory between checks (the deployment's snapshot carries it), not a figure (~1.3 KB of ~5 KB)."""
+def shown_figures(figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What events and the status show of a check's figures: all of them but the judge's state, which is the
+    judge's memory between checks (the deployment's row carries it for the next tick), not a figure
+    (~1.3 KB of ~5 KB)."""
+    if "judge_state" not in figures:
+        return figures
     return {k: v for k, v in figures.items() if k != "judge_state"}
 
 
