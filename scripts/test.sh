@@ -138,14 +138,15 @@ else
 fi
 
 # Most end-to-end tests spend their time waiting for real stages to pass, so more pytest-xdist workers than
-# cores cut the wall time. Four cut pytest from ~720 s to ~600 s on a quiet machine, but in every run so far
-# some timing-window test failed under them (nginx's reload, Traefik's restart, blue-green phase windows):
-# three it stays until those tests hold at that load. PYTEST_WORKERS overrides it; 0 runs them one by one.
+# cores cut the wall time: in a 3-worker run the tests' wall times summed to 1,843 s against 587 s of CPU.
+# `--dist load` is tests/scheduling.py's longest-first scheduler: each worker gets the longest test not yet
+# started as it frees up (file order used to leave one 50 s test running alone at the end).
+# PYTEST_WORKERS overrides the count; 0 runs them one by one.
 # Tests marked `solo` load every core on purpose (a CPU hog): they run afterwards, one at a time, so that no
 # real-time test shares the machine with them. Either run may select nothing when arguments narrow it down.
 pytest_step() {
   local rc=0 solo_rc=0
-  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-3}" --dist worksteal --durations=15 -m "not solo" "$@" || rc=$?
+  "$BIN/pytest" -q -n "${PYTEST_WORKERS:-5}" --dist load --durations=15 -m "not solo" "$@" || rc=$?
   "$BIN/pytest" -q -n 0 -m solo "$@" || solo_rc=$?
   if ((rc == 5 && solo_rc == 5)); then
     echo "error: pytest collected no tests" >&2

@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.stack",
     "tests.fixtures.prometheus",
+    "tests.scheduling",
 ]
 
 

@@ -127,4 +127,6 @@ create_app_from_environment  # uvicorn's factory for worker processes (src/canar
 _one_embedded_process  # settings validator (src/canaryd/settings.py)
 _measure  # run by name in a fresh interpreter (bench/api_read_cpu.py)
 pytest_runtest_makereport  # pytest hook (tests/conftest.py)
+pytest_collection_modifyitems  # pytest hook (tests/scheduling.py)
+pytest_xdist_make_scheduler  # pytest-xdist hook (tests/scheduling.py)
 _.request_queue_size  # socketserver reads it when it listens (src/canaryd/demo/sampleapp.py)
