@@ -8,10 +8,10 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     Integer,
     Select,
     String,
-    ColumnElement,
     Table,
     any_,
     bindparam,
@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import raiseload
+from sqlalchemy.orm import InstrumentedAttribute, raiseload
 from sqlalchemy.orm.attributes import manager_of_class
 
 from canaryd.db.models import (
@@ -58,7 +58,9 @@ _SERVERS = cast(Table, Server.__table__)
 _Mapped = TypeVar("_Mapped")
 
 
-def _among(session: AsyncSession, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
+def _among(
+    session: AsyncSession, column: ColumnElement[int] | InstrumentedAttribute[int], ids: Sequence[int]
+) -> ColumnElement[bool]:
     """`column IN ids`. On PostgreSQL as `column = ANY(:ids)` with the ids as one array: the statement's
     text is the same whatever the number of ids. An IN list is expanded into one placeholder per id, so
     each batch size was a statement of its own to compile, to prepare on the server (a round trip, parsed
@@ -189,7 +191,9 @@ class ApplicationRepository:
 
     async def many(self, ids: Sequence[int]) -> dict[int, Application]:
         rows = await self.session.execute(
-            select(Application).where(_among(self.session, Application.id, ids)).execution_options(populate_existing=True)
+            select(Application)
+            .where(_among(self.session, Application.id, ids))
+            .execution_options(populate_existing=True)
         )
         return {app.id: app for app in rows.scalars()}
 
@@ -305,7 +309,9 @@ class DeploymentRepository:
     async def tick_tokens(self, ids: Sequence[int]) -> dict[int, str | None]:
         """The scheduled tick token of each existing deployment among `ids`."""
         t = _DEPLOYMENTS
-        rows = await self.session.execute(select(t.c.id, t.c.tick_token).where(_among(self.session, t.c.id, ids)))
+        rows = await self.session.execute(
+            select(t.c.id, t.c.tick_token).where(_among(self.session, t.c.id, ids))
+        )
         return {int(i): token for i, token in rows.all()}
 
     async def with_applications(self, ids: Sequence[int]) -> dict[int, tuple[Deployment, Application]]:
