@@ -166,7 +166,8 @@ class ServerRepository:
         """Servers by id, read with Core and not attached to the session: for reading only (a change to
         them is never written)."""
         rows = await self.session.execute(select(_SERVERS).where(_among(self.session, _SERVERS.c.id, ids)))
-        return {int(row.id): _detached(Server, dict(row._mapping)) for row in rows}
+        keys = list(rows.keys())  # once, not a mapping view made and read for each row
+        return {int(row.id): _detached(Server, dict(zip(keys, row, strict=True))) for row in rows}
 
     async def list(self, limit: int, offset: int) -> Sequence[Server]:
         rows = await self.session.execute(select(Server).order_by(Server.id).limit(limit).offset(offset))
