@@ -556,7 +556,8 @@ def main() -> None:
             "worker_cpu_ms_per_tick", "gc_cpu_ms_per_tick", "worker_cpu_share", "loop_idle_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in keys:
-        print(f"{key:24}" + "".join(f"{r[key]:>14.1f}" for r in runs))
+        places = 2 if key.endswith("per_tick") or key.endswith("share") else 1  # CPU figures move by 0.05
+        print(f"{key:24}" + "".join(f"{r[key]:>14.{places}f}" for r in runs))
     last = runs[-1]
     print(
         f"deployments={last['deployments']} workers={last['workers']} ticks={last['ticks']} "
