@@ -95,11 +95,30 @@ def worker_process(out: Path) -> None:
             metrics.statements += 1
 
         event.listen(rt.db_engine.sync_engine, "before_cursor_execute", count)
+        time_idle(asyncio.get_running_loop())
         background.append(asyncio.create_task(flush_forever()))
         out.with_suffix(".ready").touch()
         return RolloutDriver(
             rt.store, NullOutside(), rt.clock, rt.bus, rt.scheduler, metrics, terms, rt.owner
         )
+
+    idle = {"s": 0.0}
+
+    def time_idle(loop: asyncio.AbstractEventLoop) -> None:
+        """Counts the wall time the event loop waits in its selector (nothing ready to run): the share of
+        the window the worker's loop left its core idle, apart from the time it was runnable but not
+        running (other processes, CPU steal)."""
+        selector = loop._selector  # type: ignore[attr-defined]
+        select = selector.select
+
+        def timed(timeout: float | None = None) -> Any:
+            started = time.perf_counter()
+            try:
+                return select(timeout)
+            finally:
+                idle["s"] += time.perf_counter() - started
+
+        selector.select = timed
 
     async def flush_forever() -> None:
         """Appends the lags noted since the last second, and the statement count so far, to `out`."""
@@ -108,7 +127,13 @@ def worker_process(out: Path) -> None:
             while True:
                 await asyncio.sleep(1.0)
                 lags, written = metrics.lags[written:], len(metrics.lags)
-                chunk = {"lags": lags, "statements": metrics.statements, "gc_cpu_s": collector["cpu_s"]}
+                chunk = {
+                    "lags": lags,
+                    "statements": metrics.statements,
+                    "gc_cpu_s": collector["cpu_s"],
+                    "at": time.time(),
+                    "idle_s": idle["s"],
+                }
                 f.write(json.dumps(chunk) + "\n")
                 f.flush()
 
@@ -436,7 +461,7 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
                 p.kill()
         subprocess.run(["dropdb", *PG_ADMIN, "--if-exists", "--force", name], capture_output=True)
     t0s, ends = t0.timestamp(), end.timestamp()
-    lags, statements, all_ticks, gc_cpu = [], 0, 0, 0.0
+    lags, statements, all_ticks, gc_cpu, idle_s = [], 0, 0, 0.0, 0.0
     for out in outs:
         if out.exists():
             chunks = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
@@ -445,6 +470,10 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
             statements += chunks[-1]["statements"] if chunks else 0
             gc_cpu += chunks[-1].get("gc_cpu_s", 0.0) if chunks else 0.0
             all_ticks += len(noted)
+            # The loop's idle seconds over the window (the flushes each second nearest its ends).
+            timed = [(c["at"], c["idle_s"]) for c in chunks if "idle_s" in c and t0s <= c["at"] <= ends]
+            if len(timed) > 1:
+                idle_s += (timed[-1][1] - timed[0][1]) * args.duration / (timed[-1][0] - timed[0][0])
     ticks = len(lags)
     lags += left
     pg_window = args.duration - min(5.0, args.duration / 4)
@@ -462,6 +491,8 @@ def run_once(args: argparse.Namespace, src: Path, label: str) -> dict[str, Any]:
         "max_lag_ms": max(lags, default=float("nan")) * 1000,
         "worker_cpu_ms_per_tick": worker_cpu * 1000 / ticks if ticks else float("nan"),
         "worker_cpu_share": worker_cpu / args.duration,
+        # Per worker: the share of the window its event loop waited with nothing to run.
+        "loop_idle_share": idle_s / args.duration / args.workers,
         "pg_cpu_ms_per_tick": (pg1 - pg0) * 1000 / (ticks * pg_window / args.duration)
         if ticks
         else float("nan"),
@@ -522,10 +553,11 @@ def main() -> None:
         runs.append(run_once(args, source_tree(args.compare), args.compare.replace("/", "_")))
     runs.append(run_once(args, ROOT / "src", "this"))
     keys = ["ticks", "not_started", "ticks_per_s", "p50_lag_ms", "p99_lag_ms", "max_lag_ms",
-            "worker_cpu_ms_per_tick", "gc_cpu_ms_per_tick", "worker_cpu_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
+            "worker_cpu_ms_per_tick", "gc_cpu_ms_per_tick", "worker_cpu_share", "loop_idle_share", "pg_cpu_ms_per_tick", "sql_per_tick", "snapshot_json_bytes", "event_json_bytes", "api_cpu_s", "setup_s"]  # fmt: skip
     print(f"{'':24}" + "".join(f"{r['label']:>14}" for r in runs))
     for key in keys:
-        print(f"{key:24}" + "".join(f"{r[key]:>14.1f}" for r in runs))
+        places = 2 if key.endswith("per_tick") or key.endswith("share") else 1  # CPU figures move by 0.05
+        print(f"{key:24}" + "".join(f"{r[key]:>14.{places}f}" for r in runs))
     last = runs[-1]
     print(
         f"deployments={last['deployments']} workers={last['workers']} ticks={last['ticks']} "

@@ -8,10 +8,12 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     Integer,
     Select,
     String,
     Table,
+    any_,
     bindparam,
     case,
     delete,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import raiseload
+from sqlalchemy.orm import InstrumentedAttribute, raiseload
 from sqlalchemy.orm.attributes import manager_of_class
 
 from canaryd.db.models import (
@@ -54,6 +56,19 @@ _APP_SERVERS = cast(Table, ApplicationServer.__table__)
 _SERVERS = cast(Table, Server.__table__)
 
 _Mapped = TypeVar("_Mapped")
+
+
+def _among(
+    session: AsyncSession, column: ColumnElement[int] | InstrumentedAttribute[int], ids: Sequence[int]
+) -> ColumnElement[bool]:
+    """`column IN ids`. On PostgreSQL as `column = ANY(:ids)` with the ids as one array: the statement's
+    text is the same whatever the number of ids. An IN list is expanded into one placeholder per id, so
+    each batch size was a statement of its own to compile, to prepare on the server (a round trip, parsed
+    and planned anew) and to keep in the driver's cache of 100 prepared statements, which the tick's
+    half-dozen such statements at ~100 sizes each kept overflowing."""
+    if _is_postgresql(session):
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer())))
+    return column.in_(list(ids))
 
 
 def _detached(cls: type[_Mapped], values: Mapping[str, Any]) -> _Mapped:
@@ -150,8 +165,9 @@ class ServerRepository:
     async def detached(self, ids: Sequence[int]) -> dict[int, Server]:
         """Servers by id, read with Core and not attached to the session: for reading only (a change to
         them is never written)."""
-        rows = await self.session.execute(select(_SERVERS).where(_SERVERS.c.id.in_(list(ids))))
-        return {int(row.id): _detached(Server, dict(row._mapping)) for row in rows}
+        rows = await self.session.execute(select(_SERVERS).where(_among(self.session, _SERVERS.c.id, ids)))
+        keys = list(rows.keys())  # once, not a mapping view made and read for each row
+        return {int(row.id): _detached(Server, dict(zip(keys, row, strict=True))) for row in rows}
 
     async def list(self, limit: int, offset: int) -> Sequence[Server]:
         rows = await self.session.execute(select(Server).order_by(Server.id).limit(limit).offset(offset))
@@ -176,7 +192,9 @@ class ApplicationRepository:
 
     async def many(self, ids: Sequence[int]) -> dict[int, Application]:
         rows = await self.session.execute(
-            select(Application).where(Application.id.in_(ids)).execution_options(populate_existing=True)
+            select(Application)
+            .where(_among(self.session, Application.id, ids))
+            .execution_options(populate_existing=True)
         )
         return {app.id: app for app in rows.scalars()}
 
@@ -185,7 +203,7 @@ class ApplicationRepository:
         t = _APP_SERVERS
         rows = await self.session.execute(
             select(t.c.application_id, t.c.server_id)
-            .where(t.c.application_id.in_(app_ids))
+            .where(_among(self.session, t.c.application_id, app_ids))
             .order_by(t.c.application_id, t.c.server_id)
         )
         ids: dict[int, list[int]] = {}
@@ -251,7 +269,7 @@ class DeploymentRepository:
     async def many_for_update(self, ids: Sequence[int]) -> dict[int, Deployment]:
         """Loads deployments by id, taking their row locks on PostgreSQL in id order (two batches that
         lock overlapping rows in the same order cannot deadlock)."""
-        stmt = select(Deployment).where(Deployment.id.in_(ids)).order_by(Deployment.id)
+        stmt = select(Deployment).where(_among(self.session, Deployment.id, ids)).order_by(Deployment.id)
         if _is_postgresql(self.session):
             stmt = stmt.with_for_update()
         rows = await self.session.execute(stmt.execution_options(populate_existing=True))
@@ -263,7 +281,7 @@ class DeploymentRepository:
         t = _DEPLOYMENTS
         stmt = (
             select(t.c.id, t.c.lease_owner, t.c.state_version, t.c.updated_at)
-            .where(t.c.id.in_(ids))
+            .where(_among(self.session, t.c.id, ids))
             .order_by(t.c.id)
         )
         if _is_postgresql(self.session):
@@ -292,7 +310,9 @@ class DeploymentRepository:
     async def tick_tokens(self, ids: Sequence[int]) -> dict[int, str | None]:
         """The scheduled tick token of each existing deployment among `ids`."""
         t = _DEPLOYMENTS
-        rows = await self.session.execute(select(t.c.id, t.c.tick_token).where(t.c.id.in_(ids)))
+        rows = await self.session.execute(
+            select(t.c.id, t.c.tick_token).where(_among(self.session, t.c.id, ids))
+        )
         return {int(i): token for i, token in rows.all()}
 
     async def with_applications(self, ids: Sequence[int]) -> dict[int, tuple[Deployment, Application]]:
@@ -305,7 +325,7 @@ class DeploymentRepository:
             select(Application, *dep.c)
             .select_from(dep)
             .join(Application, Application.id == dep.c.application_id)
-            .where(dep.c.id.in_(ids))
+            .where(_among(self.session, dep.c.id, ids))
             .options(raiseload(Application.server_links))
             .execution_options(populate_existing=True)
         )
@@ -467,7 +487,7 @@ class EventRepository:
         # deployments (10 ms for 50 deployments with 300 events each, growing with history).
         ev, dep = _EVENTS, _DEPLOYMENTS
         latest = select(func.max(ev.c.seq)).where(ev.c.deployment_id == dep.c.id).scalar_subquery()
-        rows = await self.session.execute(select(dep.c.id, latest).where(dep.c.id.in_(ids)))
+        rows = await self.session.execute(select(dep.c.id, latest).where(_among(self.session, dep.c.id, ids)))
         last = {int(d): int(seq or 0) for d, seq in rows.all()}
         values, assigned = [], []
         for event in events:

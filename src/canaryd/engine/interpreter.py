@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,28 +213,35 @@ class Interpreter:
     # --- observing ------------------------------------------------------------------------------------
 
     async def observe(self, needs: Needs) -> Observed:
-        """What `needs` asks for, gathered concurrently."""
-        loads, health, traffic, source = await asyncio.gather(
-            self._host_loads(needs), self._health(needs), self._traffic(needs), self._source(needs)
+        """What `needs` asks for, gathered concurrently: every host load, health check, traffic reading and
+        metric-source query as one task of one gather. (A gather per kind inside a gather made 10 tasks and
+        4 gathers per monitoring tick, ~10 % of a worker's CPU with an outside that answers at once:
+        docs/benchmarks.md, controller scale, "Fourth pass".) What needs no I/O is not made a task."""
+        s, app, servers = self.loaded.snapshot, self.loaded.app, self.loaded.servers
+        port = canary_port(s)  # the canary's instances (blue_green: green's port)
+        asks_source = (
+            needs.source_skipped is None
+            and needs.source_window is not None
+            and s.config.prometheus is not None
         )
+        calls: list[Awaitable[Any]] = [self.outside.host_load(servers[sid]) for sid in needs.host_loads]
+        calls += [self.outside.health(servers[sid].host, port, app.health_path) for sid in needs.health]
+        if needs.traffic:
+            calls.append(self._traffic())
+        if asks_source:
+            calls.append(self._source(needs))
+        got = iter(await asyncio.gather(*calls))
+        loads = {sid: next(got) for sid in needs.host_loads}
+        health = {sid: HealthReading(c.ok, c.detail) for sid in needs.health for c in [next(got)]}
+        traffic = next(got) if needs.traffic else None
+        source: SourceSample | None = None
+        if asks_source:
+            source = next(got)
+        elif needs.source_skipped is not None:
+            source = SourceSample(skipped=needs.source_skipped)
         return Observed(host_loads=loads, health=health, traffic=traffic, source=source)
 
-    async def _host_loads(self, needs: Needs) -> dict[int, Any]:
-        servers = self.loaded.servers
-        loads = await asyncio.gather(*(self.outside.host_load(servers[sid]) for sid in needs.host_loads))
-        return dict(zip(needs.host_loads, loads, strict=True))
-
-    async def _health(self, needs: Needs) -> dict[int, HealthReading]:
-        app, servers = self.loaded.app, self.loaded.servers
-        port = canary_port(self.loaded.snapshot)  # the canary's instances (blue_green: green's port)
-        checks = await asyncio.gather(
-            *(self.outside.health(servers[sid].host, port, app.health_path) for sid in needs.health)
-        )
-        return {sid: HealthReading(c.ok, c.detail) for sid, c in zip(needs.health, checks, strict=True)}
-
-    async def _traffic(self, needs: Needs) -> TrafficSample | None:
-        if not needs.traffic:
-            return None
+    async def _traffic(self) -> TrafficSample:
         s = self.loaded.snapshot
         cohorts_of = address_cohorts(s)
 
@@ -249,12 +257,10 @@ class Interpreter:
             cohorts.get("canary", CohortStats()), cohorts.get("stable", CohortStats()), reading.next_offset
         )
 
-    async def _source(self, needs: Needs) -> SourceSample | None:
-        if needs.source_skipped is not None:
-            return SourceSample(skipped=needs.source_skipped)
+    async def _source(self, needs: Needs) -> SourceSample:
+        """Asks the metric source (observe() calls it only when `needs` asks it and it is configured)."""
         s = self.loaded.snapshot
-        if needs.source_window is None or s.config.prometheus is None:
-            return None
+        assert needs.source_window is not None and s.config.prometheus is not None
         by_address = address_cohorts(s)  # blue_green: green's instances are the canary's
 
         def cohort(name: Cohort, version: str) -> CohortQuery:
