@@ -34,11 +34,6 @@ from canaryd.transports.ssh import SshPool
 
 log = logging.getLogger(__name__)
 
-#: Batches of takes, and of commits, a process has in flight at once on PostgreSQL (engine/batch.py). With
-#: one, the ticks that wait for a batch's answer hold their place in the worker's loop while its core idles
-#: (docs/benchmarks.md, controller scale, "Fourth pass"). SQLite writes one transaction at a time anyway.
-TICK_LANES = 2
-
 Role = Literal["api", "worker", "embedded", "cli"]
 
 
@@ -80,7 +75,7 @@ class Runtime:
 
     @property
     def store(self) -> RolloutStore:
-        return RolloutStore(self.sessions, self.locks, 1 if self.settings.is_sqlite else TICK_LANES)
+        return RolloutStore(self.sessions, self.locks)
 
     async def reconcile(self, grace_seconds: float) -> int:
         """Re-schedules overdue deployments now (see engine/reconcile.py)."""

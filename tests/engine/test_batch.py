@@ -100,37 +100,6 @@ async def test_a_cancelled_request_is_dropped_before_its_batch_runs() -> None:
     assert batches == [[1], [3]]
 
 
-async def test_with_two_lanes_a_second_batch_runs_while_the_first_waits() -> None:
-    """A request arriving while one batch waits starts a second batch at once; what arrives while both
-    wait goes together in the next batch of whichever lane is free first, and nothing is left waiting."""
-    batches: list[list[int]] = []
-    releases = [asyncio.Event(), asyncio.Event()]
-
-    async def run(requests: Sequence[int]) -> list[int]:
-        batches.append(list(requests))
-        if len(batches) <= 2:
-            await releases[len(batches) - 1].wait()
-        return [r * 10 for r in requests]
-
-    batcher: Batcher[int, int] = Batcher(run, max_size=10, lanes=2)
-    first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    second = asyncio.create_task(batcher.submit(2))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert batches == [[1], [2]]  # both lanes busy
-    rest = [asyncio.create_task(batcher.submit(n)) for n in (3, 4)]
-    await asyncio.sleep(0)
-    releases[1].set()
-    assert await second == 20
-    assert [await t for t in rest] == [30, 40]
-    assert batches == [[1], [2], [3, 4]]
-    releases[0].set()
-    assert await first == 10
-    assert await batcher.submit(5) == 50  # lanes freed: a later request still runs
-
-
 # --- the store ---------------------------------------------------------------------------------------------
 
 

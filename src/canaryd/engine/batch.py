@@ -17,27 +17,24 @@ Res = TypeVar("Res")
 
 
 class Batcher(Generic[Req, Res]):
-    """Runs submitted requests in batches of at most `max_size` through `run`, at most `lanes` batches at a
-    time (each lane takes the next batch of what queued up while it ran).
+    """Runs submitted requests in batches of at most `max_size` through `run`, one batch at a time.
 
     `run` returns one outcome per request, in order (an exception for a request that failed alone). When `run`
     itself raises for a batch of several, each request is run again on its own, so that one request's fault
     (a bug, a constraint) never fails the others; a single request's exception goes to its caller."""
 
     def __init__(
-        self,
-        run: Callable[[Sequence[Req]], Awaitable[Sequence[Res | BaseException]]],
-        max_size: int,
-        lanes: int = 1,
+        self, run: Callable[[Sequence[Req]], Awaitable[Sequence[Res | BaseException]]], max_size: int
     ) -> None:
-        self._run, self._max_size, self._lanes = run, max_size, lanes
+        self._run, self._max_size = run, max_size
         self._queue: list[tuple[Req, asyncio.Future[Res]]] = []
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining: asyncio.Task[None] | None = None
 
     async def submit(self, request: Req) -> Res:
         future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
-        self._start_lane()
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
         return await future
 
     async def submit_many(self, requests: Sequence[Req]) -> list[Res]:
@@ -45,12 +42,9 @@ class Batcher(Generic[Req, Res]):
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Res]] = [loop.create_future() for _ in requests]
         self._queue += zip(requests, futures, strict=True)
-        self._start_lane()
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
-
-    def _start_lane(self) -> None:
-        if len(self._draining) < self._lanes:
-            self._draining.add(asyncio.create_task(self._drain()))
 
     async def _drain(self) -> None:
         batch: list[tuple[Req, asyncio.Future[Res]]] = []
@@ -67,9 +61,7 @@ class Batcher(Generic[Req, Res]):
             self._queue = []
             raise
         finally:
-            # At once, not in a done callback: a request submitted before that ran would find every lane
-            # taken and wait for ever.
-            self._draining.discard(asyncio.current_task())
+            self._draining = None
 
     async def _settle(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         outcomes: Sequence[Res | BaseException]

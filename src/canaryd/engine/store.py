@@ -340,13 +340,11 @@ class RolloutStore:
     previous batch is in flight share one transaction with set-based statements (docs/design.md, "Batched
     ticks"); each keeps its own lease, fencing and outcome."""
 
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], locks: DeploymentLocks, lanes: int = 1
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], locks: DeploymentLocks) -> None:
         self.sessions = sessions
         self.locks = locks
-        self._takes: Batcher[_Take, Loaded | Acquired] = Batcher(self._take_many, MAX_BATCH, lanes)
-        self._commits: Batcher[_Commit, Committed] = Batcher(self._commit_many, MAX_BATCH, lanes)
+        self._takes: Batcher[_Take, Loaded | Acquired] = Batcher(self._take_many, MAX_BATCH)
+        self._commits: Batcher[_Commit, Committed] = Batcher(self._commit_many, MAX_BATCH)
         #: Loaded rows a commit has begun to change: a batch that failed is run again tick by tick, and
         #: those ticks must read their rows again (making a copy of each row cost ~3 % of a tick's CPU).
         self._spent: weakref.WeakSet[Deployment] = weakref.WeakSet()
