@@ -305,3 +305,50 @@ async def test_oversized_bodies_get_413_before_being_read(embedded_stack: Stack)
     assert grown < 16 * 1024, f"the process grew by {grown} KiB while {sent} bytes were sent"
     r = await s.api.post("/servers", json={"name": "ok", "host": "127.0.0.1", "transport": "local"})
     assert r.status_code == 201, "an ordinary request still works"
+
+
+async def test_caught_up_streams_are_sent_to_from_the_bus(embedded_stack: Stack) -> None:
+    """A stream that has sent everything and waits gets the bus's next batch through `send_now` on the
+    spot, without its task; a batch that needs the database (a gap), or that `send_now` refuses (a slow
+    client), goes through the task as before; the order is the same either way."""
+    s = embedded_stack
+    await s.register("v1")
+    r = await s.deploy("v2", STILL)
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    start = len(await s.events(dep_id))
+    sent: list[list[dict[str, Any]]] = []
+    accept = True
+
+    def send_now(batch: list[dict[str, Any]]) -> bool:
+        if accept:
+            sent.append(batch)
+        return accept
+
+    async with open_runtime(s.settings, "api") as rt:
+        stream = live.follow_batches(rt, dep_id, after_seq=None, idle_poll=60, send_now=send_now)
+        assert (await anext(stream))[0]["type"] == "status"
+        rows = []
+        async with unit_of_work(rt.sessions) as session:
+            for i in range(4):
+                row = await EventRepository(session).append(
+                    event_row(dep_id, Event(EventKind.HEALTH_CHECK, (f"synthetic {i}",)), utcnow(), None)
+                )
+                rows.append({"type": "event", **event_view(row)})
+        status = {"type": "status", "id": dep_id, "canary_status": "monitoring", "updated_at": "9"}
+        waiting = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.05)  # the stream waits on the bus
+        await rt.bus.publish_many(dep_id, [rows[0], status])
+        await asyncio.sleep(0.05)
+        assert [[m.get("seq") for m in b] for b in sent] == [[start + 1, None]] and not waiting.done()
+        await rt.bus.publish_many(dep_id, [rows[0]])  # a duplicate: nothing to send, nothing woken
+        await rt.bus.publish_many(dep_id, [rows[2]])  # past a gap: the task reads the 2nd and sends both
+        batch = await asyncio.wait_for(waiting, 10)
+        assert [m["seq"] for m in batch] == [start + 2, start + 3] and len(sent) == 1
+        accept = False  # a slow client: the task sends it
+        waiting = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.05)
+        await rt.bus.publish_many(dep_id, [rows[3], {**status, "updated_at": "8"}])  # an older status too
+        assert [m["seq"] for m in await asyncio.wait_for(waiting, 10)] == [start + 4]
+        await stream.aclose()

@@ -24,6 +24,7 @@ from canaryd.api.limits import BodyLimitMiddleware
 from canaryd.api.principals import Principals
 from canaryd.db.repositories import DeploymentRepository
 from canaryd.engine.scheduler import LocalScheduler
+from canaryd.gctune import tune_gc
 from canaryd.observability import configure_logging
 from canaryd.runtime import Runtime, open_runtime
 from canaryd.services.deployments import stage_floor_problems, strategy_body_problems
@@ -80,11 +81,16 @@ TAGS = [
 SERVER_OPTIONS: dict[str, Any] = {"ws": FramedWebSocketProtocol, "ws_per_message_deflate": False}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
+    """The app. `own_process`: the app is the process's whole work (`canaryd serve`), which may then tune
+    the process's garbage collector (not a test's or the demo's app, sharing a process with other things)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(settings, "embedded" if settings.embedded else "api") as rt:
             app.state.runtime = rt
+            if own_process:
+                tune_gc()  # the process is this app's alone
             background: list[asyncio.Task[None]] = []
             if isinstance(rt.scheduler, LocalScheduler):
                 rt.scheduler.bind(rt.driver().tick)
@@ -125,7 +131,7 @@ def create_app_from_environment() -> FastAPI:
     """The app of one of `canaryd serve`'s worker processes (CANARYD_API_WORKERS above 1)."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, own_process=True)
 
 
 def _add_error_handlers(app: FastAPI, settings: Settings) -> None:

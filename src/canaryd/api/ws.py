@@ -82,7 +82,9 @@ async def deployment_ws(websocket: WebSocket, deployment_id: int) -> None:
     if isinstance(after_seq, str):
         await websocket.close(code=CLOSE_BAD_REQUEST, reason=after_seq)
         return
-    stream = live.follow_batches(rt, deployment_id, after_seq)
+    write = frame_writer(websocket.scope)
+    send_now = None if write is None else lambda batch: write(b"".join(map(_frame, batch)))
+    stream = live.follow_batches(rt, deployment_id, after_seq, send_now=send_now)
     # Two tasks for the connection's life, not per message: sending ends when the stream does, receiving
     # when the client goes away; whichever ends first ends the other.
     sending = asyncio.create_task(_send(websocket, stream))

@@ -123,7 +123,7 @@ def serve(
         **SERVER_OPTIONS,
     }
     if settings.api_workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, own_process=True), **options)
     else:
         # Each worker process builds the app from the same environment (uvicorn imports the factory).
         uvicorn.run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from redis.exceptions import RedisError
 
 from canaryd.db.jsontext import message_text, parse
 from canaryd.engine.batch import Batcher
+
+log = logging.getLogger(__name__)
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -60,11 +63,26 @@ class Subscription:
     and one future rather than asyncio.Queue, whose bookkeeping for join() cost every message of every
     subscriber."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("_direct", "_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[dict[str, Any] | Exception] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._direct: Callable[[list[dict[str, Any]]], bool] | None = None
+
+    def deliver(self, messages: list[dict[str, Any]]) -> None:
+        """Messages that arrived together (an event and the status behind it). While the reader waits in
+        `get(direct)` with nothing queued, `direct` may handle them on the spot (send them to a client that
+        is caught up) without waking the reader; otherwise, or when it declines, they are queued."""
+        direct = self._direct
+        if direct is not None and not self._items:
+            try:
+                if direct(messages):
+                    return
+            except Exception:  # a fault of the subscriber's must not stop the bus's other subscribers
+                log.exception("a subscriber failed to take messages directly; queueing them")
+        for message in messages:
+            self.put(message)
 
     def put(self, item: dict[str, Any] | Exception) -> None:
         self._items.append(item)
@@ -76,13 +94,17 @@ class Subscription:
         """A message (or the error) is waiting: get() returns without waiting."""
         return bool(self._items)
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self, direct: Callable[[list[dict[str, Any]]], bool] | None = None) -> dict[str, Any]:
+        """The next message. While waiting, messages delivered together go to `direct` first, which returns
+        True when it dealt with them (they are then not queued) and False to have them queued."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
+            self._direct = direct
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._direct = None
         return self.get_nowait()
 
     def get_nowait(self) -> dict[str, Any]:
@@ -121,13 +143,14 @@ class LocalBus:
         self._queues: dict[int, set[Subscription]] = defaultdict(set)
 
     async def publish(self, deployment_id: int, message: dict[str, Any]) -> None:
-        shared = BusMessage(message)  # a copy: the publisher may reuse its dict
-        for queue in list(self._queues.get(deployment_id, ())):
-            queue.put(shared)
+        await self.publish_many(deployment_id, [message])
 
     async def publish_many(self, deployment_id: int, messages: Sequence[dict[str, Any]]) -> None:
-        for message in messages:
-            await self.publish(deployment_id, message)
+        shared: list[dict[str, Any]] = [
+            BusMessage(m) for m in messages
+        ]  # copies: the publisher may reuse its dicts
+        for queue in list(self._queues.get(deployment_id, ())):
+            queue.deliver(shared)
 
     @asynccontextmanager
     async def subscribe(self, deployment_id: int) -> AsyncIterator[Subscription]:
@@ -168,6 +191,8 @@ class RedisBus:
         self._guard = asyncio.Lock()
         #: Messages published together (many ticks' events and statuses) go in one pipeline, one round trip.
         self._publishes: Batcher[tuple[str, str], Any] = Batcher(self._publish_many, 500)
+        #: Messages read in this turn of the loop, by channel, handed to the subscribers together at its end.
+        self._arrived: dict[str, list[dict[str, Any]]] = {}
 
     def _channel(self, deployment_id: int) -> str:
         return f"canaryd:db{self._db}:deployment:{deployment_id}"
@@ -249,15 +274,25 @@ class RedisBus:
                         confirmed.set_result(None)
                 elif raw["type"] == "message":
                     text = raw["data"].decode() if isinstance(raw["data"], bytes) else str(raw["data"])
-                    message = BusMessage(parse(text), text)
-                    for queue in self._queues.get(channel, ()):
-                        queue.put(message)
+                    if not self._arrived:
+                        asyncio.get_running_loop().call_soon(self._hand_over)
+                    self._arrived.setdefault(channel, []).append(BusMessage(parse(text), text))
         except (RedisError, ConnectionError, OSError) as exc:
             self._lost(pubsub, exc)
             with contextlib.suppress(RedisError, ConnectionError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    def _hand_over(self) -> None:
+        """Gives what arrived in this turn (a write's event and status come in one pipeline, hence usually
+        in the same read) to each local subscriber in one piece: one wake-up, or one direct send, per
+        subscriber and write instead of one per message."""
+        arrived, self._arrived = self._arrived, {}
+        for channel, messages in arrived.items():
+            for queue in list(self._queues.get(channel, ())):
+                queue.deliver(messages)
+
     def _lost(self, pubsub: PubSub, exc: Exception) -> None:
+        self._hand_over()  # what arrived before the loss comes before the error
         if self._pubsub is pubsub:
             self._pubsub = None
         for confirmed in self._pending.values():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from canaryd.engine.scheduler import (
     RedisScheduler,
     deployment_of,
 )
+from canaryd.gctune import tune_gc
 from canaryd.runtime import Runtime, open_runtime
 from canaryd.settings import Settings
 
@@ -49,10 +49,6 @@ MAX_REDIS_BACKOFF_SECONDS = 30.0
 #: How long a stopping worker lets its ticks in flight finish before cancelling them (a cancelled tick's
 #: deployment is taken over once its lease expires).
 STOP_GRACE_SECONDS = 10.0
-#: Allocations (less deallocations) between two collections of the youngest generation (Python's default:
-#: 700). A tick allocates thousands of short-lived objects (rows, JSON, the judge's state); collecting every
-#: 700 of them promoted many to the older generations, whose collections then walked the whole heap.
-GC_YOUNG_THRESHOLD = 20_000
 
 
 class TickWorker:
@@ -197,17 +193,6 @@ async def cancel(task: asyncio.Task[None]) -> None:
 
 def make_worker(settings: Settings, *, burst: bool = False) -> TickWorker:
     return TickWorker(settings, burst=burst)
-
-
-def tune_gc() -> None:
-    """Makes the garbage collector cheaper for a worker's steady state: what exists once the worker has
-    started (modules, mappers, the pool) is moved out of the collector's sight for good (`gc.freeze`), so the
-    full collections no longer walk it, and the youngest generation is collected less often. The collector
-    took ~13 % of a worker's CPU per tick before (docs/benchmarks.md, "Third pass")."""
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 async def run_worker(settings: Settings) -> None:
