@@ -26,6 +26,7 @@ STABLE_ERROR = 0.01
 #: (name, canary requests a minute, stable : canary, the canary's error rate)
 CELLS = (
     ("errors +5 pp, 10 req/min, 1:1", 10, 1, STABLE_ERROR + 0.05),
+    ("errors +5 pp, 10 req/min, 1:9", 10, 9, STABLE_ERROR + 0.05),
     ("errors ×3, 10 req/min, 1:9", 10, 9, 3 * STABLE_ERROR),
 )
 LEVELS = (0.0064, 0.0068, 0.008, 0.01)
