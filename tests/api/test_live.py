@@ -49,6 +49,16 @@ async def read_until_closed(ws: ClientConnection, limit: int | None = None) -> l
     return out
 
 
+async def monitoring_deployment(s: Stack) -> int:
+    """A deployment of v2 over v1 that stays at its first stage (STILL); its id once it monitors."""
+    await s.register("v1")
+    r = await s.deploy("v2", STILL)
+    assert r.status_code == 201, r.text
+    dep_id: int = r.json()["id"]
+    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    return dep_id
+
+
 def seqs(messages: list[dict[str, Any]]) -> list[int]:
     return [m["seq"] for m in messages if m["type"] == "event"]
 
@@ -110,11 +120,7 @@ async def test_gaps_are_filled_and_duplicates_dropped(embedded_stack: Stack) -> 
     """Events that reach the bus shuffled, twice, or not at all still come out once each, in order: a gap is
     filled from the database, a lost tail is found by the idle poll, the end closes the stream."""
     s = embedded_stack
-    await s.register("v1")
-    r = await s.deploy("v2", STILL)
-    assert r.status_code == 201, r.text
-    dep_id = r.json()["id"]
-    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    dep_id = await monitoring_deployment(s)
     r = await s.api.post(f"/deployments/{dep_id}/pause")
     assert r.status_code == 202, r.text
     start = len(await s.events(dep_id))
@@ -312,11 +318,7 @@ async def test_caught_up_streams_are_sent_to_from_the_bus(embedded_stack: Stack)
     spot, without its task; a batch that needs the database (a gap), or that `send_now` refuses (a slow
     client), goes through the task as before; the order is the same either way."""
     s = embedded_stack
-    await s.register("v1")
-    r = await s.deploy("v2", STILL)
-    assert r.status_code == 201, r.text
-    dep_id = r.json()["id"]
-    await s.wait(dep_id, until={"monitoring"}, timeout=30)
+    dep_id = await monitoring_deployment(s)
     start = len(await s.events(dep_id))
     sent: list[list[dict[str, Any]]] = []
     accept = True
