@@ -26,6 +26,7 @@ from canaryd.db.repositories import (
     ApplicationRepository,
     DeploymentRepository,
     EventRepository,
+    Fence,
     ServerRepository,
 )
 from canaryd.domain.config import CanaryConfig, ProxySpec
@@ -483,50 +484,19 @@ class RolloutStore:
 
             reread = [c.deployment_id for c in commits if not unchanged(c)]
             deps = await repo.many_for_update(reread) if reread else {}
-            # Each commit whose lease still holds, by its place in the batch; the others get LeaseLost.
-            fenced: dict[int, tuple[_Commit, Deployment, bool]] = {}
-            own_rows: list[Deployment] = []
-            outcomes: list[Committed | BaseException | None] = []
-            for n, c in enumerate(commits):
-                fence = fences.get(c.deployment_id)
-                if fence is None or fence.lease_owner != c.lease or fence.lease_owner is None:
-                    outcomes.append(
-                        LeaseLost(f"deployment {c.deployment_id}: the lease {c.lease} is no longer held")
-                    )
-                    continue
-                # A second commit under the same lease in this batch is not fenced.
-                fences[c.deployment_id] = fence._replace(lease_owner=None)
-                if c.deployment_id in deps:
-                    dep = deps[c.deployment_id]
-                else:
-                    assert c.row is not None
-                    dep = c.row
-                    self._spent.add(dep)
-                    own_rows.append(dep)
-                fenced[n] = (c, dep, dep.state_version == c.seen_state_version)
-                outcomes.append(None)
+            fenced, own_rows, outcomes = _fence(commits, fences, deps, self._spent)
             app_ids = {
                 dep.application_id
                 for c, dep, decided in fenced.values()
                 if touches_application(c.proxy, c.change if decided else None)
             }
             apps = await ApplicationRepository(session).many(sorted(app_ids)) if app_ids else {}
-            written: dict[int, tuple[list[Event], tuple[str, datetime] | None]] = {}
-            for n, (c, dep, decided) in fenced.items():
-                app = apps.get(dep.application_id) if dep.application_id in app_ids else None
-                record_facts(dep, c.facts)
-                if c.proxy is not None:
-                    if app is not None:
-                        app.proxy_applied, app.proxy_generation = c.proxy.applied, c.proxy.generation
-                    dep.canary_traffic_percentage = c.proxy.canary_share
-                events, schedule = list(c.facts.events), None
-                if decided:
-                    live_at = c.proxy.live_at if c.proxy else None
-                    schedule = record_change(dep, app, c.change, c.now, live_at, c.tick_started)
-                    events += c.change.events
-                dep.lease_owner, dep.lease_until = None, None
-                dep.updated_at = c.now
-                written[n] = (events, schedule)
+            written = {
+                n: _record(
+                    c, dep, apps.get(dep.application_id) if dep.application_id in app_ids else None, decided
+                )
+                for n, (c, dep, decided) in fenced.items()
+            }
             if own_rows:
                 await repo.write_columns(COMMIT_COLUMNS, own_rows)
             rows = await EventRepository(session).append_many(
@@ -598,6 +568,59 @@ class RolloutStore:
 def lease_id(owner: str) -> str:
     """A lease id of its own for one tick, naming the process that holds it."""
     return f"{owner[:60]}:{uuid.uuid4().hex[:12]}"
+
+
+def _fence(
+    commits: Sequence[_Commit],
+    fences: dict[int, Fence],
+    deps: dict[int, Deployment],
+    spent: weakref.WeakSet[Deployment],
+) -> tuple[
+    dict[int, tuple[_Commit, Deployment, bool]], list[Deployment], list[Committed | BaseException | None]
+]:
+    """Each commit whose lease still holds, by its place in the batch, with the row it writes and whether
+    its decision still applies (the row's state_version is the one it decided on); the tick's own rows
+    among them (written as COMMIT_COLUMNS); and the outcomes so far (LeaseLost for the others)."""
+    fenced: dict[int, tuple[_Commit, Deployment, bool]] = {}
+    own_rows: list[Deployment] = []
+    outcomes: list[Committed | BaseException | None] = []
+    for n, c in enumerate(commits):
+        fence = fences.get(c.deployment_id)
+        if fence is None or fence.lease_owner != c.lease or fence.lease_owner is None:
+            outcomes.append(LeaseLost(f"deployment {c.deployment_id}: the lease {c.lease} is no longer held"))
+            continue
+        # A second commit under the same lease in this batch is not fenced.
+        fences[c.deployment_id] = fence._replace(lease_owner=None)
+        if c.deployment_id in deps:
+            dep = deps[c.deployment_id]
+        else:
+            assert c.row is not None
+            dep = c.row
+            spent.add(dep)
+            own_rows.append(dep)
+        fenced[n] = (c, dep, dep.state_version == c.seen_state_version)
+        outcomes.append(None)
+    return fenced, own_rows, outcomes
+
+
+def _record(
+    c: _Commit, dep: Deployment, app: Application | None, decided: bool
+) -> tuple[list[Event], tuple[str, datetime] | None]:
+    """Writes one fenced commit onto its rows (facts, proxy state, the decided change, the lease freed);
+    returns its events and the next tick's schedule."""
+    record_facts(dep, c.facts)
+    if c.proxy is not None:
+        if app is not None:
+            app.proxy_applied, app.proxy_generation = c.proxy.applied, c.proxy.generation
+        dep.canary_traffic_percentage = c.proxy.canary_share
+    events, schedule = list(c.facts.events), None
+    if decided:
+        live_at = c.proxy.live_at if c.proxy else None
+        schedule = record_change(dep, app, c.change, c.now, live_at, c.tick_started)
+        events += c.change.events
+    dep.lease_owner, dep.lease_until = None, None
+    dep.updated_at = c.now
+    return events, schedule
 
 
 __all__ = [
