@@ -108,6 +108,15 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+async def logged(path: str, lines: int, timeout: float = 5.0) -> None:
+    """Waits until `path` holds at least `lines` complete lines: nginx writes a request's log line after
+    its response, so a client can be answered before the line is there (seen on a loaded machine)."""
+    for _ in range(int(timeout / 0.02)):
+        if os.path.exists(path) and read_bytes(path).count(b"\n") >= lines:
+            return
+        await asyncio.sleep(0.02)
+
+
 def canary_share(responses: list[tuple[int, str]], canary_version: str) -> float:
     return 100.0 * sum(1 for _, v in responses if v == canary_version) / len(responses)
 
@@ -287,6 +296,7 @@ async def test_read_traffic_partial_line_and_rotation(
     # `nginx -s reload` returns before the master has bound the new listen port: wait until it serves.
     assert await proxy.verify(table)
     await send(nginx_instance, 50)
+    await logged(nginx_instance.access_log, 50)
     first = await proxy.read_traffic(0, fleet.cohort_of)
     assert first.cohorts["canary"].requests + first.cohorts["stable"].requests == 50
 
@@ -306,6 +316,7 @@ async def test_read_traffic_partial_line_and_rotation(
     # copytruncate-style rotation: the file is emptied in place, nginx keeps appending to it.
     os.truncate(log, 0)
     await send(nginx_instance, 4)
+    await logged(log, 4)
     truncated = await proxy.read_traffic(done.next_offset, fleet.cohort_of)
     assert truncated.cohorts["canary"].requests + truncated.cohorts["stable"].requests == 4
     assert truncated.next_offset == os.path.getsize(log)
