@@ -128,7 +128,14 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
         else None
     )
     transports = TransportFactory(ssh_pool)
-    http = httpx.AsyncClient(timeout=settings.health_check_timeout, trust_env=False)
+    # An idle connection is reused for 1 s only: bursts (proxy polls, webhook retries) still share one, while
+    # a periodic health check opens its own, so it never races an app server closing its idle connection
+    # (uvicorn and Node after 5 s, gunicorn after 2 s) and reads that reset as an unhealthy canary.
+    http = httpx.AsyncClient(
+        timeout=settings.health_check_timeout,
+        trust_env=False,
+        limits=httpx.Limits(keepalive_expiry=1.0),
+    )
     bus: EventBus
     scheduler: TickScheduler
     if settings.embedded:
