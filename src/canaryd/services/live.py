@@ -186,19 +186,8 @@ async def follow_batches(
     it is used only while nothing is queued and everything yielded before has been sent."""
     async with contextlib.AsyncExitStack() as stack:
         inbox = await _subscribe(stack, rt, deployment_id)
-        # One connection for the status, where the sequence stands and the backlog: 500 clients
-        # connecting at once queued for the pool when each of these took a connection of its own.
-        async with rt.read_sessions() as session:
-            status = await deployments.get_status(session, deployment_id)
-            if after_seq is None:
-                # Nothing to catch up on: an event after this seq commits after this read, hence is
-                # published after the subscription above was confirmed.
-                last = await EventRepository(session).last_seq(deployment_id)
-                relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
-            else:
-                relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
-                backlog = await relay.catch_up(session)
-        yield [{"type": "status", **status}, *backlog]
+        relay, opening = await _open(rt, deployment_id, after_seq)
+        yield opening
         alarm = _Alarm(inbox, idle_poll)
 
         def direct(messages: list[dict[str, Any]]) -> bool:
@@ -211,29 +200,7 @@ async def follow_batches(
         take = None if send_now is None else direct
         try:
             while not relay.finished:
-                # One batch: the next message, and what the bus handed over in the same turn (the status
-                # behind its event).
-                out: list[dict[str, Any]] = []
-                while True:
-                    try:
-                        message = inbox.get_nowait() if out else await inbox.get(take)
-                    except _IdleError:
-                        alarm.rearm()
-                        if not out:
-                            # The idle poll (not when the bus was just heard): one query per deployment and
-                            # second, shared with this process's other streams, says whether the bus lost
-                            # anything; only then are the events read.
-                            newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
-                            out = await relay.catch_up() if newest > relay.order.last_sent else []
-                        break
-                    except _BUS_LOST as exc:
-                        inbox = alarm.inbox = _lost(deployment_id, exc)
-                        out += await relay.catch_up()
-                        break
-                    alarm.heard()
-                    out += await relay.relay(message)
-                    if not out or relay.finished or not inbox.ready():
-                        break
+                out = await _next_batch(rt, deployment_id, relay, alarm, take)
                 if out:
                     yield out
         finally:
@@ -242,6 +209,56 @@ async def follow_batches(
         async with rt.read_sessions() as session:
             final = await deployments.get_status(session, deployment_id)
         yield [*await relay.catch_up(), {"type": "status", "final": True, **final}]
+
+
+async def _open(
+    rt: Runtime, deployment_id: int, after_seq: int | None
+) -> tuple[_Relay, list[dict[str, Any]]]:
+    """The relay and the first batch: the status, then the backlog after `after_seq`."""
+    # One connection for the status, where the sequence stands and the backlog: 500 clients
+    # connecting at once queued for the pool when each of these took a connection of its own.
+    async with rt.read_sessions() as session:
+        status = await deployments.get_status(session, deployment_id)
+        if after_seq is None:
+            # Nothing to catch up on: an event after this seq commits after this read, hence is
+            # published after the subscription was confirmed.
+            last = await EventRepository(session).last_seq(deployment_id)
+            relay, backlog = _Relay(rt, deployment_id, EventOrder(last), status), []
+        else:
+            relay = _Relay(rt, deployment_id, EventOrder(after_seq), status)
+            backlog = await relay.catch_up(session)
+    return relay, [{"type": "status", **status}, *backlog]
+
+
+async def _next_batch(
+    rt: Runtime,
+    deployment_id: int,
+    relay: _Relay,
+    alarm: _Alarm,
+    take: Callable[[list[dict[str, Any]]], bool] | None,
+) -> list[dict[str, Any]]:
+    """One batch: the next message, and what the bus handed over in the same turn (the status behind its
+    event); or, when the bus was quiet or lost, what the database has that was not sent."""
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            message = alarm.inbox.get_nowait() if out else await alarm.inbox.get(take)
+        except _IdleError:
+            alarm.rearm()
+            if not out:
+                # The idle poll (not when the bus was just heard): one query per deployment and second,
+                # shared with this process's other streams, says whether the bus lost anything; only
+                # then are the events read.
+                newest = await rt.latest_seqs.get(rt.read_sessions, deployment_id)
+                out = await relay.catch_up() if newest > relay.order.last_sent else []
+            return out
+        except _BUS_LOST as exc:
+            alarm.inbox = _lost(deployment_id, exc)
+            return out + await relay.catch_up()
+        alarm.heard()
+        out += await relay.relay(message)
+        if not out or relay.finished or not alarm.inbox.ready():
+            return out
 
 
 _BUS_LOST = (ConnectionError, OSError, RedisError)
