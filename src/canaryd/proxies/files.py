@@ -129,6 +129,32 @@ def _names(path: str, token: str) -> str:
     return " ".join(f"{k}={shlex.quote(v)}" for k, v in names.items())
 
 
+# `back` puts the previous file back; `fail STEP` does so and ends the script with the step's status;
+# `fail_early STEP` is for before anything was kept: it cleans up without touching the live file (a half-made
+# copy must not go back).
+_FAILURE_FUNCTIONS = (
+    'back() { if [ -e "$keep" ]; then mv -f "$keep" "$live"; elif [ -e "$gone" ]; then rm -f "$live"; fi; '
+    'rm -f "$new" "$keep" "$keep.cp" "$gone"; }',
+    'fail() { s=$?; back; echo "' + FAILED_MARK + '$1"; exit "$s"; }',
+    'fail_early() { s=$?; rm -f "$new" "$keep" "$keep.cp" "$gone"; echo "'
+    + FAILED_MARK
+    + '$1"; exit "$s"; }',
+)
+
+
+def _here_document(data: bytes | None, token: str) -> tuple[str, str]:
+    """The here-document's delimiter and text for `data`; ValueError when they cannot be sent safely."""
+    if not token.isalnum():
+        raise ValueError("token must be letters and digits")
+    if not inlinable(data):
+        raise ValueError("data cannot be sent inside a command (see inlinable)")
+    delimiter = f"CANARYD_EOF_{token}"
+    text = data.decode() if data is not None else ""
+    if any(line == delimiter for line in text.split("\n")):
+        raise ValueError("data contains the here-document's delimiter")
+    return delimiter, text
+
+
 def install_script(
     path: str,
     data: bytes | None,
@@ -145,24 +171,11 @@ def install_script(
     The operator's commands run as `( eval COMMAND )` (a subshell: their `exit` cannot skip the put-back)
     with stdout sent to stderr, so that stdout carries only the script's own lines. `token`: hex, fresh per
     call (names the temp files and ends the here-document)."""
-    if not token.isalnum():
-        raise ValueError("token must be letters and digits")
-    if not inlinable(data):
-        raise ValueError("data cannot be sent inside a command (see inlinable)")
-    delimiter = f"CANARYD_EOF_{token}"
-    text = data.decode() if data is not None else ""
-    if any(line == delimiter for line in text.split("\n")):
-        raise ValueError("data contains the here-document's delimiter")
+    delimiter, text = _here_document(data, token)
     lines = [
         _names(path, token),
         f"test={shlex.quote(test_command or '')} reload={shlex.quote(reload_command)}",
-        'back() { if [ -e "$keep" ]; then mv -f "$keep" "$live"; elif [ -e "$gone" ]; then rm -f "$live"; fi; '
-        'rm -f "$new" "$keep" "$keep.cp" "$gone"; }',
-        'fail() { s=$?; back; echo "' + FAILED_MARK + '$1"; exit "$s"; }',
-        # Nothing is kept yet: clean up without touching the live file (a half-made copy must not go back).
-        'fail_early() { s=$?; rm -f "$new" "$keep" "$keep.cp" "$gone"; echo "'
-        + FAILED_MARK
-        + '$1"; exit "$s"; }',
+        *_FAILURE_FUNCTIONS,
     ]
     if data is None:
         lines.append('if [ -e "$live" ]; then mv -f "$live" "$keep"; else : >"$gone"; fi || fail_early keep')
