@@ -128,7 +128,7 @@ async def open_runtime(settings: Settings, role: Role) -> AsyncIterator[Runtime]
         else None
     )
     transports = TransportFactory(ssh_pool)
-    # An idle connection is reused for 1 s only: bursts (proxy polls, webhook retries) still share one, while
+    # An idle connection is reused for 1 s only: bursts (proxy polls, a batch of webhook deliveries) still share one, while
     # a periodic health check opens its own, so it never races an app server closing its idle connection
     # (uvicorn and Node after 5 s, gunicorn after 2 s) and reads that reset as an unhealthy canary.
     http = httpx.AsyncClient(

@@ -73,15 +73,17 @@ TAGS = [
 ]
 
 
+#: Seconds an idle keep-alive connection stays open. It must outlive the client's own expiry (httpx 5 s, load
+#: balancers 60 s): a server that closes first races the client's next request on that connection, which then
+#: fails with a reset. 75 s is nginx's keepalive_timeout; uvicorn's default, 5 s, equals httpx's and lost that
+#: race in CI.
+KEEP_ALIVE_SECONDS = 75
+
 #: How uvicorn serves the app (`canaryd serve`, the demo, the tests' servers). No permessage-deflate:
 #: compressing every frame for every subscriber was a fifth of the CPU of fanning an event out to 500
 #: WebSockets, and each connection's zlib state takes hundreds of KB; status and event frames are a few KB.
 #: The protocol is uvicorn's websockets-sansio one that also lets the live view write a message's frame, made
 #: once, to each subscriber (api/frames.py).
-# An idle keep-alive connection must outlive the client's own expiry (httpx 5 s, load balancers 60 s): a
-# server that closes first races the client's next request on that connection, which then fails with a reset.
-# 75 s is nginx's own keepalive_timeout; uvicorn's default, 5 s, equals httpx's and lost that race in CI.
-KEEP_ALIVE_SECONDS = 75
 SERVER_OPTIONS: dict[str, Any] = {
     "ws": FramedWebSocketProtocol,
     "ws_per_message_deflate": False,
