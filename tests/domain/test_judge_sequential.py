@@ -317,6 +317,21 @@ def test_overdispersion_is_estimated_and_reported() -> None:
     assert steady[-1][1].metric("error_rate").figures["overdispersion_canary"] < 0.01  # type: ignore[attr-defined]
 
 
+def test_common_bursts_do_not_temper_the_split() -> None:
+    """Bursts that hit both cohorts in the same minutes raise both cohorts' over-dispersion, but the split
+    of each minute's errors stays binomial: the common part is reported and the design effect stays ~1, so
+    an identical canary passes as soon as on a quiet machine (not ~5 × later)."""
+    bursty = with_bursts((200, 2), {3, 9}, (200, 40), n=12)
+    run = minutes(bursty, bursty)
+    figures = run[-1][1].metric("error_rate").figures  # type: ignore[attr-defined]
+    assert isinstance(figures["overdispersion_canary"], float) and figures["overdispersion_canary"] > 0.02
+    assert isinstance(figures["overdispersion_common"], float) and figures["overdispersion_common"] > 0.02
+    assert figures["design_effect"] == pytest.approx(1.0, abs=0.05)
+    assert run[-1][1].outcome is Outcome.PASS  # type: ignore[attr-defined]
+    apart = minutes(bursty, with_bursts((200, 2), {5, 11}, (200, 40), n=12))
+    assert apart[-1][1].metric("error_rate").figures["design_effect"] > 2  # type: ignore[attr-defined]
+
+
 def test_stage_end_look_catches_what_the_sequential_test_did_not_yet() -> None:
     """×3 errors at 10 req/min on a 1:9 canary: not enough for the always-valid test, enough for the
     one fixed-sample look at the stage's end (p ≤ stage_end_alpha), which says so."""

@@ -14,6 +14,7 @@ from canaryd.domain.sequential import (
     binomial_upper_tails,
     bucket_log_lr,
     calibrated_level,
+    common_correlation,
     convolve,
     counted_distribution,
     design_effect,
@@ -175,6 +176,39 @@ def test_excess_correlation_sees_bursts_not_steady_rates() -> None:
     assert 0.05 < excess_correlation(bursty) < 0.3
     assert design_effect(0.0, 0.0, 200, 200, 0.5) == 1.0
     assert design_effect(0.1, 0.0, 201, 201, 0.5) == pytest.approx(11.0)
+
+
+def cross_sums(canary: list[tuple[int, int]], stable: list[tuple[int, int]]) -> list[float]:
+    """[Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s] of paired buckets given as (requests, events)."""
+    pairs = list(zip(canary, stable, strict=True))
+    return [
+        float(sum(nc * ns for (nc, _), (ns, _) in pairs)),
+        float(sum(x * y for (_, x), (_, y) in pairs)),
+        float(sum(x * ns for (_, x), (ns, _) in pairs)),
+        float(sum(nc * y for (nc, _), (_, y) in pairs)),
+    ]
+
+
+def test_common_bursts_leave_the_split_binomial() -> None:
+    """Bursts in the same buckets of both cohorts are common over-dispersion: it takes the design effect
+    back to about 1. Bursts of one cohort (or in other buckets) are not, and leave it as it was."""
+    calm, burst = (200, 2), (200, 40)
+    both = [calm] * 18 + [burst] * 2
+    c, s = bucket_sums(both), bucket_sums(both)
+    r_c, r_s, r_x = (
+        excess_correlation(c),
+        excess_correlation(s),
+        common_correlation(c, s, cross_sums(both, both)),
+    )
+    assert r_c > 0.05 and r_x == pytest.approx(math.sqrt(r_c * r_s))
+    assert design_effect(r_c, r_s, 200, 200, 0.5) > 10
+    assert design_effect(r_c, r_s, 200, 200, 0.5, r_x) == pytest.approx(1.0)
+    apart = [burst] * 2 + [calm] * 18
+    r_apart = common_correlation(c, bucket_sums(apart), cross_sums(both, apart))
+    assert r_apart == 0.0  # bursts in other buckets: negative covariance, clipped
+    steady = [calm] * 20
+    assert common_correlation(c, bucket_sums(steady), cross_sums(both, steady)) == 0.0
+    assert common_correlation(c, s, [0.0, 0.0, 0.0, 0.0]) == 0.0
 
 
 def test_mixture_exposure_shrinks_with_the_effect() -> None:

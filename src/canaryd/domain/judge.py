@@ -53,6 +53,7 @@ from canaryd.domain.sequential import (
     binomial_tail,
     bucket_log_lr,
     calibrated_level,
+    common_correlation,
     convolve,
     counted_distribution,
     design_effect,
@@ -309,6 +310,7 @@ class Tally:
 
 
 _ZEROS5 = (0.0, 0.0, 0.0, 0.0, 0.0)
+_ZEROS4 = (0.0, 0.0, 0.0, 0.0)
 Histogram = Mapping[int, int]
 
 
@@ -355,6 +357,9 @@ class Stream:
     capped: int = 0  # of which at bucket_max_evidence
     canary_sums: tuple[float, ...] = _ZEROS5  # Σn, Σx, Σx², Σx·n, Σn² over the rollout's buckets
     stable_sums: tuple[float, ...] = _ZEROS5
+    #: Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s over the rollout's buckets where both cohorts had requests:
+    #: the cohorts' common over-dispersion (bursts that hit both at once), `common_correlation`
+    cross_sums: tuple[float, ...] = _ZEROS4
     counted: tuple[float, ...] = (
         0.0,
         0.0,
@@ -389,6 +394,7 @@ class Stream:
             "capped": self.capped,
             "canary_sums": list(self.canary_sums),
             "stable_sums": list(self.stable_sums),
+            "cross_sums": list(self.cross_sums),
             "counted": list(self.counted),
             "end_null": [float(f"{p:.12g}") for p in self.end_null],
             "end_offset": self.end_offset,
@@ -430,6 +436,7 @@ class Stream:
             capped=integer("capped"),
             canary_sums=_floats(raw.get("canary_sums"), 5) or _ZEROS5,
             stable_sums=_floats(raw.get("stable_sums"), 5) or _ZEROS5,
+            cross_sums=_floats(raw.get("cross_sums"), 4) or _ZEROS4,
             counted=_floats(raw.get("counted"), 4) or (0.0, 0.0, 0.0, 0.0),
             end_null=end_null if end_null else (1.0,),
             end_offset=integer("end_offset") if end_null else 0,
@@ -450,12 +457,18 @@ class Stream:
             stage_start=log_mixture(log_lr) if log_lr else 0.0,
             canary_sums=self.canary_sums,
             stable_sums=self.stable_sums,
+            cross_sums=self.cross_sums,
             counted=self.counted,
         )
 
 
 def _add_sums(sums: tuple[float, ...], n: int, x: int) -> tuple[float, ...]:
     return (sums[0] + n, sums[1] + x, sums[2] + x * x, sums[3] + x * n, sums[4] + n * n)
+
+
+def _add_cross(sums: tuple[float, ...], delta: Tally) -> tuple[float, ...]:
+    nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
+    return (sums[0] + nc * ns, sums[1] + x * y, sums[2] + x * ns, sums[3] + nc * y)
 
 
 def _compared(tally: Tally) -> Tally:
@@ -703,6 +716,8 @@ class _Bucket:
     r_canary: float
     r_stable: float
     design_effect: float
+    cross_sums: tuple[float, ...] = _ZEROS4
+    r_common: float = 0.0
 
 
 def _bucket(
@@ -713,22 +728,28 @@ def _bucket(
     zero = (0.0,) * len(RATIOS)
     if min(nc, ns, x, y) < 0:
         r_c, r_s = excess_correlation(stream.canary_sums), excess_correlation(stream.stable_sums)
-        return _Bucket(zero, False, stream.canary_sums, stream.stable_sums, r_c, r_s, 1.0)
+        r_x = common_correlation(stream.canary_sums, stream.stable_sums, stream.cross_sums)
+        sums = (stream.canary_sums, stream.stable_sums)
+        return _Bucket(zero, False, *sums, r_c, r_s, 1.0, stream.cross_sums, r_x)
     # In a stage that compares, a cohort's bucket tells its over-dispersion even when the other cohort had
     # no request in it (a stable burst in a minute without canary requests still shows bursts). A stage
     # that compares nothing (100 %) adds nothing: its buckets would inflate the design effect of a pass.
     lone = compares or (nc > 0 and ns > 0)
     canary_sums = _add_sums(stream.canary_sums, nc, x) if nc > 0 and lone else stream.canary_sums
     stable_sums = _add_sums(stream.stable_sums, ns, y) if ns > 0 and lone else stream.stable_sums
+    cross_sums = _add_cross(stream.cross_sums, delta) if nc > 0 and ns > 0 else stream.cross_sums
     r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
+    r_x = common_correlation(canary_sums, stable_sums, cross_sums)
     if nc == 0 or ns == 0:
-        return _Bucket(zero, False, canary_sums, stable_sums, r_c, r_s, 1.0)
+        return _Bucket(zero, False, canary_sums, stable_sums, r_c, r_s, 1.0, cross_sums, r_x)
     theta0 = null_share(nc / (nc + ns), margin)
-    phi = design_effect(r_c, r_s, nc, ns, theta0)
+    phi = design_effect(r_c, r_s, nc, ns, theta0, r_x)
     cap = math.log(config.bucket_max_evidence)
     raw = [v / phi for v in bucket_log_lr(x, y, theta0)]
     capped = tuple(min(v, cap) for v in raw)
-    return _Bucket(capped, any(v > cap for v in raw), canary_sums, stable_sums, r_c, r_s, phi)
+    return _Bucket(
+        capped, any(v > cap for v in raw), canary_sums, stable_sums, r_c, r_s, phi, cross_sums, r_x
+    )
 
 
 def _counted_caps(stream: Stream, delta: Tally, kappa: float) -> list[int]:
@@ -819,6 +840,7 @@ def _advance(
         capped=stream.capped + bucket.capped,
         canary_sums=bucket.canary_sums,
         stable_sums=bucket.stable_sums,
+        cross_sums=bucket.cross_sums,
         base_hists=hists,
     )
     return _close_for_end_look(closed, delta, margin, config), bucket
@@ -832,6 +854,7 @@ def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin
     return design_effect(
         bucket.r_canary, bucket.r_stable, round(stage.canary_requests / buckets),
         round(stage.stable_requests / buckets), null_share(rho, margin) if 0 < rho < 1 else 0.5,
+        bucket.r_common,
     )  # fmt: skip
 
 
@@ -985,6 +1008,7 @@ def _compare_figures(
         "bucket_max_evidence": config.bucket_max_evidence,
         "overdispersion_canary": round(bucket.r_canary, 5),
         "overdispersion_stable": round(bucket.r_stable, 5),
+        "overdispersion_common": round(bucket.r_common, 5),
         "design_effect": round(bucket.design_effect, 3),
         "dispersion_z_canary": round(dispersion_z(bucket.canary_sums), 3),
         "dispersion_z_stable": round(dispersion_z(bucket.stable_sums), 3),

@@ -331,9 +331,52 @@ def dispersion_z(sums: list[float] | tuple[float, ...]) -> float:
     return excess / (v * math.sqrt(2.0 * pairs))
 
 
-def design_effect(r_canary: float, r_stable: float, n_canary: int, n_stable: int, theta0: float) -> float:
-    """Variance inflation of the canary's share of a bucket's events (1 for independent requests)."""
-    return 1.0 + r_canary * max(n_canary - 1, 0) * (1.0 - theta0) + r_stable * max(n_stable - 1, 0) * theta0
+def common_correlation(
+    canary: list[float] | tuple[float, ...],
+    stable: list[float] | tuple[float, ...],
+    cross: list[float] | tuple[float, ...],
+) -> float:
+    """The cohorts' cross-correlation r̂_x of their per-bucket event rates (0 when it cannot be told).
+
+    `canary`, `stable` as for `excess_correlation`; `cross` = [Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s]
+    over the buckets where both cohorts had requests. The covariance of the two cohorts' rates between
+    buckets, Σ (x_c − n_c p_c)(x_s − n_s p_s) / Σ n_c n_s (each cohort about its own rate, so a steady
+    regression is no covariance; independent requests add none, so no binomial term is subtracted), over
+    √(p_c (1 − p_c) p_s (1 − p_s)). A burst that hits both cohorts in the same bucket (the whole machine
+    slow for a moment) raises both cohorts' r̂ *and* this; bursts of one cohort only raise its r̂. Kept
+    within [0, √(r̂_c r̂_s)] (the correlation's bound), so that it can only lower the design effect.
+    """
+    pairs, xx, xn, nx = cross
+    if pairs <= 0 or canary[0] <= 0 or stable[0] <= 0:
+        return 0.0
+    p_c, p_s = canary[1] / canary[0], stable[1] / stable[0]
+    v = p_c * (1.0 - p_c) * p_s * (1.0 - p_s)
+    if v <= 0.0:
+        return 0.0
+    covariance = (xx - p_s * xn - p_c * nx + p_c * p_s * pairs) / pairs
+    bound = math.sqrt(excess_correlation(canary) * excess_correlation(stable))
+    return min(max(covariance / math.sqrt(v), 0.0), bound)
+
+
+def design_effect(
+    r_canary: float,
+    r_stable: float,
+    n_canary: int,
+    n_stable: int,
+    theta0: float,
+    r_common: float = 0.0,
+) -> float:
+    """Variance inflation of the canary's share of a bucket's events (1 for independent requests).
+
+    Var(x − θ0 e) = (1 − θ0)² Var x_c + θ0² Var x_s − 2 θ0 (1 − θ0) Cov(x_c, x_s), over its binomial value
+    e θ0 (1 − θ0): the cohorts' own over-dispersions r̂_c, r̂_s add, their cross-correlation `r_common`
+    (`common_correlation`) takes away: a burst that multiplies both cohorts' rates alike leaves the split
+    binomial (φ ≈ 1), one that hits one cohort does not. Never below 1.
+    """
+    a = r_canary * max(n_canary - 1, 0) * (1.0 - theta0)
+    b = r_stable * max(n_stable - 1, 0) * theta0
+    cross = 2.0 * r_common * math.sqrt(max(n_canary - 1, 0) * (1.0 - theta0) * max(n_stable - 1, 0) * theta0)
+    return max(1.0 + a + b - cross, 1.0)
 
 
 def counted_distribution(events: int, theta0: float, caps: list[int]) -> tuple[int, list[float]]:
@@ -479,6 +522,7 @@ __all__ = [
     "binomial_upper_tails",
     "bucket_log_lr",
     "calibrated_level",
+    "common_correlation",
     "convolve",
     "counted_distribution",
     "design_effect",
