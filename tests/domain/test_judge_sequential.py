@@ -519,3 +519,26 @@ def test_short_stage_catches_a_bad_canary_at_its_end() -> None:
         outcomes.append(j.verdict.outcome)
     assert outcomes == [Outcome.INCONCLUSIVE, Outcome.FAIL]
     assert "at the stage's end" in j.verdict.reasons[0]
+
+
+def test_the_full_stage_asks_no_more_than_the_evidence_it_carries() -> None:
+    """The 100 % stage compares nothing, so a pass rests on the earlier stages' evidence: the requests it
+    needs come from those stages' buckets, not from a stage with no stable traffic (whose one-cohort buckets
+    made every bursty rollout need more than it could ever have, and pause before promoting)."""
+    canary, stable = CohortStats(), CohortStats()
+    evidence, outcome = Evidence(), Outcome.INCONCLUSIVE
+    needed_before = 0
+    for check in range(10):
+        errors = 20 if check in (2, 6) else 1  # bursts that hit both cohorts in the same minute
+        canary, stable = canary.merge(stats(100, errors)), stable.merge(stats(100, errors))
+        j = judge_sequential(judge(canary, stable, stage=0, evidence=evidence), MINUTE)
+        evidence, outcome = j.evidence, j.verdict.metric("error_rate").outcome
+        needed_before = j.verdict.metric("error_rate").figures["canary_requests_needed"]
+    assert outcome is Outcome.PASS, j.verdict.metric("error_rate").reason
+    full = judge_sequential(
+        judge(stats(2000, 20), CohortStats(), baseline=stable, canary_share=1.0, stage=1, evidence=evidence),
+        MINUTE,
+    )
+    metric = full.verdict.metric("error_rate")
+    assert metric.figures["canary_requests_needed"] <= needed_before
+    assert metric.outcome is Outcome.PASS, metric.reason

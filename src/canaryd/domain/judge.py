@@ -847,15 +847,25 @@ def _advance(
 
 
 def _typical_design_effect(stream: Stream, bucket: _Bucket, stage: Tally, margin: float) -> float:
-    """The design effect of this stage's average bucket, at the latest over-dispersion estimates."""
-    buckets = max(stream.buckets, 1)
-    total = stage.canary_requests + stage.stable_requests
-    rho = stage.canary_requests / total if total else 0.5
+    """The design effect of this stage's average bucket, at the latest over-dispersion estimates. A stage
+    that compares nothing (100 %: no stable traffic) adds no evidence, so it is the compared buckets' so far
+    (their size-weighted mean size): its own one-cohort buckets would make a pass need more than it has."""
+    if stage.canary_requests and stage.stable_requests:
+        buckets = max(stream.buckets, 1)
+        n_canary, n_stable = stage.canary_requests / buckets, stage.stable_requests / buckets
+    else:
+        n_canary, n_stable = _mean_bucket_size(bucket.canary_sums), _mean_bucket_size(bucket.stable_sums)
+    total = n_canary + n_stable
+    rho = n_canary / total if total else 0.5
     return design_effect(
-        bucket.r_canary, bucket.r_stable, round(stage.canary_requests / buckets),
-        round(stage.stable_requests / buckets), null_share(rho, margin) if 0 < rho < 1 else 0.5,
-        bucket.r_common,
+        bucket.r_canary, bucket.r_stable, round(n_canary), round(n_stable),
+        null_share(rho, margin) if 0 < rho < 1 else 0.5, bucket.r_common,
     )  # fmt: skip
+
+
+def _mean_bucket_size(sums: tuple[float, ...]) -> float:
+    """Σn² / Σn of a cohort's buckets (`Stream.canary_sums`): their mean size, weighted by size."""
+    return sums[4] / sums[0] if sums[0] > 0 else 0.0
 
 
 def _per_bucket_canary_requests(stream: Stream) -> float:
