@@ -64,8 +64,15 @@ exec {test}
 """
 
 
-async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host: str = "127.0.0.1") -> None:
-    """Like Stack.register, with deploy.sh as the deploy command and proxytest.sh as nginx's test command."""
+async def register(
+    s: Stack,
+    transport: dict[str, Any] | None = None,
+    proxy_host: str = "127.0.0.1",
+    slow_shell_tries: int = 1,
+) -> None:
+    """Like Stack.register, with deploy.sh as the deploy command and proxytest.sh as nginx's test command.
+    `slow_shell_tries`: how often the application's registration is sent while it is refused because a login
+    shell did not start within a short `ssh_connect_timeout` (a loaded machine; a refusal changes nothing)."""
     state = s.state_dir
     (state / "hang.py").write_text(HANG)
     (state / "deploy.sh").write_text(DEPLOY.format(py=sys.executable, appctl=APPCTL))
@@ -92,7 +99,10 @@ async def register(s: Stack, transport: dict[str, Any] | None = None, proxy_host
             "test_command": f"CONTRACT_STATE={state} sh {state}/proxytest.sh",
         },
     }
-    r = await s.api.post("/applications", json=body)
+    for _ in range(slow_shell_tries):
+        r = await s.api.post("/applications", json=body)
+        if r.status_code != 422 or "no shell within" not in r.text:
+            break
     assert r.status_code == 201, r.text
     s.app = r.json()
 
@@ -187,9 +197,10 @@ async def test_ssh_to_servers_and_proxy_down(tmp_path: Path, sqlite_url: str) ->
             hosts=hosts,
             ssh_known_hosts=sshd.known_hosts,
             ssh_client_keys=[sshd.client_key],
-            ssh_connect_timeout=1.0,
+            ssh_connect_timeout=1.0,  # the default is 10 s: the outage's retries would not fit the test
         ) as s:
-            await register(s, {"transport": "ssh", "ssh_port": sshd.port, "ssh_user": sshd.user}, hosts[0])
+            ssh = {"transport": "ssh", "ssh_port": sshd.port, "ssh_user": sshd.user}
+            await register(s, ssh, hosts[0], slow_shell_tries=3)
             os.kill(sshd.process.pid, signal.SIGSTOP)  # the host stops answering: connections hang
             sshd.drop_connections()
             try:
