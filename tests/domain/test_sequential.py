@@ -195,20 +195,19 @@ def test_common_bursts_leave_the_split_binomial() -> None:
     calm, burst = (200, 2), (200, 40)
     both = [calm] * 18 + [burst] * 2
     c, s = bucket_sums(both), bucket_sums(both)
-    r_c, r_s, r_x = (
-        excess_correlation(c),
-        excess_correlation(s),
-        common_correlation(c, s, cross_sums(both, both)),
-    )
+    r_c, r_s = excess_correlation(c), excess_correlation(s)
+    r_x = common_correlation(c, s, cross_sums(both, both), r_c, r_s)
     assert r_c > 0.05 and r_x == pytest.approx(math.sqrt(r_c * r_s))
     assert design_effect(r_c, r_s, 200, 200, 0.5) > 10
     assert design_effect(r_c, r_s, 200, 200, 0.5, r_x) == pytest.approx(1.0)
     apart = [burst] * 2 + [calm] * 18
-    r_apart = common_correlation(c, bucket_sums(apart), cross_sums(both, apart))
+    r_bursts_apart = excess_correlation(bucket_sums(apart))
+    r_apart = common_correlation(c, bucket_sums(apart), cross_sums(both, apart), r_c, r_bursts_apart)
     assert r_apart == 0.0  # bursts in other buckets: negative covariance, clipped
     steady = [calm] * 20
-    assert common_correlation(c, bucket_sums(steady), cross_sums(both, steady)) == 0.0
-    assert common_correlation(c, s, [0.0, 0.0, 0.0, 0.0]) == 0.0
+    r_steady = excess_correlation(bucket_sums(steady))
+    assert common_correlation(c, bucket_sums(steady), cross_sums(both, steady), r_c, r_steady) == 0.0
+    assert common_correlation(c, s, [0.0, 0.0, 0.0, 0.0], r_c, r_s) == 0.0
 
 
 def test_mixture_exposure_shrinks_with_the_effect() -> None:

@@ -360,12 +360,7 @@ class Stream:
     #: Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s over the rollout's buckets where both cohorts had requests:
     #: the cohorts' common over-dispersion (bursts that hit both at once), `common_correlation`
     cross_sums: tuple[float, ...] = _ZEROS4
-    counted: tuple[float, ...] = (
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-    )  # canary counted events, requests; stable events, requests
+    counted: tuple[float, ...] = _ZEROS4  # canary counted events, requests; stable events, requests
     end_null: tuple[float, ...] = (1.0,)  # distribution of the stage's counted canary events under the null
     end_offset: int = 0  # ... of end_offset, end_offset + 1, ...
     end_counted: int = 0
@@ -437,7 +432,7 @@ class Stream:
             canary_sums=_floats(raw.get("canary_sums"), 5) or _ZEROS5,
             stable_sums=_floats(raw.get("stable_sums"), 5) or _ZEROS5,
             cross_sums=_floats(raw.get("cross_sums"), 4) or _ZEROS4,
-            counted=_floats(raw.get("counted"), 4) or (0.0, 0.0, 0.0, 0.0),
+            counted=_floats(raw.get("counted"), 4) or _ZEROS4,
             end_null=end_null if end_null else (1.0,),
             end_offset=integer("end_offset") if end_null else 0,
             end_counted=integer("end_counted"),
@@ -716,8 +711,16 @@ class _Bucket:
     r_canary: float
     r_stable: float
     design_effect: float
-    cross_sums: tuple[float, ...] = _ZEROS4
-    r_common: float = 0.0
+    cross_sums: tuple[float, ...]
+    r_common: float
+
+
+def _dispersions(
+    canary_sums: tuple[float, ...], stable_sums: tuple[float, ...], cross_sums: tuple[float, ...]
+) -> tuple[float, float, float]:
+    """Each cohort's over-dispersion r̂_c, r̂_s and their common part r̂_x."""
+    r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
+    return r_c, r_s, common_correlation(canary_sums, stable_sums, cross_sums, r_c, r_s)
 
 
 def _bucket(
@@ -727,10 +730,10 @@ def _bucket(
     nc, x, ns, y = delta.canary_requests, delta.canary_events, delta.stable_requests, delta.stable_events
     zero = (0.0,) * len(RATIOS)
     if min(nc, ns, x, y) < 0:
-        r_c, r_s = excess_correlation(stream.canary_sums), excess_correlation(stream.stable_sums)
-        r_x = common_correlation(stream.canary_sums, stream.stable_sums, stream.cross_sums)
-        sums = (stream.canary_sums, stream.stable_sums)
-        return _Bucket(zero, False, *sums, r_c, r_s, 1.0, stream.cross_sums, r_x)
+        r_c, r_s, r_x = _dispersions(stream.canary_sums, stream.stable_sums, stream.cross_sums)
+        return _Bucket(
+            zero, False, stream.canary_sums, stream.stable_sums, r_c, r_s, 1.0, stream.cross_sums, r_x
+        )
     # In a stage that compares, a cohort's bucket tells its over-dispersion even when the other cohort had
     # no request in it (a stable burst in a minute without canary requests still shows bursts). A stage
     # that compares nothing (100 %) adds nothing: its buckets would inflate the design effect of a pass.
@@ -738,8 +741,7 @@ def _bucket(
     canary_sums = _add_sums(stream.canary_sums, nc, x) if nc > 0 and lone else stream.canary_sums
     stable_sums = _add_sums(stream.stable_sums, ns, y) if ns > 0 and lone else stream.stable_sums
     cross_sums = _add_cross(stream.cross_sums, delta) if nc > 0 and ns > 0 else stream.cross_sums
-    r_c, r_s = excess_correlation(canary_sums), excess_correlation(stable_sums)
-    r_x = common_correlation(canary_sums, stable_sums, cross_sums)
+    r_c, r_s, r_x = _dispersions(canary_sums, stable_sums, cross_sums)
     if nc == 0 or ns == 0:
         return _Bucket(zero, False, canary_sums, stable_sums, r_c, r_s, 1.0, cross_sums, r_x)
     theta0 = null_share(nc / (nc + ns), margin)

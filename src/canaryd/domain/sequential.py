@@ -335,11 +335,13 @@ def common_correlation(
     canary: list[float] | tuple[float, ...],
     stable: list[float] | tuple[float, ...],
     cross: list[float] | tuple[float, ...],
+    r_canary: float,
+    r_stable: float,
 ) -> float:
     """The cohorts' cross-correlation r̂_x of their per-bucket event rates (0 when it cannot be told).
 
-    `canary`, `stable` as for `excess_correlation`; `cross` = [Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s]
-    over the buckets where both cohorts had requests. The covariance of the two cohorts' rates between
+    `canary`, `stable` as for `excess_correlation`, and `r_canary`, `r_stable` what it gives for them;
+    `cross` = [Σ n_c n_s, Σ x_c x_s, Σ x_c n_s, Σ n_c x_s] over the buckets where both cohorts had requests. The covariance of the two cohorts' rates between
     buckets, Σ (x_c − n_c p_c)(x_s − n_s p_s) / Σ n_c n_s (each cohort about its own rate, so a steady
     regression is no covariance; independent requests add none, so no binomial term is subtracted), over
     √(p_c (1 − p_c) p_s (1 − p_s)). A burst that hits both cohorts in the same bucket (the whole machine
@@ -354,8 +356,7 @@ def common_correlation(
     if v <= 0.0:
         return 0.0
     covariance = (xx - p_s * xn - p_c * nx + p_c * p_s * pairs) / pairs
-    bound = math.sqrt(excess_correlation(canary) * excess_correlation(stable))
-    return min(max(covariance / math.sqrt(v), 0.0), bound)
+    return min(max(covariance / math.sqrt(v), 0.0), math.sqrt(r_canary * r_stable))
 
 
 def design_effect(
